@@ -269,8 +269,14 @@ def _resolve_hints(fn: Callable) -> dict[str, Any]:
             if isinstance(v, str):
                 try:
                     v = eval(v, glb)  # noqa: S307 - annotations are the module's own code
-                except Exception:
-                    continue
+                except NameError:
+                    continue  # a forward reference: leave that argument unchecked
+                except Exception as e:
+                    qual = getattr(fn, "__qualname__", "?")
+                    raise TypeError(
+                        f"@contract on {qual}(): malformed annotation of {k!r} ({v}): "
+                        f"{type(e).__name__}: {e}"
+                    ) from None
             out[k] = v
         return out
 
@@ -498,9 +504,15 @@ def _bound_value(bound: Any, b: dict, self_obj: Any, slot: str) -> float | None:
         raise _Fail(slot, None, f"a bound {bound.source!r} that can be evaluated", str(e)) from None
 
 
+def _interval(lo_b: Any, lo: Any, hi_b: Any, hi: Any, b: dict, prov: dict | None) -> str:
+    left = "(-∞" if lo_b is None else "[" + _bound_words(lo_b, lo, b, prov)
+    right = "∞)" if hi_b is None else _bound_words(hi_b, hi, b, prov) + "]"
+    return f"{left}, {right}"
+
+
 def _bound_words(bound: Any, value: float | None, b: dict, prov: dict | None) -> str:
     if not isinstance(bound, Expr):
-        return "-∞" if bound is None and value is None else str(bound)
+        return str(bound)
     return f"{bound.source}={_num(value)}"
 
 
@@ -590,8 +602,7 @@ def _judge_values(pending: list, b: dict, self_obj: Any, prov: dict | None) -> N
         if lo is None and hi is None:
             expected = "finite values (no NaN/Inf)"
         else:
-            expected = (f"values in [{_bound_words(spec.lo, lo, b, prov)}, "
-                        f"{_bound_words(spec.hi, hi, b, prov)}]")
+            expected = f"values in {_interval(spec.lo, lo, spec.hi, hi, b, prov)}"
         hint = None
         if info["nan"] or info["+inf"] or info["-inf"]:
             hint = ("non-finite values upstream: run the step under diagnostics.NanWatch to "
@@ -704,8 +715,8 @@ def _check_pyrange(slot: Slot, x: Any, b: dict, self_obj: Any, prov: dict | None
     hi = _bound_value(r.hi, b, self_obj, slot.name)
     if (isinstance(x, float) and not math.isfinite(x)) or (lo is not None and x < lo) or (
             hi is not None and x > hi):
-        raise _Fail(slot.name, None, f"a value in [{_bound_words(r.lo, lo, b, prov)}, "
-                    f"{_bound_words(r.hi, hi, b, prov)}]", repr(x))
+        raise _Fail(slot.name, None, f"a value in {_interval(r.lo, lo, r.hi, hi, b, prov)}",
+                    repr(x))
 
 
 def _check_deferred(deferred: list, b: dict, self_obj: Any) -> None:

@@ -1,0 +1,164 @@
+"""Contract tables generated from the code: ``python -m contracts.docs``.
+
+Writes Markdown tables in the shape of a hand-written tensor-contract document (method, input,
+shape, dtype, range, output, shape, dtype, range, notes), one table per class or module, from the
+contracts registered by importing the given modules. ``--check`` exits 1 when the committed file
+is stale, so the docs can never drift from the code.
+
+Example:
+    $ python -m contracts.docs                 # writes docs/CONTRACTS.md
+    $ python -m contracts.docs --check         # exit 1 if docs/CONTRACTS.md is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "render"]
+
+HEADER = (
+    "# Tensor contracts\n\n"
+    "Generated from the code by `python -m contracts.docs`; do not edit by hand "
+    "(`make test` fails when this file is stale).\n\n"
+    "Notation: dims are named in the shapes (`B` batch, `T` time/frames, `F` features, `D` hidden, "
+    "`V` vocabulary, …); a dim bound from the model is listed under its table. Masks are True for "
+    "valid positions. Ranges are closed and imply finite values.\n"
+)
+
+
+def _dtype(slot: Any) -> str:
+    spec = slot.tensor
+    if spec is None:
+        if slot.plain_tensor:
+            return "any"
+        return getattr(slot.pyhint, "__name__", str(slot.pyhint).replace("typing.", ""))
+    return {"Float": "float", "Int": "int", "Integer": "int", "Bool": "bool",
+            "Complex": "complex", "Shaped": "any"}.get(spec.category, spec.category.lower())
+
+
+def _shape(slot: Any) -> str:
+    if slot.tensor is None:
+        return "tensor" if slot.plain_tensor else "scalar"
+    return slot.tensor.shape_words()
+
+
+def _range(slot: Any) -> str:
+    spec = slot.tensor
+    if spec is None:
+        return slot.pyrange.describe() if slot.pyrange is not None else "-"
+    parts = [c.describe() for c in spec.constraints]
+    return "; ".join(parts) if parts else "any"
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def _plan_rows(plan: Any) -> list[str]:
+    method = plan.qualname.split(".")[-1]
+    ins = [s for s in plan.params if not (plan.has_self and s.position == 0)]
+    outs = plan.returns
+    names = list(plan.outputs) if plan.outputs else []
+    rows = []
+    for i in range(max(len(ins), len(outs), 1)):
+        cells = [f"`{method}`" if i == 0 else ""]
+        if i < len(ins):
+            s = ins[i]
+            opt = " (optional)" if s.optional else ""
+            cells += [f"{s.name}{opt}", _shape(s), _dtype(s), _range(s)]
+        else:
+            cells += ["", "", "", ""]
+        if i < len(outs):
+            s = outs[i]
+            name = names[i] if i < len(names) else s.name
+            cells += [name, _shape(s), _dtype(s), _range(s)]
+        else:
+            cells += ["", "", "", ""]
+        note_keys = []
+        if i < len(ins):
+            note_keys.append(ins[i].name)
+        if i < len(outs):
+            note_keys.append(names[i] if i < len(names) else outs[i].name)
+        cells.append("; ".join(plan.notes[k] for k in note_keys if k in plan.notes))
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return rows
+
+
+def render(modules: list[str]) -> str:
+    """Import ``modules`` (recursively) and render their contracts as Markdown."""
+    from ._pytest_plugin import _import_tree
+    from ._registry import all_plans
+
+    errors = []
+    for m in modules:
+        errors += _import_tree(m)
+    if errors:
+        raise ImportError("; ".join(errors))
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for plan in all_plans(tuple(modules)):
+        owner = plan.owner_qualname or "(functions)"
+        public_mod = plan.module.split("._")[0]
+        groups.setdefault((public_mod, owner), []).append(plan)
+    out = [HEADER]
+    last_mod = None
+    for (mod, owner), plans in sorted(groups.items()):
+        if mod != last_mod:
+            out.append(f"\n## `{mod}`\n")
+            last_mod = mod
+        out.append(f"\n### {owner}\n")
+        out.append("| Method | Input | Shape | Dtype | Range | Output | Shape | Dtype | Range | Notes |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        bound: dict[str, str] = {}
+        for plan in sorted(plans, key=lambda p: p.qualname):
+            out.extend(_plan_rows(plan))
+            for name, e in plan.self_dims:
+                bound[name] = e.source
+        if bound:
+            out.append("")
+            out.append("Dims bound from the model: " + ", ".join(
+                f"`{k}` = `{v}`" for k, v in sorted(bound.items())) + ".")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m contracts.docs",
+        description="Write Markdown tensor-contract tables generated from the code's @contract "
+        "annotations (shapes, dtypes, ranges, masks), or check that the committed ones are "
+        "current.",
+    )
+    parser.add_argument("--modules", nargs="+", default=["models"],
+                        help="modules or packages to import and document (default: models)")
+    parser.add_argument("--out", default="docs/CONTRACTS.md",
+                        help="output file (default: docs/CONTRACTS.md)")
+    parser.add_argument("--check", action="store_true",
+                        help="do not write; exit 1 if --out differs from what the code says")
+    args = parser.parse_args(argv)
+    try:
+        text = render(args.modules)
+    except ImportError as e:
+        print(f"contracts.docs: cannot import {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if args.check:
+        old = out.read_text() if out.exists() else ""
+        if old != text:
+            diff = "".join(list(difflib.unified_diff(
+                old.splitlines(True), text.splitlines(True), str(out), "generated"))[:40])
+            print(f"{out} is stale: run `python -m contracts.docs` and commit it\n{diff}",
+                  file=sys.stderr)
+            return 1
+        print(f"{out} is current ({text.count(chr(10))} lines)")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out} ({text.count(chr(10))} lines)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
