@@ -607,7 +607,8 @@ def _judge_values(pending: list, b: dict, self_obj: Any, prov: dict | None) -> N
         if info["nan"] or info["+inf"] or info["-inf"]:
             hint = ("non-finite values upstream: run the step under diagnostics.NanWatch to "
                     "find the module that produced them")
-        elif isinstance(spec.hi, Expr) and spec.hi.uses_self:
+        elif isinstance(spec.hi, Expr) and (spec.hi.uses_self or (prov and any(
+                prov.get(n, "").startswith("self") for n in spec.hi.names))):
             hint = (f"values reach {_num(info['max'])} but the bound {spec.hi.source} comes from "
                     "the model: do the data/tokenizer and the model agree on it?")
         elif isinstance(spec.hi, Expr) and info["max"] is not None and hi is not None \

@@ -210,21 +210,20 @@ def inputs_for(
         for n in names:
             if n not in b:
                 lo, hi = size_of.get(n, DEFAULT_SIZES)
-                b[n] = data.draw(st.integers(max(lo, 1 if not plan.allow_empty else 0), hi),
-                                 label=n)
+                b[n] = data(st.integers(max(lo, 1 if not plan.allow_empty else 0), hi))
         for v in variadics:
-            k = data.draw(st.integers(0, 2), label=f"len(*{v})")
-            b["*" + v] = tuple(data.draw(st.integers(1, 4), label=f"*{v}") for _ in range(k))
-        seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+            k = data(st.integers(0, 2))
+            b["*" + v] = tuple(data(st.integers(1, 4)) for _ in range(k))
+        seed = data(st.integers(0, 2**31 - 1))
         gen = torch.Generator().manual_seed(seed)
         kwargs: dict[str, Any] = {}
         args: list[Any] = []
         for slot in plan.params:
             if slot.name in plan.strategies:
-                value = data.draw(plan.strategies[slot.name](st), label=slot.name)
+                value = data(plan.strategies[slot.name](st))
             elif slot.tensor is not None:
-                if slot.optional and slot.default is None and data.draw(
-                        st.booleans(), label=f"{slot.name} is None"):
+                if slot.optional and slot.default is None and data(
+                        st.booleans()):
                     value = None
                 else:
                     shape: list[int] = []
@@ -240,16 +239,16 @@ def inputs_for(
                         elif d.kind == VARIADIC:
                             shape.extend(b["*" + d.value])
                         elif d.kind == ELLIPSIS:
-                            shape.extend([2] * data.draw(st.integers(0, 2), label="..."))
+                            shape.extend([2] * data(st.integers(0, 2)))
                         else:
-                            shape.append(data.draw(st.integers(1, 4), label="_"))
+                            shape.append(data(st.integers(1, 4)))
                     value = _make_tensor(slot.tensor, tuple(shape), gen, b, self_obj)
             elif slot.plain_tensor:
                 continue
             elif slot.default is not inspect.Parameter.empty:
                 continue
             else:
-                value = data.draw(_py_strategy(slot, plan, b, self_obj), label=slot.name)
+                value = data(_py_strategy(slot, plan, b, self_obj))
             if slot.position == 0 and plan.has_self:
                 continue
             kwargs[slot.name] = value
