@@ -1,0 +1,83 @@
+"""Paraformer reference model: toy training time-to-accuracy, and contract overhead.
+
+1. Train on the toy data (default config, CPU) until held-out token accuracy >= 0.90 or
+   3 minutes; print steps, seconds and accuracy.
+2. Contract cost per training step: full mode vs off, interleaved in one process (median of
+   repeats); target ratio <= 1.10.
+
+Usage: python benchmarks/bench_paraformer.py [--threads 1] [--skip-train] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import contracts
+from models.paraformer import Paraformer, ParaformerConfig, ToySeq2SeqDataset, collate_fn, fit
+from models.paraformer._train import train_step
+
+
+def bench_training(threads: int) -> None:
+    cfg = ParaformerConfig()
+    res = fit(
+        cfg, steps=1500, eval_every=25, target_accuracy=0.90, time_budget_s=180, progress=False
+    )
+    v = res["val"]
+    print(
+        f"train-to-accuracy: {res['steps']} steps, {res['seconds']:.1f} s "
+        f"(threads={threads}, contracts={contracts.get_mode()}), held-out token_accuracy="
+        f"{v['token_accuracy']:.3f}, sequence_accuracy={v['sequence_accuracy']:.3f}, "
+        f"length_accuracy={v['length_accuracy']:.3f}"
+    )
+    first = next((h for h in res["history"] if h["token_accuracy"] >= 0.9), None)
+    when = f"yes at step {first['step']}, {first['seconds']:.1f} s" if first else "no"
+    print(f"  reached 0.90: {when}")
+
+
+def bench_overhead(repeats: int) -> None:
+    cfg = ParaformerConfig()
+    torch.manual_seed(0)
+    ds = ToySeq2SeqDataset(cfg, num_samples=cfg.batch_size)
+    batch = collate_fn([ds[i] for i in range(cfg.batch_size)])
+    model = Paraformer(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the same step every time
+
+    def one(mode: str) -> float:
+        with contracts.mode(mode):
+            t0 = time.perf_counter()
+            train_step(model, batch, opt)
+            return time.perf_counter() - t0
+
+    for m in ("full", "off"):  # warm-up
+        for _ in range(3):
+            one(m)
+    full, off = [], []
+    for _ in range(repeats):  # interleaved so machine load hits both alike
+        full.append(one("full"))
+        off.append(one("off"))
+    mf, mo = statistics.median(full), statistics.median(off)
+    print(
+        f"contract overhead per train_step (B={cfg.batch_size}, T~{batch[0].shape[1]}, "
+        f"D={cfg.d_model}): full {mf * 1e3:.1f} ms vs off {mo * 1e3:.1f} ms -> ratio "
+        f"{mf / mo:.3f} (target <= 1.10)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    bench_overhead(args.repeats)
+    if not args.skip_train:
+        bench_training(args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Mask utilities and a light shape assertion (seed 004, "Utility Functions")."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from contracts import ContractError, Mask, Range, contract
+
+from ._config import BatchError
+
+__all__ = ["apply_mask", "assert_shape", "create_causal_mask", "create_padding_mask"]
+
+
+# generate=False: valid inputs need lengths <= max_len, a relation between a tensor's values
+# and a plain int; tests/models/paraformer/test_masks.py draws them by hand instead.
+@contract(generate=False)
+def create_padding_mask(
+    lengths: Annotated[Int[Tensor, " B"], Range(1, None)],
+    max_len: Annotated[int, Range(1, None)],
+) -> Annotated[Bool[Tensor, "B T"], Mask()]:
+    """Padding mask, True at valid positions: ``mask[b, t] = t < lengths[b]``.
+
+    Args:
+        lengths: valid length of each row, each in ``[1, max_len]``.
+        max_len: T, the padded length.
+
+    Returns:
+        ``[B, max_len]`` bool mask.
+
+    Example:
+        >>> create_padding_mask(torch.tensor([1, 3]), 3).tolist()
+        [[True, False, False], [True, True, True]]
+    """
+    if lengths.numel() == 0:
+        raise BatchError("create_padding_mask: lengths is empty (a batch of 0 sequences)")
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 1:
+        raise BatchError(
+            f"create_padding_mask: lengths holds {lo}; zero-length sequences are not allowed "
+            "(drop them in the dataset or collate_fn)"
+        )
+    if hi > max_len:
+        raise BatchError(
+            f"create_padding_mask: lengths holds {hi} > max_len={max_len}: mask and sequence "
+            "length disagree (build the mask from the padded tensor's own length)"
+        )
+    positions = torch.arange(max_len, device=lengths.device)  # (T,)
+    return positions[None, :] < lengths[:, None]  # (B, T)
+
+
+@contract(strategies={"size": lambda st: st.integers(1, 12)})
+def create_causal_mask(
+    size: Annotated[int, Range(1, None)],
+) -> Annotated[Bool[Tensor, "T T"], Mask()]:
+    """Lower-triangular causal mask *including the diagonal* (True = may attend).
+
+    A mask built with ``torch.tril(..., diagonal=-1)`` leaves row 0 without any valid key, so
+    softmax over it is NaN; the ``Mask()`` contract on the result rejects that.
+
+    Example:
+        >>> create_causal_mask(2).tolist()
+        [[True, False], [True, True]]
+    """
+    return torch.ones(size, size, dtype=torch.bool).tril()  # (T, T), diagonal included
+
+
+@contract
+def apply_mask(
+    tensor: Float[Tensor, "B T *rest"],
+    mask: Annotated[Bool[Tensor, "B T"], Mask()],
+) -> Float[Tensor, "B T *rest"]:
+    """Zero ``tensor`` at padded positions (``mask`` False), keeping its shape.
+
+    Example:
+        >>> apply_mask(torch.ones(1, 2, 3), torch.tensor([[True, False]])).sum().item()
+        3.0
+    """
+    m = mask.reshape(*mask.shape, *([1] * (tensor.dim() - 2)))  # (B, T, 1, ...)
+    return tensor.masked_fill(~m, 0.0)
+
+
+def assert_shape(
+    tensor: Tensor, expected: str, name: str = "tensor", bindings: dict[str, int] | None = None
+) -> None:
+    """Raise :class:`contracts.ContractError` unless ``tensor`` has the shape ``expected``.
+
+    ``expected`` is a pattern like ``"B,T,D"`` or ``"B T 80"``: names bind to sizes (shared
+    through ``bindings`` across calls, which is updated in place), integers must match, ``_``
+    matches anything.
+
+    Example:
+        >>> dims = {}
+        >>> assert_shape(torch.zeros(2, 5, 8), "B,T,D", "x", dims); dims
+        {'B': 2, 'T': 5, 'D': 8}
+    """
+    names = [s for s in expected.replace(",", " ").split() if s]
+    shape = tuple(tensor.shape)
+    dims = bindings if bindings is not None else {}
+    fn = "assert_shape"
+    if len(names) != len(shape):
+        raise ContractError(
+            f"{fn}: {name} should have {len(names)} dims [{', '.join(names)}] but has shape "
+            f"{list(shape)} ({len(shape)} dims)",
+            function=fn,
+            argument=name,
+            axis=None,
+            expected=expected,
+            actual=shape,
+            bindings=dims,
+        )
+    for axis, (sym, size) in enumerate(zip(names, shape, strict=True)):
+        if sym == "_":
+            continue
+        want = int(sym) if sym.isdigit() else dims.get(sym)
+        if want is None:
+            dims[sym] = size
+        elif want != size:
+            hint = ""
+            swapped = sorted(
+                (i for i, s in enumerate(names) if s in dims and dims[s] == size and i != axis)
+            )
+            if swapped:
+                hint = f"; looks like axes {swapped[0]} and {axis} are swapped (transpose?)"
+            raise ContractError(
+                f"{fn}: {name} axis {axis} ({sym}) should be {want} but is {size}; "
+                f"shape {list(shape)} vs [{', '.join(names)}] with {dims}{hint}",
+                function=fn,
+                argument=name,
+                axis=axis,
+                expected=want,
+                actual=size,
+                bindings=dims,
+            )
