@@ -24,8 +24,10 @@ _LAZY: dict[str, str] = {
     "NanWatch": "diagnostics._nanwatch",
     "NonFiniteError": "diagnostics._nanwatch",
     "NonFiniteReport": "diagnostics._nanwatch",
+    "NanWatchError": "diagnostics._nanwatch",
     "GradFlow": "diagnostics._gradflow",
     "GradFlowReport": "diagnostics._gradflow",
+    "GradFlowError": "diagnostics._gradflow",
     "TensorBoardLogger": "diagnostics._tensorboard",
     "AblationTarget": "diagnostics._ablation",
     "AblationError": "diagnostics._ablation",
@@ -33,6 +35,7 @@ _LAZY: dict[str, str] = {
     "analyze_embeddings": "diagnostics._embeddings",
     "EmbeddingReport": "diagnostics._embeddings",
     "CFGDropoutMonitor": "diagnostics._cfg_monitor",
+    "compare_models": "diagnostics._compare",
 }
 
 __all__ = sorted(_LAZY)
