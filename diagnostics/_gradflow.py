@@ -1,0 +1,339 @@
+"""GradFlow: where does the gradient go? Per-parameter and per-module norms in one fused pass.
+
+``GradFlow(model).record()`` after ``backward()`` computes every parameter's gradient L2 norm with
+``torch._foreach_norm`` (one kernel per device/dtype group) and reads them with one host sync.
+Module norms are aggregated on the host (``sqrt(sum of squared parameter norms)`` over the
+module's subtree). ``report.share("noise_encoder")`` answers seed 002's question: which fraction
+of the squared gradient norm reaches that submodule (0.0 when its output was detached).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from contracts._errors import TorchdxError
+
+__all__ = ["GradFlow", "GradFlowError", "GradFlowReport"]
+
+
+class GradFlowError(TorchdxError, ValueError):
+    """GradFlow was misused (no parameters, unknown prefix, bad option)."""
+
+    __module__ = "diagnostics"
+
+
+@dataclass
+class GradFlowReport:
+    """Gradient norms of one step.
+
+    Attributes:
+        step: index of the record (0-based).
+        total_norm: L2 norm over all gradients (unscaled when a GradScaler was given).
+        param_norms: ``{parameter name: L2 norm of its gradient}`` (params with a gradient).
+        module_norms: ``{module path: L2 norm over its subtree}``; ``""`` is the root.
+        unused: trainable parameters whose ``.grad`` is None (no gradient reached them).
+        zero: parameters whose gradient is all zeros.
+        nonfinite: parameters whose gradient norm is NaN/Inf.
+        exploding / vanishing: the total norm is > ``factor`` x / < 1/``factor`` x the median of
+            the history window (exploding also when non-finite).
+        exploding_modules / vanishing_modules: the same test per module against its own history.
+        update_ratios: ``{parameter: estimated |update| / |weight|}`` when an optimizer was given
+            (``lr * |g|`` for SGD-like optimizers, ``lr * |g / (sqrt(v) + eps)|`` when the
+            optimizer keeps Adam's ``exp_avg_sq``), else None.
+        scale: the GradScaler scale the norms were divided by (None without a scaler).
+        overflow: non-finite gradients under an enabled GradScaler (the scaler skips the step).
+    """
+
+    step: int
+    total_norm: float
+    param_norms: dict[str, float]
+    module_norms: dict[str, float]
+    unused: list[str] = field(default_factory=list)
+    zero: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)
+    exploding: bool = False
+    vanishing: bool = False
+    exploding_modules: list[str] = field(default_factory=list)
+    vanishing_modules: list[str] = field(default_factory=list)
+    update_ratios: dict[str, float] | None = None
+    scale: float | None = None
+    overflow: bool = False
+
+    def share(self, prefix: str) -> float:
+        """Fraction of the squared gradient norm held by the submodule (or parameter) ``prefix``.
+
+        Shares of disjoint submodules add up to at most 1; ``share("")`` is 1 (0 when there is
+        no gradient at all).
+
+        Example:
+            >>> rep.share("noise_encoder")  # 0.0: no gradient reaches the noise encoder
+        """
+        total = self.total_norm**2
+        if prefix == "":
+            return 1.0 if total > 0 else 0.0
+        if prefix in self.module_norms:
+            sub = self.module_norms[prefix] ** 2
+        else:
+            keys = [k for k in self._all_names if k == prefix or k.startswith(prefix + ".")]
+            if not keys:
+                tops = sorted({k.split(".")[0] for k in self._all_names})
+                raise GradFlowError(
+                    f"GradFlowReport.share(prefix={prefix!r}): no parameter of the model is under "
+                    f"that prefix; top-level names: {', '.join(tops[:12])}"
+                )
+            sub = sum(self.param_norms.get(k, 0.0) ** 2 for k in keys)
+        if total == 0 or not math.isfinite(total):
+            return 0.0 if total == 0 else math.nan
+        return sub / total
+
+    _all_names: list[str] = field(default_factory=list, repr=False)
+
+    def __str__(self) -> str:
+        lines = [f"GradFlow step {self.step}: total |g| = {self.total_norm:.4g}"]
+        flags = [n for n, f in (("EXPLODING", self.exploding), ("VANISHING", self.vanishing)) if f]
+        if self.overflow:
+            flags.append("SCALER OVERFLOW (step will be skipped)")
+        if flags:
+            lines[0] += "  " + " ".join(flags)
+        depth1 = {k: v for k, v in self.module_norms.items() if k and "." not in k}
+        for k, v in depth1.items():
+            lines.append(f"  {k:<30} |g|={v:.4g}  share={self.share(k):.3f}")
+        for title, names in (
+            ("unused (grad is None)", self.unused),
+            ("zero gradient", self.zero),
+            ("non-finite gradient", self.nonfinite),
+            ("exploding modules", self.exploding_modules),
+            ("vanishing modules", self.vanishing_modules),
+        ):
+            if names:
+                lines.append(f"  {title}: {', '.join(names[:10])}" + (" ..." * (len(names) > 10)))
+        return "\n".join(lines)
+
+
+class GradFlow:
+    """Record gradient flow after ``backward()``.
+
+    Args:
+        model: the model whose parameters are inspected.
+        window: how many past records form the history for exploding/vanishing flags.
+        factor: a norm more than ``factor`` x (less than 1/``factor`` x) the history median is
+            exploding (vanishing). Flags need at least 3 records of history.
+
+    Example:
+        >>> gf = GradFlow(model)
+        >>> loss.backward()
+        >>> rep = gf.record(optimizer=opt)
+        >>> rep.unused, rep.share("noise_encoder")
+    """
+
+    def __init__(self, model: nn.Module, *, window: int = 50, factor: float = 10.0) -> None:
+        if not isinstance(model, nn.Module):
+            raise GradFlowError(
+                f"GradFlow(model): expected an nn.Module, got {type(model).__name__}"
+            )
+        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not self._named:
+            raise GradFlowError(
+                f"GradFlow(model): {type(model).__name__} has no trainable parameters; hint: pass "
+                "the module that owns the parameters (or check requires_grad)"
+            )
+        if window < 3 or factor <= 1:
+            raise GradFlowError(
+                f"GradFlow(window={window}, factor={factor}): need window >= 3 and factor > 1"
+            )
+        self.model = model
+        self.window = window
+        self.factor = factor
+        self.steps = 0
+        self.history: deque[float] = deque(maxlen=window)  # total norms
+        names = [n for n, _ in self._named]
+        # module path -> indices of its parameters (whole subtree); "" is the root
+        mods: dict[str, list[int]] = {"": list(range(len(names)))}
+        for i, n in enumerate(names):
+            parts = n.split(".")[:-1]
+            for d in range(1, len(parts) + 1):
+                mods.setdefault(".".join(parts[:d]), []).append(i)
+        self._mod_names = list(mods)
+        # (modules, params) 0/1 matrix: module squared norm = M @ (param norms ** 2)
+        self._mod_matrix = np.zeros((len(mods), len(names)))
+        for r, idx in enumerate(mods.values()):
+            self._mod_matrix[r, idx] = 1.0
+        self._mod_hist = np.full((window, len(mods)), np.nan)
+
+    def __repr__(self) -> str:
+        return (
+            f"GradFlow({type(self.model).__name__}, params={len(self._named)}, steps={self.steps})"
+        )
+
+    def record(self, optimizer: Any = None, scaler: Any = None) -> GradFlowReport:
+        """Read the gradients now on the model (after ``backward()``, before ``step()``).
+
+        Args:
+            optimizer: when given, per-parameter update/weight ratios are estimated from its
+                ``lr`` (and Adam's ``exp_avg_sq`` when present).
+            scaler: a ``torch.amp.GradScaler``; norms are divided by its scale unless the
+                optimizer's gradients were already unscaled (``scaler.unscale_(optimizer)``).
+
+        Returns:
+            A :class:`GradFlowReport`; gradients are only read, never modified.
+        """
+        names, have, grads = [], [], []
+        unused = []
+        for i, (n, p) in enumerate(self._named):
+            if p.grad is None:
+                unused.append(n)
+            else:
+                have.append(i)
+                grads.append(p.grad.coalesce().values() if p.grad.is_sparse else p.grad)
+                names.append(n)
+        norms = _fused_norms(grads)  # float32 on the first grad's device
+        dev = norms.device
+        extra: list[Tensor] = []
+        scale_t = None
+        if scaler is not None and _scaled(scaler, optimizer):
+            scale_t = scaler._scale if isinstance(getattr(scaler, "_scale", None), Tensor) else None
+            if scale_t is None:
+                scale_t = torch.tensor(float(scaler.get_scale()))
+            extra.append(scale_t.float().reshape(1).to(dev))
+        ratio_idx = None
+        if optimizer is not None and grads:
+            ratio_idx, rt = _update_ratios(optimizer, self._named, have, grads, dev)
+            extra.append(rt)
+        vals = torch.cat([norms, *extra]).tolist() if extra else norms.tolist()  # one sync
+        pn = vals[: len(grads)]
+        rest = vals[len(grads) :]
+        scale = None
+        if scale_t is not None:
+            scale, rest = rest[0], rest[1:]
+            if scale and math.isfinite(scale):
+                pn = [v / scale for v in pn]
+        bad = [k for k, v in enumerate(pn) if not math.isfinite(v)]
+        if bad:  # float32 sums of squares overflow past ~1.8e19: redo those in float64
+            redo = torch.stack(
+                [torch.linalg.vector_norm(grads[k], dtype=torch.float64).cpu() for k in bad]
+            )
+            for k, v in zip(bad, redo.tolist(), strict=True):
+                pn[k] = v / scale if scale and math.isfinite(scale) else v
+        all_norms = np.zeros(len(self._named))
+        all_norms[have] = pn
+        sq = all_norms**2
+        fin = np.isfinite(sq)
+        mod_norms = np.sqrt(self._mod_matrix @ np.where(fin, sq, 0.0))
+        mod_norms[self._mod_matrix @ np.isposinf(sq) > 0] = math.inf
+        mod_norms[self._mod_matrix @ np.isnan(sq) > 0] = math.nan
+        total = float(mod_norms[0])
+        nonfinite = [n for n, v in zip(names, pn, strict=True) if not math.isfinite(v)]
+        rep = GradFlowReport(
+            step=self.steps,
+            total_norm=total,
+            param_norms=dict(zip(names, pn, strict=True)),
+            module_norms=dict(zip(self._mod_names, mod_norms.tolist(), strict=True)),
+            unused=unused,
+            zero=[n for n, v in zip(names, pn, strict=True) if v == 0.0],
+            nonfinite=nonfinite,
+            scale=scale,
+            overflow=bool(nonfinite) and scaler is not None and bool(scaler.is_enabled()),
+            _all_names=[n for n, _ in self._named],
+        )
+        if ratio_idx is not None:
+            rep.update_ratios = {self._named[i][0]: r for i, r in zip(ratio_idx, rest, strict=True)}
+        self._flags(rep, total, mod_norms)
+        self.steps += 1
+        return rep
+
+    def _flags(self, rep: GradFlowReport, total: float, mod_norms: np.ndarray) -> None:
+        hist = [h for h in self.history if math.isfinite(h)]
+        if not math.isfinite(total):
+            rep.exploding = not rep.overflow
+        elif len(hist) >= 3:
+            med = float(np.median(hist))
+            rep.exploding = total > self.factor * med
+            rep.vanishing = total < med / self.factor
+        filled = min(self.steps, self.window)
+        if filled >= 3 and math.isfinite(total):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                med = np.median(self._mod_hist[:filled], axis=0)
+                ok = med > 0
+                up = ok & (mod_norms > self.factor * med)
+                down = ok & (mod_norms < med / self.factor)
+            rep.exploding_modules = [self._mod_names[i] for i in np.flatnonzero(up)]
+            rep.vanishing_modules = [self._mod_names[i] for i in np.flatnonzero(down)]
+        if math.isfinite(total):
+            self.history.append(total)
+            self._mod_hist[self.steps % self.window] = mod_norms
+
+
+def _fused_norms(grads: list[Tensor]) -> Tensor:
+    """L2 norm per gradient (same order) as one float32 vector; one kernel per group."""
+    if not grads:
+        return torch.zeros(0)
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, g in enumerate(grads):
+        groups.setdefault((g.device, g.dtype), []).append(i)
+    dev = grads[0].device
+    parts, order = [], []
+    for (_, gdt), idx in groups.items():
+        gs = [grads[i] for i in idx]
+        if gdt in (torch.float16, torch.bfloat16):
+            # fp16 squares overflow past |g| ~ 256: norm of the fp32 view of each gradient
+            v = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in gs])
+        else:
+            v = torch.stack(torch._foreach_norm(gs)).float()
+        parts.append(v.to(dev, non_blocking=True))
+        order += idx
+    if len(parts) == 1:  # the common case: already in parameter order
+        return parts[0]
+    flat = torch.cat(parts)
+    inv = torch.empty(len(order), dtype=torch.long)
+    inv[torch.tensor(order)] = torch.arange(len(order))
+    return flat[inv.to(dev)]
+
+
+def _scaled(scaler: Any, optimizer: Any) -> bool:
+    """Whether the gradients still carry the scaler's scale."""
+    if not scaler.is_enabled():
+        return False
+    if optimizer is None:
+        return True
+    states = getattr(scaler, "_per_optimizer_states", {})
+    stage = states.get(id(optimizer), {}).get("stage")
+    return getattr(stage, "name", "READY") == "READY"
+
+
+def _update_ratios(
+    optimizer: Any, named: list[tuple[str, Tensor]], have: list[int], grads: list[Tensor], dev
+) -> tuple[list[int], Tensor]:
+    """Estimated |update| / |weight| per parameter with a gradient (device vector)."""
+    lr_of: dict[int, float] = {}
+    eps_of: dict[int, float] = {}
+    for group in optimizer.param_groups:
+        lr = float(group.get("lr", 0.0))
+        for p in group["params"]:
+            lr_of[id(p)] = lr
+            eps_of[id(p)] = float(group.get("eps", 1e-8))
+    idx, ups, ws = [], [], []
+    for i, g in zip(have, grads, strict=True):
+        p = named[i][1]
+        if id(p) not in lr_of or g.is_sparse:
+            continue
+        state = optimizer.state.get(p, {})
+        v = state.get("exp_avg_sq")
+        if isinstance(v, Tensor) and v.shape == g.shape:
+            u = torch.linalg.vector_norm(g / (v.sqrt() + eps_of[id(p)]))
+        else:
+            u = torch.linalg.vector_norm(g)
+        idx.append(i)
+        ups.append((u * lr_of[id(p)]).float())
+        ws.append(torch.linalg.vector_norm(p.detach()).float())
+    if not idx:
+        return [], torch.zeros(0, device=dev)
+    up = torch.stack([u.to(dev) for u in ups])
+    w = torch.stack([x.to(dev) for x in ws])
+    return idx, up / w.clamp_min(1e-12)
