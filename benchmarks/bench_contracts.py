@@ -62,8 +62,9 @@ def main() -> None:
         rows.append(("contract, mode shapes", per_call_us(checked, a, b)))
     with contracts.mode("full"):
         rows.append(("contract, mode full (no value constraints)", per_call_us(checked, a, b)))
-        rows.append(("contract, mode full (Range + Mask + Range)",
-                     per_call_us(checked_values, a, m)))
+        rows.append(
+            ("contract, mode full (Range + Mask + Range)", per_call_us(checked_values, a, m))
+        )
     rows.append(("jaxtyping + beartype", per_call_us(jt, a, b)))
     jt_us = rows[-1][1]
     print(f"{'case':48s} {'µs/call':>9s} {'overhead µs':>12s} {'vs jaxtyping':>13s}")

@@ -77,9 +77,14 @@ def attach(
     """
     if not isinstance(attribute, str) or not hasattr(owner, attribute):
         raise TypeError(f"attach(): {owner!r} has no attribute {attribute!r}")
-    had_own = isinstance(owner, type) and attribute in owner.__dict__ or not isinstance(owner, type)
-    raw = owner.__dict__.get(attribute, _MISSING) if isinstance(owner, type) else getattr(
-        owner, attribute)
+    had_own = (isinstance(owner, type) and attribute in owner.__dict__) or not isinstance(
+        owner, type
+    )
+    raw = (
+        owner.__dict__.get(attribute, _MISSING)
+        if isinstance(owner, type)
+        else getattr(owner, attribute)
+    )
     original = raw if raw is not _MISSING else getattr(owner, attribute)
     func = original
     wrapper_kind = None
@@ -103,7 +108,8 @@ def attach(
     plan = build_plan(
         func,
         hints=dict(params),
-        return_hint=returns if dict_returns is None and returns is not None
+        return_hint=returns
+        if dict_returns is None and returns is not None
         else inspect.Parameter.empty,
         returns=dict_returns,
         dims=dims,

@@ -27,7 +27,7 @@ from ._constraints import Constraint, Finite, Mask, Range
 from ._errors import ContractError
 from ._messages import describe_value, permutation_hint, value_details
 from ._registry import register
-from ._spec import ANY, ELLIPSIS, EXPR, FIXED, NAME, VARIADIC, Expr
+from ._spec import ELLIPSIS, EXPR, FIXED, NAME, VARIADIC, Expr
 
 __all__ = ["Plan", "build_plan", "contract"]
 
@@ -215,8 +215,9 @@ def _make_slot(where: str, name: str, position: int, default: Any, hint: Any) ->
         spec_meta = [m for m in meta if isinstance(m, Constraint)]
         slot = Slot(name, position, default, optional, None, plain_tensor=True)
         if spec_meta:
-            spec = TensorSpec(dims=(_spec.Dim(ELLIPSIS, None),), dim_str="...", dtypes=None,
-                              category="Shaped")
+            spec = TensorSpec(
+                dims=(_spec.Dim(ELLIPSIS, None),), dim_str="...", dtypes=None, category="Shaped"
+            )
             _apply_constraints(where, spec, tuple(spec_meta))
             slot.tensor, slot.plain_tensor = spec, False
         return slot
@@ -226,8 +227,9 @@ def _make_slot(where: str, name: str, position: int, default: Any, hint: Any) ->
     if any(isinstance(m, (Mask, Finite)) for m in meta) and not ranges:
         if any(isinstance(m, Mask) for m in meta):
             raise TypeError(f"{where}: Mask() applies to Bool tensors only")
-    return Slot(name, position, default, optional, None, pyhint=inner,
-                pyrange=ranges[0] if ranges else None)
+    return Slot(
+        name, position, default, optional, None, pyhint=inner, pyrange=ranges[0] if ranges else None
+    )
 
 
 def _return_slots(where: str, hint: Any, returns: Mapping[str, Any] | None) -> tuple[str, list]:
@@ -236,7 +238,9 @@ def _return_slots(where: str, hint: Any, returns: Mapping[str, Any] | None) -> t
             raise TypeError(f"{where}: returns= must map dict keys to annotations")
         slots = []
         for k, h in returns.items():
-            s = _make_slot(f"{where} return[{k!r}]", f"return[{k!r}]", -1, inspect.Parameter.empty, h)
+            s = _make_slot(
+                f"{where} return[{k!r}]", f"return[{k!r}]", -1, inspect.Parameter.empty, h
+            )
             if s is not None:
                 s.position = -2  # marks "dict key"
                 s.pyhint = s.pyhint if s.tensor is None else None
@@ -268,7 +272,7 @@ def _resolve_hints(fn: Callable) -> dict[str, Any]:
         for k, v in getattr(fn, "__annotations__", {}).items():
             if isinstance(v, str):
                 try:
-                    v = eval(v, glb)  # noqa: S307 - annotations are the module's own code
+                    v = eval(v, glb)
                 except NameError:
                     continue  # a forward reference: leave that argument unchecked
                 except Exception as e:
@@ -370,19 +374,38 @@ def build_plan(
 class _Fail(Exception):
     """Internal: one check failed (turned into a ContractError with context)."""
 
-    def __init__(self, slot: str, axis: int | None, expected: str, actual: str,
-                 hint: str | None = None, detail: str | None = None, dim: str | None = None):
+    def __init__(
+        self,
+        slot: str,
+        axis: int | None,
+        expected: str,
+        actual: str,
+        hint: str | None = None,
+        detail: str | None = None,
+        dim: str | None = None,
+    ):
         self.slot, self.axis, self.expected, self.actual = slot, axis, expected, actual
         self.hint, self.detail, self.dim = hint, detail, dim
 
 
-def _check_shape(spec: TensorSpec, name: str, shape: tuple, b: dict, prov: dict | None,
-                 deferred: list, allow_empty: bool) -> None:
+def _check_shape(
+    spec: TensorSpec,
+    name: str,
+    shape: tuple,
+    b: dict,
+    prov: dict | None,
+    deferred: list,
+    allow_empty: bool,
+) -> None:
     nd = len(shape)
     if spec.var_at < 0:
         if nd != len(spec.fast):
-            raise _Fail(name, None, f"{len(spec.fast)} axes {spec.shape_words()}",
-                        f"{nd} axes {list(shape)}")
+            raise _Fail(
+                name,
+                None,
+                f"{len(spec.fast)} axes {spec.shape_words()}",
+                f"{nd} axes {list(shape)}",
+            )
         for axis in range(nd):
             kind, val, bc = spec.fast[axis]
             s = shape[axis]
@@ -400,16 +423,22 @@ def _check_shape(spec: TensorSpec, name: str, shape: tuple, b: dict, prov: dict 
             elif kind is EXPR:
                 deferred.append((name, axis, val, s, bc))
             if not s and not allow_empty:
-                raise _Fail(name, axis, "a non-empty axis (size ≥ 1)", "size 0",
-                            hint="empty batches and zero-length sequences are refused; pass "
-                                 "allow_empty=True to @contract if they are meaningful here")
+                raise _Fail(
+                    name,
+                    axis,
+                    "a non-empty axis (size ≥ 1)",
+                    "size 0",
+                    hint="empty batches and zero-length sequences are refused; pass "
+                    "allow_empty=True to @contract if they are meaningful here",
+                )
         return
     nb, na = spec.n_before, spec.n_after
     if nd < nb + na:
-        raise _Fail(name, None, f"at least {nb + na} axes {spec.shape_words()}",
-                    f"{nd} axes {list(shape)}")
+        raise _Fail(
+            name, None, f"at least {nb + na} axes {spec.shape_words()}", f"{nd} axes {list(shape)}"
+        )
     axes = list(range(nb)) + list(range(nd - na, nd))
-    entries = list(spec.fast[:nb]) + list(spec.fast[nb + 1:])
+    entries = list(spec.fast[:nb]) + list(spec.fast[nb + 1 :])
     for axis, (kind, val, bc) in zip(axes, entries):
         s = shape[axis]
         if kind is NAME:
@@ -426,12 +455,17 @@ def _check_shape(spec: TensorSpec, name: str, shape: tuple, b: dict, prov: dict 
         elif kind is EXPR:
             deferred.append((name, axis, val, s, bc))
         if not s and not allow_empty:
-            raise _Fail(name, axis, "a non-empty axis (size ≥ 1)", "size 0",
-                        hint="empty batches and zero-length sequences are refused; pass "
-                             "allow_empty=True to @contract if they are meaningful here")
+            raise _Fail(
+                name,
+                axis,
+                "a non-empty axis (size ≥ 1)",
+                "size 0",
+                hint="empty batches and zero-length sequences are refused; pass "
+                "allow_empty=True to @contract if they are meaningful here",
+            )
     vkind, vname, _ = spec.fast[nb]
     if vkind is VARIADIC:
-        sub = tuple(shape[nb:nd - na])
+        sub = tuple(shape[nb : nd - na])
         have = b.get("*" + vname)
         if have is None:
             b["*" + vname] = sub
@@ -441,18 +475,28 @@ def _check_shape(spec: TensorSpec, name: str, shape: tuple, b: dict, prov: dict 
             raise _Fail(name, nb, f"axes *{vname}={list(have)}", f"{list(sub)}", dim="*" + vname)
 
 
-def _check_tensor(slot: Slot, x: Any, b: dict, prov: dict | None, deferred: list,
-                  allow_empty: bool) -> None:
+def _check_tensor(
+    slot: Slot, x: Any, b: dict, prov: dict | None, deferred: list, allow_empty: bool
+) -> None:
     spec = slot.tensor
     if not isinstance(x, torch.Tensor):
         if x is None:
-            raise _Fail(slot.name, None, f"a tensor {spec.shape_words()}", "None",
-                        hint="this argument is not Optional; annotate it `X | None` if None is "
-                             "meaningful")
-        raise _Fail(slot.name, None, f"a torch.Tensor {spec.shape_words()} "
-                    f"{_dtype_words(spec.dtypes, spec.category)}", f"{type(x).__name__}",
-                    hint=f"convert with torch.as_tensor({slot.name})" if isinstance(
-                        x, (list, tuple, int, float)) else None)
+            raise _Fail(
+                slot.name,
+                None,
+                f"a tensor {spec.shape_words()}",
+                "None",
+                hint="this argument is not Optional; annotate it `X | None` if None is meaningful",
+            )
+        raise _Fail(
+            slot.name,
+            None,
+            f"a torch.Tensor {spec.shape_words()} {_dtype_words(spec.dtypes, spec.category)}",
+            f"{type(x).__name__}",
+            hint=f"convert with torch.as_tensor({slot.name})"
+            if isinstance(x, (list, tuple, int, float))
+            else None,
+        )
     if spec.dtypes is not None and x.dtype not in spec.dtypes:
         hint = None
         if spec.category == "Bool":
@@ -461,8 +505,13 @@ def _check_tensor(slot: Slot, x: Any, b: dict, prov: dict | None, deferred: list
             hint = f"use {slot.name}.long()"
         elif spec.category == "Float" and not x.is_floating_point():
             hint = f"use {slot.name}.float()"
-        raise _Fail(slot.name, None, f"dtype {_dtype_words(spec.dtypes, spec.category)}",
-                    str(x.dtype).replace("torch.", ""), hint=hint)
+        raise _Fail(
+            slot.name,
+            None,
+            f"dtype {_dtype_words(spec.dtypes, spec.category)}",
+            str(x.dtype).replace("torch.", ""),
+            hint=hint,
+        )
     _check_shape(spec, slot.name, x.shape, b, prov, deferred, allow_empty)
 
 
@@ -497,9 +546,13 @@ def _bound_value(bound: Any, b: dict, self_obj: Any, slot: str) -> float | None:
     try:
         return bound(b, self_obj)
     except KeyError as e:
-        raise _Fail(slot, None, f"a bound {bound.source!r} that can be evaluated",
-                    f"dim {e.args[0]} is not bound by any shape in this call",
-                    hint="bind it with a shape, or with @contract(dims={...})") from None
+        raise _Fail(
+            slot,
+            None,
+            f"a bound {bound.source!r} that can be evaluated",
+            f"dim {e.args[0]} is not bound by any shape in this call",
+            hint="bind it with a shape, or with @contract(dims={...})",
+        ) from None
     except AttributeError as e:
         raise _Fail(slot, None, f"a bound {bound.source!r} that can be evaluated", str(e)) from None
 
@@ -580,13 +633,20 @@ def _judge_values(pending: list, b: dict, self_obj: Any, prov: dict | None) -> N
                 rows = int(x.any(dim=axis).numel())
                 first = tuple(int(i) for i in empty_rows[0])
                 inverted = bool((~x).any(dim=axis).all())
-                hint = ("masks are True for valid positions; this one looks inverted — pass "
-                        f"~{slot.name}?" if inverted and x.any() else
-                        "every row needs at least one valid position (a fully masked row makes "
-                        "softmax return NaN)")
-                raise _Fail(slot.name, axis, f"at least one True (valid) position per row along "
-                            f"axis {axis}", f"{n} of {rows} rows have none; first at row {first}",
-                            hint=hint)
+                hint = (
+                    "masks are True for valid positions; this one looks inverted — pass "
+                    f"~{slot.name}?"
+                    if inverted and x.any()
+                    else "every row needs at least one valid position (a fully masked row makes "
+                    "softmax return NaN)"
+                )
+                raise _Fail(
+                    slot.name,
+                    axis,
+                    f"at least one True (valid) position per row along axis {axis}",
+                    f"{n} of {rows} rows have none; first at row {first}",
+                    hint=hint,
+                )
             continue
         mn, mx = got
         lo = _bound_value(spec.lo, b, self_obj, slot.name)
@@ -605,14 +665,24 @@ def _judge_values(pending: list, b: dict, self_obj: Any, prov: dict | None) -> N
             expected = f"values in {_interval(spec.lo, lo, spec.hi, hi, b, prov)}"
         hint = None
         if info["nan"] or info["+inf"] or info["-inf"]:
-            hint = ("non-finite values upstream: run the step under diagnostics.NanWatch to "
-                    "find the module that produced them")
-        elif isinstance(spec.hi, Expr) and (spec.hi.uses_self or (prov and any(
-                prov.get(n, "").startswith("self") for n in spec.hi.names))):
-            hint = (f"values reach {_num(info['max'])} but the bound {spec.hi.source} comes from "
-                    "the model: do the data/tokenizer and the model agree on it?")
-        elif isinstance(spec.hi, Expr) and info["max"] is not None and hi is not None \
-                and info["max"] > hi:
+            hint = (
+                "non-finite values upstream: run the step under diagnostics.NanWatch to "
+                "find the module that produced them"
+            )
+        elif isinstance(spec.hi, Expr) and (
+            spec.hi.uses_self
+            or (prov and any(prov.get(n, "").startswith("self") for n in spec.hi.names))
+        ):
+            hint = (
+                f"values reach {_num(info['max'])} but the bound {spec.hi.source} comes from "
+                "the model: do the data/tokenizer and the model agree on it?"
+            )
+        elif (
+            isinstance(spec.hi, Expr)
+            and info["max"] is not None
+            and hi is not None
+            and info["max"] > hi
+        ):
             hint = f"values exceed {spec.hi.source}={_num(hi)}: are lengths/indices off by one?"
         raise _Fail(slot.name, None, expected, detail, hint=hint)
 
@@ -630,8 +700,9 @@ class _Checker:
             try:
                 b[name] = e(b, self_obj)
             except Exception as exc:
-                raise _Fail("self", None, f"dims[{name!r}] = {e.source}",
-                            f"{type(exc).__name__}: {exc}") from None
+                raise _Fail(
+                    "self", None, f"dims[{name!r}] = {e.source}", f"{type(exc).__name__}: {exc}"
+                ) from None
             if prov is not None:
                 prov[name] = e.source
         deferred: list = []
@@ -673,9 +744,13 @@ class _Checker:
             items = [(plan.returns[0], out)]
         elif kind == "tuple":
             if not isinstance(out, (tuple, list)) or len(out) != len(plan.returns):
-                raise _Fail("return", None, f"a tuple of {len(plan.returns)}",
-                            f"{type(out).__name__}" + (f" of {len(out)}" if isinstance(
-                                out, (tuple, list)) else ""))
+                raise _Fail(
+                    "return",
+                    None,
+                    f"a tuple of {len(plan.returns)}",
+                    f"{type(out).__name__}"
+                    + (f" of {len(out)}" if isinstance(out, (tuple, list)) else ""),
+                )
             items = list(zip(plan.returns, out))
         else:  # dict
             if not isinstance(out, Mapping):
@@ -683,8 +758,12 @@ class _Checker:
             items = []
             for key, slot in zip(plan._return_keys, plan.returns):  # type: ignore[attr-defined]
                 if key not in out:
-                    raise _Fail(slot.name, None, f"key {key!r} in the returned dict",
-                                f"keys {sorted(map(str, out))}")
+                    raise _Fail(
+                        slot.name,
+                        None,
+                        f"key {key!r} in the returned dict",
+                        f"keys {sorted(map(str, out))}",
+                    )
                 items.append((slot, out[key]))
         deferred: list = []
         pending: list = []
@@ -714,10 +793,14 @@ def _check_pyrange(slot: Slot, x: Any, b: dict, self_obj: Any, prov: dict | None
         return
     lo = _bound_value(r.lo, b, self_obj, slot.name)
     hi = _bound_value(r.hi, b, self_obj, slot.name)
-    if (isinstance(x, float) and not math.isfinite(x)) or (lo is not None and x < lo) or (
-            hi is not None and x > hi):
-        raise _Fail(slot.name, None, f"a value in {_interval(r.lo, lo, r.hi, hi, b, prov)}",
-                    repr(x))
+    if (
+        (isinstance(x, float) and not math.isfinite(x))
+        or (lo is not None and x < lo)
+        or (hi is not None and x > hi)
+    ):
+        raise _Fail(
+            slot.name, None, f"a value in {_interval(r.lo, lo, r.hi, hi, b, prov)}", repr(x)
+        )
 
 
 def _check_deferred(deferred: list, b: dict, self_obj: Any) -> None:
@@ -725,13 +808,16 @@ def _check_deferred(deferred: list, b: dict, self_obj: Any) -> None:
         try:
             want = expr(b, self_obj)
         except KeyError as e:
-            raise _Fail(name, axis, f"size {expr.source}", f"{s} (dim {e.args[0]} is unbound)")
+            raise _Fail(
+                name, axis, f"size {expr.source}", f"{s} (dim {e.args[0]} is unbound)"
+            ) from None
         if s != want and not (bc and s == 1):
             raise _Fail(name, axis, f"size {expr.source}={want}", f"{s}")
 
 
-def _explain(plan: Plan, fail: _Fail, args: tuple, kwargs: dict, out: Any = None,
-             phase: str = "inputs") -> ContractError:
+def _explain(
+    plan: Plan, fail: _Fail, args: tuple, kwargs: dict, out: Any = None, phase: str = "inputs"
+) -> ContractError:
     """Re-run the checks with provenance tracking and turn ``fail`` into a ContractError."""
     prov: dict = {}
     b: dict = {}
@@ -745,9 +831,12 @@ def _explain(plan: Plan, fail: _Fail, args: tuple, kwargs: dict, out: Any = None
     except Exception:
         pass
     # the bindings at the time of failure: rebuild them from what prov recorded
-    bindings_words = ", ".join(
-        f"{k}={_binding_value(k, prov, args, kwargs, plan, out)} ({prov[k]})" for k in prov
-    ) or "(none yet)"
+    bindings_words = (
+        ", ".join(
+            f"{k}={_binding_value(k, prov, args, kwargs, plan, out)} ({prov[k]})" for k in prov
+        )
+        or "(none yet)"
+    )
     value = _find_value(plan, fail.slot, args, kwargs, out)
     lines = []
     head = f"{plan.qualname}(): {_slot_words(fail.slot)}"
@@ -756,9 +845,11 @@ def _explain(plan: Plan, fail: _Fail, args: tuple, kwargs: dict, out: Any = None
     head += f": expected {fail.expected}, got {fail.actual}"
     lines.append(head)
     if fail.dim is not None and fail.dim in prov:
-        lines.append(f"  {fail.dim}={_binding_value(fail.dim, prov, args, kwargs, plan, out)} "
-                     f"from {prov[fail.dim]}, but {fail.slot}.shape[{fail.axis}]="
-                     f"{fail.actual}")
+        lines.append(
+            f"  {fail.dim}={_binding_value(fail.dim, prov, args, kwargs, plan, out)} "
+            f"from {prov[fail.dim]}, but {fail.slot}.shape[{fail.axis}]="
+            f"{fail.actual}"
+        )
     if value is not _MISSING:
         lines.append(f"  {fail.slot}: {describe_value(value)}")
     lines.append(f"  bindings: {bindings_words}")
@@ -772,8 +863,11 @@ def _explain(plan: Plan, fail: _Fail, args: tuple, kwargs: dict, out: Any = None
             for d in slot.tensor.dims:
                 if d.kind == FIXED:
                     known.append(d.value)
-                elif d.kind == NAME and d.value in bb and not prov.get(d.value, "").startswith(
-                        fail.slot + "."):
+                elif (
+                    d.kind == NAME
+                    and d.value in bb
+                    and not prov.get(d.value, "").startswith(fail.slot + ".")
+                ):
                     known.append(bb[d.value])
                 else:
                     known.append(None)
@@ -783,16 +877,23 @@ def _explain(plan: Plan, fail: _Fail, args: tuple, kwargs: dict, out: Any = None
     if hint:
         lines.append(f"  hint: {hint}")
     bindings = {k: _binding_value(k, prov, args, kwargs, plan, out) for k in prov}
-    return ContractError("\n".join(lines), function=plan.qualname, argument=fail.slot,
-                         axis=fail.axis, expected=fail.expected, actual=fail.actual,
-                         bindings=bindings)
+    return ContractError(
+        "\n".join(lines),
+        function=plan.qualname,
+        argument=fail.slot,
+        axis=fail.axis,
+        expected=fail.expected,
+        actual=fail.actual,
+        bindings=bindings,
+    )
 
 
 _MISSING = object()
 
 
-def _swap_hint(plan: Plan, fail: _Fail, prov: dict, args: tuple, kwargs: dict, out: Any
-               ) -> str | None:
+def _swap_hint(
+    plan: Plan, fail: _Fail, prov: dict, args: tuple, kwargs: dict, out: Any
+) -> str | None:
     """A dim bound by an earlier argument clashes, and the clashing size is another axis of that
     same argument: the earlier argument is probably the transposed one."""
     src = prov.get(fail.dim, "")
@@ -813,8 +914,10 @@ def _swap_hint(plan: Plan, fail: _Fail, prov: dict, args: tuple, kwargs: dict, o
                 return None
             names[i], names[j] = names[j], names[i]
             a, z = sorted((i, j))
-            return (f"{arg}.shape[{j}]={fail.actual} matches {fail.slot}.shape[{fail.axis}]: "
-                    f"{arg} looks like [{', '.join(names)}]; {arg}.transpose({a}, {z})?")
+            return (
+                f"{arg}.shape[{j}]={fail.actual} matches {fail.slot}.shape[{fail.axis}]: "
+                f"{arg} looks like [{', '.join(names)}]; {arg}.transpose({a}, {z})?"
+            )
     return None
 
 
@@ -864,7 +967,7 @@ def _binding_value(k: str, prov: dict, args: tuple, kwargs: dict, plan: Plan, ou
     idx = rest.rstrip("]")
     if ":" in idx:
         a, z = idx.split(":")
-        return list(value.shape[int(a):int(z)])
+        return list(value.shape[int(a) : int(z)])
     return value.shape[int(idx)]
 
 
@@ -940,8 +1043,16 @@ def contract(
         ...     m = mask.unsqueeze(-1).to(x.dtype)
         ...     return (x * m).sum(1) / m.sum(1)
     """
-    options = dict(dims=dims, returns=returns, allow_empty=allow_empty, generate=generate,
-                   sizes=sizes, strategies=strategies, outputs=outputs, notes=notes)
+    options = dict(
+        dims=dims,
+        returns=returns,
+        allow_empty=allow_empty,
+        generate=generate,
+        sizes=sizes,
+        strategies=strategies,
+        outputs=outputs,
+        notes=notes,
+    )
 
     def decorate(f: Callable) -> Callable:
         if not callable(f):

@@ -78,7 +78,11 @@ def value_details(x: torch.Tensor, lo: float | None, hi: float | None) -> tuple[
             "first_bad_index": first,
         }
     parts = [f"{n_bad} of {info['numel']} values outside it"]
-    nonfin = [f"{info[k]} {k.upper() if k == 'nan' else k.replace('inf', 'Inf')}" for k in ("nan", "+inf", "-inf") if info[k]]
+    nonfin = [
+        f"{info[k]} {k.upper() if k == 'nan' else k.replace('inf', 'Inf')}"
+        for k in ("nan", "+inf", "-inf")
+        if info[k]
+    ]
     if nonfin:
         parts.append("non-finite: " + ", ".join(nonfin))
     if info["min"] is not None:

@@ -23,10 +23,15 @@ __all__: list[str] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini("contracts_modules", "modules/packages whose contracts get generated tests",
-                  type="linelist", default=[])
-    parser.addini("contracts_max_examples", "hypothesis examples per generated contract test",
-                  default="8")
+    parser.addini(
+        "contracts_modules",
+        "modules/packages whose contracts get generated tests",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "contracts_max_examples", "hypothesis examples per generated contract test", default="8"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -107,8 +112,14 @@ class ContractItem(pytest.Item):
             pytest.skip(str(e))
         n = int(self.config.getini("contracts_max_examples"))
 
-        @settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck), print_blob=False)
+        @settings(
+            max_examples=n,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            print_blob=False,
+        )
         @given(strategy)
         def prop(ai: tuple[tuple, dict]) -> None:
             args, kwargs = ai
@@ -124,8 +135,7 @@ class ContractItem(pytest.Item):
         from ._errors import ContractError
 
         if isinstance(excinfo.value, ContractError):
-            return (f"generated property test of {self.plan.qualname} failed:\n"
-                    f"{excinfo.value}")
+            return f"generated property test of {self.plan.qualname} failed:\n{excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 
 
@@ -135,15 +145,19 @@ def _wanted(config: pytest.Config) -> bool:
     markexpr = getattr(config.option, "markexpr", "") or ""
     if "contracts" in markexpr:
         return "not contracts" not in markexpr
-    explicit = [a for a in config.invocation_params.args
-                if not str(a).startswith("-") and os.path.exists(str(a).split("::")[0])]
+    explicit = [
+        a
+        for a in config.invocation_params.args
+        if not str(a).startswith("-") and os.path.exists(str(a).split("::")[0])
+    ]
     root = str(config.rootpath)
     return not explicit or any(os.path.abspath(a) == root for a in explicit)
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
-                                  items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     if not _wanted(config):
         return
     anchor = config.inipath or config.rootpath / "pyproject.toml"

@@ -23,7 +23,8 @@ def register(plan: Any) -> None:
 def all_plans(prefixes: tuple[str, ...] = ()) -> list[Any]:
     """Registered plans whose module starts with one of ``prefixes`` (all when empty)."""
     return [
-        p for (mod, _q), p in sorted(_PLANS.items())
+        p
+        for (mod, _q), p in sorted(_PLANS.items())
         if not prefixes or any(mod == x or mod.startswith(x + ".") for x in prefixes)
     ]
 

@@ -36,8 +36,14 @@ def _dtype(slot: Any) -> str:
         if slot.plain_tensor:
             return "any"
         return getattr(slot.pyhint, "__name__", str(slot.pyhint).replace("typing.", ""))
-    return {"Float": "float", "Int": "int", "Integer": "int", "Bool": "bool",
-            "Complex": "complex", "Shaped": "any"}.get(spec.category, spec.category.lower())
+    return {
+        "Float": "float",
+        "Int": "int",
+        "Integer": "int",
+        "Bool": "bool",
+        "Complex": "complex",
+        "Shaped": "any",
+    }.get(spec.category, spec.category.lower())
 
 
 def _shape(slot: Any) -> str:
@@ -110,7 +116,9 @@ def render(modules: list[str]) -> str:
             out.append(f"\n## `{mod}`\n")
             last_mod = mod
         out.append(f"\n### {owner}\n")
-        out.append("| Method | Input | Shape | Dtype | Range | Output | Shape | Dtype | Range | Notes |")
+        out.append(
+            "| Method | Input | Shape | Dtype | Range | Output | Shape | Dtype | Range | Notes |"
+        )
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         bound: dict[str, str] = {}
         for plan in sorted(plans, key=lambda p: p.qualname):
@@ -119,8 +127,11 @@ def render(modules: list[str]) -> str:
                 bound[name] = e.source
         if bound:
             out.append("")
-            out.append("Dims bound from the model: " + ", ".join(
-                f"`{k}` = `{v}`" for k, v in sorted(bound.items())) + ".")
+            out.append(
+                "Dims bound from the model: "
+                + ", ".join(f"`{k}` = `{v}`" for k, v in sorted(bound.items()))
+                + "."
+            )
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -131,12 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         "annotations (shapes, dtypes, ranges, masks), or check that the committed ones are "
         "current.",
     )
-    parser.add_argument("--modules", nargs="+", default=["models"],
-                        help="modules or packages to import and document (default: models)")
-    parser.add_argument("--out", default="docs/CONTRACTS.md",
-                        help="output file (default: docs/CONTRACTS.md)")
-    parser.add_argument("--check", action="store_true",
-                        help="do not write; exit 1 if --out differs from what the code says")
+    parser.add_argument(
+        "--modules",
+        nargs="+",
+        default=["models"],
+        help="modules or packages to import and document (default: models)",
+    )
+    parser.add_argument(
+        "--out", default="docs/CONTRACTS.md", help="output file (default: docs/CONTRACTS.md)"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 if --out differs from what the code says",
+    )
     args = parser.parse_args(argv)
     try:
         text = render(args.modules)
@@ -147,10 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         old = out.read_text() if out.exists() else ""
         if old != text:
-            diff = "".join(list(difflib.unified_diff(
-                old.splitlines(True), text.splitlines(True), str(out), "generated"))[:40])
-            print(f"{out} is stale: run `python -m contracts.docs` and commit it\n{diff}",
-                  file=sys.stderr)
+            diff = "".join(
+                list(
+                    difflib.unified_diff(
+                        old.splitlines(True), text.splitlines(True), str(out), "generated"
+                    )
+                )[:40]
+            )
+            print(
+                f"{out} is stale: run `python -m contracts.docs` and commit it\n{diff}",
+                file=sys.stderr,
+            )
             return 1
         print(f"{out} is current ({text.count(chr(10))} lines)")
         return 0

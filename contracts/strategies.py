@@ -77,8 +77,9 @@ def _bound(b: Any, bindings: dict, self_obj: Any) -> float | None:
     return b
 
 
-def _make_tensor(spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator,
-                 bindings: dict, self_obj: Any) -> torch.Tensor:
+def _make_tensor(
+    spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator, bindings: dict, self_obj: Any
+) -> torch.Tensor:
     lo = _bound(spec.lo, bindings, self_obj)
     hi = _bound(spec.hi, bindings, self_obj)
     dts = spec.dtypes
@@ -87,7 +88,7 @@ def _make_tensor(spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator,
         if spec.mask_axis is not None and x.numel():
             axis = spec.mask_axis % len(shape)
             n = shape[axis]
-            pick = torch.randint(0, n, shape[:axis] + shape[axis + 1:], generator=gen)
+            pick = torch.randint(0, n, shape[:axis] + shape[axis + 1 :], generator=gen)
             x |= torch.nn.functional.one_hot(pick, n).movedim(-1, axis).bool()
         return x
     if dts is not None and all(d.is_complex for d in dts):
@@ -202,7 +203,8 @@ def inputs_for(
         if slot.plain_tensor and slot.default is inspect.Parameter.empty:
             raise CannotGenerate(
                 f"{plan.qualname}(): argument {slot.name!r} is a bare torch.Tensor; annotate its "
-                "shape and dtype (Float[Tensor, '...']) so inputs can be generated")
+                "shape and dtype (Float[Tensor, '...']) so inputs can be generated"
+            )
 
     @st.composite
     def draw(data: st.DrawFn) -> tuple[tuple, dict]:
@@ -222,8 +224,7 @@ def inputs_for(
             if slot.name in plan.strategies:
                 value = data(plan.strategies[slot.name](st))
             elif slot.tensor is not None:
-                if slot.optional and slot.default is None and data(
-                        st.booleans()):
+                if slot.optional and slot.default is None and data(st.booleans()):
                     value = None
                 else:
                     shape: list[int] = []

@@ -14,8 +14,9 @@ from contracts import ContractError
 def test_attach_to_torch_module_and_remove():
     lin = nn.Linear(16, 4)
     original = nn.Linear.forward
-    handle = contracts.attach(nn.Linear, "forward", input=Float[Tensor, "*b 16"],
-                              returns=Float[Tensor, "*b 4"])
+    handle = contracts.attach(
+        nn.Linear, "forward", input=Float[Tensor, "*b 16"], returns=Float[Tensor, "*b 4"]
+    )
     try:
         assert lin(torch.zeros(3, 16)).shape == (3, 4)
         with pytest.raises(ContractError, match=r"Linear.forward\(\): argument 'input', axis 1"):

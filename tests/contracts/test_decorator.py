@@ -96,6 +96,7 @@ def test_tuple_and_dict_returns():
         return x.sum(1), x.long()
 
     a, b = two(torch.zeros(2, 3))
+    assert b.dtype == torch.long
     assert a.shape == (2,)
 
     @contract
@@ -163,7 +164,9 @@ def test_complex_and_shaped():
 
 def test_probability_and_finite():
     @contract
-    def f(p: Annotated[Float[Tensor, "B"], Probability()], z: Annotated[Float[Tensor, "B"], Finite()]):
+    def f(
+        p: Annotated[Float[Tensor, "B"], Probability()], z: Annotated[Float[Tensor, "B"], Finite()]
+    ):
         return None
 
     f(torch.tensor([0.0, 1.0]), torch.tensor([1e30, -1e30]))
@@ -237,25 +240,32 @@ def test_off_at_decoration_returns_function_itself():
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     env["CONTRACTS_MODE"] = "loud"
-    r = subprocess.run([sys.executable, "-c", "import contracts"], env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", "import contracts"], env=env, capture_output=True, text=True
+    )
     assert r.returncode != 0
     assert "invalid contracts mode 'loud' from env CONTRACTS_MODE; valid modes are" in r.stderr
 
 
 def test_malformed_annotations_fail_at_decoration():
     with pytest.raises(TypeError, match=r"malformed annotation of .x.*more than once"):
+
         @contract
         def f(x: Float[Tensor, "*a *b"]):
             pass
+
     with pytest.raises(TypeError, match="Mask\\(\\) needs a Bool"):
+
         @contract
         def g(x: Annotated[Float[Tensor, "B"], Mask()]):
             pass
+
     with pytest.raises(TypeError, match="Range on a Bool tensor"):
+
         @contract
         def h(x: Annotated[Bool[Tensor, "B"], Range(0, 1)]):
             pass
+
     with pytest.raises(TypeError, match="is empty: lower bound > upper bound"):
         Range(2, 1)
     with pytest.raises(TypeError, match="malformed contract expression 'V-'"):
@@ -263,6 +273,7 @@ def test_malformed_annotations_fail_at_decoration():
     with pytest.raises(TypeError, match="attributes may only be read from self"):
         Range(0, "os.sep")
     with pytest.raises(TypeError, match="reads self, but there is no self"):
+
         @contract(dims={"V": "self.v"})
         def k(x: Float[Tensor, "V"]):
             pass

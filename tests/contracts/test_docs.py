@@ -11,13 +11,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_contract_docs_are_current():
-    r = subprocess.run([sys.executable, "-m", "contracts.docs", "--check"], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "contracts.docs", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
 def test_render_and_check_roundtrip(tmp_path, monkeypatch):
-    (tmp_path / "docmod.py").write_text(textwrap.dedent('''
+    (tmp_path / "docmod.py").write_text(
+        textwrap.dedent("""
         from typing import Annotated
         from torch import Tensor, nn
         from jaxtyping import Float, Int, Bool
@@ -31,14 +36,17 @@ def test_render_and_check_roundtrip(tmp_path, monkeypatch):
             def forward(self, tokens: Annotated[Int[Tensor, "B N"], Range(0, "V-1")],
                         mask: Annotated[Bool[Tensor, "B N"], Mask()]) -> Float[Tensor, "B N V"]:
                 ...
-    '''))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     from contracts.docs import main, render
 
     text = render(["docmod"])
     assert "### Tok" in text
-    assert ("| `forward` | tokens | [B, N] | int | [0, V-1] | logits | [B, N, V] | float | any "
-            "| Target token ids |") in text
+    assert (
+        "| `forward` | tokens | [B, N] | int | [0, V-1] | logits | [B, N, V] | float | any "
+        "| Target token ids |"
+    ) in text
     assert "|  | mask | [B, N] | bool | {0, 1}, ≥1 valid per row |  |  |  |  |  |" in text
     assert "Dims bound from the model: `V` = `self.vocab_size`." in text
     out = tmp_path / "C.md"

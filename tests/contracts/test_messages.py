@@ -45,8 +45,10 @@ def test_binding_provenance_sentence():
     m = msg(encode, torch.zeros(4, 10, 80), torch.ones(2, 10, dtype=torch.bool))
     assert m.splitlines()[0] == "encode(): argument 'mask', axis 0: expected size B=4, got 2"
     assert "  B=4 from features.shape[0], but mask.shape[0]=2" in m
-    assert "  bindings: B=4 (features.shape[0]), T=10 (features.shape[1]), F=80 " \
-           "(features.shape[2])" in m
+    assert (
+        "  bindings: B=4 (features.shape[0]), T=10 (features.shape[1]), F=80 "
+        "(features.shape[2])" in m
+    )
 
 
 def test_transposed_features_hint_from_model_dim():
@@ -58,8 +60,10 @@ def test_transposed_features_hint_from_model_dim():
 
 def test_transposed_features_hint_from_later_argument():
     m = msg(encode, torch.zeros(4, 80, 10), torch.ones(4, 10, dtype=torch.bool))
-    assert ("hint: features.shape[2]=10 matches mask.shape[1]: features looks like [B, F, T]; "
-            "features.transpose(1, 2)?") in m
+    assert (
+        "hint: features.shape[2]=10 matches mask.shape[1]: features looks like [B, F, T]; "
+        "features.transpose(1, 2)?"
+    ) in m
 
 
 def test_range_violation_counts_and_locates():
@@ -67,8 +71,10 @@ def test_range_violation_counts_and_locates():
     tok[1, 3] = 104
     tok[1, 4] = 100
     m = msg(Embed(), torch.zeros(2, 7, 80), tok)
-    assert ("argument 'tokens': expected values in [0, V-1=99], got 2 of 10 values outside it; "
-            "finite min=0, max=104; first bad at index (1, 3)") in m
+    assert (
+        "argument 'tokens': expected values in [0, V-1=99], got 2 of 10 values outside it; "
+        "finite min=0, max=104; first bad at index (1, 3)"
+    ) in m
     assert "hint: values reach 104 but the bound V-1 comes from the model" in m
 
 
@@ -76,8 +82,10 @@ def test_nan_inside_ranged_argument():
     f = torch.zeros(1, 3, 2)
     f[0, 1, 1] = float("nan")
     m = msg(encode, f, torch.ones(1, 3, dtype=torch.bool))
-    assert "argument 'features': expected values in [-2, 2], got 1 of 6 values outside it; " \
-           "non-finite: 1 NAN; finite min=0, max=0; first bad at index (0, 1, 1)" in m
+    assert (
+        "argument 'features': expected values in [-2, 2], got 1 of 6 values outside it; "
+        "non-finite: 1 NAN; finite min=0, max=0; first bad at index (0, 1, 1)" in m
+    )
     assert "diagnostics.NanWatch" in m
 
 

@@ -12,7 +12,7 @@ pytest_plugins = ["pytester"]
 def test_plugin_generates_marked_items(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         mymodels=textwrap.dedent(
-            '''
+            """
             from typing import Annotated
             import torch
             from torch import Tensor, nn
@@ -39,7 +39,7 @@ def test_plugin_generates_marked_items(pytester: pytest.Pytester) -> None:
                 def forward(self, t: Annotated[Int[Tensor, "B"], Range(0, "V-1")]
                             ) -> Float[Tensor, "B 2"]:
                     return self.e(t)
-            '''
+            """
         )
     )
     pytester.makeini("[pytest]\ncontracts_modules = mymodels\n")

@@ -63,8 +63,9 @@ class Lookup(nn.Module):
         self.emb = nn.Embedding(7, 3)
 
     @contract(dims={"V": "self.vocab_size"})
-    def forward(self, tokens: Annotated[Int[Tensor, "B N"], Range(0, "V-1")]
-                ) -> Float[Tensor, "B N 3"]:
+    def forward(
+        self, tokens: Annotated[Int[Tensor, "B N"], Range(0, "V-1")]
+    ) -> Float[Tensor, "B N 3"]:
         return self.emb(tokens)
 
 
@@ -110,15 +111,34 @@ def test_undecorated_function_is_refused():
 
 @st.composite
 def _bad_value(draw):
-    kind = draw(st.sampled_from(["none", "list", "int", "str", "wrong_dtype", "wrong_rank",
-                                 "zero", "nan", "inf", "huge", "bool", "complex"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "none",
+                "list",
+                "int",
+                "str",
+                "wrong_dtype",
+                "wrong_rank",
+                "zero",
+                "nan",
+                "inf",
+                "huge",
+                "bool",
+                "complex",
+            ]
+        )
+    )
     shape = tuple(draw(st.lists(st.integers(0, 4), min_size=0, max_size=4)))
     return kind, shape
 
 
 def _make(kind, shape):
     return {
-        "none": None, "list": [[1.0]], "int": 3, "str": "x",
+        "none": None,
+        "list": [[1.0]],
+        "int": 3,
+        "str": "x",
         "wrong_dtype": torch.zeros(shape, dtype=torch.int32),
         "wrong_rank": torch.zeros(shape),
         "zero": torch.zeros((0, *shape)),
@@ -135,8 +155,11 @@ def _make(kind, shape):
 def test_fuzz_bad_inputs_raise_contract_error_only(a, b, target):
     """Garbage in any argument: a ContractError or success, never an internal error."""
     good = {
-        "x": torch.zeros(2, 3, 4), "mask": torch.ones(2, 3, dtype=torch.bool),
-        "lengths": torch.ones(2, dtype=torch.long), "p": torch.zeros(2), "k": 1,
+        "x": torch.zeros(2, 3, 4),
+        "mask": torch.ones(2, 3, dtype=torch.bool),
+        "lengths": torch.ones(2, dtype=torch.long),
+        "p": torch.zeros(2),
+        "k": 1,
     }
     good[target] = _make(*a)
     other = "x" if target != "x" else "p"
