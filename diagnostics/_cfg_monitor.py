@@ -1,0 +1,263 @@
+"""CFGDropoutMonitor: is classifier-free-guidance dropout really dropping the condition?
+
+A forward pre-hook on the model reads, at every training forward, which examples had their
+condition dropped, and records ``(dropped, total)`` per step. The observed rate is compared with
+the configured ``p``; the monitor flags:
+
+* ``never``: ``p > 0`` but not one condition was dropped (the dropout is not applied);
+* ``disabled``: ``p == 0`` is configured (the null input is never trained, so guidance and the
+  null ablation are meaningless);
+* ``far``: ``p`` lies outside the 99.9% Wilson interval of the observed rate *and* the observed
+  rate differs from ``p`` by more than ``rel_tol`` (default 25%) of ``p``.
+
+How a drop is seen (first that applies): ``detect(args, kwargs) -> bool[B]``; the boolean
+``mask_arg`` of ``forward`` (True = dropped); or ``cond_arg`` being ``None`` (whole batch dropped).
+The hook only reads: outputs, gradients and RNG are untouched; it is removed on ``remove()`` or
+when the ``with`` block exits, even on an exception.
+
+Example:
+    >>> with CFGDropoutMonitor(model, p=0.2, mask_arg="drop_cond") as mon:
+    ...     for batch in loader:
+    ...         train_step(model, batch)
+    ...         mon.step()
+    >>> print(mon.report())
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from contracts._errors import TorchdxError
+
+__all__ = ["CFGDropoutError", "CFGDropoutMonitor", "CFGDropoutReport"]
+
+
+class CFGDropoutError(TorchdxError, ValueError):
+    """Bad configuration of a :class:`CFGDropoutMonitor`."""
+
+    __module__ = "diagnostics"
+
+
+@dataclass
+class CFGDropoutReport:
+    """Observed CFG dropout.
+
+    Attributes:
+        p: the configured dropout probability.
+        steps: steps recorded.
+        dropped, total: conditions dropped / seen over all steps.
+        observed: ``dropped / total`` (nan when nothing was seen).
+        ci: 99.9% Wilson interval of the observed rate.
+        per_step: observed rate per step.
+        flag: ``None`` when fine, else ``"never"``, ``"disabled"`` or ``"far"``.
+        message: the flag in words.
+    """
+
+    p: float
+    steps: int
+    dropped: int
+    total: int
+    observed: float
+    ci: tuple[float, float]
+    per_step: list[float]
+    flag: str | None
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.flag is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "p": self.p,
+            "steps": self.steps,
+            "dropped": self.dropped,
+            "total": self.total,
+            "observed": self.observed,
+            "ci": list(self.ci),
+            "flag": self.flag,
+            "message": self.message,
+        }
+
+    def __str__(self) -> str:
+        head = (
+            f"CFG dropout: observed {self.observed:.3f} ({self.dropped}/{self.total} over "
+            f"{self.steps} steps), configured p={self.p}"
+        )
+        return f"{head}; {'OK' if self.ok else 'FLAG ' + str(self.flag)}: {self.message}"
+
+
+def _wilson(k: int, n: int, z: float = 3.29) -> tuple[float, float]:
+    """Wilson score interval for k successes in n draws (z=3.29: 99.9%)."""
+    if n == 0:
+        return (0.0, 1.0)
+    q = k / n
+    den = 1 + z * z / n
+    centre = (q + z * z / (2 * n)) / den
+    half = z * math.sqrt(q * (1 - q) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class CFGDropoutMonitor:
+    """Record the observed fraction of dropped conditions per training step.
+
+    Args:
+        model: the conditioned model (the hook sits on its ``forward``).
+        p: the configured CFG dropout probability.
+        mask_arg: name of ``forward``'s boolean drop mask ``[B]`` (True = dropped).
+        cond_arg: name of ``forward``'s condition argument; ``None`` passed there counts as the
+            whole batch dropped (used when no mask is passed).
+        detect: ``detect(args, kwargs) -> bool Tensor [B]``; overrides the two above.
+        rel_tol: relative tolerance of the ``far`` flag.
+        train_only: count only forwards in training mode (skip validation/sampling).
+
+    Example:
+        >>> mon = CFGDropoutMonitor(model, p=0.2).attach()
+        >>> ...  # training steps, mon.step() after each
+        >>> mon.remove(); mon.report().flag
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        p: float,
+        *,
+        mask_arg: str | None = "drop_cond",
+        cond_arg: str | None = None,
+        detect: Callable[[tuple, dict], Tensor] | None = None,
+        rel_tol: float = 0.25,
+        train_only: bool = True,
+    ) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise CFGDropoutError(f"CFGDropoutMonitor: p={p} is not a probability in [0, 1]")
+        if detect is None and mask_arg is None and cond_arg is None:
+            raise CFGDropoutError(
+                "CFGDropoutMonitor: give mask_arg, cond_arg or detect (how to see a drop)"
+            )
+        self.model = model
+        self.p = float(p)
+        self.mask_arg, self.cond_arg, self.detect = mask_arg, cond_arg, detect
+        self.rel_tol = rel_tol
+        self.train_only = train_only
+        self._sig = inspect.signature(model.forward)
+        for name in (mask_arg, cond_arg):
+            if detect is None and name is not None and name not in self._sig.parameters:
+                raise CFGDropoutError(
+                    f"CFGDropoutMonitor: {type(model).__name__}.forward has no argument {name!r} "
+                    f"(its arguments: {', '.join(self._sig.parameters)})"
+                )
+        self._handle: Any = None
+        self._cur = [0, 0]  # dropped, total in the current step
+        self._calls_in_step = 0
+        self.history: list[tuple[int, int]] = []
+
+    def __repr__(self) -> str:
+        state = "attached" if self._handle is not None else "detached"
+        return f"CFGDropoutMonitor(p={self.p}, {state}, {len(self.history)} steps)"
+
+    # -- hook
+    def _observe(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.train_only and not module.training:
+            return None
+        if self.detect is not None:
+            mask = self.detect(args, kwargs)
+        else:
+            try:
+                bound = self._sig.bind(*args, **kwargs).arguments
+            except TypeError:
+                return None
+            mask = bound.get(self.mask_arg) if self.mask_arg else None
+            if mask is None:
+                b = next(
+                    (
+                        a.shape[0]
+                        for a in (*args, *kwargs.values())
+                        if isinstance(a, Tensor) and a.dim() > 0
+                    ),
+                    None,
+                )
+                if b is None:
+                    return None
+                dropped_all = self.cond_arg is not None and bound.get(self.cond_arg) is None
+                mask = torch.full((b,), dropped_all)
+        mask = torch.as_tensor(mask).detach()
+        self._cur[0] += int(mask.sum())
+        self._cur[1] += int(mask.numel())
+        self._calls_in_step += 1
+        return None
+
+    def attach(self) -> CFGDropoutMonitor:
+        """Install the hook (idempotent); returns self."""
+        if self._handle is None:
+            self._handle = self.model.register_forward_pre_hook(self._observe, with_kwargs=True)
+        return self
+
+    def remove(self) -> None:
+        """Remove the hook and close the current step."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self.step()
+
+    def __enter__(self) -> CFGDropoutMonitor:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def step(self) -> None:
+        """Close the current training step (its forwards are aggregated into one record)."""
+        if self._cur[1] > 0:
+            self.history.append((self._cur[0], self._cur[1]))
+        self._cur = [0, 0]
+        self._calls_in_step = 0
+
+    # -- verdict
+    def report(self) -> CFGDropoutReport:
+        """Observed rate, its 99.9% interval, and the flag (see the module doc)."""
+        hist = [*self.history, *([tuple(self._cur)] if self._cur[1] else [])]
+        dropped = sum(d for d, _ in hist)
+        total = sum(n for _, n in hist)
+        observed = dropped / total if total else float("nan")
+        lo, hi = _wilson(dropped, total)
+        flag, msg = None, "observed rate consistent with p"
+        if total == 0:
+            msg = "no training forward observed (is the model in train mode? was step() called?)"
+        elif self.p == 0.0:
+            flag = "disabled"
+            msg = (
+                "configured p=0: CFG dropout is disabled, the null/unconditional input is never "
+                "trained (guidance and the null ablation are meaningless)"
+            )
+            if dropped:
+                msg += f"; yet {dropped} conditions were dropped"
+        elif dropped == 0:
+            flag = "never"
+            msg = (
+                f"no condition dropped in {total} draws over {len(hist)} steps with configured "
+                f"p={self.p} (expected ~{self.p * total:.0f}): CFG dropout is not applied"
+            )
+        elif not lo <= self.p <= hi and abs(observed - self.p) > self.rel_tol * self.p:
+            flag = "far"
+            msg = (
+                f"observed {observed:.3f} (99.9% interval [{lo:.3f}, {hi:.3f}]) is far from "
+                f"configured p={self.p}"
+            )
+        return CFGDropoutReport(
+            p=self.p,
+            steps=len(hist),
+            dropped=dropped,
+            total=total,
+            observed=observed,
+            ci=(lo, hi),
+            per_step=[d / n for d, n in hist],
+            flag=flag,
+            message=msg,
+        )

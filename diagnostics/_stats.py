@@ -1,0 +1,135 @@
+"""Statistics for conditioning ablations: per-example effects, bootstrap CIs and the verdict.
+
+The verdict is taken from the 95% bootstrap confidence interval of the mean relative change
+``||f(c) - f(a)|| / ||f(c)||`` over examples, never from a single number:
+
+=========  ==========================================================================
+verdict    rule (``lo``, ``hi`` = bounds of the 95% CI of the mean relative change)
+=========  ==========================================================================
+used       some ablation of the site has ``lo >= USED_MIN`` (0.05: a change of at least 5%
+           of the output norm, with confidence)
+ignored    every ablation of the site has ``hi < IGNORED_MAX`` (0.01: under 1% with
+           confidence; float round-off gives ~1e-7)
+weak       anything else (an effect that is small, or too noisy to call)
+=========  ==========================================================================
+
+Example:
+    >>> mean, lo, hi = bootstrap_ci([0.2, 0.3, 0.25], seed=0)
+    >>> verdict_from_ci(lo, hi)
+    'used'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "IGNORED_MAX",
+    "N_BOOT",
+    "USED_MIN",
+    "bootstrap_ci",
+    "example_effects",
+    "site_verdict",
+    "verdict_from_ci",
+]
+
+USED_MIN = 0.05  # CI lower bound of the mean relative change at or above this -> "used"
+IGNORED_MAX = 0.01  # CI upper bound below this (for every ablation) -> "ignored"
+N_BOOT = 1000  # bootstrap resamples
+_EPS = 1e-12  # guards the division by ||f(c)|| for an all-zero output
+
+
+def _flat_real(x: Tensor) -> Tensor:
+    """(B, ...) real or complex -> (B, D) float64; complex as interleaved real/imag."""
+    x = x.detach()
+    if x.is_complex():
+        x = torch.view_as_real(x)  # (B, ..., 2)
+    return x.reshape(x.shape[0], -1).to(torch.float64)  # (B, D)
+
+
+def example_effects(intact: Tensor, ablated: Tensor) -> dict[str, np.ndarray]:
+    """Per-example relative change, cosine similarity and absolute change.
+
+    Args:
+        intact: ``f(c)``, shape ``(B, ...)`` (real or complex).
+        ablated: ``f(a)``, same shape.
+
+    Returns:
+        ``{"rel": (B,), "cos": (B,), "abs": (B,)}`` as float64 numpy arrays, where
+        ``rel = ||f(c) - f(a)|| / ||f(c)||`` and ``cos`` is the cosine between the flattened
+        outputs (complex numbers as pairs of reals).
+
+    Example:
+        >>> e = example_effects(torch.ones(2, 3), torch.zeros(2, 3))
+        >>> e["rel"].tolist()
+        [1.0, 1.0]
+    """
+    assert intact.shape == ablated.shape, (
+        f"example_effects: intact {tuple(intact.shape)} != ablated {tuple(ablated.shape)}"
+    )
+    c, a = _flat_real(intact), _flat_real(ablated)  # (B, D)
+    nc, na = c.norm(dim=1), a.norm(dim=1)  # (B,)
+    diff = (c - a).norm(dim=1)  # (B,)
+    rel = diff / nc.clamp_min(_EPS)
+    cos = (c * a).sum(dim=1) / (nc * na).clamp_min(_EPS)
+    return {"rel": rel.cpu().numpy(), "cos": cos.cpu().numpy(), "abs": diff.cpu().numpy()}
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Mean of ``values`` with a percentile bootstrap confidence interval.
+
+    Args:
+        values: one number per example (examples are the resampled unit).
+        n_boot: bootstrap resamples.
+        seed: seed of the resampling (same seed, same interval).
+        level: confidence level.
+
+    Returns:
+        ``(mean, lo, hi)``; for a single value the interval is the value itself.
+
+    Example:
+        >>> bootstrap_ci([1.0, 1.0, 1.0])
+        (1.0, 1.0, 1.0)
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    assert v.size > 0, "bootstrap_ci: no values (need at least one example)"
+    mean = float(v.mean())
+    if v.size == 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(n_boot, v.size))  # (n_boot, N)
+    means = v[idx].mean(axis=1)  # (n_boot,)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return mean, float(min(lo, mean)), float(max(hi, mean))
+
+
+def verdict_from_ci(lo: float, hi: float) -> str:
+    """Verdict of one ablation from the CI of its mean relative change (see module doc)."""
+    if lo >= USED_MIN:
+        return "used"
+    if hi < IGNORED_MAX:
+        return "ignored"
+    return "weak"
+
+
+def site_verdict(cis: Iterable[tuple[float, float]]) -> str:
+    """Verdict of a site from the CIs of all its ablations: ``used`` if any ablation is used,
+    ``ignored`` if all are ignored, else ``weak``."""
+    verdicts = [verdict_from_ci(lo, hi) for lo, hi in cis]
+    assert verdicts, "site_verdict: no ablation results"
+    if "used" in verdicts:
+        return "used"
+    if all(v == "ignored" for v in verdicts):
+        return "ignored"
+    return "weak"

@@ -1,0 +1,278 @@
+"""``python -m diagnostics.cond_ablation``: does the model use its condition?
+
+With no arguments it runs the embedded default (the reference noise-conditioned SGMSE+, its
+shipped checkpoint, on held-out synthetic mixtures): all ablations at the noise encoder's output
+and at the ``noise_ref`` argument, effect curves over 8 diffusion times, the cond-vs-uncond
+score difference, a short guidance-scale sweep and the embedding analysis.
+
+    python -m diagnostics.cond_ablation
+    python -m diagnostics.cond_ablation --target mypkg.targets:make_target --site encoder.proj
+    python -m diagnostics.cond_ablation --target path/to/file.py:FACTORY --site arg:cond \\
+        --ablations zero,shuffle --out runs/x --seed 1
+
+``FACTORY`` is called with no arguments (under ``torch.manual_seed(--seed)``) and returns a
+``diagnostics.AblationTarget``. Writes ``report.json``, ``report.md``, PNG figures and TensorBoard
+logs under ``--out`` (default ``runs/cond_ablation/<time>/``) and prints a verdict table.
+
+Exit status: 0 when the run completed (whatever it found); 2 for bad arguments or input, with one
+line on stderr naming what was wrong (the report of the sites completed before is still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["load_target", "main"]
+
+_PROG = "python -m diagnostics.cond_ablation"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
+        sys.stderr.write(f"cond_ablation: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=_PROG,
+        description="Conditioning ablations with bootstrap CIs and a verdict per site.",
+    )
+    p.add_argument(
+        "--target",
+        metavar="MODULE:FACTORY",
+        help="MODULE:FACTORY or path/to/file.py:FACTORY returning a "
+        "diagnostics.AblationTarget (default: the embedded SGMSE+ target)",
+    )
+    p.add_argument(
+        "--site",
+        action="append",
+        metavar="SITE",
+        help="dotted module path whose output is replaced ('enc[0]' for a tuple "
+        "element) or arg:NAME for a forward argument; repeatable",
+    )
+    p.add_argument(
+        "--ablations",
+        default="zero,mean,random,shuffle,null",
+        help="comma-separated subset of zero,mean,random,shuffle,null",
+    )
+    p.add_argument("--out", help="output folder (default runs/cond_ablation/<time>/)")
+    p.add_argument(
+        "--tensorboard", metavar="DIR", help="TensorBoard log folder (default OUT/tensorboard)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
+    p.add_argument("--device", default=None, help="torch device for the model, e.g. cpu, cuda")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's, or 1 when the machine's load "
+        "average exceeds its cores: oversubscribed OpenMP threads spin)",
+    )
+    p.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
+    p.add_argument("--no-guidance", action="store_true", help="skip the guidance-scale sweep")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+class TargetLoadError(Exception):
+    """The --target spec could not produce an AblationTarget (message is the stderr line)."""
+
+
+def load_target(spec: str | None, seed: int = 0) -> Any:
+    """Build the target: the embedded default when ``spec`` is None, else ``MODULE:FACTORY`` or
+    ``path/file.py:FACTORY`` called with no arguments under ``torch.manual_seed(seed)``.
+
+    Raises:
+        TargetLoadError: the module, the factory or its result is wrong.
+    """
+    import torch
+
+    from diagnostics._ablation import AblationError, AblationTarget
+
+    if spec is None:
+        from diagnostics._default_target import default_target
+
+        torch.manual_seed(seed)
+        try:
+            return default_target()
+        except AblationError as e:
+            raise TargetLoadError(str(e)) from None
+    if ":" not in spec:
+        raise TargetLoadError(
+            f"--target {spec!r}: expected MODULE:FACTORY or path/to/file.py:FACTORY"
+        )
+    where, name = spec.rsplit(":", 1)
+    try:
+        if where.endswith(".py") or os.sep in where or "/" in where:
+            path = Path(where)
+            if not path.is_file():
+                raise TargetLoadError(f"--target {spec!r}: file {where!r} not found")
+            mod_name = f"_torchdx_target_{path.stem}"
+            mspec = importlib.util.spec_from_file_location(mod_name, path)
+            assert mspec is not None and mspec.loader is not None
+            module = importlib.util.module_from_spec(mspec)
+            sys.modules[mod_name] = module
+            sys.path.insert(0, str(path.parent.resolve()))
+            try:
+                mspec.loader.exec_module(module)
+            finally:
+                sys.path.pop(0)
+        else:
+            module = importlib.import_module(where)
+    except TargetLoadError:
+        raise
+    except Exception as e:
+        raise TargetLoadError(
+            f"--target {spec!r}: importing {where!r} failed: {type(e).__name__}: {e}"
+        ) from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        options = sorted(
+            k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+        )
+        raise TargetLoadError(
+            f"--target {spec!r}: {where!r} has no callable {name!r} "
+            f"(callables there: {', '.join(options[:8]) or 'none'})"
+        )
+    torch.manual_seed(seed)
+    try:
+        target = factory()
+    except Exception as e:
+        raise TargetLoadError(
+            f"--target {spec!r}: the factory raised {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(target, AblationTarget):
+        raise TargetLoadError(
+            f"--target {spec!r}: the factory returned {type(target).__name__}, not a "
+            "diagnostics.AblationTarget"
+        )
+    return target
+
+
+def _threads(n: int | None) -> str:
+    import torch
+
+    if n is not None:
+        torch.set_num_threads(max(1, n))
+        return f"{torch.get_num_threads()} (--threads)"
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    cores = os.cpu_count() or 1
+    if load > cores and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        return f"1 (load average {load:.1f} > {cores} cores)"
+    return str(torch.get_num_threads())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 done, 2 bad input)."""
+    args = _parser().parse_args(argv)
+    t_start = time.perf_counter()
+    ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
+
+    from diagnostics._ablation import ABLATIONS, AblationError, run_ablation
+
+    bad = [a for a in ablations if a not in ABLATIONS]
+    if bad or not ablations:
+        sys.stderr.write(
+            f"cond_ablation: error: --ablations {args.ablations!r}: unknown "
+            f"{', '.join(bad) or '(empty)'}; choose from {','.join(ABLATIONS)}\n"
+        )
+        return 2
+    threads = _threads(args.threads)
+    out = (
+        Path(args.out) if args.out else Path("runs/cond_ablation") / time.strftime("%Y%m%d-%H%M%S")
+    )
+    try:
+        target = load_target(args.target, args.seed)
+    except TargetLoadError as e:
+        sys.stderr.write(f"cond_ablation: error: {e}\n")
+        return 2
+    t_loaded = time.perf_counter()
+
+    from diagnostics._report import write_report
+
+    report, err = None, None
+    try:
+        report = run_ablation(
+            target,
+            sites=args.site,
+            ablations=ablations,
+            seed=args.seed,
+            device=args.device,
+            umap=not args.no_umap,
+            guidance=not args.no_guidance,
+            progress=not args.quiet,
+        )
+    except AblationError as e:
+        err, report = e, e.report
+    t_run = time.perf_counter()
+    if report is not None:
+        write_report(report, out, tensorboard=args.tensorboard)
+        timing = {
+            "load_s": round(t_loaded - t_start, 2),
+            "ablation_s": round(t_run - t_loaded, 2),
+            "write_s": round(time.perf_counter() - t_run, 2),
+            "threads": threads,
+            **{k: round(v, 2) for k, v in report.timing.items()},
+        }
+        # kept out of report.json so that the same seed gives the same report
+        (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+        print(report.verdict_table())
+        _print_extras(report.data)
+        print(f"\nreport: {out / 'report.md'} (json, figures, TensorBoard beside it)")
+        print(
+            f"time: load {timing['load_s']} s, ablation {timing['ablation_s']} s, write "
+            f"{timing['write_s']} s; torch threads {threads}"
+        )
+    if err is not None:
+        line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        sys.stderr.write(f"cond_ablation: error: {line}\n")
+        return 2
+    return 0
+
+
+def _print_extras(data: dict[str, Any]) -> None:
+    cvu = data.get("cond_vs_uncond")
+    if cvu:
+        print(
+            f"\ncond vs uncond ({cvu['site']} null): relative difference {cvu['rel_diff']:.3f} "
+            f"[{cvu['ci95'][0]:.3f}, {cvu['ci95'][1]:.3f}]"
+        )
+        if "curve" in cvu:
+            pts = ", ".join(
+                f"t={t:.2f}: {e:.3f}"
+                for t, e in zip(cvu["curve"]["t"], cvu["curve"]["rel_diff"], strict=True)
+            )
+            print(f"  over t: {pts}")
+    sw = data.get("guidance_sweep")
+    if sw:
+        for name, m in sw["metrics"].items():
+            vals = ", ".join(
+                f"w={s:g}: {'n/a' if v is None else f'{v:.2f}'}"
+                for s, v in zip(sw["scales"], m["mean"], strict=True)
+            )
+            print(f"guidance sweep {name}: {vals}")
+    emb = data.get("embeddings")
+    if emb:
+        sil = "n/a" if emb["silhouette"] is None else f"{emb['silhouette']:.2f}"
+        print(
+            f"embeddings ({emb['site']}, n={emb['n']}): effective rank {emb['effective_rank']:.2f}, "
+            f"mean cosine {emb['mean_pairwise_cosine']:.2f}, silhouette {sil}, collapsed: "
+            f"{'YES - ' + emb['collapse_reason'] if emb['collapsed'] else 'no'}"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

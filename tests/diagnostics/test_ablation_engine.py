@@ -1,0 +1,276 @@
+"""The ablation engine on the stand-in conditioned denoiser (tests/diagnostics/ablation_standin)."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from diagnostics import AblationError, AblationTarget, run_ablation
+from diagnostics._ablation import _derangement, _parse_site
+from tests.diagnostics import ablation_standin as S
+
+FAST = {"umap": False, "n_boot": 300}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared; oversubscribed OpenMP threads spin
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    return S.trained(0.2)
+
+
+@pytest.fixture(scope="module")
+def healthy_report(healthy):
+    return run_ablation(S.make_target(healthy), seed=0, **FAST)
+
+
+def test_healthy_model_is_used(healthy_report):
+    by_site = {s["site"]: s for s in healthy_report.sites}
+    assert set(by_site) == {"cond_encoder", "arg:cond"}
+    for s in by_site.values():
+        assert s["verdict"] == "used", s
+        assert s["ablations"]["shuffle"]["ci95"][0] > 0.3  # a mismatched condition changes a lot
+        for r in s["ablations"].values():
+            assert r["ci95"][0] <= r["effect"] <= r["ci95"][1]
+            assert r["n"] == 64
+
+
+def test_severed_conditioning_is_ignored():
+    rep = run_ablation(S.make_target(S.trained(0.2, sever=True)), seed=0, **FAST)
+    for s in rep.sites:
+        assert s["verdict"] == "ignored", s
+        assert all(r["ci95"][1] < 1e-6 for r in s["ablations"].values())
+
+
+def test_untrained_null_embedding_gives_large_null_effect(healthy_report):
+    """CFG p=0: the null embedding is never trained, so 'null' is far off the learned path."""
+    rep = run_ablation(
+        S.make_target(S.trained(0.0)),
+        sites=["cond_encoder"],
+        ablations=["null"],
+        seed=0,
+        embeddings=False,
+        **FAST,
+    )
+    null0 = rep.sites[0]["ablations"]["null"]
+    null_healthy = healthy_report.sites[0]["ablations"]["null"]
+    assert null0["verdict"] == "used"
+    assert null0["ci95"][0] > 2 * null_healthy["ci95"][1], (null0, null_healthy)
+
+
+def test_curves_over_times_and_cond_vs_uncond(healthy_report):
+    d = healthy_report.data
+    assert len(d["times"]) >= 8
+    for s in healthy_report.sites:
+        for r in s["ablations"].values():
+            c = r["curve"]
+            assert len(c["t"]) == len(c["effect"]) == len(c["ci95"]) == len(d["times"])
+            assert np.isclose(np.mean(c["effect"]), r["effect"], rtol=1e-4)
+    cvu = d["cond_vs_uncond"]
+    assert cvu["site"] == "cond_encoder" and len(cvu["curve"]["rel_diff"]) == len(d["times"])
+    # the condition matters more at high noise: the uncond/cond gap grows with t
+    assert cvu["curve"]["rel_diff"][-1] > cvu["curve"]["rel_diff"][0]
+
+
+def test_embedding_analysis_from_run(healthy_report):
+    emb = healthy_report.data["embeddings"]
+    assert emb["site"] == "cond_encoder" and emb["n"] == 64 and emb["n_labels"] == 4
+    assert not emb["collapsed"] and emb["silhouette"] > 0.5
+
+
+def test_same_seed_same_report_and_seed_matters(healthy, healthy_report):
+    again = run_ablation(S.make_target(healthy), seed=0, **FAST)
+    assert again.data == healthy_report.data
+    other = run_ablation(
+        S.make_target(healthy),
+        sites=["cond_encoder"],
+        ablations=["random"],
+        seed=1,
+        embeddings=False,
+        **FAST,
+    )
+    assert other.sites[0]["ablations"]["random"] != healthy_report.sites[0]["ablations"]["random"]
+
+
+def test_batched_variants_match_one_forward_each(healthy):
+    kw = dict(sites=["cond_encoder", "arg:cond"], seed=3, embeddings=False, **FAST)
+    tgt = S.make_target(healthy, n_batches=2)
+    a = run_ablation(tgt, batch_variants=True, **kw)
+    b = run_ablation(tgt, batch_variants=False, **kw)
+    assert a.sites[0]["batched"] and not b.sites[0]["batched"]
+    for sa, sb in zip(a.sites, b.sites, strict=True):
+        assert sa["verdict"] == sb["verdict"]
+        for name in sa["ablations"]:
+            assert np.isclose(
+                sa["ablations"][name]["effect"],
+                sb["ablations"][name]["effect"],
+                rtol=1e-4,
+                atol=1e-6,
+            )
+
+
+def test_batch_dependent_model_falls_back_to_sequential(healthy):
+    class BatchMean(torch.nn.Module):  # output depends on the whole batch: tiling changes it
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Linear(8, 4)
+
+        def forward(self, cond):
+            e = self.enc(cond)
+            return e - e.mean(0, keepdim=True) * torch.arange(e.shape[0])[:, None]
+
+    tgt = AblationTarget(model=BatchMean(), batches=[{"cond": torch.randn(5, 8)}], sites=["enc"])
+    rep = run_ablation(tgt, ablations=["zero"], embeddings=False, **FAST)
+    s = rep.sites[0]
+    assert not s["batched"] and any("not batch-independent" in n for n in s["notes"])
+
+
+def test_observes_without_changing(healthy):
+    tgt = S.make_static_target(healthy, n_batches=1)
+    batch = tgt.batches[0]
+    before = healthy(**batch)
+    rng = torch.get_rng_state()
+    run_ablation(tgt, seed=0, **FAST)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(healthy(**batch), before)
+    assert not healthy._forward_pre_hooks and not healthy._forward_hooks
+    assert all(not m._forward_hooks for m in healthy.modules())
+    assert not healthy.training
+
+
+def test_hooks_removed_when_forward_raises(healthy):
+    calls = {"n": 0}
+
+    def flaky(model, batch):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("boom in forward")
+        return model(**batch)
+
+    tgt = S.make_static_target(healthy, n_batches=2)
+    tgt.forward = flaky
+    with pytest.raises(
+        AblationError,
+        match=r"site 'cond_encoder': the target's forward raised "
+        r"RuntimeError: boom in forward",
+    ):
+        run_ablation(tgt, sites=["cond_encoder"], **FAST)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in healthy.modules())
+
+
+def test_guidance_sweep(healthy):
+    tgt = S.make_target(healthy, n_batches=2)
+    tgt.sample, tgt.guidance_scales, tgt.guidance_batches = S.sample_fn, (0.0, 1.0, 3.0), 2
+    rep = run_ablation(tgt, sites=["cond_encoder"], ablations=["zero"], embeddings=False, **FAST)
+    sw = rep.data["guidance_sweep"]
+    assert sw["scales"] == [0.0, 1.0, 3.0]
+    m = sw["metrics"]["neg_mse"]
+    assert m["n"] == 32 and len(m["mean"]) == 3
+    assert m["mean"][1] > m["mean"][0]  # conditioning helps this toy denoiser
+
+
+# ---- bad input: one clear message each
+def test_unknown_site_lists_nearest(healthy):
+    with pytest.raises(AblationError, match=r"unknown site 'cond_encodr'.*nearest: cond_encoder"):
+        run_ablation(S.make_static_target(healthy), sites=["cond_encodr"], **FAST)
+
+
+def test_tuple_site_needs_an_index_and_index_works():
+    tgt = S.tuple_target()
+    with pytest.raises(
+        AblationError,
+        match=r"site 'pair' returns a tuple \(\[0\] Tensor\[6, 16\] "
+        r"float32, \[1\] Tensor\[6\] float32\); say which element, e\.g\. 'pair\[0\]'",
+    ):
+        run_ablation(tgt, ablations=["zero"], **FAST)
+    rep = run_ablation(tgt, sites=["pair[0]", "pair[1]"], ablations=["zero", "shuffle"], **FAST)
+    assert [s["verdict"] for s in rep.sites] == ["used", "used"]
+
+
+def test_non_tensor_site_output():
+    class Dicty(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 3)})
+
+        def forward(self, x):
+            return self.enc["a"](x)
+
+    class Wrap(torch.nn.Module):
+        def forward(self, x):
+            return {"y": x}
+
+    m = Dicty()
+    m.wrap = Wrap()
+    m.forward = lambda x: m.enc["a"](m.wrap(x)["y"])
+    tgt = AblationTarget(model=m, batches=[(torch.randn(4, 3),)], sites=["wrap"])
+    with pytest.raises(
+        AblationError, match=r"site 'wrap': the module's output is dict, not a Tensor"
+    ):
+        run_ablation(tgt, ablations=["zero"], **FAST)
+
+
+def test_empty_batches_and_wrong_target():
+    with pytest.raises(AblationError, match=r"AblationTarget.batches is empty"):
+        run_ablation(S.empty_target())
+    with pytest.raises(
+        AblationError, match=r"the target is dict, not a diagnostics.AblationTarget"
+    ):
+        run_ablation({"model": None})
+
+
+def test_arg_site_not_in_signature_or_not_passed(healthy):
+    tgt = S.make_static_target(healthy)
+    with pytest.raises(
+        AblationError,
+        match=r"CondDenoiser.forward has no argument 'noise_ref' "
+        r"\(its arguments: x_t, t, cond, drop_cond\)",
+    ):
+        run_ablation(tgt, sites=["arg:noise_ref"], **FAST)
+    with pytest.raises(
+        AblationError, match=r"called without 'drop_cond'.*does not use that argument"
+    ):
+        run_ablation(tgt, sites=["arg:drop_cond"], **FAST)
+
+
+def test_partial_report_when_a_later_site_fails(healthy):
+    with pytest.raises(AblationError) as info:
+        run_ablation(S.make_static_target(healthy), sites=["cond_encoder", "nowhere"], **FAST)
+    rep = info.value.report
+    assert [s["site"] for s in rep.sites] == ["cond_encoder"]
+    assert rep.data["errors"][0]["site"] == "nowhere"
+
+
+def test_bad_ablation_name(healthy):
+    with pytest.raises(
+        AblationError, match=r"unknown ablation\(s\) 'zeros'; choose from zero, mean"
+    ):
+        run_ablation(S.make_static_target(healthy), ablations=["zeros"])
+
+
+def test_null_skipped_without_null(healthy):
+    tgt = S.make_static_target(healthy, n_batches=1)
+    tgt.null = None
+    rep = run_ablation(tgt, sites=["cond_encoder"], embeddings=False, **FAST)
+    assert "null" not in rep.sites[0]["ablations"]
+    assert any("null skipped" in n for n in rep.sites[0]["notes"])
+
+
+@given(st.integers(2, 40), st.integers(0, 2**31 - 1))
+def test_shuffle_is_a_derangement(b, seed):
+    perm = _derangement(b, torch.Generator().manual_seed(seed))
+    assert sorted(perm.tolist()) == list(range(b))
+    assert not (perm == torch.arange(b)).any()
+
+
+def test_site_parsing():
+    assert _parse_site("a.b[1]").index == 1 and _parse_site("arg:cond").kind == "arg"
+    with pytest.raises(AblationError, match=r"bad site 'a b'"):
+        _parse_site("a b")

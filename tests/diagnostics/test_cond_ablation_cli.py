@@ -1,0 +1,152 @@
+"""`python -m diagnostics.cond_ablation`: outputs, reproducibility, exit status 2 on bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diagnostics.cond_ablation import main
+
+STANDIN = "tests.diagnostics.ablation_standin"
+STANDIN_FILE = str(Path(__file__).with_name("ablation_standin.py"))
+QUICK = ["--no-umap", "--quiet", "--no-guidance", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one clear line
+    return err[0]
+
+
+def test_healthy_target_writes_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["--target", f"{STANDIN}:healthy_target", "--out", str(out), *QUICK])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "cond_encoder  used" in printed and "arg:cond" in printed
+    data = json.loads((out / "report.json").read_text())
+    for s in data["sites"]:
+        assert s["verdict"] == "used"
+        for r in s["ablations"].values():
+            assert isinstance(r["effect"], float) and len(r["ci95"]) == 2
+    assert (out / "report.md").read_text().startswith("# Conditioning ablation")
+    assert (out / "effect_vs_t.png").stat().st_size > 1000
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert data["embeddings"]["site"] == "cond_encoder"
+
+
+def test_same_seed_identical_report(tmp_path):
+    args = ["--target", f"{STANDIN}:small_target", "--seed", "4", *QUICK]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    for f in ("report.json", "report.md"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_file_target_site_and_ablation_flags(tmp_path):
+    out = tmp_path / "f"
+    rc = main(
+        [
+            "--target",
+            f"{STANDIN_FILE}:severed_target",
+            "--site",
+            "arg:cond",
+            "--ablations",
+            "zero,shuffle",
+            "--out",
+            str(out),
+            "--tensorboard",
+            str(tmp_path / "tb"),
+            *QUICK,
+        ]
+    )
+    assert rc == 0
+    data = json.loads((out / "report.json").read_text())
+    assert [s["site"] for s in data["sites"]] == ["arg:cond"]
+    assert data["sites"][0]["verdict"] == "ignored"
+    assert list(data["sites"][0]["ablations"]) == ["zero", "shuffle"]
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--site", "cond_encodr"], "unknown site 'cond_encodr'.*nearest: cond_encoder"),
+        (["--site", "arg:noise"], "CondDenoiser.forward has no argument 'noise'"),
+        (["--site", "arg:drop_cond"], "called without 'drop_cond'"),
+        (["--ablations", "zero,nul"], "--ablations 'zero,nul': unknown nul"),
+    ],
+)
+def test_bad_site_or_ablation_exit_2(tmp_path, capsys, args, pattern):
+    import re
+
+    rc = main(["--target", f"{STANDIN}:small_target", "--out", str(tmp_path), *args, *QUICK])
+    assert rc == 2
+    line = _err(capsys)
+    assert line.startswith("cond_ablation: error: ") and re.search(pattern, line), line
+
+
+@pytest.mark.parametrize(
+    ("factory", "pattern"),
+    [
+        ("raising_factory", "the factory raised RuntimeError: checkpoint not found: /nowhere.pt"),
+        ("wrong_type_factory", "the factory returned dict, not a diagnostics.AblationTarget"),
+        ("empty_target", "AblationTarget.batches is empty"),
+        ("no_such_factory", "has no callable 'no_such_factory'"),
+    ],
+)
+def test_bad_factory_exit_2(tmp_path, capsys, factory, pattern):
+    rc = main(["--target", f"{STANDIN}:{factory}", "--out", str(tmp_path), *QUICK])
+    assert rc == 2
+    assert pattern in _err(capsys)
+
+
+def test_tuple_site_exit_2(tmp_path, capsys):
+    rc = main(["--target", f"{STANDIN}:tuple_target", "--out", str(tmp_path), *QUICK])
+    assert rc == 2
+    assert "say which element, e.g. 'pair[0]'" in _err(capsys)
+
+
+def test_completed_sites_written_when_later_site_fails(tmp_path, capsys):
+    out = tmp_path / "partial"
+    rc = main(
+        [
+            "--target",
+            f"{STANDIN}:small_target",
+            "--site",
+            "cond_encoder",
+            "--site",
+            "bogus.path",
+            "--out",
+            str(out),
+            *QUICK,
+        ]
+    )
+    assert rc == 2
+    assert "unknown site 'bogus.path'" in _err(capsys)
+    data = json.loads((out / "report.json").read_text())
+    assert [s["site"] for s in data["sites"]] == ["cond_encoder"]
+    assert data["errors"][0]["site"] == "bogus.path"
+
+
+def test_module_entry_point_bad_argument():
+    proc = subprocess.run(
+        [sys.executable, "-m", "diagnostics.cond_ablation", "--target", "nocolon"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "cond_ablation: error: --target 'nocolon': expected MODULE:FACTORY or path/to/file.py:FACTORY"
+    ]
