@@ -557,6 +557,10 @@ def _bound_value(bound: Any, b: dict, self_obj: Any, slot: str) -> float | None:
         raise _Fail(slot, None, f"a bound {bound.source!r} that can be evaluated", str(e)) from None
 
 
+def _round_to(v: float | None, dtype: torch.dtype) -> float | None:
+    return None if v is None else torch.tensor(v, dtype=dtype).item()
+
+
 def _interval(lo_b: Any, lo: Any, hi_b: Any, hi: Any, b: dict, prov: dict | None) -> str:
     left = "(-∞" if lo_b is None else "[" + _bound_words(lo_b, lo, b, prov)
     right = "∞)" if hi_b is None else _bound_words(hi_b, hi, b, prov) + "]"
@@ -656,6 +660,12 @@ def _judge_values(pending: list, b: dict, self_obj: Any, prov: dict | None) -> N
             ok = mn >= lo
         if ok and hi is not None:
             ok = mx <= hi
+        if not ok and x.is_floating_point() and x.dtype != torch.float64:
+            # compare as torch does: the bound rounded to the tensor's dtype (float32(0.03) is
+            # "in [0.03, 1]" for torch, though it lies just below 0.03 in float64)
+            lo, hi = _round_to(lo, x.dtype), _round_to(hi, x.dtype)
+            ok = math.isfinite(mn) and math.isfinite(mx)
+            ok = ok and (lo is None or mn >= lo) and (hi is None or mx <= hi)
         if ok:
             continue
         detail, info = value_details(x, lo, hi)

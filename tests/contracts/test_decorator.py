@@ -302,3 +302,16 @@ def test_torch_compile_runs_without_false_positives():
     # eager calls around the compiled region keep checking
     with pytest.raises(ContractError):
         net(torch.randn(2, 5, 4))
+
+
+def test_bounds_compare_in_the_tensor_dtype():
+    """float32(0.03) lies below 0.03 in float64, but torch calls it in [0.03, 1]; so do we."""
+
+    @contract
+    def f(t: Annotated[Float[Tensor, "B"], Range(0.03, 1)]) -> None:
+        return None
+
+    f(torch.tensor([0.03, 1.0], dtype=torch.float32))
+    f(torch.tensor([0.03], dtype=torch.float16))
+    with pytest.raises(ContractError, match=r"got 1 of 1 values outside it; finite min=0.0299"):
+        f(torch.tensor([0.0299], dtype=torch.float32))
