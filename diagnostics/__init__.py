@@ -35,6 +35,14 @@ _LAZY: dict[str, str] = {
     "analyze_embeddings": "diagnostics._embeddings",
     "EmbeddingReport": "diagnostics._embeddings",
     "CFGDropoutMonitor": "diagnostics._cfg_monitor",
+    "CFGDropoutRanksReport": "diagnostics._cfg_monitor",
+    "DistributedError": "diagnostics._distributed",
+    "RankInfo": "diagnostics._distributed",
+    "ReplicaReport": "diagnostics._distributed",
+    "rank_info": "diagnostics._distributed",
+    "check_launch": "diagnostics._distributed",
+    "replica_divergence": "diagnostics._distributed",
+    "unused_parameters": "diagnostics._distributed",
     "compare_models": "diagnostics._compare",
 }
 

@@ -22,6 +22,13 @@ the copies) when the model is batch-independent; the engine checks that on the f
 falls back to one forward per variant otherwise. Batches are streamed: only per-example numbers
 are kept, never activations.
 
+Under torch.distributed (``torchrun --nproc_per_node=N -m diagnostics.cond_ablation``) the
+ablation passes are sharded: rank ``r`` runs the items ``k % N == r`` (every item's noise and
+replacements derive from the seed and the item's indices, not from the process), the per-example
+effects are gathered, and every rank summarises the same matrices, so rank 0's report equals the
+single-process one. The site-statistics pass, the embedding analysis and the guidance sweep run
+unsharded (the last two on rank 0 only). See ``docs/DDP.md``.
+
 Example:
     >>> target = AblationTarget(model=net, batches=[{"x": x, "cond": c}], sites=["arg:cond"])
     >>> report = run_ablation(target, seed=0)
@@ -553,6 +560,7 @@ def run_ablation(
     umap: bool = True,
     guidance: bool = True,
     progress: bool = False,
+    shard: bool = True,
 ) -> AblationReport:
     """Ablate the condition at each site and measure how much the output changes.
 
@@ -571,6 +579,9 @@ def run_ablation(
         umap: include a UMAP projection in the embedding analysis.
         guidance: run the guidance-scale sweep when ``target.sample`` is given.
         progress: show tqdm progress bars.
+        shard: under torch.distributed with several ranks, split the ablation passes across
+            the ranks and gather the per-example effects (call on every rank). The embedding
+            analysis and guidance sweep then run on rank 0 only; rank 0's report is complete.
 
     Returns:
         An :class:`AblationReport`.
@@ -586,7 +597,13 @@ def run_ablation(
 
     from tqdm.auto import tqdm
 
+    from diagnostics._distributed import check_launch, note_failure
+
     target = _check_target(target)
+    info = check_launch("run_ablation")
+    sharding = (info.rank, info.world_size) if shard and info.distributed else (0, 1)
+    if sharding[1] > 1 and sharding[0] != 0:
+        embeddings = guidance = False  # rank 0 writes the one report
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown or not ablations:
         raise AblationError(
@@ -667,12 +684,15 @@ def run_ablation(
                     target,
                     progress,
                     tqdm,
+                    sharding,
                 )
             except AblationError as err:
                 if err.site is None:
                     err.site = text
+                note_failure(f"ablation/site{si}", f"AblationError: {err}")
                 raise fail(err) from None
             except Exception as e:  # the model failed on the ablated input (or on its own)
+                note_failure(f"ablation/site{si}", f"{type(e).__name__}: {e}")
                 first = str(e).splitlines()[0] if str(e) else ""
                 err = AblationError(
                     f"site {text!r}: the target's forward raised {type(e).__name__}: {first}",
@@ -756,6 +776,7 @@ def _run_site(
     target: AblationTarget,
     progress: bool,
     tqdm: Any,
+    sharding: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
     notes: list[str] = []
     # pass 1: the site's data statistics (forward stopped at the site)
@@ -848,7 +869,10 @@ def _run_site(
         a: {k: [[] for _ in times] for k in ("rel", "cos", "abs")} for a in todo
     }
     n_examples = 0
-    for bi, ti in tqdm(items, desc=f"{site.text}", disable=not progress, leave=False):
+    rank, world = sharding
+    done: dict[tuple[int, int], tuple[dict[str, dict[str, np.ndarray]], int]] = {}
+    mine = [it for k_, it in enumerate(items) if k_ % world == rank]  # this rank's shard
+    for bi, ti in tqdm(mine, desc=f"{site.text}", disable=not progress, leave=False):
         batch = model_input(bi, ti)
         s = _seed_of(seed, 6, bi, ti)
         outs: dict[str, Tensor] = {}
@@ -902,12 +926,24 @@ def _run_site(
                 finally:
                     h.remove()
         assert intact is not None
+        done[(bi, ti)] = ({a: example_effects(intact, outs[a]) for a in todo}, intact.shape[0])
+    if world > 1:  # every rank's per-example effects, in item order on every rank
+        from diagnostics._distributed import all_gather_objects
+
+        parts = all_gather_objects(
+            (done, notes), tag=f"ablation/site{si}", what=f"ablation site {site.text!r} gather"
+        )
+        done = {}
+        for part, part_notes in parts:
+            done.update(part)
+            notes.extend(n for n in part_notes if n not in notes)
+    for bi, ti in items:
+        effs, b = done[(bi, ti)]
         for a in todo:
-            eff = example_effects(intact, outs[a])
             for k in ("rel", "cos", "abs"):
-                per[a][k][ti].append(eff[k])
+                per[a][k][ti].append(effs[a][k])
         if ti == 0:
-            n_examples += intact.shape[0]
+            n_examples += b
 
     # summarise
     result_ablations: dict[str, Any] = {}

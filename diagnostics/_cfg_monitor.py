@@ -21,10 +21,17 @@ Example:
     ...         train_step(model, batch)
     ...         mon.step()
     >>> print(mon.report())
+
+Under torch.distributed (DDP) every rank runs its own monitor; ``mon.report_ranks()`` (called on
+every rank at the same point) gathers the per-step drop masks and rates of all ranks and flags
+identical masks on every rank (identically seeded dropout RNG), a rate far from ``p`` on any rank,
+and steps where ranks disagree about whether the condition was used at all (a whole-batch drop on
+some ranks only: the conditioning branch then gets no gradient there).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 from collections.abc import Callable
@@ -36,7 +43,7 @@ from torch import Tensor, nn
 
 from contracts._errors import TorchdxError
 
-__all__ = ["CFGDropoutError", "CFGDropoutMonitor", "CFGDropoutReport"]
+__all__ = ["CFGDropoutError", "CFGDropoutMonitor", "CFGDropoutRanksReport", "CFGDropoutReport"]
 
 
 class CFGDropoutError(TorchdxError, ValueError):
@@ -92,6 +99,47 @@ class CFGDropoutReport:
             f"{self.steps} steps), configured p={self.p}"
         )
         return f"{head}; {'OK' if self.ok else 'FLAG ' + str(self.flag)}: {self.message}"
+
+
+@dataclass
+class CFGDropoutRanksReport:
+    """CFG dropout across torch.distributed ranks (:meth:`CFGDropoutMonitor.report_ranks`).
+
+    Attributes:
+        world_size: ranks compared.
+        per_rank: each rank's own :class:`CFGDropoutReport` (rank order).
+        steps: steps compared (the common prefix of every rank's history).
+        identical_steps: steps where every rank dropped exactly the same examples.
+        identical: every compared step identical on every rank, and that had less than a 1e-3
+            chance under independent per-rank dropout: the dropout RNG is seeded identically.
+        chance: probability of ``identical_steps`` identical steps under independent dropout.
+        far_ranks: ranks whose own rate is flagged ``far``/``never`` against ``p``.
+        disagree_steps: steps where some ranks used the condition (kept it for >= 1 example)
+            and others dropped it for the whole batch.
+        flags: ``"identical"``, ``"far"``, ``"disagree"``, ``"steps"`` (ranks recorded
+            different numbers of steps).
+        message: the flags in words.
+    """
+
+    world_size: int
+    per_rank: list[CFGDropoutReport]
+    steps: int
+    identical_steps: int
+    identical: bool
+    chance: float
+    far_ranks: list[int]
+    disagree_steps: list[int]
+    flags: list[str]
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.flags
+
+    def __str__(self) -> str:
+        rates = ", ".join(f"r{r}={x.observed:.3f}" for r, x in enumerate(self.per_rank))
+        head = f"CFG dropout over {self.world_size} ranks, {self.steps} steps (rates {rates})"
+        return f"{head}; {'OK' if self.ok else 'FLAGS ' + ','.join(self.flags)}: {self.message}"
 
 
 def _wilson(k: int, n: int, z: float = 3.29) -> tuple[float, float]:
@@ -156,7 +204,9 @@ class CFGDropoutMonitor:
         self._handle: Any = None
         self._cur = [0, 0]  # dropped, total in the current step
         self._calls_in_step = 0
+        self._masks: list[Tensor] = []  # drop masks of the current step
         self.history: list[tuple[int, int]] = []
+        self.mask_digests: list[str] = []  # per step: digest of the step's drop mask
 
     def __repr__(self) -> str:
         state = "attached" if self._handle is not None else "detached"
@@ -188,6 +238,7 @@ class CFGDropoutMonitor:
                 dropped_all = self.cond_arg is not None and bound.get(self.cond_arg) is None
                 mask = torch.full((b,), dropped_all)
         mask = torch.as_tensor(mask).detach()
+        self._masks.append(mask.reshape(-1).bool().cpu())
         self._cur[0] += int(mask.sum())
         self._cur[1] += int(mask.numel())
         self._calls_in_step += 1
@@ -216,6 +267,9 @@ class CFGDropoutMonitor:
         """Close the current training step (its forwards are aggregated into one record)."""
         if self._cur[1] > 0:
             self.history.append((self._cur[0], self._cur[1]))
+            bits = torch.cat(self._masks).to(torch.uint8).numpy().tobytes()
+            self.mask_digests.append(hashlib.blake2b(bits, digest_size=12).hexdigest())
+        self._masks = []
         self._cur = [0, 0]
         self._calls_in_step = 0
 
@@ -260,4 +314,91 @@ class CFGDropoutMonitor:
             per_step=[d / n for d, n in hist],
             flag=flag,
             message=msg,
+        )
+
+    # -- torch.distributed
+    def report_ranks(self, timeout: float | None = None) -> CFGDropoutRanksReport:
+        """Gather every rank's record and compare them (call on every rank; one gather).
+
+        Outside torch.distributed it compares this process with itself (world size 1, nothing
+        can be identical or disagree).
+
+        Example:
+            >>> rep = mon.report_ranks()      # on every rank, e.g. at the end of an epoch
+            >>> if rep.flags and dist.get_rank() == 0: print(rep)
+        """
+        from ._distributed import all_gather_objects
+
+        if self._cur[1]:
+            self.step()
+        mine = {"history": self.history, "digests": self.mask_digests, "p": self.p}
+        got = all_gather_objects(
+            mine, tag=f"cfgmon/{len(self.history)}", what="CFGDropoutMonitor.report_ranks",
+            timeout=timeout,
+        )  # fmt: skip
+        per_rank = []
+        for g in got:
+            other = CFGDropoutMonitor.__new__(CFGDropoutMonitor)
+            other.p, other.rel_tol = self.p, self.rel_tol
+            other.history, other._cur = list(g["history"]), [0, 0]
+            per_rank.append(CFGDropoutMonitor.report(other))
+        W = len(got)
+        S = min(len(g["history"]) for g in got)
+        flags, msgs = [], []
+        if len({len(g["history"]) for g in got}) > 1:
+            flags.append("steps")
+            msgs.append(
+                f"ranks recorded different numbers of steps {[len(g['history']) for g in got]}; "
+                f"compared the first {S}"
+            )
+        same = [s for s in range(S) if len({g["digests"][s] for g in got}) == 1]
+        # chance that W independent masks agree at every identical step
+        logc = 0.0
+        for s in same:
+            _, n = got[0]["history"][s]
+            q = self.p
+            agree = q * q + (1 - q) * (1 - q)
+            logc += (W - 1) * n * math.log(agree) if 0 < q < 1 else 0.0
+        chance = math.exp(logc)
+        identical = W > 1 and S > 0 and len(same) == S and chance < 1e-3
+        if identical:
+            flags.append("identical")
+            msgs.append(
+                f"every rank dropped exactly the same examples at all {S} steps (chance "
+                f"{chance:.2g} under independent dropout): the dropout RNG is seeded identically "
+                "on every rank, so the ranks' drops are copies; seed it with the rank "
+                "(torch.Generator().manual_seed(seed + rank))"
+            )
+        far = [r for r, x in enumerate(per_rank) if x.flag in ("far", "never")]
+        if far:
+            flags.append("far")
+            msgs.append(
+                "rate far from p on rank(s) "
+                + ", ".join(f"{r} ({per_rank[r].observed:.3f})" for r in far)
+                + f" (configured p={self.p})"
+            )
+        disagree = []
+        for s in range(S):
+            used = {g["history"][s][0] < g["history"][s][1] for g in got}
+            if len(used) > 1:
+                disagree.append(s)
+        if disagree:
+            flags.append("disagree")
+            msgs.append(
+                f"ranks disagree about whether the condition was used at {len(disagree)} step(s) "
+                f"(first {disagree[:5]}): some dropped it for the whole batch while others kept "
+                "it, so the conditioning branch gets no gradient on those ranks (DDP then needs "
+                "find_unused_parameters=True, and the encoder's gradient is averaged with zeros)"
+            )
+        return CFGDropoutRanksReport(
+            world_size=W,
+            per_rank=per_rank,
+            steps=S,
+            identical_steps=len(same),
+            identical=identical,
+            chance=chance,
+            far_ranks=far,
+            disagree_steps=disagree,
+            flags=flags,
+            message="; ".join(msgs) or "ranks drop independently at rate ~p",
         )

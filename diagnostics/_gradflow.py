@@ -5,6 +5,10 @@
 Module norms are aggregated on the host (``sqrt(sum of squared parameter norms)`` over the
 module's subtree). ``report.share("noise_encoder")`` answers seed 002's question: which fraction
 of the squared gradient norm reaches that submodule (0.0 when its output was detached).
+
+Under DDP (``GradFlow(ddp_model)``) a communication hook wrapping the all-reduce records each
+parameter's *local* (pre-reduction) gradient norm; ``record()`` reports them beside the reduced
+norms it reads from ``.grad`` (see ``docs/DDP.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from contracts._errors import TorchdxError
+
+from . import _distributed as _dd
 
 __all__ = ["GradFlow", "GradFlowError", "GradFlowReport"]
 
@@ -49,6 +55,15 @@ class GradFlowReport:
             optimizer keeps Adam's ``exp_avg_sq``), else None.
         scale: the GradScaler scale the norms were divided by (None without a scaler).
         overflow: non-finite gradients under an enabled GradScaler (the scaler skips the step).
+        rank: torch.distributed rank (None outside it).
+        local_param_norms / local_module_norms / local_total_norm: under DDP, the same norms of
+            this rank's own gradients *before* DDP's all-reduce (captured by a comm hook); the
+            plain fields hold the reduced (averaged) gradients every rank steps with. None
+            without DDP.
+        rank_total_norms: ``record(gather=True)``: every rank's local total norm, by rank.
+        ddp_unused: ``record(output=...)``: trainable parameters the output does not depend on
+            on this rank, named as DDP names them: the ones that need
+            ``find_unused_parameters=True``.
     """
 
     step: int
@@ -65,6 +80,12 @@ class GradFlowReport:
     update_ratios: dict[str, float] | None = None
     scale: float | None = None
     overflow: bool = False
+    rank: int | None = None
+    local_param_norms: dict[str, float] | None = None
+    local_module_norms: dict[str, float] | None = None
+    local_total_norm: float | None = None
+    rank_total_norms: list[float] | None = None
+    ddp_unused: list[str] | None = None
 
     def share(self, prefix: str) -> float:
         """Fraction of the squared gradient norm held by the submodule (or parameter) ``prefix``.
@@ -102,6 +123,14 @@ class GradFlowReport:
             flags.append("SCALER OVERFLOW (step will be skipped)")
         if flags:
             lines[0] += "  " + " ".join(flags)
+        if self.local_total_norm is not None:
+            lines.append(
+                f"  rank {self.rank}: local (pre-all-reduce) |g| = {self.local_total_norm:.4g}"
+            )
+        if self.rank_total_norms is not None:
+            lines.append(
+                "  local |g| by rank: " + ", ".join(f"{v:.4g}" for v in self.rank_total_norms)
+            )
         depth1 = {k: v for k, v in self.module_norms.items() if k and "." not in k}
         for k, v in depth1.items():
             lines.append(f"  {k:<30} |g|={v:.4g}  share={self.share(k):.3f}")
@@ -111,6 +140,7 @@ class GradFlowReport:
             ("non-finite gradient", self.nonfinite),
             ("exploding modules", self.exploding_modules),
             ("vanishing modules", self.vanishing_modules),
+            ("unused on this rank (DDP needs find_unused_parameters=True)", self.ddp_unused),
         ):
             if names:
                 lines.append(f"  {title}: {', '.join(names[:10])}" + (" ..." * (len(names) > 10)))
@@ -125,6 +155,11 @@ class GradFlow:
         window: how many past records form the history for exploding/vanishing flags.
         factor: a norm more than ``factor`` x (less than 1/``factor`` x) the history median is
             exploding (vanishing). Flags need at least 3 records of history.
+        local: for a ``DistributedDataParallel`` model: register a comm hook that records the
+            local (pre-reduction) gradient norms (default True). Create the GradFlow before the
+            first backward; DDP allows one comm hook, so pass your own as ``comm_hook``.
+        comm_hook: ``(state, hook)`` of your own DDP comm hook; GradFlow's hook records the
+            local norms and then calls it (default: DDP's plain all-reduce).
 
     Example:
         >>> gf = GradFlow(model)
@@ -133,7 +168,18 @@ class GradFlow:
         >>> rep.unused, rep.share("noise_encoder")
     """
 
-    def __init__(self, model: nn.Module, *, window: int = 50, factor: float = 10.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        window: int = 50,
+        factor: float = 10.0,
+        local: bool = True,
+        comm_hook: tuple[Any, Any] | None = None,
+    ) -> None:
+        self.ddp = model if _dd._is_ddp(model) else None
+        if self.ddp is not None:
+            model = self.ddp.module
         if not isinstance(model, nn.Module):
             raise GradFlowError(
                 f"GradFlow(model): expected an nn.Module, got {type(model).__name__}"
@@ -166,13 +212,48 @@ class GradFlow:
         for r, idx in enumerate(mods.values()):
             self._mod_matrix[r, idx] = 1.0
         self._mod_hist = np.full((window, len(mods)), np.nan)
+        self._local: dict[int, Tensor] = {}  # id(param) -> local grad norm (comm hook)
+        self._pos = {id(p): i for i, (_, p) in enumerate(self._named)}
+        if self.ddp is not None and local:
+            self._register_hook(comm_hook)
+
+    def _register_hook(self, comm_hook: tuple[Any, Any] | None) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        state, inner = comm_hook if comm_hook is not None else (None, default_hooks.allreduce_hook)
+        local = self._local
+
+        def hook(st, bucket):  # no annotations: DDP checks them against dist.GradBucket
+            grads, params = bucket.gradients(), bucket.parameters()
+            if grads:
+                norms = torch._foreach_norm(grads)  # before the all-reduce: this rank's own
+                for p, n in zip(params, norms, strict=True):
+                    local[id(p)] = n
+            return inner(st, bucket)
+
+        try:
+            self.ddp.register_comm_hook(state, hook)
+        except Exception as exc:
+            raise GradFlowError(
+                f"GradFlow(ddp_model): could not register the comm hook that records local "
+                f"gradient norms ({type(exc).__name__}: {exc}); hint: create GradFlow before the "
+                "first backward; if the model already has a comm hook, pass it as "
+                "GradFlow(ddp_model, comm_hook=(state, hook)) instead; or local=False"
+            ) from exc
 
     def __repr__(self) -> str:
         return (
             f"GradFlow({type(self.model).__name__}, params={len(self._named)}, steps={self.steps})"
         )
 
-    def record(self, optimizer: Any = None, scaler: Any = None) -> GradFlowReport:
+    def record(
+        self,
+        optimizer: Any = None,
+        scaler: Any = None,
+        *,
+        output: Any = None,
+        gather: bool = False,
+    ) -> GradFlowReport:
         """Read the gradients now on the model (after ``backward()``, before ``step()``).
 
         Args:
@@ -180,6 +261,10 @@ class GradFlow:
                 ``lr`` (and Adam's ``exp_avg_sq`` when present).
             scaler: a ``torch.amp.GradScaler``; norms are divided by its scale unless the
                 optimizer's gradients were already unscaled (``scaler.unscale_(optimizer)``).
+            output: the model's output of this step: fills ``ddp_unused`` (parameters it does
+                not depend on, as DDP's ``find_unused_parameters`` would find them).
+            gather: under torch.distributed, every rank's local total norm into
+                ``rank_total_norms`` (one small all_reduce; call on every rank).
 
         Returns:
             A :class:`GradFlowReport`; gradients are only read, never modified.
@@ -206,9 +291,17 @@ class GradFlow:
         if optimizer is not None and grads:
             ratio_idx, rt = _update_ratios(optimizer, self._named, have, grads, dev)
             extra.append(rt)
+        local_idx: list[int] = []
+        if self._local:
+            local_idx = [self._pos[k] for k in self._local if k in self._pos]
+            extra.append(torch.stack([self._local[id(self._named[i][1])] for i in local_idx])
+                         .float().to(dev))  # fmt: skip
+            self._local.clear()
         vals = torch.cat([norms, *extra]).tolist() if extra else norms.tolist()  # one sync
         pn = vals[: len(grads)]
         rest = vals[len(grads) :]
+        local_vals = rest[len(rest) - len(local_idx) :] if local_idx else []
+        rest = rest[: len(rest) - len(local_idx)]
         scale = None
         if scale_t is not None:
             scale, rest = rest[0], rest[1:]
@@ -244,6 +337,23 @@ class GradFlow:
         )
         if ratio_idx is not None:
             rep.update_ratios = {self._named[i][0]: r for i, r in zip(ratio_idx, rest, strict=True)}
+        rep.rank = _dd.rank_info().rank if _dd.rank_info().initialized else None
+        if local_idx:
+            if scale and math.isfinite(scale):
+                local_vals = [v / scale for v in local_vals]
+            ln = np.zeros(len(self._named))
+            ln[local_idx] = local_vals
+            lmod = np.sqrt(self._mod_matrix @ (ln**2))
+            rep.local_param_norms = {self._named[i][0]: float(ln[i]) for i in sorted(local_idx)}
+            rep.local_module_norms = dict(zip(self._mod_names, lmod.tolist(), strict=True))
+            rep.local_total_norm = float(lmod[0])
+        if gather:
+            mine = rep.local_total_norm if rep.local_total_norm is not None else total
+            allv = _dd.combine_flags(torch.tensor([mine]), tag=f"gradflow/{self.steps}",
+                                     what="GradFlow.record(gather=True)")  # fmt: skip
+            rep.rank_total_norms = allv[:, 0].tolist()
+        if output is not None:
+            rep.ddp_unused = _dd.unused_parameters(self.ddp or self.model, output)
         self._flags(rep, total, mod_norms)
         self.steps += 1
         return rep

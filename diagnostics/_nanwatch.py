@@ -32,6 +32,7 @@ from torch.utils._pytree import tree_flatten
 
 from contracts._errors import TorchdxError
 
+from . import _distributed as _dd
 from ._hooks import HookSet, max_abs, tensors_in
 from ._summary import summarize
 
@@ -73,7 +74,12 @@ class NonFiniteReport:
         candidates: every module that met the producer rule, in order (the first is usually it).
         headroom: ``(module, max|x|, finfo.max / max|x|)`` for fp16/bf16 module outputs within 16x
             of overflow in the replayed step.
-        rank: ``torch.distributed`` rank, ``None`` when not initialized.
+        rank: under ``torch.distributed``: the rank where the fault arose (the lowest one whose
+            own shard reproduced it in the local replay); ``None`` when not initialized.
+        fault_ranks: every rank whose own step produced a non-finite value (empty outside
+            torch.distributed).
+        observed_on: the rank of the process holding this report (every rank raises the same
+            report at the same step); ``None`` outside torch.distributed.
         step: index of the step within this NanWatch (0-based).
         mode: ``"replay"`` or ``"eager"``.
         replayable: ``False`` when the replay did not reproduce the original result.
@@ -97,6 +103,8 @@ class NonFiniteReport:
     candidates: list[str] = field(default_factory=list)
     headroom: list[tuple[str, float, float]] = field(default_factory=list)
     rank: int | None = None
+    fault_ranks: list[int] = field(default_factory=list)
+    observed_on: int | None = None
     step: int = 0
     mode: str = "replay"
     replayable: bool = True
@@ -118,6 +126,11 @@ class NonFiniteReport:
     def __str__(self) -> str:
         lines = [self.headline()]
         lines.append(f"  step {self.step}, rank {self.rank}, mode {self.mode}")
+        if self.observed_on is not None:
+            lines.append(
+                f"  fault arose on rank(s) {self.fault_ranks or '? (none reproduced it)'}; "
+                f"this is rank {self.observed_on}"
+            )
         if not self.replayable:
             lines.append("  NOT REPLAYABLE: the replay did not reproduce the original step")
         if self.loss is not None:
@@ -518,6 +531,18 @@ class NanWatch:
             lets NanWatch find the batch axis by size instead).
         backward_hooks: use full backward hooks in the replay (falls back automatically when a
             model's in-place ops are incompatible with them).
+        ddp: the ``DistributedDataParallel`` wrapper ``step_fn`` calls, when ``model`` is the
+            inner module (passing the wrapper as ``model`` does the same). The replay runs under
+            its ``no_sync()`` so it is local to each rank and issues no collective.
+        timeout: seconds (or a ``timedelta``) bounding NanWatch's own collectives under
+            torch.distributed; default ``$TORCHDX_DIST_TIMEOUT`` or 300 s.
+
+    Under torch.distributed (see ``docs/DDP.md``) the healthy path adds ONE small all_reduce of
+    every rank's ``[loss bad, grads bad]`` flags, so all ranks raise at the same step; each rank
+    then replays its own shard under ``no_sync()`` and the reports are gathered, so every rank
+    raises the report of the rank where the fault arose (``report.rank``, ``fault_ranks``). A
+    failed or timed-out collective raises :class:`DistributedError` naming the rank that died,
+    hung or raised.
 
     ``run(step_fn, *args, context=None, **kwargs)`` calls ``step_fn(*args, **kwargs)``, which
     must do forward + backward (no optimizer step) and return the loss (or a tuple/dict holding
@@ -546,7 +571,16 @@ class NanWatch:
         scaler: Any = None,
         batch_dim: int = 0,
         backward_hooks: bool = True,
+        ddp: nn.Module | None = None,
+        timeout: Any = None,
     ) -> None:
+        if _dd._is_ddp(model):
+            ddp, model = model, model.module
+        if ddp is not None and not _dd._is_ddp(ddp):
+            raise NanWatchError(
+                f"NanWatch(ddp=...): expected a DistributedDataParallel wrapper, got "
+                f"{type(ddp).__name__}"
+            )
         if not isinstance(model, nn.Module):
             raise NanWatchError(
                 f"NanWatch(model): expected an nn.Module, got {type(model).__name__}"
@@ -563,6 +597,9 @@ class NanWatch:
                 "(or check requires_grad)"
             )
         self.model = model
+        self.ddp = ddp
+        self.timeout = timeout
+        self._dist = _dd.check_launch("NanWatch")
         self.mode = mode
         self.scaler = scaler
         self.batch_dim = batch_dim
@@ -602,11 +639,16 @@ class NanWatch:
         rng = _RngState()
         bufs = self._snapshot_buffers()
         versions = [p._version for p in self._params]
-        result = step_fn(*args, **kwargs)
+        result = self._call(step_fn, args, kwargs, step)
         loss = _find_loss(result)
         grads = [p.grad for p in self._params if p.grad is not None]
         lm = loss.detach().reshape(()).abs().float()
         gm = _grads_norm_all(grads, lm.device)
+        if self._dist.distributed:
+            self._learn_buffers(bufs)
+            return self._run_dist(
+                step_fn, args, kwargs, ctx, step, rng, bufs, versions, loss, result, lm, gm
+            )
         flags = torch.stack([lm, gm]).isfinite().tolist()  # the one host sync of the step
         if flags[0] and not flags[1] and not self._nonfinite_grads():
             flags[1] = True  # the L2 norm overflowed on finite gradients: not a fault
@@ -621,6 +663,97 @@ class NanWatch:
         self.last_status = "nonfinite"
         report = self._localize(step_fn, args, kwargs, ctx, step, rng, bufs, versions, loss)
         raise NonFiniteError(report)
+
+    # -- torch.distributed ----------------------------------------------------------------
+    def _call(self, step_fn, args, kwargs, step: int) -> Any:
+        """``step_fn(*args, **kwargs)``; under torch.distributed a failure is noted in the store
+        (for the other ranks' messages) and a failed collective is turned into a message naming
+        the rank that died, hung or raised."""
+        if not self._dist.distributed:
+            return step_fn(*args, **kwargs)
+        try:
+            return step_fn(*args, **kwargs)
+        except Exception as exc:
+            if _dd.is_comm_failure(exc):
+                raise _dd.diagnose_peers(
+                    f"nanwatch/{step}/step", f"NanWatch step {step}: a collective in step_fn", exc
+                ) from exc
+            _dd.note_failure(
+                f"nanwatch/{step}",
+                f"{type(exc).__name__}: {exc} (in step_fn, NanWatch step {step})",
+            )
+            raise
+
+    def _local(self):
+        """No DDP collectives while replaying: ``ddp.no_sync()`` when a wrapper is known."""
+        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
+
+    def _run_dist(
+        self, step_fn, args, kwargs, ctx, step, rng, bufs, versions, loss, result, lm, gm
+    ):
+        """Healthy path under torch.distributed: one all_reduce of every rank's two flags."""
+        tag = f"nanwatch/{step}"
+        bad = (~torch.stack([lm, gm]).isfinite()).float()  # (2,) [loss bad, grads bad]
+        flags = _dd.combine_flags(bad, tag=tag, what=f"NanWatch step {step} flag all_reduce",
+                                  timeout=self.timeout)  # fmt: skip  # (W, 2), the one host sync
+        if not bool(flags.any()):
+            self.last_status = "ok"
+            return result
+        # failure path: confirm a non-finite L2 norm element-wise, agree again (second collective)
+        mine = flags[self._dist.rank].tolist()
+        if mine[1] and not mine[0] and not self._nonfinite_grads():
+            mine[1] = 0.0  # the L2 norm overflowed on finite gradients: not a fault
+        flags = _dd.combine_flags(torch.tensor(mine), tag=tag + "/confirm", timeout=self.timeout)
+        loss_bad = flags[:, 0] > 0
+        if not bool(flags.any()):
+            self.last_status = "ok"
+            return result
+        if not bool(loss_bad.any()) and self._scaler_enabled():
+            self.skipped_steps += 1
+            self.last_status = "scaler_overflow"
+            return result
+        self.last_status = "nonfinite"
+        self._replay_clean = False
+        try:
+            with self._local():
+                report = self._localize(step_fn, args, kwargs, ctx, step, rng, bufs, versions, loss)
+        except NonFiniteError as exc:  # the replay itself raised: still take part in the gather
+            report = exc.report
+        clean = self._replay_clean and not bool(loss_bad[self._dist.rank])
+        raise NonFiniteError(self._agree(report, clean, loss_bad.tolist(), step))
+
+    def _agree(self, report: NonFiniteReport, clean: bool, loss_bad: list[bool], step: int):
+        """Gather every rank's local report; all ranks raise the one of the rank at fault."""
+        me = self._dist.rank
+        got = _dd.all_gather_objects(
+            (clean, report), tag=f"nanwatch/{step}/reports",
+            what=f"NanWatch step {step} report gather", timeout=self.timeout,
+        )  # fmt: skip
+        origins = [r for r, (c, _) in enumerate(got) if not c]
+        reproduced = [r for r in origins if got[r][1].replayable]
+        pick = (reproduced or origins or [me])[0]
+        chosen = got[pick][1]
+        chosen.rank = pick if origins else None
+        chosen.fault_ranks = origins
+        chosen.observed_on = me
+        cleans = [r for r, (c, _) in enumerate(got) if c]
+        if cleans:
+            chosen.notes.append(
+                f"rank(s) {cleans} replayed their own shard without a non-finite value: their "
+                "non-finite gradients came in through DDP's all-reduce"
+            )
+        if not origins:
+            chosen.notes.append(
+                "no rank reproduced the fault in its local replay (non-deterministic step, or a "
+                "fault in the all-reduce itself); ranks with a non-finite loss: "
+                f"{[r for r, b in enumerate(loss_bad) if b]}"
+            )
+        if len(origins) > 1:
+            chosen.notes.append(
+                "other ranks at fault: "
+                + "; ".join(f"rank {r}: {got[r][1].headline()}" for r in origins if r != pick)
+            )
+        return chosen
 
     # -- context / state ------------------------------------------------------------------
     def _check_context(self, context: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -668,7 +801,7 @@ class NanWatch:
         rec = _Recorder(self.model, keep_refs=False, backward=self.backward_hooks)
         with HookSet() as hooks, _quiet_hooks():
             rec.install(hooks)
-            result = step_fn(*args, **kwargs)
+            result = self._call(step_fn, args, kwargs, step)
         loss = _find_loss(result)
         grads = [p.grad for p in self._params if p.grad is not None]
         dev = loss.device
@@ -684,6 +817,11 @@ class NanWatch:
         allv = head if ev is None else torch.cat([head, ev.to(dev).reshape(-1)])
         vals = allv.tolist()  # the one host read of the step
         loss_v, grad_v = vals[0], vals[1]
+        if self._dist.distributed:  # every rank's two flags, one all_reduce
+            bad = torch.tensor([not math.isfinite(loss_v), not math.isfinite(grad_v)])
+            flags = _dd.combine_flags(bad, tag=f"nanwatch/{step}", timeout=self.timeout)
+            loss_v = math.nan if bool(flags[:, 0].any()) else loss_v
+            grad_v = math.nan if bool(flags[:, 1].any()) else grad_v
         if math.isfinite(loss_v) and math.isfinite(grad_v):
             self.last_status = "ok"
             return result
@@ -699,6 +837,9 @@ class NanWatch:
             "eager mode: module-level attribution only (no op, no tensor summaries); use "
             "mode='replay' on a replayable step for the op"
         )
+        if self._dist.distributed:  # local producers (forward or parameter-gradient hooks)
+            clean = not found["fwd"] and not found["bwd"] and math.isfinite(vals[0])
+            report = self._agree(report, clean, flags[:, 0].gt(0).tolist(), step)
         raise NonFiniteError(report)
 
     # -- replay ---------------------------------------------------------------------------
@@ -830,6 +971,7 @@ class NanWatch:
             bool(torch.isnan(loss).all()) and bool(torch.isnan(orig_loss).all())
         )
         replay_grads_bad = bool(self._nonfinite_grads())
+        self._replay_clean = math.isfinite(float(loss.float())) and not replay_grads_bad
         if not same or (math.isfinite(float(loss.float())) and not replay_grads_bad):
             rep.replayable = False
             rep.notes.append(

@@ -14,6 +14,11 @@ score difference, a short guidance-scale sweep and the embedding analysis.
 ``diagnostics.AblationTarget``. Writes ``report.json``, ``report.md``, PNG figures and TensorBoard
 logs under ``--out`` (default ``runs/cond_ablation/<time>/``) and prints a verdict table.
 
+Under ``torchrun --nproc_per_node=N -m diagnostics.cond_ablation ...`` the process group is
+initialised from the environment (gloo, or nccl with ``--device cuda``), the ablation passes
+are split across the ranks, and rank 0 alone writes the report and the TensorBoard logs (equal
+to the single-process report for the same seed, to float tolerance).
+
 Exit status: 0 when the run completed (whatever it found); 2 for bad arguments or input, with one
 line on stderr naming what was wrong (the report of the sites completed before is still written).
 """
@@ -175,10 +180,36 @@ def _threads(n: int | None) -> str:
     return str(torch.get_num_threads())
 
 
+def _init_distributed(device: str | None) -> tuple[int, int]:
+    """Under torchrun (WORLD_SIZE > 1): initialise the process group; (rank, world size)."""
+    import torch
+
+    from diagnostics._distributed import check_launch, default_timeout
+
+    ws = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    dist = torch.distributed
+    if ws > 1 and dist.is_available() and not dist.is_initialized():
+        cuda = device is not None and str(device).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=default_timeout())
+    info = check_launch("cond_ablation")
+    return info.rank, info.world_size
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 done, 2 bad input)."""
     args = _parser().parse_args(argv)
     t_start = time.perf_counter()
+    from diagnostics._distributed import DistributedError
+
+    try:
+        rank, world = _init_distributed(args.device)
+    except DistributedError as e:
+        sys.stderr.write(f"cond_ablation: error: {str(e).splitlines()[0]}\n")
+        return 2
+    if rank != 0:
+        args.quiet = True
     ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
 
     from diagnostics._ablation import ABLATIONS, AblationError, run_ablation
@@ -218,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     except AblationError as e:
         err, report = e, e.report
     t_run = time.perf_counter()
+    if rank != 0:  # rank 0 writes the one report (its data holds every rank's examples)
+        return 2 if err is not None else 0
     if report is not None:
         write_report(report, out, tensorboard=args.tensorboard)
         timing = {
@@ -225,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             "ablation_s": round(t_run - t_loaded, 2),
             "write_s": round(time.perf_counter() - t_run, 2),
             "threads": threads,
+            "world_size": world,
             **{k: round(v, 2) for k, v in report.timing.items()},
         }
         # kept out of report.json so that the same seed gives the same report
