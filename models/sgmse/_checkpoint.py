@@ -1,0 +1,132 @@
+"""Checkpoints: config + raw weights + EMA weights; loading swaps EMA in and says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._config import ScoreModelConfig
+from ._errors import CheckpointError, ScoreModelError
+from ._model import EMA, ScoreModel
+
+__all__ = ["CHECKPOINT_DIR", "FORMAT", "load_checkpoint", "load_pretrained", "save_checkpoint"]
+
+FORMAT = "torchdx.sgmse/1"
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+PRETRAINED = {"cond": "sgmse_cond.pt", "uncond": "sgmse_uncond.pt"}
+
+
+def save_checkpoint(
+    path: str | Path, model: ScoreModel, ema: EMA | None, step: int, **extra: Any
+) -> Path:
+    """Write ``{"format", "config", "raw", "ema", "step", **extra}`` to ``path``.
+
+    Example:
+        >>> save_checkpoint("runs/sgmse.pt", model, ema, step=600, command="...")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "config": model.cfg.to_dict(),
+        "raw": raw,
+        "ema": ema.state_dict() if ema is not None else None,
+        "step": step,
+        **extra,
+    }
+    torch.save(payload, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, weights: str = "ema") -> ScoreModel:
+    """Load a checkpoint written by :func:`save_checkpoint` into a :class:`ScoreModel` (eval mode).
+
+    Args:
+        path: the ``.pt`` file.
+        weights: ``"ema"`` (default; falls back to raw weights with a warning-free record when the
+            checkpoint has no EMA) or ``"raw"``.
+
+    Returns:
+        the model, with ``model.weights_used`` set to ``"ema"`` or ``"raw"`` and
+        ``model.checkpoint`` holding ``{"path", "step", ...}`` metadata.
+
+    Raises:
+        CheckpointError: naming the file when it is missing, not a torchdx SGMSE checkpoint, or its
+            weights do not fit its config.
+
+    Example:
+        >>> model = load_checkpoint("runs/sgmse.pt")
+        >>> model.weights_used
+        'ema'
+    """
+    if weights not in ("ema", "raw"):
+        raise CheckpointError(
+            f"load_checkpoint: argument 'weights' is {weights!r}; valid: ema, raw"
+        )
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"load_checkpoint: checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"load_checkpoint: {str(path)!r} is not a readable torch checkpoint ({err})"
+        ) from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"load_checkpoint: {str(path)!r} is not a torchdx SGMSE checkpoint "
+            f"(format {found!r}, expected {FORMAT!r}); write it with models.sgmse.train"
+        )
+    try:
+        cfg = ScoreModelConfig.from_dict(ckpt["config"])
+    except (ScoreModelError, TypeError, KeyError) as err:
+        raise CheckpointError(f"load_checkpoint: {str(path)!r} has a bad config: {err}") from err
+    model = ScoreModel(cfg)
+    used = "ema" if weights == "ema" and ckpt.get("ema") is not None else "raw"
+    state = ckpt[used]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(
+            f"load_checkpoint: the {used} weights in {str(path)!r} do not fit its config "
+            f"({first[0] if first else err}; {' '.join(first[1:3])})"
+        ) from err
+    model.eval()
+    model.weights_used = used
+    model.checkpoint = {
+        "path": str(path),
+        "step": ckpt.get("step"),
+        **{k: v for k, v in ckpt.items() if k not in ("raw", "ema", "config")},
+    }
+    return model
+
+
+def load_pretrained(which: str = "cond", weights: str = "ema") -> ScoreModel:
+    """The small checkpoints shipped in ``models/sgmse/checkpoints/``.
+
+    Args:
+        which: ``"cond"`` (noise-conditioned, CFG dropout p=0.2) or ``"uncond"`` (same network
+            trained with the null embedding only: the baseline).
+        weights: ``"ema"`` (default) or ``"raw"``.
+
+    Example:
+        >>> model = load_pretrained("cond")
+        >>> model.weights_used
+        'ema'
+    """
+    if which not in PRETRAINED:
+        raise CheckpointError(
+            f"load_pretrained: argument 'which' is {which!r}; valid: {', '.join(PRETRAINED)}"
+        )
+    path = CHECKPOINT_DIR / PRETRAINED[which]
+    if not path.is_file():
+        raise CheckpointError(
+            f"load_pretrained: shipped checkpoint {str(path)!r} is missing; train it with the "
+            "command in docs/SGMSE.md"
+        )
+    return load_checkpoint(path, weights=weights)
