@@ -48,7 +48,9 @@ def _dtype(slot: Any) -> str:
 
 def _shape(slot: Any) -> str:
     if slot.tensor is None:
-        return "tensor" if slot.plain_tensor else "scalar"
+        if slot.plain_tensor:
+            return "tensor"
+        return "scalar" if slot.pyhint in (int, float, bool, complex) else "-"
     return slot.tensor.shape_words()
 
 
@@ -113,7 +115,7 @@ def render(modules: list[str]) -> str:
     last_mod = None
     for (mod, owner), plans in sorted(groups.items()):
         if mod != last_mod:
-            out.append(f"\n## `{mod}`\n")
+            out.append(f"\n## `{mod}`")
             last_mod = mod
         out.append(f"\n### {owner}\n")
         out.append(
