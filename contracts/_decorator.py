@@ -388,6 +388,42 @@ class _Fail(Exception):
         self.hint, self.detail, self.dim = hint, detail, dim
 
 
+_EMPTY_HINT = (
+    "empty batches and zero-length sequences are refused; pass allow_empty=True to @contract if "
+    "they are meaningful here"
+)
+
+
+def _bind_axes(
+    axes: Any,
+    entries: Any,
+    name: str,
+    shape: tuple,
+    b: dict,
+    prov: dict | None,
+    deferred: list,
+    allow_empty: bool,
+) -> None:
+    """Check/bind each ``(axis, entry)``: the one loop every shape check runs."""
+    for axis, (kind, val, bc) in zip(axes, entries):
+        s = shape[axis]
+        if kind is NAME:
+            have = b.get(val)
+            if have is None:
+                b[val] = s
+                if prov is not None:
+                    prov[val] = f"{name}.shape[{axis}]"
+            elif have != s and not (bc and s == 1):
+                raise _Fail(name, axis, f"size {val}={have}", f"{s}", dim=val)
+        elif kind is FIXED:
+            if s != val and not (bc and s == 1):
+                raise _Fail(name, axis, f"size {val}", f"{s}")
+        elif kind is EXPR:
+            deferred.append((name, axis, val, s, bc))
+        if not s and not allow_empty:
+            raise _Fail(name, axis, "a non-empty axis (size ≥ 1)", "size 0", hint=_EMPTY_HINT)
+
+
 def _check_shape(
     spec: TensorSpec,
     name: str,
@@ -406,63 +442,16 @@ def _check_shape(
                 f"{len(spec.fast)} axes {spec.shape_words()}",
                 f"{nd} axes {list(shape)}",
             )
-        for axis in range(nd):
-            kind, val, bc = spec.fast[axis]
-            s = shape[axis]
-            if kind is NAME:
-                have = b.get(val)
-                if have is None:
-                    b[val] = s
-                    if prov is not None:
-                        prov[val] = f"{name}.shape[{axis}]"
-                elif have != s and not (bc and s == 1):
-                    raise _Fail(name, axis, f"size {val}={have}", f"{s}", dim=val)
-            elif kind is FIXED:
-                if s != val and not (bc and s == 1):
-                    raise _Fail(name, axis, f"size {val}", f"{s}")
-            elif kind is EXPR:
-                deferred.append((name, axis, val, s, bc))
-            if not s and not allow_empty:
-                raise _Fail(
-                    name,
-                    axis,
-                    "a non-empty axis (size ≥ 1)",
-                    "size 0",
-                    hint="empty batches and zero-length sequences are refused; pass "
-                    "allow_empty=True to @contract if they are meaningful here",
-                )
+        _bind_axes(range(nd), spec.fast, name, shape, b, prov, deferred, allow_empty)
         return
     nb, na = spec.n_before, spec.n_after
     if nd < nb + na:
         raise _Fail(
             name, None, f"at least {nb + na} axes {spec.shape_words()}", f"{nd} axes {list(shape)}"
         )
-    axes = list(range(nb)) + list(range(nd - na, nd))
-    entries = list(spec.fast[:nb]) + list(spec.fast[nb + 1 :])
-    for axis, (kind, val, bc) in zip(axes, entries):
-        s = shape[axis]
-        if kind is NAME:
-            have = b.get(val)
-            if have is None:
-                b[val] = s
-                if prov is not None:
-                    prov[val] = f"{name}.shape[{axis}]"
-            elif have != s and not (bc and s == 1):
-                raise _Fail(name, axis, f"size {val}={have}", f"{s}", dim=val)
-        elif kind is FIXED:
-            if s != val and not (bc and s == 1):
-                raise _Fail(name, axis, f"size {val}", f"{s}")
-        elif kind is EXPR:
-            deferred.append((name, axis, val, s, bc))
-        if not s and not allow_empty:
-            raise _Fail(
-                name,
-                axis,
-                "a non-empty axis (size ≥ 1)",
-                "size 0",
-                hint="empty batches and zero-length sequences are refused; pass "
-                "allow_empty=True to @contract if they are meaningful here",
-            )
+    axes = [*range(nb), *range(nd - na, nd)]
+    entries = spec.fast[:nb] + spec.fast[nb + 1 :]
+    _bind_axes(axes, entries, name, shape, b, prov, deferred, allow_empty)
     vkind, vname, _ = spec.fast[nb]
     if vkind is VARIADIC:
         sub = tuple(shape[nb : nd - na])
@@ -730,21 +719,8 @@ class _Checker:
                 continue  # missing: the call itself will raise its own TypeError
             if x is None and slot.optional:
                 continue
-            if slot.tensor is not None:
-                _check_tensor(slot, x, b, prov, deferred, plan.allow_empty)
-                if level == FULL and slot.tensor.has_values:
-                    _values_pending(slot, x, pending)
-            elif slot.plain_tensor:
-                if not isinstance(x, torch.Tensor):
-                    raise _Fail(slot.name, None, "a torch.Tensor", type(x).__name__)
-            else:
-                _check_py(slot, x, plan.qualname)
-                if slot.pyrange is not None and level == FULL:
-                    _check_pyrange(slot, x, b, self_obj, prov)
-        if deferred:
-            _check_deferred(deferred, b, self_obj)
-        if pending:
-            _judge_values(pending, b, self_obj, prov)
+            _check_slot(plan, slot, x, b, prov, deferred, pending, level, self_obj)
+        _finish(deferred, pending, b, self_obj, prov)
         return b, self_obj
 
     @staticmethod
@@ -780,21 +756,41 @@ class _Checker:
         for slot, x in items:
             if x is None and slot.optional:
                 continue
-            if slot.tensor is not None:
-                _check_tensor(slot, x, b, prov, deferred, plan.allow_empty)
-                if level == FULL and slot.tensor.has_values:
-                    _values_pending(slot, x, pending)
-            elif slot.plain_tensor:
-                if not isinstance(x, torch.Tensor):
-                    raise _Fail(slot.name, None, "a torch.Tensor", type(x).__name__)
-            else:
-                _check_py(slot, x, plan.qualname)
-                if slot.pyrange is not None and level == FULL:
-                    _check_pyrange(slot, x, b, self_obj, prov)
-        if deferred:
-            _check_deferred(deferred, b, self_obj)
-        if pending:
-            _judge_values(pending, b, self_obj, prov)
+            _check_slot(plan, slot, x, b, prov, deferred, pending, level, self_obj)
+        _finish(deferred, pending, b, self_obj, prov)
+
+
+def _check_slot(
+    plan: Plan,
+    slot: Slot,
+    x: Any,
+    b: dict,
+    prov: dict | None,
+    deferred: list,
+    pending: list,
+    level: int,
+    self_obj: Any,
+) -> None:
+    """Check one argument or returned value (shape/dtype now, values queued for one fetch)."""
+    if slot.tensor is not None:
+        _check_tensor(slot, x, b, prov, deferred, plan.allow_empty)
+        if level == FULL and slot.tensor.has_values:
+            _values_pending(slot, x, pending)
+    elif slot.plain_tensor:
+        if not isinstance(x, torch.Tensor):
+            raise _Fail(slot.name, None, "a torch.Tensor", type(x).__name__)
+    else:
+        _check_py(slot, x, plan.qualname)
+        if slot.pyrange is not None and level == FULL:
+            _check_pyrange(slot, x, b, self_obj, prov)
+
+
+def _finish(deferred: list, pending: list, b: dict, self_obj: Any, prov: dict | None) -> None:
+    """Expression dims once every dim is bound, then all value checks with one fetch."""
+    if deferred:
+        _check_deferred(deferred, b, self_obj)
+    if pending:
+        _judge_values(pending, b, self_obj, prov)
 
 
 def _check_pyrange(slot: Slot, x: Any, b: dict, self_obj: Any, prov: dict | None) -> None:

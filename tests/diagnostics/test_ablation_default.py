@@ -18,14 +18,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_sgmse_target_wiring_on_a_tiny_model():
     from models.sgmse import ScoreModel, ScoreModelConfig
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from models.paraformer import ParaformerConfig, ToySeq2SeqDataset, collate_fn
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture
