@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--tensorboard", default=None, help="TensorBoard log dir (default: none)")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument(
+        "--init-from", default=None,
+        help="continue from this checkpoint: raw + EMA weights and its step count (the optimizer "
+        "starts fresh; checkpoints do not store it); --steps are added on top",
+    )  # fmt: skip
+    p.add_argument(
+        "--save-every", type=int, default=0,
+        help="also write the checkpoint every this many steps (0: only at the end)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -70,6 +79,24 @@ def _batch(pool: dict, idx: torch.Tensor, crop: int, gen: torch.Generator) -> tu
     return clean, noisy, pool["noise_ref"][idx]
 
 
+def _init_from(path: str, model: ScoreModel, ema: EMA) -> int:
+    """Load raw + EMA weights of checkpoint ``path`` into ``model``/``ema``; returns its step."""
+    from ._checkpoint import load_checkpoint
+
+    raw = load_checkpoint(path, weights="raw")
+    if raw.cfg != model.cfg:
+        raise ScoreModelError(
+            f"train: --init-from {path!r} has config {raw.cfg}, but the command line gives "
+            f"{model.cfg}; pass the same --channels/--emb-dim/--cond-mode/--p-uncond"
+        )
+    model.load_state_dict(raw.state_dict())
+    ema_model = load_checkpoint(path, weights="ema")
+    ema.shadow = {k: v.detach().clone() for k, v in ema_model.state_dict().items()}
+    step = int(raw.checkpoint.get("step") or 0)
+    ema.num_updates = step
+    return step
+
+
 def train(args: argparse.Namespace) -> Path:
     """Run training as described by parsed ``args``; returns the checkpoint path."""
     torch.set_num_threads(args.threads)
@@ -81,6 +108,9 @@ def train(args: argparse.Namespace) -> Path:
     )  # fmt: skip
     model = ScoreModel(cfg)
     ema = EMA(model, cfg.ema_decay)
+    start = 0
+    if args.init_from:
+        start = _init_from(args.init_from, model, ema)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     crop = (args.crop_frames - 1) * cfg.hop  # samples -> crop_frames STFT frames
     if crop < cfg.n_fft:
@@ -100,6 +130,15 @@ def train(args: argparse.Namespace) -> Path:
     uncond = cfg.p_uncond >= 1.0
     smooth = None
     model.train()
+
+    def save(step: int) -> Path:
+        command = "python -m models.sgmse.train " + " ".join(shlex.quote(a) for a in args.argv)
+        return save_checkpoint(
+            args.out, model, ema, step=start + step, command=command,
+            train_seconds=time.perf_counter() - t0, data_seconds=t_data, final_loss=smooth,
+            threads=args.threads, torch_version=str(torch.__version__), init_from=args.init_from,
+        )  # fmt: skip
+
     for step in bar:
         idx = torch.randint(0, args.pool, (args.batch_size,), generator=gen)
         clean, noisy, ref = _batch(pool, idx, crop, gen)
@@ -113,22 +152,21 @@ def train(args: argparse.Namespace) -> Path:
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
         bar.set_postfix(loss=f"{smooth:.4f}")
         if writer is not None and step % args.log_every == 0:
-            writer.add_scalar("train/loss", loss.item(), step)
-            writer.add_scalar("train/loss_smooth", smooth, step)
-            writer.add_scalar("train/grad_norm", float(gnorm), step)
-            writer.add_scalar("cfg/drop_fraction", model.last_drop_fraction, step)
+            writer.add_scalar("train/loss", loss.item(), start + step)
+            writer.add_scalar("train/loss_smooth", smooth, start + step)
+            writer.add_scalar("train/grad_norm", float(gnorm), start + step)
+            writer.add_scalar("cfg/drop_fraction", model.last_drop_fraction, start + step)
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save(step + 1)
+            print(f"step {start + step + 1}: saved {args.out}, smoothed loss {smooth:.4f}",
+                  flush=True)  # fmt: skip
     elapsed = time.perf_counter() - t0
     if writer is not None:
         writer.close()
-    command = "python -m models.sgmse.train " + " ".join(shlex.quote(a) for a in args.argv)
-    out = save_checkpoint(
-        args.out, model, ema, step=args.steps, command=command,
-        train_seconds=elapsed, data_seconds=t_data, final_loss=smooth, threads=args.threads,
-        torch_version=str(torch.__version__),
-    )  # fmt: skip
+    out = save(args.steps)
     print(
-        f"saved {out} ({out.stat().st_size / 1e6:.2f} MB) after {args.steps} steps in "
-        f"{elapsed / 60:.1f} min (data {t_data:.0f} s), smoothed loss {smooth:.4f}"
+        f"saved {out} ({out.stat().st_size / 1e6:.2f} MB) after {start + args.steps} steps in "
+        f"{elapsed / 60:.1f} min (data {t_data:.0f} s), smoothed loss {smooth if smooth is not None else float('nan'):.4f}"
     )
     return out
 

@@ -143,6 +143,55 @@ def test_train_cli_tiny(tmp_path):
     assert any((tmp_path / "tb").iterdir())
 
 
+def test_train_cli_init_from_resumes_raw_and_ema(tmp_path):
+    from models.sgmse import _train
+
+    tiny = ["--pool", "2", "--batch-size", "2", "--crop-frames", "5", "--channels", "4,8",
+            "--emb-dim", "8", "--threads", "1", "--no-progress", "--seconds", "0.1"]  # fmt: skip
+    first = _train.build_parser().parse_args(
+        [*tiny, "--steps", "3", "--out", str(tmp_path / "a.pt")]
+    )
+    first.argv = ["--steps", "3"]
+    a = _train.train(first)
+    args = _train.build_parser().parse_args(
+        [*tiny, "--steps", "4", "--save-every", "2", "--init-from", str(a),
+         "--out", str(tmp_path / "b.pt")]
+    )  # fmt: skip
+    args.argv = ["--steps", "4"]
+    seen = []
+    real_save = _train.save_checkpoint
+
+    def spy(path, model, ema, step, **extra):
+        seen.append((step, ema.num_updates))
+        return real_save(path, model, ema, step, **extra)
+
+    _train.save_checkpoint = spy
+    try:
+        b = _train.train(args)
+    finally:
+        _train.save_checkpoint = real_save
+    assert seen == [(5, 5), (7, 7)]  # intermediate save at 3 + 2, final at 3 + 4; EMA count goes on
+    ckpt = torch.load(b, weights_only=False)
+    assert ckpt["init_from"] == str(a)
+    # zero further steps reproduce the initial checkpoint's raw and EMA weights exactly
+    args0 = _train.build_parser().parse_args(
+        [*tiny, "--steps", "0", "--init-from", str(a), "--out", str(tmp_path / "c.pt")]
+    )  # fmt: skip
+    args0.argv = []
+    c = _train.train(args0)
+    ca, cc = torch.load(a, weights_only=False), torch.load(c, weights_only=False)
+    for part in ("raw", "ema"):
+        assert all(torch.equal(ca[part][k], cc[part][k]) for k in ca[part]), part
+    assert not all(torch.equal(ca["raw"][k], ckpt["raw"][k]) for k in ca["raw"])
+    bad = _train.build_parser().parse_args(
+        [*tiny, "--channels", "4,4", "--steps", "1", "--init-from", str(a),
+         "--out", str(tmp_path / "d.pt")]
+    )  # fmt: skip
+    bad.argv = []
+    with pytest.raises(ScoreModelError, match=r"--init-from .* has config"):
+        _train.train(bad)
+
+
 def test_sampler_recovers_clean_with_the_oracle_score():
     """With the exact score of the OUVE marginal the PC sampler must land on the clean signal."""
     from models.audio import si_sdr, stft
