@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from contracts._errors import TorchdxError
+from contracts import TorchdxError
 from diagnostics._stats import (
     IGNORED_MAX,
     N_BOOT,

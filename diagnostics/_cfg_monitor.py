@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from contracts._errors import TorchdxError
+from contracts import TorchdxError
 
 __all__ = ["CFGDropoutError", "CFGDropoutMonitor", "CFGDropoutRanksReport", "CFGDropoutReport"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from contracts._errors import TorchdxError
+from contracts import TorchdxError
 
 __all__ = ["CompareError", "ModelComparison", "build_model", "compare_models"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from contracts._errors import TorchdxError
+from contracts import TorchdxError
 
 from . import _distributed as _dd
 

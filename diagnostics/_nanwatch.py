@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from contracts._errors import TorchdxError
+from contracts import TorchdxError
 
 from . import _distributed as _dd
 from ._hooks import HookSet, max_abs, tensors_in

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from contracts._errors import TorchdxError
+from contracts import TorchdxError
 
 __all__ = ["SummaryError", "summarize"]
 

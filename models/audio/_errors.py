@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contracts._errors import TorchdxError
+from contracts import TorchdxError
 
 __all__ = ["AudioError"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from contracts._errors import TorchdxError
+from contracts import TorchdxError
 
 __all__ = ["AudioSRConfig", "AudioSRError", "CheckpointError"]
 

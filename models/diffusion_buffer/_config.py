@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import contracts
-from contracts._errors import TorchdxError
+from contracts import TorchdxError
 
 __all__ = [
     "AmpOverflowError",
