@@ -306,7 +306,7 @@ def _make_slot(where: str, name: str, position: int, default: Any, hint: Any) ->
     ranges = [m for m in meta if isinstance(m, Range)]
     if any(isinstance(m, Mask) for m in meta) and not ranges:
         raise TypeError(f"{where}: Mask() applies to Bool tensors only")
-    pass  # _warn_if_uncheckable(where, inner)
+    _warn_if_uncheckable(where, inner)
     return Slot(
         name, position, default, optional, None, pyhint=inner, pyrange=ranges[0] if ranges else None
     )
@@ -318,16 +318,22 @@ def _warn_if_uncheckable(where: str, hint: Any) -> None:
     if isinstance(hint, type) and typing.get_origin(hint) is None:
         return
     try:
-        from beartype.door import TypeHint
+        from beartype.door import is_bearable
 
-        TypeHint(hint)
+        is_bearable(None, hint)
     except Exception as e:
-        warnings.warn(
-            f"{where}: the hint {hint!r} cannot be checked ({type(e).__name__}); this argument "
-            "is left unchecked",
-            ContractWarning,
-            stacklevel=5,
+        _warn(
+            f"{where}: the hint {hint!r} cannot be checked ({type(e).__name__}: {e}); it is left unchecked"
         )
+
+
+def _warn(message: str) -> None:
+    """A ContractWarning attributed to the user's line (the first frame outside contracts), so
+    ``filterwarnings("error::contracts.ContractWarning:models")`` can target a package."""
+    frame, level = sys._getframe(1), 2  # level 1 is this function's own frame
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "contracts":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ContractWarning, stacklevel=level)
 
 
 def _return_slots(
@@ -373,8 +379,13 @@ def _resolve_hints(fn: Callable, where: str) -> dict[str, Any]:
             if isinstance(v, str):
                 try:
                     v = eval(v, glb)
-                except NameError:
-                    continue  # a forward reference: leave that argument unchecked
+                except NameError as e:
+                    what = "the return value" if k == "return" else f"argument {k!r}"
+                    _warn(
+                        f"{where}: the annotation of {what} ({v!r}) cannot be resolved ({e}); "
+                        f"{what} is left unchecked"
+                    )
+                    continue
                 except Exception as e:
                     raise TypeError(
                         f"{where}: malformed annotation of {k!r} ({v}): {type(e).__name__}: {e}"
