@@ -22,7 +22,7 @@ import torch
 
 from ._config import FULL
 from ._plan import Plan, Slot, TensorSpec
-from ._spec import ANY, ELLIPSIS, EXPR, FIXED, NAME, VARIADIC, Expr
+from ._spec import EXPR, FIXED, NAME, VARIADIC, Expr
 
 __all__ = ["Fail", "check_inputs", "check_outputs", "torch_dtypes"]
 
@@ -259,7 +259,6 @@ def _judge_values(pending: list, b: dict, self_obj: Any) -> None:
 
 
 def check_slot(
-    plan: Plan,
     slot: Slot,
     x: Any,
     b: dict,
@@ -268,10 +267,11 @@ def check_slot(
     pending: list,
     level: int,
     self_obj: Any,
+    allow_empty: bool,
 ) -> None:
     """Check one argument or returned value (shape/dtype now, values queued for one fetch)."""
     if slot.tensor is not None:
-        check_tensor(slot, x, b, prov, deferred, plan.allow_empty)
+        check_tensor(slot, x, b, prov, deferred, allow_empty)
         if level == FULL and slot.tensor.has_values:
             _values_pending(slot, x, pending)
     elif slot.plain_tensor:
@@ -292,10 +292,12 @@ def finish(deferred: list, pending: list, b: dict, self_obj: Any) -> None:
 
 
 def check_inputs(
-    plan: Plan, args: tuple, kwargs: dict, level: int, prov: dict | None
+    plan: Plan, args: tuple, kwargs: dict, level: int, prov: dict | None, b: dict | None = None
 ) -> tuple[dict, Any]:
-    """Check a call's arguments; returns ``(bindings, self)``."""
-    b: dict = {}
+    """Check a call's arguments (binding into ``b``, a new dict by default); returns
+    ``(bindings, self)``."""
+    if b is None:
+        b = {}
     self_obj = args[0] if plan.has_self and args else None
     for name, e in plan.self_dims:
         try:
@@ -319,7 +321,7 @@ def check_inputs(
             continue  # missing: the call itself will raise its own TypeError
         if x is None and slot.optional:
             continue
-        check_slot(plan, slot, x, b, prov, deferred, pending, level, self_obj)
+        check_slot(slot, x, b, prov, deferred, pending, level, self_obj, plan.allow_empty)
     finish(deferred, pending, b, self_obj)
     return b, self_obj
 
@@ -352,8 +354,5 @@ def check_outputs(
     for slot, x in returned_items(plan, out):
         if x is None and slot.optional:
             continue
-        check_slot(plan, slot, x, b, prov, deferred, pending, level, self_obj)
+        check_slot(slot, x, b, prov, deferred, pending, level, self_obj, plan.allow_empty)
     finish(deferred, pending, b, self_obj)
-
-
-_ = (ANY, ELLIPSIS)  # kinds the walk skips: any size, unbound variadic

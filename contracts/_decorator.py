@@ -16,6 +16,7 @@ import torch
 from ._check import Fail, check_inputs, check_outputs
 from ._config import OFF, state
 from ._explain import explain
+from ._inline import CALLS as calls
 from ._plan import ContractOptions, Plan, build_plan
 from ._registry import register
 
@@ -39,7 +40,12 @@ def wrap(plan: Plan) -> Callable:
             b, self_obj = check_inputs(plan, args, kwargs, level, None)
         except Fail as f:
             raise explain(plan, f, args, kwargs) from None
-        out = fn(*args, **kwargs)
+        stack = calls.stack
+        stack.append((plan, b, self_obj, args, kwargs))  # for contracts.check inside fn
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            stack.pop()
         if has_returns:
             try:
                 check_outputs(plan, out, b, self_obj, level, None)

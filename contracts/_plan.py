@@ -34,7 +34,10 @@ __all__ = [
     "Slot",
     "TensorSpec",
     "build_plan",
+    "make_slot",
 ]
+
+CHECKED = -3  # Slot.position of a value checked by contracts.check
 
 FLOAT_NAMES = frozenset({"float16", "bfloat16", "float32", "float64"})
 # the dtype names jaxtyping may list that torch has (others, like numpy's "bool_", are dropped)
@@ -282,7 +285,7 @@ def _apply_constraints(where: str, spec: TensorSpec, meta: tuple) -> None:
     spec.constraints = tuple(cons)
 
 
-def _make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> Slot | None:
+def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> Slot | None:
     inner, meta, optional = unwrap(hint)
     if default is None:
         optional = True
@@ -344,7 +347,7 @@ def _return_slots(
             raise TypeError(f"{where}: returns= must map dict keys to annotations")
         slots = []
         for k, h in returns.items():
-            s = _make_slot(
+            s = make_slot(
                 f"{where} return[{k!r}]", f"return[{k!r}]", -1, inspect.Parameter.empty, h
             )
             if s is not None:
@@ -361,10 +364,10 @@ def _return_slots(
             return "none", []
         slots = []
         for i, a in enumerate(args):
-            s = _make_slot(f"{where} return[{i}]", f"return[{i}]", -1, inspect.Parameter.empty, a)
+            s = make_slot(f"{where} return[{i}]", f"return[{i}]", -1, inspect.Parameter.empty, a)
             slots.append((i, s))
         return "tuple", slots
-    s = _make_slot(f"{where} return", "return", -1, inspect.Parameter.empty, hint)
+    s = make_slot(f"{where} return", "return", -1, inspect.Parameter.empty, hint)
     return ("single", [(None, s)]) if s is not None else ("none", [])
 
 
@@ -426,7 +429,7 @@ def build_plan(
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name not in hints:
                 continue
             pos = i if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else -1
-            slot = _make_slot(f"{where} argument {name!r}", name, pos, p.default, hints[name])
+            slot = make_slot(f"{where} argument {name!r}", name, pos, p.default, hints[name])
             if slot is not None:
                 params.append(slot)
         unknown = set(hints) - set(sig.parameters) - {"return"}
@@ -436,7 +439,7 @@ def build_plan(
         for name, h in hints.items():
             if name == "return":
                 continue
-            slot = _make_slot(f"{where} argument {name!r}", name, -1, inspect.Parameter.empty, h)
+            slot = make_slot(f"{where} argument {name!r}", name, -1, inspect.Parameter.empty, h)
             if slot is not None:
                 params.append(slot)
     kind, rslots = _return_slots(where, return_hint, options.returns)
