@@ -376,7 +376,7 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
     seen before gives its bindings back without a walk; a new one is walked by
     :func:`check_inputs` (so a failure raises the very same :class:`Fail`) and remembered when it
     passes. Value constraints never come from the cache: in ``full`` mode they run every call,
-    fused per device with one host read. Returns are cached the same way, per input signature.
+    fused per device with one host read. Returns are cached the same way, per input signature, with the dims they bind.
     Plans whose checks depend on more than classes (beartype hints, ranges on Python numbers)
     always take the walk.
     """
@@ -399,7 +399,7 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
     single = plan.return_kind == "single"
     single_values = single and plan.returns[0].tensor is not None
     single_values = single_values and plan.returns[0].tensor.has_values
-    cache: dict[tuple, tuple[dict, set]] = {}
+    cache: dict[tuple, tuple[dict, dict]] = {}
     tensor = torch.Tensor
 
     def signature(args: tuple, kwargs: dict) -> tuple | None:
@@ -474,7 +474,7 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
             b, _ = check_inputs(plan, args, kwargs, SHAPES, None)  # values follow
             if len(cache) >= _CACHE_MAX:
                 cache.clear()
-            entry = cache[key] = (dict(b), set())
+            entry = cache[key] = (dict(b), {})
         else:
             b = entry[0].copy()
         if level == FULL and value_slots:
@@ -506,10 +506,14 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
                     key.append(x.__class__)
             okey = tuple(key)
         seen = entry[1]
-        if okey not in seen:
+        added = seen.get(okey)
+        if added is None:
+            n = len(b)
             check_outputs(plan, out, b, self_obj, SHAPES, None)  # values follow
             if len(seen) < _CACHE_MAX:
-                seen.add(okey)
+                seen[okey] = dict(list(b.items())[n:])  # the dims the return bound
+        elif added:
+            b.update(added)
         if values:
             judge(values, b, self_obj)
 

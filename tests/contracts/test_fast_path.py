@@ -136,3 +136,14 @@ def test_check_inside_a_cached_call_still_binds():
     f(torch.zeros(2))
     with pytest.raises(ContractError, match=r"return, axis 1: expected size D=4, got 2"):
         f(torch.zeros(3))
+
+
+def test_dims_bound_by_the_return_reach_value_checks_of_cached_calls():
+    @contract
+    def f(
+        x: Float[Tensor, "B T"],
+    ) -> tuple[Float[Tensor, "B N"], Annotated[Int[Tensor, " B"], Range(0, "N")]]:
+        return x[:, :2], torch.full((x.shape[0],), 2)
+
+    for _ in range(3):
+        f(torch.zeros(2, 5))
