@@ -18,6 +18,7 @@ from ._compiled import compiled_inputs, compiled_outputs
 from ._config import OFF, state
 from ._explain import compiled_words, explain
 from ._inline import CALLS as calls
+from ._inline import TRACED as traced
 from ._plan import ContractOptions, Plan, build_plan
 from ._registry import register
 
@@ -41,7 +42,9 @@ def wrap(plan: Plan) -> Callable:
             return fn(*args, **kwargs)
         if _is_compiling():  # traced by torch.compile: checks the graph keeps
             b, self_obj = compiled_inputs(plan, words, args, kwargs, level)
+            traced.append(b)  # for contracts.check inside fn
             out = fn(*args, **kwargs)
+            traced.pop()
             if has_returns:
                 compiled_outputs(plan, words, out, b, self_obj, level)
             return out

@@ -495,25 +495,27 @@ def explain_check(
 def compiled_words(plan: Plan) -> dict[str, dict[str, str]]:
     """The fixed words of every slot's compiled checks, made once at decoration (so tracing
     reads strings and never formats the plan's numbers, which Dynamo may make symbolic)."""
-    out = {}
-    for slot in plan.params + plan.returns:
-        where = f"{plan.qualname}(): {_slot_words(slot, slot.name)}"
-        w = {"where": where, "tensor": f"{where}: expected a torch.Tensor"}
-        spec = slot.tensor
-        if spec is not None:
-            n = len(spec.dims) if spec.var_at < 0 else spec.n_before + spec.n_after
-            least = "" if spec.var_at < 0 else "at least "
-            w["rank"] = f"{where}: expected {least}{n} axes {spec.shape_words()}"
-            w["tensor"] += f" {spec.shape_words()} {dtype_words(spec)}"
-            w["dtype"] = f"{where}: expected dtype {dtype_words(spec)}"
-            w["values"] = f"{where}: expected {_values_want(spec)} (checked on the device)"
-            n_dims = len(spec.dims)
-            for j, d in enumerate(spec.dims):  # axis from the end after a variadic entry
-                axis = j if spec.var_at < 0 or j < spec.var_at else j - n_dims
-                w[f"size{j}"] = f"{where}, axis {axis}: expected size {d}"
-                w[f"empty{j}"] = f"{where}, axis {axis}: expected a non-empty axis (size ≥ 1)"
-        out[slot.name] = w
-    return out
+    return {s.name: slot_words(plan.qualname, s) for s in plan.params + plan.returns}
+
+
+def slot_words(function: str, slot: Slot) -> dict[str, str]:
+    """The fixed words of one slot's compiled checks (see :func:`compiled_words`)."""
+    where = f"{function}(): {_slot_words(slot, slot.name)}"
+    w = {"where": where, "tensor": f"{where}: expected a torch.Tensor"}
+    spec = slot.tensor
+    if spec is not None:
+        n = len(spec.dims) if spec.var_at < 0 else spec.n_before + spec.n_after
+        least = "" if spec.var_at < 0 else "at least "
+        w["rank"] = f"{where}: expected {least}{n} axes {spec.shape_words()}"
+        w["tensor"] += f" {spec.shape_words()} {dtype_words(spec)}"
+        w["dtype"] = f"{where}: expected dtype {dtype_words(spec)}"
+        w["values"] = f"{where}: expected {_values_want(spec)} (checked on the device)"
+        n_dims = len(spec.dims)
+        for j, d in enumerate(spec.dims):  # axis from the end after a variadic entry
+            axis = j if spec.var_at < 0 or j < spec.var_at else j - n_dims
+            w[f"size{j}"] = f"{where}, axis {axis}: expected size {d}"
+            w[f"empty{j}"] = f"{where}, axis {axis}: expected a non-empty axis (size ≥ 1)"
+    return w
 
 
 def _values_want(spec: TensorSpec) -> str:

@@ -144,3 +144,19 @@ def test_mode_off_compiles_to_nothing_and_full_adds_asserts():
     assert any("_assert_async" in op for op in full) and len(full) > len(plain)
     with contracts.mode("shapes"):  # shapes: guards only, no op in the graph
         assert _graph_ops(head, x) == plain
+
+
+@contract
+def _with_checks(x: Float[Tensor, "B T"], cut: int = 0) -> Float[Tensor, "B T"]:
+    h = contracts.check(x * 2, Float[Tensor, "B T"], name="h")
+    contracts.check(h[:, cut:], Float[Tensor, "B T"], name="h2")
+    return h
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_check_in_compiled_code_shares_the_call_bindings(dynamic):
+    g = _compile(_with_checks, dynamic)
+    torch.testing.assert_close(g(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+    assert _graph_breaks() == 0
+    text = _raises(g, torch.ones(2, 3), 1)  # h2 has T-1 columns
+    assert "checked value 'h2', axis 1: expected size T" in text
