@@ -18,7 +18,7 @@ from ._check import Fail, check_slot, finish
 from ._compiled import compiled_slot
 from ._config import OFF, state
 from ._explain import explain_check, slot_words
-from ._plan import CHECKED, Plan, Slot, make_slot
+from ._plan import CHECKED, Plan, Slot, make_slot, unwrap
 
 _is_compiling = torch.compiler.is_compiling
 
@@ -44,9 +44,24 @@ def _label(annotation: Any) -> str:
     return str(getattr(inner, "__name__", inner)).replace("typing.", "")
 
 
+def _key(annotation: Any, name: str | None) -> Any:
+    """A cache key that is equal for equal annotations: jaxtyping builds a new class at every
+    ``Float[Tensor, "B T"]``, so the class itself would miss the cache on every call."""
+    inner, meta, optional = unwrap(annotation)
+    if hasattr(inner, "dim_str") and hasattr(inner, "dtypes"):
+        dts = inner.dtypes
+        inner = (
+            getattr(getattr(inner, "dtype", None), "__name__", None),
+            inner.dim_str,
+            tuple(dts) if isinstance(dts, (list, tuple)) else dts,
+            getattr(inner, "array_type", None),
+        )
+    return (inner, meta, optional, name)
+
+
 def _slot(annotation: Any, name: str | None) -> Slot:
-    key = (annotation, name)
     try:
+        key = _key(annotation, name)
         slot = _SLOTS.get(key)
     except TypeError:  # an unhashable annotation: parse every time
         key, slot = None, None
@@ -62,6 +77,8 @@ def _slot(annotation: Any, name: str | None) -> Slot:
                 "(use a jaxtyping annotation like Float[Tensor, 'B T'], optionally in Annotated)"
             )
         if key is not None:
+            if len(_SLOTS) >= 4096:  # annotations built in a loop: do not grow without bound
+                _SLOTS.clear()
             _SLOTS[key] = slot
     return slot
 
@@ -80,7 +97,7 @@ def _prime(annotation: Any, name: str | None) -> str:
     this while tracing and keeps its result, the name of the ``_STORE`` attribute holding
     ``(slot, words)``. One attribute per check, so Dynamo reads each fresh (a dict it had read
     before would be stale)."""
-    key = (annotation, name)
+    key = _key(annotation, name)
     attr = _STORE_KEYS.get(key)
     if attr is None:
         slot = _slot(annotation, name)
