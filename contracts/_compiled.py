@@ -57,7 +57,7 @@ def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_
         pairs = list(zip(range(nb), range(nb)))
         pairs += list(zip(range(nd - na, nd), range(nb + 1, len(dims))))
         var = dims[nb]
-        if var.kind == VARIADIC:
+        if var.kind == VARIADIC and not var.broadcast:  # "*#name": checked in eager only
             key = "*" + var.value
             sub = tuple(shape[nb : nd - na])
             have = b.get(key)
@@ -72,6 +72,8 @@ def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_
     for axis, j in pairs:
         s = shape[axis]
         d = dims[j]
+        if d.broadcast and isinstance(s, int) and s == 1:
+            continue  # "#name": size 1 broadcasts and binds nothing
         if d.kind == NAME:
             have = b.get(d.value)
             if have is None:
@@ -85,6 +87,8 @@ def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_
         if not allow_empty:
             torch._check(s >= 1, _const(w[f"empty{j}"]))
     for s, j, d in deferred:
+        if d.value.uses_args:
+            continue  # f-string dims read the call's arguments: checked in eager only
         torch._check(_same(s, d.value(b, self_obj), d.broadcast), _const(w[f"size{j}"]))
 
 

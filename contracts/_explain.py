@@ -247,6 +247,12 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         n = spec.n_before + spec.n_after
         return f"at least {n} axes {spec.shape_words()}", f"{len(shape)} axes {list(shape)}", None
     if code == "variadic":
+        if d.get("broadcast"):
+            return (
+                f"axes that broadcast with {d['dim']}={list(d['want'])}",
+                f"{list(d['got'])}",
+                None,
+            )
         return f"axes {d['dim']}={list(d['want'])}", f"{list(d['got'])}", None
     if code == "expr":
         return f"size {d['expr'].source}={d['want']}", f"{d['got']}", None

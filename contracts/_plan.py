@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _spec
 from ._constraints import Constraint, Finite, Mask, Range
-from ._spec import ELLIPSIS, VARIADIC, Expr
+from ._spec import ELLIPSIS, EXPR, VARIADIC, Expr
 
 __all__ = [
     "ContractOptions",
@@ -195,6 +195,25 @@ class Plan:
     def owner_qualname(self) -> str | None:
         parts = self.qualname.split(".")
         return ".".join(parts[:-1]) if self.has_self and len(parts) > 1 else None
+
+    @property
+    def uses_args(self) -> bool:
+        """Whether a dim is an f-string over the call's arguments (``"{size}"``)."""
+        return any(
+            d.kind == EXPR and d.value.uses_args
+            for s in self.params + self.returns
+            if s.tensor is not None
+            for d in s.tensor.dims
+        )
+
+    def bind_arguments(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The call's arguments by name, defaults applied (for f-string dims)."""
+        try:
+            bound = inspect.signature(self.fn).bind_partial(*args, **kwargs)
+        except (TypeError, ValueError):
+            return dict(kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
 
     def slot(self, name: str) -> Slot | None:
         """The argument or return slot called ``name``."""
