@@ -44,11 +44,9 @@ from models.paraformer._train import LossWatch
 
 
 def _nanwatch():
-    diagnostics = pytest.importorskip("diagnostics")
-    try:
-        return diagnostics.NanWatch, diagnostics.NonFiniteError
-    except (AttributeError, ImportError):
-        pytest.skip("diagnostics.NanWatch has not landed yet")
+    import diagnostics
+
+    return diagnostics.NanWatch, diagnostics.NonFiniteError
 
 
 def _masks(batch):
