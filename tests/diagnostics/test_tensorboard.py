@@ -9,7 +9,6 @@ from torch import nn
 from diagnostics import GradFlow, NanWatch, NonFiniteError, TensorBoardLogger
 
 
-
 def _read(log_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
