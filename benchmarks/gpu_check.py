@@ -16,7 +16,6 @@ Run: ``python -m benchmarks.gpu_check [--repeats 20] [--skip-tests]``
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks._results import write_results
+from contracts.cli import ArgumentParser, fail
 
 
 def _syncs(fn: Callable[[], Any]) -> int:
@@ -180,17 +180,15 @@ def _fp16_overflow() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m benchmarks.gpu_check",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats per ratio")
     parser.add_argument("--skip-tests", action="store_true", help="don't run pytest -m gpu")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device on this machine; nothing to measure", file=sys.stderr)
-        return 2
+        return fail(parser, "no CUDA device on this machine; nothing to measure")
     figures: dict[str, Any] = {"device": torch.cuda.get_device_name(0)}
     if not args.skip_tests:
         t0 = time.perf_counter()

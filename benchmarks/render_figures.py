@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -29,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from contracts.cli import ArgumentParser, fail
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -201,7 +202,7 @@ def check(paths: list[Path] | None = None, results_dir: Path = RESULTS) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m benchmarks.render_figures",
         description=(
             "Fill the <!-- fig NAME:key --> markers in README.md and docs/ from "
@@ -218,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     missing = [p for p in args.paths if not p.is_file()]
     if missing:
-        print(f"render_figures: no such doc: {missing[0]}", file=sys.stderr)
-        return 2
+        return fail(parser, f"no such doc: {missing[0]}")
     paths = [p.resolve() for p in args.paths] or None
     problems = check(paths) if args.check else render(paths)
     for p in problems:
