@@ -94,16 +94,16 @@ def test_entry_points_are_discovered() -> None:
 
 @pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
 def test_malformed_arguments_exit_2_with_one_line(module: str) -> None:
+    main = importlib.import_module(module).main
+    # a thin wrapper's flags live where its main() is defined
+    text = ENTRY_POINTS[module] + Path(inspect.getsourcefile(main) or "").read_text()
+
     @settings(
         max_examples=15,
         deadline=None,
         derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
-    main = importlib.import_module(module).main
-    # a thin wrapper's flags live where its main() is defined
-    text = ENTRY_POINTS[module] + Path(inspect.getsourcefile(main) or "").read_text()
-
     @given(_malformed(text))
     def prop(argv: list[str]) -> None:
         CORPUS[module] = CORPUS.get(module, 0) + 1
