@@ -18,6 +18,7 @@ from .._summary import summarize
 from ._numerics import RngState, find_loss, grads_max, kind_of, pick, quiet_hooks, rank
 from ._opfinder import OpFinder
 from ._recorder import Call, Recorder
+from ._sidestate import ModuleAttrs, ObjectStates
 from ._state import StepState
 from ._types import NonFiniteError, NonFiniteReport
 
@@ -90,9 +91,12 @@ class Localizer:
         post_rng = RngState()
         post_grads = [p.grad for p in w._params]
         post_bufs = [(b, b.clone()) for b in w._buffers()]
+        post_objs = ObjectStates(w.scaler, w.stateful) if st.saved is not None else None
+        post_attrs = ModuleAttrs(w.model)
         orig_loss = st.loss.detach().clone()
         nonfinite = nonfinite_grads(w._named)
         changed = [n for (n, p), v in zip(w._named, st.versions, strict=False) if p._version != v]
+        rep: NonFiniteReport | None = None
         try:
             if changed:
                 rep = report_from(_NO_FINDINGS, st.loss, st.index, "replay")
@@ -106,13 +110,22 @@ class Localizer:
                 rep = self._replay(st, orig_loss)
             rep.nonfinite_grads = nonfinite
             return rep
+        except NonFiniteError as exc:  # the replay raised: its report gets the notes below
+            rep = exc.report
+            raise
         finally:
+            # the user's post-step state, put back whatever happened in the replays
             for p, g in zip(w._params, post_grads, strict=False):
                 p.grad = g
             with torch.no_grad():
                 for b, v in post_bufs:
                     b.copy_(v)
             post_rng.restore()
+            if post_objs is not None:
+                post_objs.restore()
+            notes = post_attrs.restore_and_describe()
+            if rep is not None:
+                rep.notes += notes
 
     def _reset_to_pre_step(self, st: StepState) -> None:
         for p in self.w._params:
@@ -120,6 +133,8 @@ class Localizer:
         with torch.no_grad():
             for b, _, v in st.bufs:
                 b.copy_(v)
+        if st.saved is not None:
+            st.saved.restore()
         assert st.rng is not None
         st.rng.restore()
 

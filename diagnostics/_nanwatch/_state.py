@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from ._numerics import RngState
+from ._sidestate import ObjectStates
 
 __all__ = ["StepState"]
 
@@ -27,6 +28,8 @@ class StepState:
             step may mutate.
         versions: every watched parameter's ``_version`` before the step (an in-place change
             of a parameter, i.e. an optimizer step inside ``fn``, makes the step unreplayable).
+        saved: the GradScaler's and the ``stateful`` objects' state before the step (None when
+            the watch has neither).
         result / loss: what ``fn`` returned, and the loss found in it.
     """
 
@@ -38,6 +41,7 @@ class StepState:
     rng: RngState | None = None
     bufs: list[tuple[Tensor, int, Tensor]] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
+    saved: ObjectStates | None = None
     result: Any = None
     loss: Tensor | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from .._summary import summarize
 from ._localize import Localizer, nonfinite_grads, report_from
 from ._numerics import RngState, find_loss, grads_max, grads_norm_all, quiet_hooks
 from ._recorder import Recorder
+from ._sidestate import ObjectStates, check_stateful
 from ._state import StepState
 from ._types import NanWatchError, NonFiniteError, NonFiniteReport
 
@@ -42,7 +43,14 @@ class NanWatch:
             the step and are read once at its end (no op-level attribution).
         scaler: a ``torch.amp.GradScaler``. With it, a step whose loss is finite but whose
             gradients overflowed is the scaler's business: it is counted in ``skipped_steps``,
-            ``last_status`` becomes ``"scaler_overflow"`` and no error is raised.
+            ``last_status`` becomes ``"scaler_overflow"`` and no error is raised. Its state
+            (scale, growth tracker, per-optimizer stage) is saved before each step and restored
+            around every replay, so a failing step leaves it as the user's step did.
+        stateful: objects with ``state_dict()``/``load_state_dict()`` that ``step_fn`` may change
+            (optimizers, LR schedulers, your own): their state is copied before each step
+            (a deep copy: pass only what ``step_fn`` touches) and restored around every replay.
+            Plain Python attributes of the model's modules that a replay changes are restored
+            too and named in ``report.notes``.
         batch_dim: batch axis of activations (used for ``bad_items``; a context mask or ``t``
             lets NanWatch find the batch axis by size instead).
         backward_hooks: use full backward hooks in the replay (falls back automatically when a
@@ -85,6 +93,7 @@ class NanWatch:
         mode: str = "replay",
         *,
         scaler: Any = None,
+        stateful: Sequence[Any] = (),
         batch_dim: int = 0,
         backward_hooks: bool = True,
         ddp: nn.Module | None = None,
@@ -118,6 +127,7 @@ class NanWatch:
         self._dist = _dd.check_launch("NanWatch")
         self.mode = mode
         self.scaler = scaler
+        self.stateful = check_stateful(stateful, NanWatchError)
         self.batch_dim = batch_dim
         self.backward_hooks = backward_hooks
         self.steps = 0
@@ -154,6 +164,8 @@ class NanWatch:
         st.rng = RngState()
         st.bufs = self._snapshot_buffers()
         st.versions = [p._version for p in self._params]
+        if self.scaler is not None or self.stateful:
+            st.saved = ObjectStates(self.scaler, self.stateful)
         st.result = self._call(st)
         st.loss = find_loss(st.result)
         grads = [p.grad for p in self._params if p.grad is not None]
