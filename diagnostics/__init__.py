@@ -44,6 +44,15 @@ _LAZY: dict[str, str] = {
     "replica_divergence": "diagnostics._distributed",
     "unused_parameters": "diagnostics._distributed",
     "compare_models": "diagnostics._compare",
+    # errors, reports and helpers that callers need by name
+    "SummaryError": "diagnostics._summary",
+    "AblationReport": "diagnostics._ablation",
+    "write_report": "diagnostics._report",
+    "CFGDropoutError": "diagnostics._cfg_monitor",
+    "CFGDropoutReport": "diagnostics._cfg_monitor",
+    "CompareError": "diagnostics._compare",
+    "ModelComparison": "diagnostics._compare",
+    "HookSet": "diagnostics._hooks",
 }
 
 __all__ = sorted(_LAZY)
