@@ -44,6 +44,12 @@ _LAZY: dict[str, str] = {
     "replica_divergence": "diagnostics._distributed",
     "unused_parameters": "diagnostics._distributed",
     "compare_models": "diagnostics._compare",
+    "LossWatch": "diagnostics._training_checks",
+    "TrainingCheckError": "diagnostics._training_checks",
+    "check_no_retained_graph": "diagnostics._training_checks",
+    "check_padding_leak": "diagnostics._training_checks",
+    "TrainingMonitor": "diagnostics._monitor",
+    "TrainingMonitorError": "diagnostics._monitor",
 }
 
 __all__ = sorted(_LAZY)
