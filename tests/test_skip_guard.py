@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import skip_allowed
+from tests._skip_guard import skip_allowed
 
 pytest_plugins = ["pytester"]
 
@@ -27,7 +28,8 @@ def test_allowlist(reason: str, allowed: bool) -> None:
 
 
 def test_guard_fails_a_foreign_skip_and_keeps_an_allowed_one(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest((__import__("pathlib").Path(__file__).parent / "conftest.py").read_text())
+    guard = (Path(__file__).parent / "_skip_guard.py").read_text()
+    pytester.makeconftest(guard)
     pytester.makepyfile(
         test_x=textwrap.dedent(
             """
