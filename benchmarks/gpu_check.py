@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -29,19 +28,7 @@ from torch import Tensor, nn
 
 from benchmarks._results import write_results
 from contracts.cli import ArgumentParser, fail
-
-
-def _syncs(fn: Callable[[], Any]) -> int:
-    """Host syncs issued by one call of ``fn`` (torch's sync debug mode warns on each)."""
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fn()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+from diagnostics import count_host_syncs
 
 
 def _median_ratio(base: Callable[[], Any], tool: Callable[[], Any], repeats: int) -> float:
@@ -87,7 +74,7 @@ def _tools(repeats: int) -> dict[str, Any]:
 
     watch = NanWatch(model)
     out["nanwatch"] = {
-        "syncs_per_step": _syncs(lambda: watch.run(step)),
+        "syncs_per_step": count_host_syncs(lambda: watch.run(step)),
         "ratio": _median_ratio(step, lambda: watch.run(step), repeats),
     }
     flow = GradFlow(model)
@@ -97,7 +84,7 @@ def _tools(repeats: int) -> dict[str, Any]:
         flow.record()
 
     out["gradflow"] = {
-        "syncs_per_step": _syncs(flow_step),
+        "syncs_per_step": count_host_syncs(flow_step),
         "ratio": _median_ratio(step, flow_step, repeats),
     }
 
@@ -114,7 +101,7 @@ def _tools(repeats: int) -> dict[str, Any]:
                 mon.step(next(counter), loss=loss)
 
             out["monitor"] = {
-                "syncs_per_step": _syncs(mon_step),
+                "syncs_per_step": count_host_syncs(mon_step),
                 "ratio": _median_ratio(step, mon_step, repeats),
             }
             mon.close()
@@ -129,7 +116,7 @@ def _tools(repeats: int) -> dict[str, Any]:
     for mode in ("shapes", "full"):
         with torch.no_grad(), contracts.mode(mode):
             out[f"contracts_{mode}"] = {
-                "syncs_per_call": _syncs(lambda: checked(x)),
+                "syncs_per_call": count_host_syncs(lambda: checked(x)),
                 "ratio": _median_ratio(lambda: plain(x), lambda: checked(x), repeats),
             }
     try:
@@ -137,7 +124,7 @@ def _tools(repeats: int) -> dict[str, Any]:
         compiled_checked = torch.compile(checked, fullgraph=True)
         with torch.no_grad(), contracts.mode("shapes"):
             out["contracts_compiled"] = {
-                "syncs_per_call": _syncs(lambda: compiled_checked(x)),
+                "syncs_per_call": count_host_syncs(lambda: compiled_checked(x)),
                 "ratio": _median_ratio(
                     lambda: compiled_plain(x), lambda: compiled_checked(x), repeats
                 ),

@@ -54,6 +54,7 @@ _LAZY: dict[str, str] = {
     "CompareError": "diagnostics._compare",
     "ModelComparison": "diagnostics._compare",
     "HookSet": "diagnostics._hooks",
+    "count_host_syncs": "diagnostics._syncs",
     "LossWatch": "diagnostics._training_checks",
     "TrainingCheckError": "diagnostics._training_checks",
     "check_no_retained_graph": "diagnostics._training_checks",
