@@ -38,6 +38,8 @@ SUB_MAX = 0.8  # below this (CI high < 0.9) is sub-linear
 CI_WIDTH_MAX = 0.5
 NOISE_FACTOR = 3.0
 MIN_GROWTH = 1.25
+HIDDEN_MIN_SHARE_TIME = 0.05  # a super-linear module below these shares is not reported
+HIDDEN_MIN_SHARE_MEMORY = 0.01
 
 
 def upper_indices(n: int) -> list[int]:
@@ -181,9 +183,7 @@ def max_size_within_budget(
         return out
     totals = [model_bytes + p for p in peaks]
     if totals[0] > budget:
-        out["method"] = (
-            f"even the smallest size ({sizes[0]}) needs {totals[0]:,} bytes > budget"
-        )
+        out["method"] = f"even the smallest size ({sizes[0]}) needs {totals[0]:,} bytes > budget"
         return out
     k = fit.get("exponent")
     if fit.get("status") != "ok" or k is None:
@@ -248,9 +248,9 @@ def analyze(
     }
     last_t, last_m = total["seconds"][-1], total["peak_bytes"][-1]
     modules = []
-    for pat in sorted({p for r in res for p in r.module_seconds} | {
-        p for r in res for p in r.module_peak_bytes
-    }):
+    for pat in sorted(
+        {p for r in res for p in r.module_seconds} | {p for r in res for p in r.module_peak_bytes}
+    ):
         ms = [r.module_seconds.get(pat, []) for r in res]
         mm = [[float(v) for v in r.module_peak_bytes.get(pat, [])] for r in res]
         if any(len(v) == 0 for v in ms) or any(len(v) == 0 for v in mm):
@@ -314,6 +314,46 @@ def _responsible(modules: list[dict[str, Any]], metric: str, min_share: float) -
     return max(near, key=lambda m: (_depth(m["module"]), m["share"][metric]))
 
 
+def _module_shares(report: dict[str, Any], mod: dict[str, Any], metric: str) -> list[float]:
+    tot = report["total"]["peak_bytes" if metric == "memory" else "seconds"]
+    own = mod["peak_bytes" if metric == "memory" else "seconds"]
+    return [o / t if t > 0 else 0.0 for o, t in zip(own, tot)]
+
+
+def _share_crossing(
+    report: dict[str, Any], mod: dict[str, Any], metric: str
+) -> dict[str, Any] | None:
+    """Where the super-linear module starts to hold half of the peak (or the time): below it,
+    the rest of the model (typically work linear in the size) dominates."""
+    sizes, axis = report["sizes"], report["axis"]
+    shares = _module_shares(report, mod, metric)
+    what = "peak" if metric == "memory" else "time"
+    if shares[0] >= 0.5:
+        where = f"from the smallest size measured ({axis} = {sizes[0]}) on"
+        size = None
+    else:
+        i = next((j for j in range(1, len(sizes)) if shares[j] >= 0.5), None)
+        if i is None:
+            return None
+        a, b = shares[i - 1], shares[i]
+        # interpolate the crossing in log(size)
+        f = (0.5 - a) / (b - a) if b != a else 1.0
+        size = round(math.exp(math.log(sizes[i - 1]) + f * math.log(sizes[i] / sizes[i - 1])))
+        where = (
+            f"from {axis} ~ {size:,} on (interpolated between {sizes[i - 1]} and {sizes[i]}); "
+            f"below it the rest of the model dominates ({100 * shares[0]:.0f} % at "
+            f"{axis} = {sizes[0]})"
+        )
+    return {
+        "kind": "crossover",
+        "metric": metric,
+        "module": mod["module"],
+        "size": size,
+        "shares": [round(v, 4) for v in shares],
+        "message": f"`{mod['module']}` holds half of the {what} {where}",
+    }
+
+
 def _fit_text(fit: dict[str, Any]) -> str:
     lo, hi = fit["ci95"]
     return f"{fit['exponent']:.2f} [{lo:.2f}, {hi:.2f}]"
@@ -366,16 +406,22 @@ def findings(report: dict[str, Any], *, min_share: float = 0.10) -> list[dict[st
                     f"{'peak' if metric == 'memory' else 'time'} at {axis} = {last}",
                 }
             )
+        if resp is not None:
+            cross = _share_crossing(report, resp, metric)
+            if cross is not None:
+                out.append(cross)
         # super-linear modules that do not (yet) dominate
         k_total = fit["exponent"]
         for m in mods:
             mf = m["exponent"][metric]
             share = m["share"][metric] or 0.0
-            if m["class"][metric] != "super-linear" or m is resp or share <= 0:
+            if m["class"][metric] != "super-linear" or m is resp:
                 continue
+            if share < (HIDDEN_MIN_SHARE_TIME if metric == "time" else HIDDEN_MIN_SHARE_MEMORY):
+                continue  # too small to matter (and per-module times of tiny modules are noisy)
             if resp is not None and m["module"].startswith(resp["module"] + "."):
                 continue
-            if share >= 0.5 or cls == "super-linear" and share >= min_share:
+            if share >= 0.5 or (cls == "super-linear" and share >= min_share):
                 continue
             k = mf["exponent"]
             cross = None
@@ -392,7 +438,9 @@ def findings(report: dict[str, Any], *, min_share: float = 0.10) -> list[dict[st
                 )
             )
             if cross is not None:
-                msg += f"; at these rates it would reach half from {axis} ~ {cross:,} (extrapolated)"
+                msg += (
+                    f"; at these rates it would reach half from {axis} ~ {cross:,} (extrapolated)"
+                )
             out.append(
                 {
                     "kind": "hidden-superlinear",

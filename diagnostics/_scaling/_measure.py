@@ -244,8 +244,6 @@ def _profile_memory(
     return total, peak, retained, hooks_obj.calls
 
 
-
-
 def measure(
     target: ScalingTarget,
     axis: str,

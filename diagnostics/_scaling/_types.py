@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -196,7 +197,7 @@ def check_sizes(sizes: Sequence[int], what: str = "sizes") -> list[int]:
         )
     if sizes[0] < 1:
         raise ScalingError(f"{what}: sizes must be >= 1, got {sizes[0]}")
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         if b <= a:
             raise ScalingError(
                 f"{what}: sizes must be strictly increasing, got {b} after {a} in {sizes}"
