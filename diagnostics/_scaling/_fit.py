@@ -26,6 +26,7 @@ __all__ = [
     "SUPER_MIN",
     "analyze",
     "classify",
+    "decompose",
     "fit_exponent",
     "max_size_within_budget",
     "upper_indices",
@@ -151,6 +152,44 @@ def classify(fit: dict[str, Any]) -> str:
     return "linear"
 
 
+def decompose(sizes: list[int], values: list[float], k: int) -> dict[str, Any] | None:
+    """Fit ``value ~ c0 + c1*size + ck*size**k`` (non-negative, relative least squares over all
+    sizes) and return the terms and the size where the ``size**k`` term overtakes the linear one.
+
+    Example:
+        >>> d = decompose([1, 2, 4, 8, 16], [10 * s + s**2 for s in [1, 2, 4, 8, 16]], 2)
+        >>> round(d["crossover"], 6)
+        10.0
+    """
+    x = np.asarray(sizes, dtype=float)
+    y = np.asarray(values, dtype=float)
+    if k < 2 or (y <= 0).any():
+        return None
+    cols = {"0": np.ones_like(x), "1": x, str(k): x**k}
+    best: tuple[float, dict[str, float]] | None = None
+    names = list(cols)
+    for mask in range(1, 2 ** len(names)):  # every subset; keep the best with coefficients >= 0
+        use = [n for i, n in enumerate(names) if mask >> i & 1]
+        a = np.stack([cols[n] / y for n in use], axis=1)  # relative residuals
+        coef, *_ = np.linalg.lstsq(a, np.ones_like(y), rcond=None)
+        if (coef < 0).any():
+            continue
+        err = float(np.sqrt(np.mean((a @ coef - 1.0) ** 2)))
+        if best is None or err < best[0] - 1e-12:
+            best = (err, {n: float(c) for n, c in zip(use, coef)})
+    if best is None:
+        return None
+    err, terms = best
+    c1, ck = terms.get("1", 0.0), terms.get(str(k), 0.0)
+    cross = (c1 / ck) ** (1.0 / (k - 1)) if c1 > 0 and ck > 0 else None
+    return {
+        "k": k,
+        "terms": {n: float(f"{c:.6g}") for n, c in terms.items()},
+        "crossover": cross,
+        "rel_rmse": round(err, 4),
+    }
+
+
 def _scale(sizes: list[int], values: list[float], k: float) -> float:
     """``C`` in ``value = C * size**k`` fitted (in logs) over the upper sizes."""
     idx = upper_indices(len(sizes))
@@ -246,6 +285,11 @@ def analyze(
         "exponent": {"time": t_fit, "memory": m_fit},
         "class": {"time": classify(t_fit), "memory": classify(m_fit)},
     }
+    total["terms"] = {}
+    for metric, key in (("time", "seconds"), ("memory", "peak_bytes")):
+        fit = total["exponent"][metric]
+        if fit["status"] == "ok" and fit["exponent"] >= SUPER_MIN:
+            total["terms"][metric] = decompose(sizes, total[key], max(2, round(fit["exponent"])))
     last_t, last_m = total["seconds"][-1], total["peak_bytes"][-1]
     modules = []
     for pat in sorted(
@@ -404,6 +448,33 @@ def findings(report: dict[str, Any], *, min_share: float = 0.10) -> list[dict[st
                     "message": f"`{resp['module']}`: {metric} exponent {_fit_text(mf)}, "
                     f"{100 * resp['share'][metric]:.0f} % of "
                     f"{'peak' if metric == 'memory' else 'time'} at {axis} = {last}",
+                }
+            )
+        terms = report["total"].get("terms", {}).get(metric)
+        if cls == "super-linear" and terms and terms["crossover"] is not None:
+            k, c = terms["k"], terms["crossover"]
+            if c >= sizes[-1]:
+                where = f"linear work dominates at every size measured (the {axis}^{k} term "
+                where += f"would overtake it at {axis} ~ {c:,.0f}, extrapolated)"
+            elif c <= sizes[0]:
+                where = f"the {axis}^{k} term dominates at every size measured"
+            else:
+                where = f"work linear in {axis} dominates below {axis} ~ {c:,.0f}"
+            out.append(
+                {
+                    "kind": "linear-below",
+                    "metric": metric,
+                    "module": "",
+                    "size": round(c, 1),
+                    "terms": terms["terms"],
+                    "message": f"total {noun} ~ "
+                    + " + ".join(
+                        f"{v:.3g}"
+                        + ("" if n == "0" else f"*{axis}" + ("" if n == "1" else f"^{n}"))
+                        for n, v in terms["terms"].items()
+                    )
+                    + f" (fit over all sizes, relative RMSE {100 * terms['rel_rmse']:.0f} %): "
+                    + where,
                 }
             )
         if resp is not None:
