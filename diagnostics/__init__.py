@@ -46,6 +46,8 @@ _LAZY: dict[str, str] = {
     "compare_models": "diagnostics._compare",
     "ScalingTarget": "diagnostics._scaling",
     "ScalingError": "diagnostics._scaling",
+    "ScalingConfig": "diagnostics._scaling",
+    "run_scaling": "diagnostics._scaling",
 }
 
 __all__ = sorted(_LAZY)

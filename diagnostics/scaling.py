@@ -282,7 +282,14 @@ def main(argv: list[str] | None = None) -> int:
             err = e
             break
         reports.append(
-            analyze(sweep, budget=budget, budget_source=source, n_boot=cfg.n_boot, seed=cfg.seed)
+            analyze(
+                sweep,
+                budget=budget,
+                budget_source=source,
+                n_boot=cfg.n_boot,
+                seed=cfg.seed,
+                min_share=cfg.min_share,
+            )
         )
         for f in reports[-1]["findings"]:
             print(f"[{target.name} / {axis}] {f['message']}")

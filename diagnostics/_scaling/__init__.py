@@ -6,6 +6,7 @@
 re-exported by ``diagnostics``.
 """
 
+from ._run import run_scaling as run_scaling
 from ._types import (
     ScalingConfig as ScalingConfig,
 )
@@ -22,4 +23,11 @@ from ._types import (
     parse_sizes as parse_sizes,
 )
 
-__all__ = ["ScalingConfig", "ScalingError", "ScalingTarget", "parse_bytes", "parse_sizes"]
+__all__ = [
+    "ScalingConfig",
+    "ScalingError",
+    "ScalingTarget",
+    "parse_bytes",
+    "parse_sizes",
+    "run_scaling",
+]

@@ -80,9 +80,9 @@ def claims_block(reports: list[dict[str, Any]]) -> str:
     if dur is not None:
         t, m = dur["total"]["exponent"]["time"], dur["total"]["exponent"]["memory"]
         resp = _finding(dur, "responsible", "memory")
-        cross = _finding(dur, "crossover", "memory")
+        below = _finding(dur, "linear-below", "memory")
         extra = f"; {resp['message']}" if resp else ""
-        extra += f"; {cross['message']}" if cross else ""
+        extra += f"; {below['message']}" if below else ""
         lines.append(
             f'| "linear scaling confirmed" over duration | `GlobalAudioEncoder` over '
             f"{dur['sizes']} s ({_setup(dur)}): peak memory exponent {_exp(m)}, time exponent "
@@ -144,18 +144,32 @@ def paraformer_block(reports: list[dict[str, Any]]) -> str:
         )
     lines += [
         "",
+        f'- claim "attention memory is quadratic in T": {_verdict_quadratic(r, attn)}',
         f"- total peak memory exponent {_exp(m)}, time exponent {_exp(t)} (fit over T = "
-        f"{m['sizes_fitted']}); memory: {_verdict(r, 'memory')}.",
+        f"{m['sizes_fitted']}); local exponents of the total memory between consecutive sizes "
+        f"{m['local']}.",
     ]
-    if attn is not None:
-        lines.append(
-            f"- `{attn['module']}`: memory exponent {_exp(attn['exponent']['memory'])}, local "
-            f"exponents of the total {m['local']} (they rise towards 2 as attention takes over)."
-        )
     for f in r["findings"]:
-        if f["kind"] in ("crossover", "hidden-superlinear", "budget", "responsible"):
+        if f["kind"] in ("responsible", "linear-below", "hidden-superlinear", "budget"):
             lines.append(f"- {f['message']}")
     return "\n".join(lines)
+
+
+def _verdict_quadratic(r: dict[str, Any], attn: dict[str, Any] | None) -> str:
+    """Seed 004's claim: attention memory grows as T^2 (and drives the OOM)."""
+    if attn is None:
+        return "no attention module measured"
+    fit = attn["exponent"]["memory"]
+    if fit["status"] != "ok":
+        return f"inconclusive ({fit['reason']})"
+    k = fit["exponent"]
+    share = attn["share"]["memory"] or 0.0
+    last = r["sizes"][-1]
+    verdict = "**confirmed**" if abs(k - 2.0) <= 0.25 else "**not confirmed**"
+    return (
+        f"{verdict}: `{attn['module']}` memory exponent {_exp(fit)}, "
+        f"{100 * share:.0f} % of the peak at T = {last}"
+    )
 
 
 def replace_block(text: str, block: str) -> str:

@@ -41,6 +41,7 @@ NOISE_FACTOR = 3.0
 MIN_GROWTH = 1.25
 HIDDEN_MIN_SHARE_TIME = 0.05  # a super-linear module below these shares is not reported
 HIDDEN_MIN_SHARE_MEMORY = 0.01
+DECOMPOSE_MAX_RMSE = 0.10  # a polynomial decomposition worse than this is not reported
 
 
 def upper_indices(n: int) -> list[int]:
@@ -394,7 +395,7 @@ def _share_crossing(
         "module": mod["module"],
         "size": size,
         "shares": [round(v, 4) for v in shares],
-        "message": f"`{mod['module']}` holds half of the {what} {where}",
+        "message": f"`{mod['module']}` (with its submodules) holds half of the {what} {where}",
     }
 
 
@@ -451,7 +452,12 @@ def findings(report: dict[str, Any], *, min_share: float = 0.10) -> list[dict[st
                 }
             )
         terms = report["total"].get("terms", {}).get(metric)
-        if cls == "super-linear" and terms and terms["crossover"] is not None:
+        if (
+            cls == "super-linear"
+            and terms
+            and terms["crossover"] is not None
+            and terms["rel_rmse"] <= DECOMPOSE_MAX_RMSE
+        ):
             k, c = terms["k"], terms["crossover"]
             if c >= sizes[-1]:
                 where = f"linear work dominates at every size measured (the {axis}^{k} term "

@@ -213,6 +213,19 @@ def test_noisy_time_is_inconclusive_and_classify() -> None:
     assert abs(good["exponent"] - 2) < 1e-9
 
 
+def test_run_scaling_public_entry() -> None:
+    import diagnostics
+
+    rep = diagnostics.run_scaling(
+        planted.quadratic(), "T", config=diagnostics.ScalingConfig(**FAST, memory_budget=2**26)
+    )
+    assert rep["sizes"] == planted.SIZES["quadratic"]
+    assert rep["budget"]["budget_bytes"] == 2**26
+    assert 1024 < rep["max_size_within_budget"] < 4096  # 8 B per T^2 entry, ~2 live copies
+    with pytest.raises(ScalingError, match=r"no sizes for axis 'T'"):
+        diagnostics.run_scaling(ScalingTarget(planted.Planted("linear"), axes={"T": len}), "T")
+
+
 def test_budget_extrapolation() -> None:
     fit = {"status": "ok", "exponent": 2.0, "sizes_fitted": [1, 2, 4]}
     assert max_size_within_budget([1, 2, 4], [1.0, 4.0, 16.0], 0, 64, fit)["size"] == 8
