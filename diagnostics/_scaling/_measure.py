@@ -1,14 +1,17 @@
 """The measurement engine: wall time, peak memory and per-module figures at each size.
 
-Per size, after ``warmup`` untimed calls, ``repeats`` rounds of
+First, per size in increasing order, ``warmup`` untimed calls and the memory calls (below); a
+size that raises (out of memory, a length limit) ends the sweep and is reported. Then
+``repeats`` rounds, each visiting every size (interleaved, so a burst of load on a shared
+machine hits all sizes alike), of
 
 1. one timed call with **no hooks at all** (the total wall time; on CUDA bracketed by
    ``torch.cuda.synchronize``), then
 2. one call with process-global forward hooks that time each submodule (CPU: ``perf_counter``;
-   CUDA: CUDA events, read after the call — no host sync inside the hooks);
+   CUDA: CUDA events, read after the call — no host sync inside the hooks).
 
-then ``memory_repeats`` profiled calls (``torch.profiler`` with ``profile_memory=True``) in which
-the same global hooks open and close a ``record_function`` range per module call. The profiler
+Memory: ``memory_repeats`` profiled calls (``torch.profiler`` with ``profile_memory=True``) in
+which the same global hooks open and close a ``record_function`` range per module call. The profiler
 records every allocation and free of torch's allocator with a timestamp; the running sum of
 those gives the total peak, and its maximum inside a module's range minus its value at the
 range start gives that module's peak. On CUDA the total peak is the caching allocator's
@@ -296,9 +299,28 @@ def measure(
         leave=False,
     )
     results: list[SizeResult] = []
+    steps: list[Callable[[], None]] = []
     failed: dict[str, Any] | None = None
     t_start = time.perf_counter()
+
+    def make_step(batch: Any) -> Callable[[], None]:
+        def step() -> None:
+            if cfg.backward:
+                _scalar(target.call(batch)).backward()
+                for p in params:  # every call starts without grads (same allocations)
+                    p.grad = None
+            else:
+                with torch.no_grad():
+                    target.call(batch)
+
+        return step
+
+    def fail(size: int, e: Exception) -> dict[str, Any]:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return {"size": size, "error": f"{type(e).__name__}: {msg}"}
+
     try:
+        # phase 1, per size in order: batch, warm-up, memory (a size that raises ends the sweep)
         for size in sizes:
             gen = torch.Generator().manual_seed(cfg.seed)
             try:
@@ -308,25 +330,27 @@ def measure(
                     f"axis {axis!r}: make_batch({size}, generator) raised "
                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 ) from None
-
-            def step(batch: Any = batch) -> None:
-                if cfg.backward:
-                    _scalar(target.call(batch)).backward()
-                    for p in params:  # every call starts without grads (same allocations)
-                        p.grad = None
-                else:
-                    with torch.no_grad():
-                        target.call(batch)
-
+            step = make_step(batch)
             try:
-                res = _measure_size(step, model, size, batch, cfg, device, sync, bar)
+                res = _memory_size(step, model, size, batch, cfg, device, sync, bar)
             except ScalingError:
                 raise
             except Exception as e:  # OOM or a shape limit: keep what was measured
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                failed = {"size": size, "error": f"{type(e).__name__}: {msg}"}
+                failed = fail(size, e)
                 break
             results.append(res)
+            steps.append(step)
+        # phase 2: timing rounds interleaved over the sizes, so load changes on a shared
+        # machine hit every size alike instead of biasing the slope
+        for _ in range(cfg.repeats):
+            for i, (res, step) in enumerate(zip(results, steps)):
+                try:
+                    _time_once(step, model, res, cuda, sync)
+                except Exception as e:
+                    failed = fail(res.size, e)
+                    del results[i:], steps[i:]
+                    break
+                bar.update(2)
     finally:
         bar.close()
         for p, g in saved_grads.items():
@@ -357,7 +381,30 @@ def measure(
     )
 
 
-def _measure_size(
+def _time_once(
+    step: Callable[[], None],
+    model: nn.Module,
+    res: SizeResult,
+    cuda: bool,
+    sync: Callable[[], None],
+) -> None:
+    """One timed call (no hooks), then one call with the module-timing hooks."""
+    sync()
+    t0 = time.perf_counter()
+    step()  # the timed call: no hooks
+    sync()
+    res.seconds.append(time.perf_counter() - t0)
+    rec = _ModuleHooks(model, "time", cuda)
+    with HookSet() as hooks:
+        rec.install(hooks)
+        step()
+        sync()
+    for key, v in rec.collect_seconds().items():
+        res.module_seconds.setdefault(key, []).append(v)
+    res.module_calls = dict(rec.calls)
+
+
+def _memory_size(
     step: Callable[[], None],
     model: nn.Module,
     size: int,
@@ -367,40 +414,22 @@ def _measure_size(
     sync: Callable[[], None],
     bar: Any,
 ) -> SizeResult:
+    """Warm-up calls, then the profiled memory calls (and the CUDA allocator peak)."""
     cuda = device.type == "cuda"
     for _ in range(cfg.warmup):
         step()
         bar.update(1)
     sync()
-    seconds: list[float] = []
-    mod_seconds: dict[str, list[float]] = {}
-    calls: dict[str, int] = {}
-    for _ in range(cfg.repeats):
-        sync()
-        t0 = time.perf_counter()
-        step()  # the timed call: no hooks
-        sync()
-        seconds.append(time.perf_counter() - t0)
-        bar.update(1)
-        rec = _ModuleHooks(model, "time", cuda)
-        with HookSet() as hooks:
-            rec.install(hooks)
-            step()
-            sync()
-        for pat, v in rec.collect_seconds().items():
-            mod_seconds.setdefault(pat, []).append(v)
-        calls = rec.calls
-        bar.update(1)
     input_bytes = _nbytes(batch)
     peaks: list[int] = []
     mod_peak: dict[str, list[int]] = {}
     mod_ret: dict[str, list[int]] = {}
     for _ in range(cfg.memory_repeats):
         total, peak, retained, _ = _profile_memory(step, model, device)
-        for pat, v in peak.items():
-            mod_peak.setdefault(pat, []).append(int(v))
-        for pat, v in retained.items():
-            mod_ret.setdefault(pat, []).append(int(v))
+        for key, v in peak.items():
+            mod_peak.setdefault(key, []).append(int(v))
+        for key, v in retained.items():
+            mod_ret.setdefault(key, []).append(int(v))
         if not cuda:
             peaks.append(input_bytes + total)
         bar.update(1)
@@ -414,11 +443,9 @@ def _measure_size(
         bar.update(1)
     return SizeResult(
         size=size,
-        seconds=seconds,
+        seconds=[],
         peak_bytes=peaks,
         input_bytes=input_bytes,
-        module_seconds=mod_seconds,
         module_peak_bytes=mod_peak,
         module_retained_bytes=mod_ret,
-        module_calls=dict(calls),
     )

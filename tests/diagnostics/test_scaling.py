@@ -129,6 +129,33 @@ def test_failing_size_keeps_the_measured_ones_and_removes_hooks() -> None:
         measure(target, "T", [40, 80, 160], ScalingConfig(**FAST))
 
 
+class _FailsWhenHooked(torch.nn.Module):
+    """Raises inside the hooked timing call at T = 40 (its 4th call: warm-up, memory, timed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 40:
+            self.calls += 1
+            if self.calls == 4:
+                raise RuntimeError("planted failure in the hooked pass")
+        return self.lin(x)
+
+
+def test_failure_inside_the_hooked_pass_removes_hooks() -> None:
+    target = ScalingTarget(_FailsWhenHooked(), axes={"T": lambda n, g: (torch.randn(1, n, 4),)})
+    n_pre, n_fwd = len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks)
+    sweep = measure(target, "T", [5, 10, 20, 40], ScalingConfig(**FAST))
+    assert sweep.sizes == [5, 10, 20]
+    assert sweep.failed == {"size": 40, "error": "RuntimeError: planted failure in the hooked pass"}
+    assert len(nn_module._global_forward_pre_hooks) == n_pre
+    assert len(nn_module._global_forward_hooks) == n_fwd
+    assert all(len(r.seconds) == 3 for r in sweep.results)
+
+
 def test_transformer_fast_path_is_kept() -> None:
     # per-module hooks would switch off nn.TransformerEncoderLayer's fused path; global ones
     # do not, so its children (self_attn, linear1, ...) never run and get no rows
