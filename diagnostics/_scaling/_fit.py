@@ -8,8 +8,9 @@ the repeat-to-repeat variation: zero. ``local`` gives the slope between consecut
 shows curvature (a quadratic term taking over) that one exponent hides.
 
 A time fit is *inconclusive* when the sizes are too small for timing noise: the CI is wider than
-0.5, the growth across the fitted sizes is within 3x the repeat-to-repeat noise, or time grows
-by less than x1.25 while the size at least doubles (fixed per-call overhead dominates).
+0.5 and straddles the linear band (a wide CI entirely above 1.1 still says "super-linear"), the
+growth across the fitted sizes is within 3x the repeat-to-repeat noise, or time grows by less
+than x1.25 while the size at least doubles (fixed per-call overhead dominates).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SUPER_MIN = 1.2  # exponent at or above this (with CI low > 1.1) is super-linear
 SUPER_CI_LOW = 1.1
 LINEAR_MAX = SUPER_MIN
 SUB_MAX = 0.8  # below this (CI high < 0.9) is sub-linear
+SUB_CI_HIGH = 0.9
 CI_WIDTH_MAX = 0.5
 NOISE_FACTOR = 3.0
 MIN_GROWTH = 1.25
@@ -118,11 +120,18 @@ def fit_exponent(
         mad = np.median(np.abs(arr - med[:, None]), axis=1) * 1.4826
         noise = float((mad / med).max())
         if hi - lo > CI_WIDTH_MAX:
-            out["reason"] = (
-                f"timing noise too large: the 95% CI [{lo:.2f}, {hi:.2f}] spans more than "
-                f"{CI_WIDTH_MAX}; use larger sizes or more --repeats"
-            )
-            return out
+            if lo > SUPER_CI_LOW or hi < SUB_CI_HIGH:  # imprecise, but the class is clear
+                out["reason"] = (
+                    f"imprecise: the 95% CI spans more than {CI_WIDTH_MAX}, but lies entirely "
+                    f"{'above' if lo > SUPER_CI_LOW else 'below'} "
+                    f"{SUPER_CI_LOW if lo > SUPER_CI_LOW else SUB_CI_HIGH}"
+                )
+            else:
+                out["reason"] = (
+                    f"timing noise too large: the 95% CI [{lo:.2f}, {hi:.2f}] spans more than "
+                    f"{CI_WIDTH_MAX}; use larger sizes or more --repeats"
+                )
+                return out
         if math.log(growth) < NOISE_FACTOR * noise:
             out["reason"] = (
                 f"sizes too small for timing noise: time grows x{growth:.2f} over sizes "
@@ -148,7 +157,7 @@ def classify(fit: dict[str, Any]) -> str:
     k, (lo, hi) = fit["exponent"], fit["ci95"]
     if k >= SUPER_MIN and lo > SUPER_CI_LOW:
         return "super-linear"
-    if k < SUB_MAX and hi < 0.9:
+    if k < SUB_MAX and hi < SUB_CI_HIGH:
         return "sub-linear"
     return "linear"
 

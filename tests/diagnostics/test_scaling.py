@@ -240,6 +240,17 @@ def test_noisy_time_is_inconclusive_and_classify() -> None:
     assert abs(good["exponent"] - 2) < 1e-9
 
 
+def test_wide_ci_above_the_linear_band_still_flags_superlinear() -> None:
+    sizes = [100, 200, 400]
+    jitter = [1.0, 1.0, 1.0, 1.0, 1.6, 1.6, 1.6]  # a burst of load hits several repeats
+    samples = [[1e-9 * s**2.5 * j for j in jitter] for s in sizes]
+    samples[1] = [v * (1.5 if i < 4 else 1.0) for i, v in enumerate(samples[1])]
+    fit = fit_exponent(sizes, samples, kind="time", n_boot=500)
+    assert fit["ci95"][1] - fit["ci95"][0] > 0.5, fit
+    assert fit["status"] == "ok" and fit["reason"].startswith("imprecise")
+    assert classify(fit) == "super-linear"
+
+
 def test_run_scaling_public_entry() -> None:
     import diagnostics
 
