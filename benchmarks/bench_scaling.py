@@ -64,7 +64,10 @@ def main() -> None:
         raise SystemExit(f"bench_scaling: the default run exited {proc.returncode}")
     data = json.loads((Path(a.out) / "report.json").read_text())
     threads = data["reports"][0]["threads"]
+    from diagnostics._scaling._docs import claim_verdicts
+
     figures = {
+        "claims": claim_verdicts(data["reports"]),
         "default_run_seconds": round(wall, 1),
         "measuring_seconds": round(sum(r["seconds_measuring"] for r in data["reports"]), 1),
         "threads": threads,

@@ -14,7 +14,15 @@ from typing import Any
 
 from ._write import fmt_bytes
 
-__all__ = ["BEGIN", "END", "claims_block", "paraformer_block", "replace_block", "update_docs"]
+__all__ = [
+    "BEGIN",
+    "END",
+    "claim_verdicts",
+    "claims_block",
+    "paraformer_block",
+    "replace_block",
+    "update_docs",
+]
 
 BEGIN = "<!-- scaling:begin -->"
 END = "<!-- scaling:end -->"
@@ -170,6 +178,39 @@ def _verdict_quadratic(r: dict[str, Any], attn: dict[str, Any] | None) -> str:
         f"{verdict}: `{attn['module']}` memory exponent {_exp(fit)}, "
         f"{100 * share:.0f} % of the peak at T = {last}"
     )
+
+
+def _plain(r: dict[str, Any] | None, metric: str) -> str:
+    """A linear claim's verdict in plain words (no markup)."""
+    if r is None:
+        return "not measured"
+    cls = r["total"]["class"][metric]
+    if cls == "linear":
+        return "confirmed"
+    return "inconclusive" if cls == "inconclusive" else f"not confirmed ({cls})"
+
+
+def claim_verdicts(reports: list[dict[str, Any]]) -> dict[str, str]:
+    """The seeds' scaling claims, one verdict each, from a default run's reports.
+
+    Example:
+        >>> claim_verdicts(reports)["seed000_batch_linear_memory"]  # doctest: +SKIP
+        'confirmed'
+    """
+    para = _find(reports, "paraformer_encoder", "T")
+    dur = _find(reports, "global_encoder", "duration")
+    bat = _find(reports, "global_encoder", "batch")
+    attn = None
+    if para is not None:
+        attn = next((x for x in para["modules"] if x["module"].endswith("attn")), None)
+    quad = "not measured" if para is None else _verdict_quadratic(para, attn)
+    return {
+        "seed004_attention_quadratic": re.sub(r"\*\*(.*?)\*\*.*", r"\1", quad, flags=re.S),
+        "seed000_duration_linear_memory": _plain(dur, "memory"),
+        "seed000_duration_linear_time": _plain(dur, "time"),
+        "seed000_batch_linear_memory": _plain(bat, "memory"),
+        "seed000_batch_linear_time": _plain(bat, "time"),
+    }
 
 
 def replace_block(text: str, block: str) -> str:

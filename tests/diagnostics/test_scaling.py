@@ -270,3 +270,18 @@ def test_budget_extrapolation() -> None:
     over = max_size_within_budget([1, 2, 4], [1.0, 4.0, 16.0], 0, 5, fit)
     assert over["size"] == 2 and over["method"] == "largest measured size within the budget"
     assert max_size_within_budget([1, 2, 4], [1.0, 4.0, 16.0], 0, None, fit)["size"] is None
+
+
+@pytest.mark.gpu
+def test_cuda_allocator_peak_and_module_memory() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    target = planted.quadratic()
+    rep = analyze(
+        measure(target, "T", [256, 512, 1024, 2048], ScalingConfig(**FAST, device="cuda")),
+        n_boot=100,
+    )
+    assert rep["memory_method"].startswith("CUDA: torch.cuda.max_memory_allocated")
+    assert abs(rep["total"]["exponent"]["memory"]["exponent"] - 2.0) <= 0.25
+    assert _module(rep, "attn")["peak_bytes"][-1] > 0  # profiler CUDA memory events per module
+    assert any(f["kind"] == "responsible" and f["module"] == "attn" for f in rep["findings"])

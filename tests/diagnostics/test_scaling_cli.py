@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from diagnostics import scaling
-from diagnostics._scaling._docs import BEGIN, END, claims_block, paraformer_block, replace_block
+from diagnostics._scaling._docs import (
+    BEGIN,
+    END,
+    claim_verdicts,
+    claims_block,
+    paraformer_block,
+    replace_block,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANTED = "tests/diagnostics/scaling_planted.py"
@@ -133,6 +140,16 @@ def test_doc_blocks_are_generated_from_reports(tmp_path: Path) -> None:
     assert "peak memory exponent 1.78 [1.77, 1.79]" in block
     assert "**not confirmed**: super-linear" in block and "**confirmed** (linear)" in block
     assert "1.96 [1.95, 1.97]" in paraformer_block(reports)
+    v = claim_verdicts(reports)
+    assert v["seed000_duration_linear_memory"] == "not confirmed (super-linear)"
+    assert v["seed000_batch_linear_time"] == "confirmed"
+    assert v["seed004_attention_quadratic"] == "no attention module measured"
+    attn = {"module": "blocks.*.attn", "share": {"memory": 0.9},
+            "exponent": {"memory": dict(reports[2]["total"]["exponent"]["memory"])}}  # fmt: skip
+    reports[2]["modules"] = [attn]
+    assert claim_verdicts(reports)["seed004_attention_quadratic"] == "confirmed"
+    attn["exponent"]["memory"]["exponent"] = 1.5
+    assert claim_verdicts(reports)["seed004_attention_quadratic"] == "not confirmed"
     doc = "# Claims\n\nbefore\n"
     once = replace_block(doc, block)
     assert once.startswith(doc.rstrip("\n")) and once.count(BEGIN) == 1 and END in once
