@@ -272,8 +272,10 @@ def measure(
         raise ScalingError(f"--device {cfg.device!r}: CUDA is not available on this machine")
     model = target.model
     params = list(model.parameters())
-    moved = [p.device != device for p in params] + [b.device != device for b in model.buffers()]
-    if any(moved):
+    tensors = params + list(model.buffers())
+    home = tensors[0].device if tensors else device
+    moved = any(t.device != device for t in tensors)
+    if moved:  # moved back at the end: the user's model stays where it was
         model.to(device)
     model_bytes = _nbytes(params) + _nbytes(list(model.buffers()))
     saved_grads = {p: p.grad for p in params}  # restored at the end
@@ -353,6 +355,8 @@ def measure(
                 bar.update(2)
     finally:
         bar.close()
+        if moved:
+            model.to(home)
         for p, g in saved_grads.items():
             p.grad = g
     if len(results) < 3:
