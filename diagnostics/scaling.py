@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = _threads(args.threads)
     out = Path(args.out) if args.out else Path("runs/scaling") / time.strftime("%Y%m%d-%H%M%S")
 
-    from diagnostics._scaling._fit import analyze
+    from diagnostics._scaling._analyze import analyze
     from diagnostics._scaling._measure import measure
     from diagnostics._scaling._write import write_reports
 

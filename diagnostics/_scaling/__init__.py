@@ -1,7 +1,7 @@
 """``diagnostics.scaling``'s engine: cost versus input size, measured (private package).
 
 ``_types`` (target, settings, parsers), ``_measure`` (time, memory, per module), ``_fit``
-(exponents, bootstrap CIs, findings, budget), ``_write`` (report.json/md, PNG, TensorBoard),
+(exponents, bootstrap CIs, budget), ``_analyze`` (report and findings), ``_write`` (report.json/md, PNG, TensorBoard),
 ``_default`` (the seeds' models), ``_docs`` (generated blocks in docs/). Public names are
 re-exported by ``diagnostics``.
 """

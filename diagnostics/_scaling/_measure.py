@@ -25,7 +25,6 @@ run different code than the one timed. Modules that a fused path skips get no fi
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,14 +39,9 @@ from diagnostics._hooks import HookSet, tensors_in
 
 from ._types import ScalingConfig, ScalingError, ScalingTarget
 
-__all__ = ["SizeResult", "Sweep", "measure", "module_keys", "module_pattern"]
+__all__ = ["SizeResult", "Sweep", "measure", "module_keys"]
 
 _RANGE = "scaling::"
-
-
-def module_pattern(name: str) -> str:
-    """``"blocks.3.attn"`` -> ``"blocks.*.attn"``: repeated layers are reported together."""
-    return re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)", "*", name)
 
 
 def module_keys(model: nn.Module) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._fit import analyze
+from ._analyze import analyze
 from ._measure import measure
 from ._types import ScalingConfig, ScalingError, ScalingTarget, check_sizes
 

@@ -13,7 +13,8 @@ from torch.nn.modules import module as nn_module
 
 from diagnostics import ScalingError, ScalingTarget
 from diagnostics._scaling import ScalingConfig, parse_bytes, parse_sizes
-from diagnostics._scaling._fit import analyze, classify, fit_exponent, max_size_within_budget
+from diagnostics._scaling._analyze import analyze
+from diagnostics._scaling._fit import classify, fit_exponent, max_size_within_budget
 from diagnostics._scaling._measure import measure, module_keys
 from tests.diagnostics import scaling_planted as planted
 
