@@ -44,11 +44,14 @@ class ScalingTarget:
         name: a label for reports (default: the model's class name).
 
     Example:
+        >>> import torch
         >>> target = ScalingTarget(
-        ...     model=net,
-        ...     axes={"T": lambda n, g: {"x": torch.randn(1, n, 16, generator=g)}},
+        ...     model=torch.nn.Conv1d(16, 16, 3),
+        ...     axes={"T": lambda n, g: (torch.randn(1, 16, n, generator=g),)},
         ...     sizes={"T": [256, 512, 1024, 2048]},
         ... )
+        >>> target.name
+        'Conv1d'
     """
 
     model: nn.Module
