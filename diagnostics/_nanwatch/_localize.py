@@ -19,6 +19,7 @@ from ._numerics import RngState, find_loss, grads_max, kind_of, pick, quiet_hook
 from ._opfinder import OpFinder
 from ._recorder import Call, Recorder
 from ._sidestate import ModuleAttrs, ObjectStates
+from ._source import recording_node_stacks
 from ._state import StepState
 from ._types import NonFiniteError, NonFiniteReport
 
@@ -200,7 +201,7 @@ class Localizer:
         if not real:  # produced outside every module: one op-level pass over the whole step
             self._reset_to_pre_step(st)
             finder = OpFinder()
-            with finder:
+            with recording_node_stacks(), finder:
                 st.call()
             if finder.found:
                 rep.op = finder.found["op"]
@@ -208,6 +209,7 @@ class Localizer:
                 rep.kind = finder.found["kind"]
                 rep.op_inputs = finder.found["inputs"]
                 rep.op_outputs = finder.found["outputs"]
+                rep.source = finder.found["source"]
             if finder.constant_ops:
                 rep.notes.append(f"mask-like constant ops skipped: {finder.constant_ops[:3]}")
             return
@@ -240,6 +242,7 @@ class Localizer:
             rep.op = res["op"]
             rep.kind = res["kind"]
             rep.op_inputs, rep.op_outputs = res["inputs"], res["outputs"]
+            rep.source = res["source"]
         elif res and res.get("unknown"):
             rep.notes.append(res["unknown"])
         _describe(rep, call, detail, st.ctx, self.w.batch_dim)
@@ -264,7 +267,7 @@ def _op_pass(call: Call, phase: str) -> dict[str, Any] | None:
                 a.detach().requires_grad_(a.requires_grad) if isinstance(a, Tensor) else a
                 for a in call.args
             )
-            with torch.enable_grad():
+            with torch.enable_grad(), recording_node_stacks():
                 out = call.module(*args, **call.kwargs)
             outs = list(tensors_in(out))
             pairs = [

@@ -158,6 +158,7 @@ class Recorder:
         bwd: list[tuple[Call, str, float, float]] = []
         headroom: list[tuple[str, float, float]] = []
         seen_head: set[str] = set()
+        gout_of: dict[str, tuple[Call, float]] = {}  # module path -> its latest grad_output
         for (kind, call, detail, _), (a, b) in zip(self.events, values, strict=False):
             if kind == "fwd":
                 if is_producer(a, b):
@@ -169,8 +170,16 @@ class Recorder:
                         seen_head.add(call.name)
                         headroom.append((call.name, b, room))
             elif kind == "gout":
+                gout_of[call.name] = (call, a)
                 if call.name == "" and not math.isfinite(a):
                     bwd.append((call, "grad_output", 0.0, a))  # came in from the loss code
+                elif call.name and not math.isfinite(a):
+                    # a submodule's grad_output turned non-finite inside its parent, whose own
+                    # grad_output was finite: the parent's code between the two produced it (it
+                    # shows no grad_input when its inputs need no gradient)
+                    parent = gout_of.get(call.name.rpartition(".")[0])
+                    if parent is not None and is_producer(parent[1], a):
+                        bwd.append((parent[0], "", parent[1], a))
             elif is_producer(a, b):
                 bwd.append((call, detail, a, b))
         root_in = next(
