@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .._hooks import HookSet, tensors_in
 from .._summary import summarize
-from ._numerics import RngState, find_loss, grads_max, kind_of, pick, quiet_hooks, rank
+from ._numerics import RngState, dense, find_loss, grads_l2, kind_of, pick, quiet_hooks, rank
 from ._opfinder import OpFinder
 from ._recorder import Call, Recorder
 from ._sidestate import ModuleAttrs, ObjectStates
@@ -69,13 +69,23 @@ def report_from(found: dict[str, Any], loss: Tensor, step: int, mode: str) -> No
     return rep
 
 
-def nonfinite_grads(named: list[tuple[str, Tensor]]) -> list[str]:
-    """Names of the parameters whose gradient holds NaN/Inf (first 20; one host read)."""
+def nonfinite_grads(named: list[tuple[str, Tensor]], limit: int | None = 20) -> list[str]:
+    """Names of the parameters whose gradient holds NaN/Inf (first ``limit``; one host read).
+
+    Per-gradient float32 L2 norms (fused); a non-finite norm is confirmed element-wise, since
+    the norm of huge finite values overflows too.
+    """
     have = [(n, p.grad) for n, p in named if p.grad is not None]
     if not have:
         return []
-    vals = torch.stack([v.cpu() for v in grads_max([g for _, g in have])]).tolist()
-    return [n for (n, _), v in zip(have, vals, strict=False) if not math.isfinite(v)][:20]
+    norms = grads_l2([g for _, g in have]).tolist()
+    bad = [
+        n
+        for (n, g), v in zip(have, norms, strict=True)
+        # NaN norm: a NaN element (squares cannot cancel); +Inf: an Inf element or an overflow
+        if math.isnan(v) or (math.isinf(v) and not bool(torch.isfinite(dense(g)).all()))
+    ]
+    return bad if limit is None else bad[:limit]
 
 
 class Localizer:

@@ -119,3 +119,21 @@ def test_healthy_step_does_not_turn_on_anomaly_mode():
 
     NanWatch(lin).run(step, torch.ones(2, 2))
     assert seen == [False]
+
+
+def test_eager_mode_backward_fault_from_parameter_gradients():
+    """Eager mode has no backward hooks by default: the module called last in forward whose own
+    parameter gradient is non-finite is named (here the Linear feeding the sqrt)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(SqrtAtZero(), nn.Linear(4, 1))
+
+    def step(x):
+        loss = model(x).mean()
+        loss.backward()
+        return loss
+
+    rep = _raise(NanWatch(model, mode="eager"), step, torch.randn(2, 4))
+    assert (rep.module, rep.phase, rep.mode) == ("0.lin", "backward", "eager")
+    assert any("parameter gradients after the step" in n for n in rep.notes)
+    rep = _raise(NanWatch(model, mode="eager", backward_hooks=True), step, torch.randn(2, 4))
+    assert (rep.module, rep.phase) == ("0", "backward")  # grad_output/grad_input per module
