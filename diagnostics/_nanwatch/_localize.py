@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .._hooks import HookSet, tensors_in
 from .._summary import summarize
+from ._compiled import eager_replay
 from ._numerics import RngState, dense, find_loss, grads_l2, kind_of, pick, quiet_hooks, rank
 from ._opfinder import OpFinder
 from ._recorder import Call, Recorder
@@ -118,7 +119,15 @@ class Localizer:
                     "after watch.run(...) or use NanWatch(model, mode='eager')"
                 )
             else:
-                rep = self._replay(st, orig_loss)
+                with eager_replay():  # compiled code runs as its original Python code here
+                    rep = self._replay(st, orig_loss)
+                if w.compiled:
+                    rep.notes.insert(
+                        0,
+                        "replay was eager: the compiled model was re-run without compilation "
+                        "(torch.compiler.set_stance('force_eager')) on its original modules; "
+                        "module, op and line refer to that eager code",
+                    )
             rep.nonfinite_grads = nonfinite
             return rep
         except NonFiniteError as exc:  # the replay raised: its report gets the notes below
@@ -190,6 +199,23 @@ class Localizer:
         )
         replay_grads_bad = bool(nonfinite_grads(w._named))
         self.replay_clean = math.isfinite(float(loss.float())) and not replay_grads_bad
+        if self.replay_clean and self.w.compiled:
+            rep.replayable = False
+            rep.module = rep.module_type = None
+            rep.candidates = []
+            ol = float(orig_loss.float())
+            rep.loss = summarize(orig_loss)  # what the compiled step made, not the replay's
+            if not math.isfinite(ol):
+                rep.kind = kind_of(math.isnan(ol), math.isinf(ol))
+            rep.notes.append(
+                f"not reproduced eagerly: the compiled step gave loss "
+                f"{float(orig_loss.float())!r} and non-finite values, the eager replay of the same "
+                f"step (same inputs, RNG, buffers) gave loss {float(loss.float())!r} and finite "
+                "gradients: the compiled numerics differ from eager (fused kernels, "
+                "lower-precision or reordered intermediates, compiled RNG); not pointing at a "
+                "module. Compare with torch.compile(..., backend='aot_eager') or run eagerly"
+            )
+            return rep
         if not same or self.replay_clean:
             rep.replayable = False
             rep.notes.append(

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .._hooks import HookSet, amax_abs, max_abs, tensors_in
+from ._compiled import clean_name, is_compile_wrapper
 from ._numerics import RngState, is_producer
 
 __all__ = ["Call", "Recorder"]
@@ -102,6 +103,9 @@ class Recorder:
 
     def install(self, hooks: HookSet) -> None:
         for name, mod in self.model.named_modules():
+            if is_compile_wrapper(mod):  # its original module (hooked below) does the work
+                continue
+            name = clean_name(name)
             hooks.add(mod.register_forward_pre_hook(self._pre(name), with_kwargs=True), "fwd-pre")
             hooks.add(mod.register_forward_hook(self._post(name), with_kwargs=True), "fwd")
             if self.backward:

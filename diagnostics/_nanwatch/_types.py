@@ -92,6 +92,8 @@ class NonFiniteReport:
         return f"module {name}" + (f" ({self.module_type})" if self.module_type else "")
 
     def headline(self) -> str:
+        if not self.replayable and self.module is None and self.op is None:
+            return f"{self.kind.upper()} in this step, not localized (see the notes)"
         s = f"{self.kind.upper()} first produced in {self.phase} by {self.where}"
         if self.op:
             s += f" at op {self.op}"

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .. import _distributed as _dd
 from .._hooks import HookSet
 from .._summary import summarize
+from ._compiled import clean_name, has_compiled, unwrap_compiled
 from ._localize import Localizer, nonfinite_grads, report_from
 from ._numerics import RngState, find_loss, grads_norm_all, quiet_hooks
 from ._recorder import Recorder
@@ -103,8 +104,10 @@ class NanWatch:
         ddp: nn.Module | None = None,
         timeout: Any = None,
     ) -> None:
+        compiled = has_compiled(model) if isinstance(model, nn.Module) else False
+        model = unwrap_compiled(model) if isinstance(model, nn.Module) else model
         if _dd._is_ddp(model):
-            ddp, model = model, model.module
+            ddp, model = model, unwrap_compiled(model.module)
         if ddp is not None and not _dd._is_ddp(ddp):
             raise NanWatchError(
                 f"NanWatch(ddp=...): expected a DistributedDataParallel wrapper, got "
@@ -118,7 +121,14 @@ class NanWatch:
             raise NanWatchError(
                 f"NanWatch(mode={mode!r}): unknown mode; valid modes: {', '.join(_MODES)}"
             )
-        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if compiled and mode == "eager":
+            raise NanWatchError(
+                "NanWatch(compiled_model, mode='eager'): eager mode hooks every module during "
+                "the step, which a compiled graph does not run (and re-registering hooks each "
+                "step forces recompiles); use mode='replay' (default): the healthy path stays "
+                "compiled and a failing step is replayed eagerly"
+            )
+        self._named = [(clean_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
         if not self._named:
             raise NanWatchError(
                 f"NanWatch(model): {type(model).__name__} has no trainable parameters, so there "
@@ -126,6 +136,7 @@ class NanWatch:
                 "(or check requires_grad)"
             )
         self.model = model
+        self.compiled = compiled  # replays run with torch.compiler.set_stance("force_eager")
         self.ddp = ddp
         self.timeout = timeout
         self._dist = _dd.check_launch("NanWatch")
