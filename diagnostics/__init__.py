@@ -31,7 +31,10 @@ _LAZY: dict[str, str] = {
     "TensorBoardLogger": "diagnostics._tensorboard",
     "AblationTarget": "diagnostics._ablation",
     "AblationError": "diagnostics._ablation",
+    "AblationReport": "diagnostics._ablation",
+    "TargetLoadError": "diagnostics._ablation",
     "run_ablation": "diagnostics._ablation",
+    "write_report": "diagnostics._ablation",
     "analyze_embeddings": "diagnostics._embeddings",
     "EmbeddingReport": "diagnostics._embeddings",
     "CFGDropoutMonitor": "diagnostics._cfg_monitor",
@@ -46,13 +49,18 @@ _LAZY: dict[str, str] = {
     "compare_models": "diagnostics._compare",
     # errors, reports and helpers that callers need by name
     "SummaryError": "diagnostics._summary",
-    "AblationReport": "diagnostics._ablation",
-    "write_report": "diagnostics._report",
     "CFGDropoutError": "diagnostics._cfg_monitor",
     "CFGDropoutReport": "diagnostics._cfg_monitor",
     "CompareError": "diagnostics._compare",
     "ModelComparison": "diagnostics._compare",
     "HookSet": "diagnostics._hooks",
+    "count_host_syncs": "diagnostics._syncs",
+    "LossWatch": "diagnostics._training_checks",
+    "TrainingCheckError": "diagnostics._training_checks",
+    "check_no_retained_graph": "diagnostics._training_checks",
+    "check_padding_leak": "diagnostics._training_checks",
+    "TrainingMonitor": "diagnostics._monitor",
+    "TrainingMonitorError": "diagnostics._monitor",
 }
 
 __all__ = sorted(_LAZY)
