@@ -242,7 +242,10 @@ def _init_distributed(device: str | None) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 done, 2 bad input)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, its line already written)
+        return int(e.code or 0)
     t_start = time.perf_counter()
     from diagnostics._distributed import DistributedError
 

@@ -84,9 +84,12 @@ def test_healthy_is_used_with_reason():
         assert s.content.ablation in ("shuffle", "mean") and s.content.above_floor
         assert s.content.ci95[0] >= rep.min_effect
         assert s.floor.effect < 1e-5  # a deterministic model: round-off only
-        assert s.reason.startswith(
-            ("giving each example another example's condition", "replacing the condition with")
-        ) and "; the floor is 0" in s.reason
+        assert (
+            s.reason.startswith(
+                ("giving each example another example's condition", "replacing the condition with")
+            )
+            and "; the floor is 0" in s.reason
+        )
 
 
 def test_severed_is_ignored():
