@@ -32,7 +32,6 @@ named ``val_<name>``), verbatim ``<prefix>/<name>`` for extra names with a ``/``
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -234,33 +233,26 @@ class TrainingMonitor:
         if tensors:
             dev = tensors[-1].device
             values = torch.cat([t.to(dev) for t in tensors]).cpu().tolist()  # the one host sync
-        w = self.writer
-        for tag, v in zip(names, values[:n_scalars], strict=True):
-            w.add_scalar(tag, v, step)
-        for tag, v in floats.items():
-            w.add_scalar(tag, v, step)
+        out: list[tuple[str, float]] = list(zip(names, values[:n_scalars], strict=True))
+        out += floats.items()
         if grads_stats:
             G = len(self.groups)
-            gnorm, pnorm = (
-                values[n_scalars : n_scalars + G],
-                values[n_scalars + G : n_scalars + 2 * G],
-            )
-            present = sorted({self._gidx[i] for i in have})
+            gnorm = values[n_scalars : n_scalars + G]
+            pnorm = values[n_scalars + G : n_scalars + 2 * G]
             lrs = self._group_lrs()
-            for j in present:
+            for j in sorted({self._gidx[i] for i in have}):
                 g = self.groups[j]
-                w.add_scalar(f"grad_norm/{g}", gnorm[j], step)
-                w.add_scalar(f"param_norm/{g}", pnorm[j], step)
-                if lrs is not None and lrs[j] is not None:
-                    ratio = lrs[j] * gnorm[j] / pnorm[j] if pnorm[j] > 0 else math.inf
-                    w.add_scalar(f"update_ratio/{g}", ratio, step)
-            w.add_scalar("grad_norm/total", values[-1], step)
+                out += [(f"grad_norm/{g}", gnorm[j]), (f"param_norm/{g}", pnorm[j])]
+                if lrs is not None and lrs[j] is not None and pnorm[j] > 0:  # 0: zero-init
+                    out.append((f"update_ratio/{g}", lrs[j] * gnorm[j] / pnorm[j]))
+            out.append(("grad_norm/total", values[-1]))
         if train and self.optimizer is not None:
-            w.add_scalar("train/lr", float(self.optimizer.param_groups[0]["lr"]), step)
+            out.append(("train/lr", float(self.optimizer.param_groups[0]["lr"])))
         if self.nanwatch is not None:
             status = getattr(self.nanwatch, "last_status", "none")
             if status in NANWATCH_CODES:
-                w.add_scalar("nanwatch/status", NANWATCH_CODES[status], step)
+                out.append(("nanwatch/status", NANWATCH_CODES[status]))
+        self._emit(step, out)
         if self.cfg_monitor is not None:
             self._log_cfg(step)
         if train and self.cfg.hist_every and step % self.cfg.hist_every == 0 and have:
@@ -268,6 +260,20 @@ class TrainingMonitor:
         if not self._layout_written and self.cfg.layout:
             self._write_layout()
         self.logged_steps += 1
+
+    def _emit(self, step: int, pairs: list[tuple[str, float]]) -> None:
+        """Write the scalars of one step: as ONE event through a SummaryWriter's file writer
+        (one queue hand-off to its writer thread instead of one per tag), else one by one."""
+        get = getattr(self.writer, "_get_file_writer", None)
+        if get is None:
+            for tag, v in pairs:
+                self.writer.add_scalar(tag, v, step)
+            return
+        from torch.utils.tensorboard.summary import scalar
+
+        values = [scalar(tag, v).value[0] for tag, v in pairs]
+        summary = type(scalar("x", 0.0))(value=values)
+        get().add_summary(summary, step)
 
     def _tag(self, key: str) -> str:
         if "/" in key:
