@@ -38,6 +38,8 @@ from ._decorator import contract as contract
 from ._errors import ContractError as ContractError
 from ._errors import TorchdxError as TorchdxError
 from ._registry import example as example
+from ._summary import SummaryError as SummaryError
+from ._summary import summarize as summarize
 
 __all__ = [
     "MODES",
@@ -49,6 +51,7 @@ __all__ = [
     "ModeError",
     "Probability",
     "Range",
+    "SummaryError",
     "TorchdxError",
     "attach",
     "contract",
@@ -56,4 +59,5 @@ __all__ = [
     "get_mode",
     "mode",
     "set_mode",
+    "summarize",
 ]

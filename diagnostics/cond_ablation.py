@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["load_target", "main"]
+from diagnostics._ablation._types import TargetLoadError
+
+__all__ = ["TargetLoadError", "load_target", "main"]
 
 _PROG = "python -m diagnostics.cond_ablation"
 
@@ -100,10 +102,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class TargetLoadError(Exception):
-    """The --target spec could not produce an AblationTarget (message is the stderr line)."""
-
-
 def load_target(spec: str | None, seed: int = 0) -> Any:
     """Build the target: the embedded default when ``spec`` is None, else ``MODULE:FACTORY`` or
     ``path/file.py:FACTORY`` called with no arguments under ``torch.manual_seed(seed)``.
@@ -113,10 +111,10 @@ def load_target(spec: str | None, seed: int = 0) -> Any:
     """
     import torch
 
-    from diagnostics._ablation import AblationError, AblationTarget
+    from diagnostics._ablation._types import AblationError, AblationTarget
 
     if spec is None:
-        from diagnostics._default_target import default_target
+        from diagnostics._ablation._default_target import default_target
 
         torch.manual_seed(seed)
         try:
@@ -224,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         args.quiet = True
     ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
 
-    from diagnostics._ablation import ABLATIONS, AblationError, run_ablation
+    from diagnostics._ablation import ABLATIONS, AblationError, run_ablation, write_report
+    from diagnostics._ablation._writers import render_table
 
     bad = [a for a in ablations if a not in ABLATIONS]
     if bad or not ablations:
@@ -243,8 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"cond_ablation: error: {e}\n")
         return 2
     t_loaded = time.perf_counter()
-
-    from diagnostics._report import write_report
 
     report, err = None, None
     try:
@@ -275,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         # kept out of report.json so that the same seed gives the same report
         (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-        print(report.verdict_table())
-        _print_extras(report.data)
+        print(render_table(report, details=True))
         print(f"\nreport: {out / 'report.md'} (json, figures, TensorBoard beside it)")
         print(
             f"time: load {timing['load_s']} s, ablation {timing['ablation_s']} s, write "
@@ -287,37 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"cond_ablation: error: {line}\n")
         return 2
     return 0
-
-
-def _print_extras(data: dict[str, Any]) -> None:
-    cvu = data.get("cond_vs_uncond")
-    if cvu:
-        print(
-            f"\ncond vs uncond ({cvu['site']} null): relative difference {cvu['rel_diff']:.3f} "
-            f"[{cvu['ci95'][0]:.3f}, {cvu['ci95'][1]:.3f}]"
-        )
-        if "curve" in cvu:
-            pts = ", ".join(
-                f"t={t:.2f}: {e:.3f}"
-                for t, e in zip(cvu["curve"]["t"], cvu["curve"]["rel_diff"], strict=True)
-            )
-            print(f"  over t: {pts}")
-    sw = data.get("guidance_sweep")
-    if sw:
-        for name, m in sw["metrics"].items():
-            vals = ", ".join(
-                f"w={s:g}: {'n/a' if v is None else f'{v:.2f}'}"
-                for s, v in zip(sw["scales"], m["mean"], strict=True)
-            )
-            print(f"guidance sweep {name}: {vals}")
-    emb = data.get("embeddings")
-    if emb:
-        sil = "n/a" if emb["silhouette"] is None else f"{emb['silhouette']:.2f}"
-        print(
-            f"embeddings ({emb['site']}, n={emb['n']}): effective rank {emb['effective_rank']:.2f}, "
-            f"mean cosine {emb['mean_pairwise_cosine']:.2f}, silhouette {sil}, collapsed: "
-            f"{'YES - ' + emb['collapse_reason'] if emb['collapsed'] else 'no'}"
-        )
 
 
 if __name__ == "__main__":

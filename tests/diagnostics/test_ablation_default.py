@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diagnostics import run_ablation
-from diagnostics._default_target import default_target, sgmse_target
+from diagnostics._ablation._default_target import default_target, sgmse_target
 
 TINY = dict(
     n_mixtures=4,
@@ -26,7 +26,7 @@ def test_sgmse_target_wiring_on_a_tiny_model():
     tgt = sgmse_target(model, **TINY)
     assert tgt.sites == ["noise_encoder", "arg:noise_ref"] and len(tgt.times) == 8
     rep = run_ablation(tgt, seed=0, umap=False, n_boot=200)
-    assert [s["site"] for s in rep.sites] == ["noise_encoder", "arg:noise_ref"]
+    assert [s["site"] for s in rep.data["sites"]] == ["noise_encoder", "arg:noise_ref"]
     assert rep.data["cond_vs_uncond"]["site"] == "noise_encoder"
     sw = rep.data["guidance_sweep"]
     assert sw["scales"] == [0.0, 1.0] and "si_sdr" in sw["metrics"]
@@ -49,7 +49,7 @@ def test_reference_model_used_and_severed_ignored():
         n_boot=300,
     )
     rep = run_ablation(tgt, **kw)
-    assert rep.sites[0]["verdict"] == "used", rep.verdict_table()
+    assert rep.data["sites"][0]["verdict"] == "used", rep.verdict_table()
     # sever downstream of the site: the condition embedding the network receives is x 0, so
     # whatever the ablation puts at noise_encoder's output cannot reach the score
     model = tgt.model
@@ -66,4 +66,6 @@ def test_reference_model_used_and_severed_ignored():
         )
     finally:
         del model.condition
-    assert [s["verdict"] for s in rep0.sites] == ["ignored", "ignored"], rep0.verdict_table()
+    assert [s["verdict"] for s in rep0.data["sites"]] == ["ignored", "ignored"], (
+        rep0.verdict_table()
+    )

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diagnostics._stats import (
+from diagnostics._ablation._stats import (
     IGNORED_MAX,
     USED_MIN,
     bootstrap_ci,

@@ -3,15 +3,16 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+import diagnostics.ablation_example
 from diagnostics.cond_ablation import main
 
-STANDIN = "tests.diagnostics.ablation_standin"
-STANDIN_FILE = str(Path(__file__).with_name("ablation_standin.py"))
+EXAMPLE = "diagnostics.ablation_example"
+EXAMPLE_FILE = diagnostics.ablation_example.__file__
+STANDIN = "tests.diagnostics.ablation_standin"  # test-only factories that fail
 QUICK = ["--no-umap", "--quiet", "--no-guidance", "--threads", "1"]
 
 
@@ -30,7 +31,7 @@ def _err(capsys) -> str:
 
 def test_healthy_target_writes_report(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["--target", f"{STANDIN}:healthy_target", "--out", str(out), *QUICK])
+    rc = main(["--target", f"{EXAMPLE}:healthy_target", "--out", str(out), *QUICK])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "cond_encoder  used" in printed and "arg:cond" in printed
@@ -46,7 +47,7 @@ def test_healthy_target_writes_report(tmp_path, capsys):
 
 
 def test_same_seed_identical_report(tmp_path):
-    args = ["--target", f"{STANDIN}:small_target", "--seed", "4", *QUICK]
+    args = ["--target", f"{EXAMPLE}:small_target", "--seed", "4", *QUICK]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     for f in ("report.json", "report.md"):
@@ -58,7 +59,7 @@ def test_file_target_site_and_ablation_flags(tmp_path):
     rc = main(
         [
             "--target",
-            f"{STANDIN_FILE}:severed_target",
+            f"{EXAMPLE_FILE}:severed_target",
             "--site",
             "arg:cond",
             "--ablations",
@@ -90,7 +91,7 @@ def test_file_target_site_and_ablation_flags(tmp_path):
 def test_bad_site_or_ablation_exit_2(tmp_path, capsys, args, pattern):
     import re
 
-    rc = main(["--target", f"{STANDIN}:small_target", "--out", str(tmp_path), *args, *QUICK])
+    rc = main(["--target", f"{EXAMPLE}:small_target", "--out", str(tmp_path), *args, *QUICK])
     assert rc == 2
     line = _err(capsys)
     assert line.startswith("cond_ablation: error: ") and re.search(pattern, line), line
@@ -122,7 +123,7 @@ def test_completed_sites_written_when_later_site_fails(tmp_path, capsys):
     rc = main(
         [
             "--target",
-            f"{STANDIN}:small_target",
+            f"{EXAMPLE}:small_target",
             "--site",
             "cond_encoder",
             "--site",

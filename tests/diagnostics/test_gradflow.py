@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from diagnostics import GradFlow
-from diagnostics._gradflow import GradFlowError
+from diagnostics import GradFlow, GradFlowError
 
 
 class Cond(nn.Module):

@@ -31,6 +31,7 @@ __all__ = [
     "IGNORED_MAX",
     "N_BOOT",
     "USED_MIN",
+    "SiteStats",
     "bootstrap_ci",
     "example_effects",
     "site_verdict",
@@ -133,3 +134,45 @@ def site_verdict(cis: Iterable[tuple[float, float]]) -> str:
     if all(v == "ignored" for v in verdicts):
         return "ignored"
     return "weak"
+
+
+class SiteStats:
+    """Streaming per-dimension mean/std of a site's value (float64 sums over examples)."""
+
+    def __init__(self) -> None:
+        self.n = 0  # examples summed per dimension
+        self.s: Tensor | None = None  # per-dim sum
+        self.ss: Tensor | None = None  # per-dim sum of |x|^2
+        self.shape: tuple[int, ...] | None = None
+        self.scalar = False  # shapes differ across batches -> scalar statistics
+        self.total: Tensor = torch.zeros((), dtype=torch.complex128)
+        self.total_sq = 0.0
+        self.count = 0
+
+    def add(self, v: Tensor) -> None:
+        x = v.detach().to("cpu")
+        x = x.to(torch.complex128 if x.is_complex() else torch.float64)
+        self.total = self.total + x.sum()
+        self.total_sq += float((x.abs() ** 2).sum())
+        self.count += x.numel()
+        if self.shape is None:
+            self.shape = tuple(x.shape[1:])
+        if tuple(x.shape[1:]) != self.shape:
+            self.scalar = True
+        if not self.scalar:
+            s, ss = x.sum(0), (x.abs() ** 2).sum(0)
+            self.s = s if self.s is None else self.s + s
+            self.ss = ss if self.ss is None else self.ss + ss
+            self.n += x.shape[0]
+
+    def mean_std(self) -> tuple[Tensor, Tensor]:
+        """Per-dim (or scalar) mean and std; the mean is complex for complex values."""
+        assert self.count > 0, "SiteStats: no values seen"
+        if self.scalar or self.s is None:
+            m = self.total / self.count
+            var = self.total_sq / self.count - float(m.abs() ** 2)
+            m = m if m.imag != 0 else m.real
+            return m, torch.tensor(max(var, 0.0), dtype=torch.float64).sqrt()
+        m = self.s / self.n
+        var = (self.ss / self.n - m.abs() ** 2).clamp_min(0)
+        return m, var.sqrt()
