@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,10 @@ class TrainingMonitor:
         self._extra_prefixes: set[str] = set()
         self.logged_steps = 0
         self.last_step: int | None = None
+        self._pending: list[tuple[Any, int]] = []  # step events not yet handed to the writer
+        self._pushed_at = time.monotonic()
+        self._flow_steps: list[int] = []  # grad-norm history for the closing figure
+        self._flow: list[list[float]] = []  # per logged step: grad norm per group (nan: none)
         self.closed = False
 
     def __repr__(self) -> str:
@@ -234,40 +239,65 @@ class TrainingMonitor:
         if tensors:
             dev = tensors[-1].device
             values = torch.cat([t.to(dev) for t in tensors]).cpu().tolist()  # the one host sync
-        w = self.writer
-        for tag, v in zip(names, values[:n_scalars], strict=True):
-            w.add_scalar(tag, v, step)
-        for tag, v in floats.items():
-            w.add_scalar(tag, v, step)
+        out: list[tuple[str, float]] = list(zip(names, values[:n_scalars], strict=True))
+        out += floats.items()
         if grads_stats:
             G = len(self.groups)
-            gnorm, pnorm = (
-                values[n_scalars : n_scalars + G],
-                values[n_scalars + G : n_scalars + 2 * G],
-            )
-            present = sorted({self._gidx[i] for i in have})
+            gnorm = values[n_scalars : n_scalars + G]
+            pnorm = values[n_scalars + G : n_scalars + 2 * G]
             lrs = self._group_lrs()
-            for j in present:
+            for j in sorted({self._gidx[i] for i in have}):
                 g = self.groups[j]
-                w.add_scalar(f"grad_norm/{g}", gnorm[j], step)
-                w.add_scalar(f"param_norm/{g}", pnorm[j], step)
-                if lrs is not None and lrs[j] is not None:
-                    ratio = lrs[j] * gnorm[j] / pnorm[j] if pnorm[j] > 0 else math.inf
-                    w.add_scalar(f"update_ratio/{g}", ratio, step)
-            w.add_scalar("grad_norm/total", values[-1], step)
+                out += [(f"grad_norm/{g}", gnorm[j]), (f"param_norm/{g}", pnorm[j])]
+                if lrs is not None and lrs[j] is not None and pnorm[j] > 0:  # 0: zero-init
+                    out.append((f"update_ratio/{g}", lrs[j] * gnorm[j] / pnorm[j]))
+            out.append(("grad_norm/total", values[-1]))
+            if len(self._flow) < 5000:
+                present_set = {self._gidx[i] for i in have}
+                self._flow_steps.append(step)
+                self._flow.append([gnorm[j] if j in present_set else math.nan for j in range(G)])
         if train and self.optimizer is not None:
-            w.add_scalar("train/lr", float(self.optimizer.param_groups[0]["lr"]), step)
+            out.append(("train/lr", float(self.optimizer.param_groups[0]["lr"])))
         if self.nanwatch is not None:
             status = getattr(self.nanwatch, "last_status", "none")
             if status in NANWATCH_CODES:
-                w.add_scalar("nanwatch/status", NANWATCH_CODES[status], step)
+                out.append(("nanwatch/status", NANWATCH_CODES[status]))
         if self.cfg_monitor is not None:
-            self._log_cfg(step)
+            out += self._cfg_pairs()
+        self._emit(step, out)
         if train and self.cfg.hist_every and step % self.cfg.hist_every == 0 and have:
             self._histograms(step, have)
         if not self._layout_written and self.cfg.layout:
             self._write_layout()
         self.logged_steps += 1
+
+    def _emit(self, step: int, pairs: list[tuple[str, float]]) -> None:
+        """Write the scalars of one step: as ONE event through a SummaryWriter's file writer
+        (one queue hand-off to its writer thread instead of one per tag), else one by one."""
+        get = getattr(self.writer, "_get_file_writer", None)
+        if get is None:
+            for tag, v in pairs:
+                self.writer.add_scalar(tag, v, step)
+            return
+        from torch.utils.tensorboard.summary import scalar
+
+        values = [scalar(tag, v).value[0] for tag, v in pairs]
+        self._pending.append((type(scalar("x", 0.0))(value=values), step))
+        now = time.monotonic()
+        if len(self._pending) >= 256 or now - self._pushed_at > 2.0:
+            self._push()
+
+    def _push(self) -> None:
+        """Hand the buffered step events to the writer's thread in one go (waking it once per
+        batch, not once per step: on a busy machine each wake-up costs the training thread a
+        GIL hand-off of several milliseconds)."""
+        self._pushed_at = time.monotonic()
+        if not self._pending:
+            return
+        fw = self.writer._get_file_writer()
+        for summary, step in self._pending:
+            fw.add_summary(summary, step)
+        self._pending.clear()
 
     def _tag(self, key: str) -> str:
         if "/" in key:
@@ -289,7 +319,7 @@ class TrainingMonitor:
                 out[j] = lr_of[id(p)]
         return out
 
-    def _log_cfg(self, step: int) -> None:
+    def _cfg_pairs(self) -> list[tuple[str, float]]:
         mon = self.cfg_monitor
         hist = list(mon.history[self._cfg_seen :])
         self._cfg_seen = len(mon.history)
@@ -297,9 +327,9 @@ class TrainingMonitor:
         if pending[1]:
             hist.append((pending[0], pending[1]))
         total = sum(n for _, n in hist)
-        if total:
-            self.writer.add_scalar("cfg/drop_rate", sum(d for d, _ in hist) / total, step)
-            self.writer.add_scalar("cfg/p", float(mon.p), step)
+        if not total:
+            return []
+        return [("cfg/drop_rate", sum(d for d, _ in hist) / total), ("cfg/p", float(mon.p))]
 
     def _histograms(self, step: int, have: list[int]) -> None:
         """NaN-safe histograms per group (finite values; non-finite counts as scalars)."""
@@ -369,6 +399,42 @@ class TrainingMonitor:
             self.writer.add_custom_scalars(layout)
         self._layout_written = True
 
+    def _summary_text(self) -> str:
+        rows = ["| group | parameters | last grad norm |", "| --- | --- | --- |"]
+        counts = [0] * len(self.groups)
+        for (_, p), j in zip(self._named, self._gidx, strict=True):
+            counts[j] += p.numel()
+        last = self._flow[-1] if self._flow else [math.nan] * len(self.groups)
+        for j, g in enumerate(self.groups):
+            rows.append(f"| {g} | {counts[j]:,} | {last[j]:.4g} |")
+        head = (
+            f"TrainingMonitor over {type(self.model).__name__}: {self.logged_steps} logged steps "
+            f"(every={self.cfg.every}, hist_every={self.cfg.hist_every}), last step "
+            f"{self.last_step}. Read the run back with `python -m diagnostics.inspect_run`."
+        )
+        return head + "\n\n" + "\n".join(rows)
+
+    def _grad_flow_image(self) -> Any:
+        """HWC uint8 heat map: log10 gradient norm per group (rows) over logged steps."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: lazily
+        from matplotlib.figure import Figure
+
+        data = np.log10(np.clip(np.array(self._flow, dtype=float).T, 1e-12, None))  # (G, S)
+        fig = Figure(figsize=(8, 1.2 + 0.35 * len(self.groups)), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        steps = self._flow_steps
+        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap="viridis",
+                       extent=(steps[0] - 0.5, steps[-1] + 0.5, len(self.groups) - 0.5, -0.5))  # fmt: skip
+        ax.set_yticks(range(len(self.groups)), self.groups)
+        ax.set_xlabel("step")
+        ax.set_title("gradient flow: log10 gradient norm per module group (dark = vanishing)")
+        fig.colorbar(im, ax=ax, label="log10 |grad|")
+        fig.tight_layout()
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
+
     # ------------------------------------------------------------------ lifetime
     def log_exception(self, exc: BaseException, step: int | None = None) -> None:
         """Write ``exc`` as text (a NonFiniteError with its report) and flush at once."""
@@ -391,14 +457,24 @@ class TrainingMonitor:
             raise
 
     def flush(self) -> None:
+        """Hand buffered events to the writer and flush it to disk."""
+        self._push()
         if hasattr(self.writer, "flush"):
             self.writer.flush()
 
     def close(self) -> None:
-        """Flush; close the writer when the monitor opened it. Idempotent."""
+        """Write the run's summary (text) and gradient-flow heat map (image), flush, and close
+        the writer when the monitor opened it. Idempotent."""
         if self.closed:
             return
         self.closed = True
+        at = self.last_step or 0
+        self._push()
+        if hasattr(self.writer, "add_text"):
+            self.writer.add_text("monitor/summary", self._summary_text(), at)
+        if self._flow and hasattr(self.writer, "add_image"):
+            self.writer.add_image("monitor/grad_flow", self._grad_flow_image(), at,
+                                  dataformats="HWC")  # fmt: skip
         if self._own_writer:
             self.writer.close()
         else:
