@@ -44,6 +44,8 @@ _LAZY: dict[str, str] = {
     "replica_divergence": "diagnostics._distributed",
     "unused_parameters": "diagnostics._distributed",
     "compare_models": "diagnostics._compare",
+    "EvalTarget": "diagnostics._eval_audit",
+    "EvalAuditError": "diagnostics._eval_audit",
 }
 
 __all__ = sorted(_LAZY)
