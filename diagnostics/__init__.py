@@ -65,6 +65,8 @@ _LAZY: dict[str, str] = {
     "ScalingError": "diagnostics._scaling",
     "ScalingConfig": "diagnostics._scaling",
     "run_scaling": "diagnostics._scaling",
+    "EvalTarget": "diagnostics._eval_audit",
+    "EvalAuditError": "diagnostics._eval_audit",
 }
 
 __all__ = sorted(_LAZY)
