@@ -37,6 +37,7 @@ from ._constraints import Range as Range
 from ._decorator import contract as contract
 from ._errors import ContractError as ContractError
 from ._errors import TorchdxError as TorchdxError
+from ._infer_record import InferTarget as InferTarget
 from ._registry import example as example
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "Constraint",
     "ContractError",
     "Finite",
+    "InferTarget",
     "Mask",
     "ModeError",
     "Probability",
