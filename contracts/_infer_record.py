@@ -149,12 +149,13 @@ def _kind(t: torch.Tensor) -> str:
 
 
 class _Stats:
-    """Value statistics of one batch, reduced on device and fetched with one sync."""
+    """Value statistics of one batch, reduced on device and fetched with one sync per device
+    and dtype: ``(min, max)`` for numbers (real and imaginary parts for complex), ``(any row
+    empty?, -)`` for bool."""
 
     def __init__(self) -> None:
         self.lo: list[torch.Tensor] = []
         self.hi: list[torch.Tensor] = []
-        self.ok: list[torch.Tensor] = []
         self.leaves: list[list[Leaf]] = []
         self._seen: dict[int, tuple[weakref.ref, int, int]] = {}
 
@@ -170,51 +171,38 @@ class _Stats:
         with torch.no_grad():
             x = t.detach()
             if x.dtype == torch.bool:
-                ok = x.any(-1).all() if x.dim() >= 1 else x
-                lo, hi = ok, ok
+                lo = hi = x.any(-1).all() if x.dim() >= 1 else x  # every row has a True
             else:
                 if x.is_complex():
                     x = torch.view_as_real(x)
                 if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
                     x = x.float()
                 lo, hi = torch.aminmax(x)
-                ok = lo
         idx = len(self.lo)
-        self.lo.append(lo.reshape(()))
-        self.hi.append(hi.reshape(()))
-        self.ok.append(ok.reshape(()))
+        self.lo.append(lo)
+        self.hi.append(hi)
         self.leaves.append([leaf])
         leaf.stat = idx
         try:
             self._seen[key] = (weakref.ref(t), t._version, idx)
-        except TypeError:  # not weak-referenceable: skip the cache
+        except TypeError:  # not weak-referenceable: no cache
             pass
 
     def fetch(self) -> None:
-        """One transfer per device: fill ``lo``/``hi``/``mask_ok`` of every leaf."""
-        by_dev: dict[torch.device, list[int]] = {}
+        """Fill ``lo``/``hi``/``mask_ok`` of every leaf (one transfer per device and dtype)."""
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, t in enumerate(self.lo):
-            by_dev.setdefault(t.device, []).append(i)
-        for idxs in by_dev.values():
-            rows = torch.stack(
-                [
-                    torch.stack(
-                        [
-                            self.lo[i].double(),
-                            self.hi[i].double(),
-                            self.ok[i].double(),
-                        ]
-                    )
-                    for i in idxs
-                ]
-            ).tolist()  # (n, 3)
-            for i, (lo, hi, ok) in zip(idxs, rows, strict=True):
+            groups.setdefault((t.device, t.dtype), []).append(i)
+        for idxs in groups.values():
+            lo = torch.stack([self.lo[i] for i in idxs]).tolist()
+            hi = torch.stack([self.hi[i] for i in idxs]).tolist()
+            for i, a, b in zip(idxs, lo, hi, strict=True):
                 for leaf in self.leaves[i]:
                     if leaf.kind == "bool":
-                        leaf.mask_ok = bool(ok)
+                        leaf.mask_ok = bool(a)
                         leaf.lo, leaf.hi = 0.0, 1.0
                     else:
-                        leaf.lo, leaf.hi = lo, hi
+                        leaf.lo, leaf.hi = float(a), float(b)
         self._seen.clear()
 
 

@@ -425,6 +425,7 @@ class _Unifier:
                 groups.append({"labels": dict(labels), "members": [(s, a)]})
         bound: dict[str, str] = {}
         used: set[str] = set()
+        reserved = set(self.dims)  # global dim names: never reused for an attribute
         names_for: list[str | None] = [None] * len(groups)
         # 1) the same dim at every site
         for gi, g in enumerate(groups):
@@ -447,7 +448,7 @@ class _Unifier:
                     path, also = attr
                     n = next((k for k, v in bound.items() if v == path), None)
                     if n is None:
-                        n = _fresh(attr_dim_name(path), used)
+                        n = _fresh(attr_dim_name(path), used | reserved)
                         bound[n] = path
                         used.add(n)
                         if also:
@@ -468,7 +469,7 @@ class _Unifier:
                 continue
             cands = [lab[1] for lab in g["labels"].values() if lab[0] == "v"]
             n = next((c for c in cands if c not in used), None) or _fresh(
-                cands[0] if cands else "X", used
+                cands[0] if cands else "X", used | reserved
             )
             names_for[gi] = n
             used.add(n)
@@ -479,7 +480,7 @@ class _Unifier:
         # --- value constraints
         for s in slots_in + slots_out:
             if s.tensor:
-                self.constrain(cls, sis, s, groups, names_for, bound, used)
+                self.constrain(cls, sis, s, groups, names_for, bound, used | reserved)
         for s in slots_in + slots_out:
             if s.tensor and "?" in s.dims:
                 s.attachable = False
@@ -612,6 +613,7 @@ class _Unifier:
                 n = _fresh(attr_dim_name(best), used)
                 bound[n] = best
                 used.add(n)
+                # (``used`` here already includes the global dim names)
             inclusive = best.rsplit(".", 1)[-1].lower().startswith("max_")
             hi_src = n if inclusive else f"{n}-1"
             s.constraint = f'Range(0, "{hi_src}")'
