@@ -76,9 +76,7 @@ def validate_target(obj: Any, where: str) -> InferTarget:
         raise InferError(
             f"{where}: InferTarget.model is {type(obj.model).__name__}, expected a torch.nn.Module"
         )
-    if isinstance(obj.batches, (str, bytes, torch.Tensor)) or not isinstance(
-        obj.batches, Sequence
-    ):
+    if isinstance(obj.batches, (str, bytes, torch.Tensor)) or not isinstance(obj.batches, Sequence):
         raise InferError(
             f"{where}: InferTarget.batches is {type(obj.batches).__name__}, expected a list of "
             "sample inputs"
@@ -349,6 +347,4 @@ def record(
         for h in handles:
             h.remove()
         stack.clear()
-    return Recording(
-        all_calls, [(p, type(m)) for p, m in hooked], seconds=time.perf_counter() - t0
-    )
+    return Recording(all_calls, [(p, type(m)) for p, m in hooked], seconds=time.perf_counter() - t0)

@@ -30,7 +30,7 @@ def _attachable_ins(c: ContractProposal) -> list[SlotProposal]:
 
 
 def _returns_src(c: ContractProposal) -> str | None:
-    outs = c.outputs
+    outs = [s for s in c.outputs if s.key is not None or s.name == "return"]
     if c.return_kind == "single" and outs and outs[0].tensor and outs[0].attachable:
         return outs[0].annotation()
     if c.return_kind == "tuple" and outs and all(s.attachable for s in outs):
@@ -52,7 +52,7 @@ def render_python(inf: Inference, *, target: str = "", command: str = "") -> str
     for c in inf.contracts:
         ins = _attachable_ins(c)
         ret = _returns_src(c)
-        if not ins and ret is None:
+        if not c.attachable or (not ins and ret is None):
             continue
         for s in ins + [s for s in c.outputs if s.tensor]:
             used_dtypes.add(s.dtype_cls)
@@ -61,7 +61,7 @@ def render_python(inf: Inference, *, target: str = "", command: str = "") -> str
         lines = [f"        # {', '.join(c.paths[:4])}{' …' if len(c.paths) > 4 else ''}"]
         lines.append("        handles.append(")
         lines.append("            contracts.attach(")
-        lines.append(f"                _cls({c.module!r}, {c.qualname!r}),")
+        lines.append(f"                _cls({_q(c.module)}, {_q(c.qualname)}),")
         lines.append('                "forward",')
         if c.bound:
             items = ", ".join(f"{_q(k)}: {_q(v)}" for k, v in sorted(c.bound.items()))

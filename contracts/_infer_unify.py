@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import warnings
@@ -157,6 +158,7 @@ class ContractProposal:
     return_kind: str  # "single", "tuple", "dict", "none"
     bound: dict[str, str]  # dim name -> "self.cfg.d_model"
     notes: list[str] = field(default_factory=list)
+    attachable: bool = True  # False: shown in Markdown only
 
     @property
     def module(self) -> str:
@@ -178,6 +180,7 @@ class Inference:
     n_batches: int
     hooked: int
     seconds: float = 0.0
+    literals: list[str] = field(default_factory=list)  # "Cls.forward arg axis i = 12", all
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,19 +208,28 @@ def _int_attrs(mod: nn.Module, cache: dict[int, dict[str, int]]) -> dict[str, in
         if isinstance(v, int) and not isinstance(v, bool):
             out[f"self.{k}"] = v
         elif _config_like(v):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for name in dir(v):
-                    if name.startswith("_"):
-                        continue
-                    try:
-                        w = getattr(v, name)
-                    except Exception:
-                        continue
-                    if isinstance(w, int) and not isinstance(w, bool):
-                        out[f"self.{k}.{name}"] = w
+            prev = logging.root.manager.disable
+            logging.disable(logging.ERROR)  # deprecated properties that log when read
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    _config_ints(v, f"self.{k}", out)
+            finally:
+                logging.disable(prev)
     cache[key] = out
     return out
+
+
+def _config_ints(v: Any, prefix: str, out: dict[str, int]) -> None:
+    for name in dir(v):
+        if name.startswith("_"):
+            continue
+        try:
+            w = getattr(v, name)
+        except Exception:
+            continue
+        if isinstance(w, int) and not isinstance(w, bool):
+            out[f"{prefix}.{name}"] = w
 
 
 def _attr_rank(path: str) -> tuple:
@@ -320,9 +332,7 @@ class _Unifier:
                         vec.append(leaf.shape[a] if leaf is not None and leaf.is_tensor else None)
                     vectors[(si, name, a)] = tuple(vec)
                     order.append((si, name, a))
-        varying = {
-            p: v for p, v in vectors.items() if len({x for x in v if x is not None}) > 1
-        }
+        varying = {p: v for p, v in vectors.items() if len({x for x in v if x is not None}) > 1}
         full = {v for v in varying.values() if None not in v}
         cluster_of: dict[tuple[int, str, int], tuple] = {}
         for p, v in varying.items():
@@ -361,10 +371,29 @@ class _Unifier:
 
     # ---- per class contracts
     def contracts(self) -> list[ContractProposal]:
+        """One contract per class that defines the ``forward`` being run (a subclass that
+        inherits ``forward`` shares its parent's contract: ``attach`` wraps one function)."""
         by_cls: dict[type, list[int]] = {}
         for si, s in enumerate(self.sites):
-            by_cls.setdefault(s.cls, []).append(si)
-        return [self.contract(cls, sis) for cls, sis in by_cls.items()]
+            by_cls.setdefault(_defining_class(s.cls), []).append(si)
+        out = [self.contract(cls, sis) for cls, sis in by_cls.items()]
+        for c in out:
+            # a subclass whose own forward calls this one (super().forward(...)) would be
+            # checked with inputs never observed: propose the contract, don't attach it
+            callers = [
+                o.cls.__qualname__
+                for o in out
+                if o.cls is not c.cls
+                and issubclass(o.cls, c.cls)
+                and "forward" in getattr(getattr(o.cls.forward, "__code__", None), "co_names", ())
+            ]
+            if callers:
+                c.attachable = False
+                c.notes.append(
+                    f"not attached: {', '.join(callers)} calls {c.qualname}.forward from its own "
+                    "forward (super().forward) with inputs that were not observed"
+                )
+        return out
 
     def _slot_leaves(self, sis: list[int], name: str) -> list[tuple[int, int, Leaf | None]]:
         out = []
@@ -381,13 +410,17 @@ class _Unifier:
         paths = list(dict.fromkeys(self.sites[si].path or "(root)" for si in sis))
         notes: list[str] = []
         # --- which slots
-        in_names: list[str] = []
+        in_names: list[str] = []  # parameters, then tensors nested in tuples / dicts
         var_params: set[str] = set()
+        nested_out: list[str] = []
         for c in calls:
             var_params |= c.var_params
-            for n in c.params:
-                if n not in in_names:
+            for n, leaf in c.inputs.items():
+                if n not in in_names and (n in c.params or leaf.is_tensor):
                     in_names.append(n)
+            for n, leaf in c.outputs.items():
+                if leaf.is_tensor and n not in nested_out:
+                    nested_out.append(n)
         kinds = {(c.out_kind, c.out_keys) for c in calls}
         if len(kinds) == 1:
             return_kind, keys = next(iter(kinds))
@@ -403,6 +436,17 @@ class _Unifier:
         slots_out = [self.slot(sis, n, "out", False, k) for n, k in out_specs]
         if return_kind == "dict":
             slots_out = [s for s in slots_out if s.tensor]  # non-tensor entries: not checked
+        covered = {n for n, _ in out_specs}
+        for n in nested_out:  # tensors deeper in the return value: shown, not checked
+            if n not in covered:
+                slot = self.slot(sis, n, "out", False, None)
+                slot.attachable = False
+                slot.note = _join(slot.note, "nested: shown, not checked")
+                slots_out.append(slot)
+        for slot in slots_in:
+            if "[" in slot.name and slot.attachable:
+                slot.attachable = False
+                slot.note = _join(slot.note, "inside a container: shown, not checked")
         # --- dims within the class: group positions carrying the same label at every site
         positions: list[tuple[SlotProposal, int]] = []
         for s in slots_in + slots_out:
@@ -459,10 +503,10 @@ class _Unifier:
                 elif len(values) == 1:
                     names_for[gi] = str(next(iter(values)))
                     if values != {1}:
-                        s, a = g["members"][0]
-                        literal_notes.append(
+                        literal_notes += [
                             f"{cls.__qualname__}.forward {s.name} axis {a} = {names_for[gi]}"
-                        )
+                            for s, a in g["members"]
+                        ]
         # 3) free names (sizes that differ between call sites in no fixed way)
         for gi, g in enumerate(groups):
             if names_for[gi] is not None:
@@ -492,7 +536,7 @@ class _Unifier:
         labels: dict[int, tuple[str, Any]] = {}
         n_trailing = len(s.dims) - (1 if s.dims and s.dims[0].startswith("*") else 0)
         variadic = s.dims and s.dims[0].startswith("*")
-        for si, b, leaf in self._slot_leaves(sis, s.name):
+        for si, _b, leaf in self._slot_leaves(sis, s.name):
             if leaf is None or not leaf.is_tensor:
                 continue
             axis = (len(leaf.shape) - n_trailing + (a - 1)) if variadic else a
@@ -593,11 +637,30 @@ class _Unifier:
         s.observed = f"[{_fmt(lo)}, {_fmt(hi)}]"
         if lo < 0 or len(stats) != len(obs):
             return
+        # a length (a 1-d or scalar int tensor): never above a non-batch dim of the same call,
+        # and equal to it somewhere
+        for gi, g in enumerate(groups if len(s.dims) <= 1 else []):
+            name = names_for[gi]
+            if name in (None, "B") or not name.isidentifier() or name in bound:
+                continue
+            ok, hit = True, False
+            for si, b, leaf in obs:
+                size = self.group_size(g, si, b)
+                if size is None or leaf.hi > size:
+                    ok = False
+                    break
+                hit = hit or leaf.hi == size
+            if ok and hit:
+                s.constraint = f'Range(0, "{name}")'
+                s.constraint_words = f"[0, {name}]"
+                return
         # a vocabulary / steps / length attribute above every observed value
         common: set[str] | None = None
         for si in sorted({si for si, _, _ in obs}):
             attrs = _int_attrs(self.sites[si].module, self.attr_cache)
-            here = {p for p in attrs if any(w in p.rsplit(".", 1)[-1].lower() for w in _INDEX_ATTRS)}
+            here = {
+                p for p in attrs if any(w in p.rsplit(".", 1)[-1].lower() for w in _INDEX_ATTRS)
+            }
             here = {p for p in here if _index_hi(p, attrs[p]) >= hi}
             common = here if common is None else common & here
         if common:
@@ -619,22 +682,6 @@ class _Unifier:
             s.constraint = f'Range(0, "{hi_src}")'
             s.constraint_words = f"[0, {hi_src}]"
             return
-        # a length: never above a (non-batch) dim of the same call, and equal to it somewhere
-        for gi, g in enumerate(groups):
-            name = names_for[gi]
-            if name in (None, "B") or not name.isidentifier() or name in bound:
-                continue
-            ok, hit = True, False
-            for si, b, leaf in obs:
-                size = self.group_size(g, si, b)
-                if size is None or leaf.hi > size:
-                    ok = False
-                    break
-                hit = hit or leaf.hi == size
-            if ok and hit:
-                s.constraint = f'Range(0, "{name}")'
-                s.constraint_words = f"[0, {name}]"
-                return
 
     def group_size(self, g: dict, si: int, b: int) -> int | None:
         for s, a in g["members"]:
@@ -647,6 +694,14 @@ class _Unifier:
                 axis = len(leaf.shape) - (len(s.dims) - 1) + (a - 1) if variadic else a
                 return leaf.shape[axis]
         return None
+
+
+def _defining_class(cls: type) -> type:
+    """The class in ``cls``'s MRO whose ``__dict__`` defines ``forward``."""
+    for k in cls.__mro__:
+        if "forward" in k.__dict__:
+            return k
+    return cls
 
 
 def _index_hi(path: str, value: int) -> int:
@@ -695,5 +750,12 @@ def unify(rec: Recording) -> Inference:
             f"became literals (vary them in the sample batches if they are dims): {shown}{more}"
         )
     return Inference(
-        contracts, u.dims, u.dim_where, warns, u.nb, len(rec.hooked), seconds=rec.seconds
+        contracts,
+        u.dims,
+        u.dim_where,
+        warns,
+        u.nb,
+        len(rec.hooked),
+        seconds=rec.seconds,
+        literals=list(u.literals),
     )

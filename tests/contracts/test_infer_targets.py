@@ -60,7 +60,9 @@ def sgmse_model() -> Any:
     from models.sgmse import ScoreModel, ScoreModelConfig
 
     torch.manual_seed(0)
-    return ScoreModel(ScoreModelConfig.tiny()).eval()
+    return ScoreModel(
+        ScoreModelConfig.tiny(enc_channels=6, emb_dim=10, temb_dim=12, fourier_dim=14)
+    ).eval()
 
 
 def sgmse_batch(model: Any, B: int, T: int, S: int) -> dict[str, torch.Tensor]:
@@ -70,9 +72,7 @@ def sgmse_batch(model: Any, B: int, T: int, S: int) -> dict[str, torch.Tensor]:
     y = torch.randn(B, F, T, 2, generator=g)
     t = model.cfg.t_eps + (1 - model.cfg.t_eps) * torch.rand(B, generator=g)  # (B,)
     noise_ref = 0.1 * torch.randn(B, 64 + 16 * S, generator=g)  # (B, L)
-    return dict(
-        x_t=torch.view_as_complex(x), y=torch.view_as_complex(y), t=t, noise_ref=noise_ref
-    )
+    return dict(x_t=torch.view_as_complex(x), y=torch.view_as_complex(y), t=t, noise_ref=noise_ref)
 
 
 def sgmse_target() -> contracts.InferTarget:
@@ -111,7 +111,7 @@ def audiosr_model() -> Any:
     from models.audiosr import AudioSR, AudioSRConfig
 
     torch.manual_seed(0)
-    return AudioSR(AudioSRConfig.tiny()).eval()
+    return AudioSR(AudioSRConfig.tiny(global_dim=12, base_channels=20)).eval()
 
 
 def audiosr_batch(model: Any, B: int, T: int, S: int) -> tuple[torch.Tensor]:
@@ -146,3 +146,37 @@ def transformer_batch(model: Any, B: int, T: int, S: int) -> dict[str, torch.Ten
 def transformer_target() -> contracts.InferTarget:
     m = transformer_model()
     return contracts.InferTarget(m, [transformer_batch(m, *s) for s in SIZES])
+
+
+# --- a third-party model: a tiny Wav2Vec2 from transformers -------------------------------------
+
+
+def wav2vec2_model() -> torch.nn.Module:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=24,
+        conv_dim=(8, 8),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+    )
+    return Wav2Vec2Model(cfg).eval()
+
+
+def wav2vec2_batch(model: Any, B: int, T: int, S: int) -> dict[str, torch.Tensor]:
+    g = _gen(B, T, S)
+    L = 10 * T + 17  # (B, L) raw audio
+    return dict(input_values=torch.randn(B, L, generator=g))
+
+
+def wav2vec2_target() -> contracts.InferTarget:
+    m = wav2vec2_model()
+    return contracts.InferTarget(m, [wav2vec2_batch(m, *s) for s in SIZES])
