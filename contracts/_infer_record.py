@@ -166,16 +166,15 @@ class _Stats:
             return
         if t.numel() == 0 or t.is_meta:
             return
-        with torch.no_grad():
-            x = t.detach()
-            if x.dtype == torch.bool:
-                lo = hi = x.any(-1).all() if x.dim() >= 1 else x  # every row has a True
-            else:
-                if x.is_complex():
-                    x = torch.view_as_real(x)
-                if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
-                    x = x.float()
-                lo, hi = torch.aminmax(x)
+        x = t.detach()  # no autograd graph, whatever the grad mode
+        if x.dtype == torch.bool:
+            lo = hi = x.any(-1).all() if x.dim() >= 1 else x  # every row has a True
+        else:
+            if x.is_complex():
+                x = torch.view_as_real(x)
+            if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
+                x = x.float()
+            lo, hi = torch.aminmax(x)
         idx = len(self.lo)
         self.lo.append(lo)
         self.hi.append(hi)
@@ -221,13 +220,48 @@ def _leaves(value: Any, name: str, stats: _Stats, out: dict[str, Leaf], depth: i
         out[name] = Leaf(None, None, type(value).__name__)
 
 
-def _signature(cls: type, cache: dict[type, inspect.Signature | None]) -> inspect.Signature | None:
+@dataclass
+class _Sig:
+    """A forward's signature, with what a fast bind needs."""
+
+    sig: inspect.Signature
+    positional: tuple[str, ...]  # positional-or-keyword names after self
+    keywords: frozenset[str]  # names that may be given by keyword
+    var: frozenset[str]  # *args / **kwargs names
+
+
+def _signature(cls: type, cache: dict[type, _Sig | None]) -> _Sig | None:
     if cls not in cache:
         try:
-            cache[cls] = inspect.signature(cls.forward)
+            sig = inspect.signature(cls.forward)
         except (TypeError, ValueError):
             cache[cls] = None
+            return None
+        params = list(sig.parameters.values())[1:]  # without self
+        P = inspect.Parameter
+        cache[cls] = _Sig(
+            sig,
+            tuple(p.name for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)),
+            frozenset(
+                p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)
+            ),
+            frozenset(p.name for p in params if p.kind in (P.VAR_POSITIONAL, P.VAR_KEYWORD)),
+        )
     return cache[cls]
+
+
+def _bind(sg: _Sig, mod: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """Arguments by parameter name (in signature order), or None when they don't fit."""
+    if len(args) <= len(sg.positional) and not (kwargs.keys() - sg.keywords):
+        named = dict(zip(sg.positional, args))
+        if not (kwargs.keys() & named.keys()):
+            named.update(kwargs)
+            return {k: named[k] for k in sg.sig.parameters if k in named}
+    try:
+        bound = sg.sig.bind(mod, *args, **kwargs)
+    except TypeError:
+        return None
+    return dict(list(bound.arguments.items())[1:])  # without self
 
 
 def _matches(path: str, cls: type, patterns: Sequence[str] | None) -> bool:
@@ -262,7 +296,7 @@ def record(
 
     model = target.model
     fwd = target.forward or default_forward
-    sigs: dict[type, inspect.Signature | None] = {}
+    sigs: dict[type, _Sig | None] = {}
     hooked = [(p, m) for p, m in model.named_modules() if _matches(p, type(m), modules)]
     if not hooked:
         raise InferError(
@@ -275,19 +309,11 @@ def record(
     def pre(path: str) -> Callable:
         def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             call = Call(path, type(mod), mod)
-            sig = _signature(type(mod), sigs)
-            named: dict[str, Any] | None = None
-            if sig is not None:
-                try:
-                    bound = sig.bind(mod, *args, **kwargs)
-                    params = list(sig.parameters.values())[1:]
-                    named = dict(list(bound.arguments.items())[1:])  # without self
-                    call.var_params = frozenset(
-                        p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-                    )
-                except TypeError:
-                    named = None
-            if named is None:
+            sg = _signature(type(mod), sigs)
+            named = _bind(sg, mod, args, kwargs) if sg is not None else None
+            if named is not None:
+                call.var_params = sg.var  # type: ignore[union-attr]
+            else:
                 named = {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
                 call.var_params = frozenset(named)
             call.params = tuple(named)

@@ -310,6 +310,7 @@ class _Unifier:
         self.dims: dict[str, list[int | None]] = {}
         self.dim_where: dict[str, str] = {}
         self.literals: list[str] = []  # positions of fixed sizes written as literals
+        self._leaf_cache: dict[tuple, list[tuple[int, int, Leaf | None]]] = {}
 
     # ---- global dims: co-varying sizes across batches
     def global_dims(self) -> None:
@@ -396,7 +397,11 @@ class _Unifier:
         return out
 
     def _slot_leaves(self, sis: list[int], name: str) -> list[tuple[int, int, Leaf | None]]:
-        out = []
+        key = (tuple(sis), name)
+        hit = self._leaf_cache.get(key)
+        if hit is not None:
+            return hit
+        out = self._leaf_cache[key] = []
         for si in sis:
             for b, c in enumerate(self.sites[si].calls):
                 if c is None:
@@ -447,6 +452,7 @@ class _Unifier:
             if "[" in slot.name and slot.attachable:
                 slot.attachable = False
                 slot.note = _join(slot.note, "inside a container: shown, not checked")
+        self.share_variadics(sis, slots_in + slots_out)
         # --- dims within the class: group positions carrying the same label at every site
         positions: list[tuple[SlotProposal, int]] = []
         for s in slots_in + slots_out:
@@ -530,6 +536,29 @@ class _Unifier:
                 s.attachable = False
                 s.note = _join(s.note, "rank changes between calls: not checked")
         return ContractProposal(cls, paths, slots_in, slots_out, return_kind, bound, notes)
+
+    def share_variadics(self, sis: list[int], slots: list[SlotProposal]) -> None:
+        """Variadic prefixes equal at every call (a dropout's input and output) share a name."""
+        var = [s for s in slots if s.tensor and s.dims and s.dims[0].startswith("*")]
+        groups: list[tuple[dict[tuple[int, int], tuple], list[SlotProposal]]] = []
+        for s in var:
+            n_trailing = len(s.dims) - 1
+            pre = {
+                (si, b): leaf.shape[: len(leaf.shape) - n_trailing]
+                for si, b, leaf in self._slot_leaves(sis, s.name)
+                if leaf is not None and leaf.is_tensor
+            }
+            for seen, members in groups:
+                common = seen.keys() & pre.keys()
+                if common and all(seen[k] == pre[k] for k in common):
+                    members.append(s)
+                    seen.update(pre)
+                    break
+            else:
+                groups.append((dict(pre), [s]))
+        for i, (_, members) in enumerate(groups):
+            for s in members:
+                s.dims[0] = "*batch" if i == 0 else f"*batch{i + 1}"
 
     def position_labels(self, sis: list[int], s: SlotProposal, a: int) -> dict | None:
         """The label of axis ``a`` of slot ``s`` at every site (None: not comparable)."""

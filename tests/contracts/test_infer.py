@@ -110,7 +110,8 @@ def test_dims_unified_across_arguments_and_modules() -> None:
     assert [s.dims for s in pool.outputs] == [["B", "D"], ["B"]]
     lin = res.contract_for(nn.Linear)  # two instances with different sizes: one contract
     # [B, D] at the head, [B, T, D] in the pool: a variadic prefix, the rest aligned right
-    assert lin.inputs[0].dims == ["*input_batch", "T", "F_in"]
+    assert lin.inputs[0].dims == ["*batch", "T", "F_in"]
+    assert lin.outputs[0].dims == ["*batch", "T", "F_out"]
     assert lin.bound == {"F_in": "self.in_features", "F_out": "self.out_features"}
     assert sorted(lin.paths) == ["head", "pool.proj"]
 
