@@ -8,6 +8,10 @@ same batches, interleaved, repeated; the figure is the median ratio per model.
 - ``record``: the hooked forwards with their value statistics (the "≤ 3× one forward per batch"
   budget of the issue).
 - ``total``: recording plus unification (pure Python; independent of tensor sizes).
+- ``us_per_hooked_call``: the recording's extra time per hooked module call.
+
+Sub-millisecond forwards pay mostly the fixed cost per hooked call; a TransformerEncoderLayer
+also leaves torch's fused fast path when any of its modules has a hook.
 
 Run: python -m benchmarks.bench_infer [--repeats N]  ->  docs/results/infer.json
 """
@@ -74,6 +78,9 @@ def measure(target: InferTarget, repeats: int) -> dict[str, Any]:
         "record": statistics.median(r / b for r, b in zip(rec_t, base, strict=True)),
         "total": statistics.median(t / b for t, b in zip(tot_t, base, strict=True)),
         "forward_ms_per_batch": 1e3 * statistics.median(base) / len(target.batches),
+        "us_per_hooked_call": 1e6
+        * (statistics.median(rec_t) - statistics.median(base))
+        / sum(len(c) for c in rec.calls),
         "modules_hooked": len(rec.hooked),
         "batches": len(target.batches),
     }
@@ -90,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         r = rows[name]
         print(
             f"{name:22s} forward {r['forward_ms_per_batch']:8.2f} ms/batch  "
-            f"record {r['record']:5.2f}x  total {r['total']:5.2f}x  ({r['modules_hooked']} modules)"
+            f"record {r['record']:5.2f}x  total {r['total']:5.2f}x  "
+            f"{r['us_per_hooked_call']:5.1f} us/call ({r['modules_hooked']} modules)"
         )
     figures = {
         "models": rows,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import textwrap
 
 from ._infer_unify import ContractProposal, Inference, SlotProposal
 
@@ -33,14 +34,16 @@ def _returns_src(c: ContractProposal) -> str | None:
     outs = [s for s in c.outputs if s.key is not None or s.name == "return"]
     if c.return_kind == "single" and outs and outs[0].tensor and outs[0].attachable:
         return outs[0].annotation()
+    ind = " " * 20
     if c.return_kind == "tuple" and outs and all(s.attachable for s in outs):
         if not any(s.tensor for s in outs):
             return None
-        return "tuple[" + ", ".join(s.annotation() for s in outs) + "]"
+        return "tuple[\n" + "".join(f"{ind}{s.annotation()},\n" for s in outs) + ind[4:] + "]"
     if c.return_kind == "dict":
         items = [s for s in outs if s.tensor and s.attachable]
         if items:
-            return "{" + ", ".join(f"{_q(s.key)}: {s.annotation()}" for s in items) + "}"
+            body = "".join(f"{ind}{_q(s.key)}: {s.annotation()},\n" for s in items)
+            return "{\n" + body + ind[4:] + "}"
     return None
 
 
@@ -76,18 +79,20 @@ def render_python(inf: Inference, *, target: str = "", command: str = "") -> str
     jt = sorted(used_dtypes)
     today = _dt.date.today().isoformat()
     dims = ", ".join(f"{k} {v}" for k, v in inf.dims.items()) or "none"
+    about = (
+        f"Written by `{command or 'python -m contracts.infer'}` on {today} from "
+        f"{target or 'a target'}: {inf.n_batches} batches, {inf.hooked} modules hooked. "
+        f"Dims that varied (sizes per batch): {dims}."
+    )
     head = [
         '"""Tensor contracts inferred from a running model; review them before relying on them.',
         "",
-        f"Written by {command or 'python -m contracts.infer'} on {today}",
-        f"from {target or 'a target'}: {inf.n_batches} batches, {inf.hooked} modules hooked.",
-        f"Dims that varied (sizes per batch): {dims}.",
+        *textwrap.wrap(about, 96, break_long_words=False, break_on_hyphens=False),
     ]
     if inf.warnings:
-        head.append("")
-        head.append("Warnings:")
+        head += ["", "Warnings:"]
         for w in inf.warnings:
-            head.append(f"- {w}")
+            head += textwrap.wrap(w, 96, initial_indent="- ", subsequent_indent="  ")
     head += [
         "",
         "Example:",
@@ -97,12 +102,13 @@ def render_python(inf: Inference, *, target: str = "", command: str = "") -> str
         '"""',
         "",
         "import importlib",
-        "from typing import Annotated, Optional  # noqa: F401",
-        "",
     ]
+    if constraints:
+        head.append("from typing import Annotated")
+    head.append("")
     if jt:
         head.append(f"from jaxtyping import {', '.join(jt)}")
-    head.append("from torch import Tensor  # noqa: F401")
+    head.append("from torch import Tensor")
     head.append("")
     head.append("import contracts")
     if constraints:

@@ -134,11 +134,14 @@ class SlotProposal:
         """Python source of the annotation (``Annotated[Float32[Tensor, "B T"], Finite()]``)."""
         if not self.tensor:
             return "object"
-        ann = f'{self.dtype_cls}[Tensor, "{" ".join(self.dims)}"]'
+        shape = " ".join(self.dims)
+        if len(self.dims) == 1 and self.dims[0].isidentifier():
+            shape = " " + shape  # jaxtyping's convention: not a forward reference
+        ann = f'{self.dtype_cls}[Tensor, "{shape}"]'
         if self.constraint:
             ann = f"Annotated[{ann}, {self.constraint}]"
         if self.optional:
-            ann = f"Optional[{ann}]"
+            ann = f"{ann} | None"
         return ann
 
     def shape_words(self) -> str:

@@ -180,3 +180,20 @@ def wav2vec2_batch(model: Any, B: int, T: int, S: int) -> dict[str, torch.Tensor
 def wav2vec2_target() -> contracts.InferTarget:
     m = wav2vec2_model()
     return contracts.InferTarget(m, [wav2vec2_batch(m, *s) for s in SIZES])
+
+
+# --- the factories themselves -----------------------------------------------------------------
+
+
+def test_sample_sizes_never_co_vary() -> None:
+    """No two size columns move together, so unrelated dims can't be merged by chance."""
+    columns = list(zip(*SIZES, strict=True))
+    assert len(set(columns)) == len(columns)
+    assert all(len(set(c)) == len(c) for c in columns)
+    assert all(f not in c for f, c in zip(FRESH, columns, strict=True))
+
+
+def test_factories_return_targets() -> None:
+    for make in (paraformer_target, transformer_target):
+        t = make()
+        assert isinstance(t, contracts.InferTarget) and len(t.batches) == len(SIZES)
