@@ -70,6 +70,8 @@ def render_python(inf: Inference, *, target: str = "", command: str = "") -> str
             items = ", ".join(f"{_q(k)}: {_q(v)}" for k, v in sorted(c.bound.items()))
             lines.append(f"                dims={{{items}}},")
         for s in ins:
+            if s.observed:
+                lines.append(f"                # {s.name}: observed {s.observed}")
             lines.append(f"                {s.name}={s.annotation()},")
         if ret is not None:
             lines.append(f"                returns={ret},")
