@@ -9,6 +9,8 @@ same batches, interleaved, repeated; the figure is the median ratio per model.
   budget of the issue).
 - ``total``: recording plus unification (pure Python; independent of tensor sizes).
 - ``us_per_hooked_call``: the recording's extra time per hooked module call.
+- ``noop_hooks``: the forwards with do-nothing hooks on every module (hooking alone), and
+  ``record_vs_noop_hooks``: the recording against that.
 
 Sub-millisecond forwards pay mostly the fixed cost per hooked call; a TransformerEncoderLayer
 also leaves torch's fused fast path when any of its modules has a hook.
@@ -62,11 +64,33 @@ def measure(target: InferTarget, repeats: int) -> dict[str, Any]:
                 default_forward(target.model, b)
         return time.perf_counter() - t0
 
+    def noop_hooks() -> float:
+        # the same forwards with do-nothing hooks on every module: what hooking alone costs
+        # (torch's hook dispatch, and fused fast paths such as TransformerEncoderLayer's that
+        # any hook turns off)
+        def pre(m: Any, a: Any, k: Any) -> None:
+            return None
+
+        def post(m: Any, a: Any, k: Any, o: Any) -> None:
+            return None
+
+        hs = []
+        for m in target.model.modules():
+            hs.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            hs.append(m.register_forward_hook(post, with_kwargs=True))
+        try:
+            return plain()
+        finally:
+            for h in hs:
+                h.remove()
+
     plain()
-    unify(record(target))  # warm-up both
-    base, rec_t, tot_t = [], [], []
+    noop_hooks()
+    unify(record(target))  # warm-up all three
+    base, noop, rec_t, tot_t = [], [], [], []
     for _ in range(repeats):  # interleaved
         base.append(plain())
+        noop.append(noop_hooks())
         t0 = time.perf_counter()
         rec = record(target)
         t1 = time.perf_counter()
@@ -77,6 +101,8 @@ def measure(target: InferTarget, repeats: int) -> dict[str, Any]:
     return {
         "record": statistics.median(r / b for r, b in zip(rec_t, base, strict=True)),
         "total": statistics.median(t / b for t, b in zip(tot_t, base, strict=True)),
+        "noop_hooks": statistics.median(n / b for n, b in zip(noop, base, strict=True)),
+        "record_vs_noop_hooks": statistics.median(r / n for r, n in zip(rec_t, noop, strict=True)),
         "forward_ms_per_batch": 1e3 * statistics.median(base) / len(target.batches),
         "us_per_hooked_call": 1e6
         * (statistics.median(rec_t) - statistics.median(base))
@@ -98,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{name:22s} forward {r['forward_ms_per_batch']:8.2f} ms/batch  "
             f"record {r['record']:5.2f}x  total {r['total']:5.2f}x  "
+            f"no-op hooks {r['noop_hooks']:5.2f}x  record/no-op {r['record_vs_noop_hooks']:5.2f}x  "
             f"{r['us_per_hooked_call']:5.1f} us/call ({r['modules_hooked']} modules)"
         )
     figures = {
