@@ -438,7 +438,7 @@ def _ablation(case: AblationCase, fault: Fault) -> dict:
         verdicts = ", ".join(f"{s['site']}={s['verdict']}" for s in rep.sites)
         return _result(False, False, f"not detected (verdicts: {verdicts})", secs,
                        via="run_ablation")  # fmt: skip
-    loc = set(flagged) == {fault.expected.get("site")}
+    loc = set(flagged) <= set(fault.expected.get("sites", []))
     return _result(True, loc, "; ".join(flagged.values())[:300], secs, via="run_ablation")
 
 
@@ -454,38 +454,57 @@ def _probe(case: ProbeCase, fault: Fault) -> dict:
 
 
 # ----------------------------------------------------------------------------- dispatch
-def run_tool(tool: str, case: Any, fault: Fault) -> dict:
-    """Run ``tool`` on ``case`` (a fresh build) and score it against ``fault.expected``."""
+def applicable(tool: str, kind: type, fault: Fault) -> bool:
+    """Whether ``tool`` can see a fault of this case kind at all (else its column is "—")."""
+    if tool == "torchdx":
+        return True
+    if kind is StepCase:
+        if fault.category == "shapes":
+            return tool in ("jaxtyping", "plain")
+        return tool != "jaxtyping"
+    return tool == "plain" and kind is GradCase
+
+
+_WHY = {
+    "shapes": "sees non-finite values only, not shapes",
+    "jaxtyping": "checks shapes and dtypes, not values",
+    "plain": "a silent fault: nothing runs that could fail",
+    "probe": "a probe is the check itself",
+    "other": "no anchor looks at this",
+}
+
+
+def run_tool(tool: str, case: Any, fault: Fault, *, kind: type | None = None) -> dict:
+    """Run ``tool`` on ``case`` (a fresh build) and score it against ``fault.expected``.
+
+    With ``case=None`` and the case ``kind`` given, only the "not applicable" answer is
+    returned (no build needed).
+    """
     assert tool in TOOLS, f"run_tool: unknown tool {tool!r}; valid: {', '.join(TOOLS)}"
-    if isinstance(case, StepCase):
+    kind = type(case) if case is not None else kind
+    assert kind is not None, "run_tool: give a case or its kind"
+    if not applicable(tool, kind, fault):
+        if kind is StepCase:
+            why = _WHY["jaxtyping"] if tool == "jaxtyping" else _WHY["shapes"]
+        elif tool == "plain":
+            why = _WHY["probe"] if kind is ProbeCase else _WHY["plain"]
+        else:
+            why = _WHY["other"]
+        return not_applicable(why)
+    if kind is StepCase:
         if tool == "torchdx":
             return (_step_contracts if fault.category == "shapes" else _step_nanwatch)(case, fault)
         if tool == "plain":
             return _plain(lambda: _loop(case))
-        if fault.category == "shapes":
-            if tool == "jaxtyping":
-                return _step_jaxtyping(case, fault)
-            return not_applicable("sees non-finite values only, not shapes")
-        if tool == "jaxtyping":
-            return not_applicable("checks shapes and dtypes, not values")
-        return {"detect_anomaly": _step_anomaly, "isfinite_hooks": _step_isfinite,
-                "loss_check": _step_loss_check}[tool](case, fault)  # fmt: skip
+        return {"jaxtyping": _step_jaxtyping, "detect_anomaly": _step_anomaly,
+                "isfinite_hooks": _step_isfinite, "loss_check": _step_loss_check}[tool](
+                    case, fault)  # fmt: skip
     if tool == "plain":
-        if isinstance(case, GradCase):
-            return _plain(case.step)
-        if isinstance(case, ProbeCase):
-            return not_applicable("a probe is the check itself")
-        return not_applicable("a silent fault: nothing runs that could fail")
-    if tool != "torchdx":
-        return not_applicable("no anchor looks at this")
-    if isinstance(case, GradCase):
+        return _plain(case.step)
+    if kind is GradCase:
         return _gradflow(case, fault)
-    if isinstance(case, AblationCase):
+    if kind is AblationCase:
         return _ablation(case, fault)
-    if isinstance(case, ProbeCase):
+    if kind is ProbeCase:
         return _probe(case, fault)
-    raise TypeError(f"run_tool: unknown case type {type(case).__name__}")
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    raise TypeError(f"run_tool: unknown case type {kind.__name__}")
