@@ -64,7 +64,7 @@ def run_zoo(
     tools: Sequence[str] = TOOLS,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every fault and healthy twin through ``tools``.
+    """Run every fault and healthy twin through ``tools``; ``progress(fault_id)`` after each.
 
     Returns the JSON-ready results: ``{"faults": [...], "healthy": [...], "summary": {...},
     "by_category": {...}, "tools": [...], "seconds": float}``.
@@ -81,8 +81,6 @@ def run_zoo(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for f in faults:
-                if progress is not None:
-                    progress(f.id)
                 ft = {t: _run_one(f, True, t) for t in tools}
                 hr = {t: _run_one(f, False, t) for t in tools}
                 out_faults.append({
@@ -97,6 +95,8 @@ def run_zoo(
                         for t, r in hr.items()
                     },
                 })  # fmt: skip
+                if progress is not None:
+                    progress(f.id)  # done
     finally:
         torch.set_num_threads(prev_threads)
     res = {"faults": out_faults, "healthy": out_healthy, "tools": list(tools)}

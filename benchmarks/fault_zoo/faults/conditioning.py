@@ -66,6 +66,8 @@ def _collapsed(faulty: bool):
     "torch",
     "condition used only as an output bias (added after the last layer), not modulating features",
     {"sites": _COND_PATH},
+    note="the ablation measures whether the output changes, not how: a condition that only "
+    "shifts the output changes it, so every site is 'used'",
 )
 def _bias_only(faulty: bool):
     model = CondNet(mode="bias" if faulty else "film")
@@ -146,6 +148,8 @@ def _cfg_never(faulty: bool):
     "torch",
     "CFG dropout also applied at evaluation (the model drops its condition in eval mode)",
     {"names": ["eval"]},
+    note="CFGDropoutMonitor counts train-mode forwards only (train_only=True, as documented) and "
+    "has no flag for drops in eval mode",
 )
 def _cfg_eval(faulty: bool):
     model = CFGNet(eval_bug=faulty)
@@ -180,6 +184,8 @@ class NullNet(nn.Module):
     "torch",
     "the null condition at inference (zeros) differs from the learned null used in training",
     {"sites": ["arg:cond"]},
+    note="no torchdx check compares the null condition of training with the one inference "
+    "builds; the ablation's null replacement only says the condition is used",
 )
 def _null(faulty: bool):
     import diagnostics

@@ -140,6 +140,8 @@ class EncDec(nn.Module):
     "torch",
     "encoder frozen by requires_grad_(False) left over from a fine-tuning recipe",
     {"params": ["encoder"]},
+    note="GradFlow watches only parameters with requires_grad=True; a module frozen by mistake "
+    "is not in its report at all (no check lists frozen parameters)",
 )
 def _frozen(faulty: bool):
     model = EncDec()
@@ -185,6 +187,8 @@ def _sgmse_detached(faulty: bool):
     "torchdx",
     "Paraformer CIF predictor frozen by mistake (requires_grad_(False))",
     {"params": ["predictor"]},
+    note="GradFlow watches only parameters with requires_grad=True; a module frozen by mistake "
+    "is not in its report at all (no check lists frozen parameters)",
 )
 def _paraformer_frozen(faulty: bool):
     from models.paraformer import Paraformer, ParaformerConfig, create_padding_mask

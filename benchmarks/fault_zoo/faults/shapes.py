@@ -273,6 +273,8 @@ class SeqModel(nn.Module):
     "torch",
     "batch-first [B, T, D] fed to nn.MultiheadAttention built with batch_first=False",
     {"argument": "query"},
+    note="B and T are both free dims of the annotation, so [T, B, D] binds them swapped and "
+    "passes; a contract sees it only when another argument pins B or T in the same call",
 )
 def _mha_batch_first(faulty: bool):
     model = SeqModel(batch_first=not faulty)
