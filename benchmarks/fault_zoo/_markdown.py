@@ -92,7 +92,8 @@ def render(res: dict[str, Any], meta: dict[str, Any], notes: dict[str, str]) -> 
         "",
         "## Faults",
         "",
-        "| fault | family | torchdx tool | " + " | ".join(_NAMES[t] for t in tools)
+        "| fault | family | torchdx tool | "
+        + " | ".join(_NAMES[t] for t in tools)
         + " | false alarms on the twin |",
         "| --- | --- | --- | " + " | ".join("---" for _ in tools) + " | --- |",
     ]

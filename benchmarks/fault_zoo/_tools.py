@@ -20,7 +20,6 @@ tool alone. A tool that cannot see a fault's kind is not applicable (``"—"``),
 from __future__ import annotations
 
 import inspect
-import math
 import re
 import time
 import warnings

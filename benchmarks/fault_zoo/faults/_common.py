@@ -80,7 +80,7 @@ class CondNet(nn.Module):
         return torch.cat([a.sin(), a.cos()], dim=-1)  # (B, d)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        B, T, D = x.shape
+        B, _, D = x.shape  # (B, T, D)
         h = self.inp(x) + self.time(self.temb(t))[:, None, :]  # (B, T, D)
         c = self.cond_encoder(cond)  # (B, D * K)
         if self.mode == "xattn":
@@ -95,7 +95,6 @@ class CondNet(nn.Module):
         if self.mode == "bias":
             out = out + self.bias(c)[:, None, :]
         return out
-
 
 
 def whisper_task(cfg, b: int, seed: int) -> tuple[Tensor, Tensor]:

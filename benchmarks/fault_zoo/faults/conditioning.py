@@ -171,7 +171,9 @@ class NullNet(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         if cond is None:
-            null = torch.zeros_like(self.null) if self.zero_null and not self.training else self.null
+            null = (
+                torch.zeros_like(self.null) if self.zero_null and not self.training else self.null
+            )
             e = null.expand(x.shape[0], -1)
         else:
             e = self.enc(cond)

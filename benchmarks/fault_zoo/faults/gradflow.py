@@ -170,7 +170,9 @@ def _sgmse_detached(faulty: bool):
     F_ = model.cfg.n_freqs
     B = 8
     x0 = torch.complex(torch.randn(B, F_, 6, generator=g), torch.randn(B, F_, 6, generator=g))
-    y = x0 + 0.3 * torch.complex(torch.randn(B, F_, 6, generator=g), torch.randn(B, F_, 6, generator=g))
+    y = x0 + 0.3 * torch.complex(
+        torch.randn(B, F_, 6, generator=g), torch.randn(B, F_, 6, generator=g)
+    )
     ref = torch.randn(B, 96, generator=g)
 
     def step():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from contracts import Mask, Range
+from contracts import Range
 
 from .._cases import Annot, StepCase, fault
 from ._common import paraformer_batch, tiny_whisper, whisper_batch
