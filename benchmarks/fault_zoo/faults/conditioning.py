@@ -158,6 +158,65 @@ def _cfg_eval(faulty: bool):
     )
 
 
+def _ddp_probe(seeding: str, world: int = 2, timeout: float = 90.0):
+    """Run the DDP worker on ``world`` gloo ranks; raise ZooFinding when the ranks' report
+    flags something."""
+
+    def probe() -> None:
+        import json
+        import os
+        import subprocess
+        import sys
+        import tempfile
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[3]
+        with tempfile.TemporaryDirectory(prefix="fault-zoo-ddp-") as tmp:
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+            for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+                env.pop(k, None)
+            cmd = [sys.executable, "-m", "benchmarks.fault_zoo.faults._ddp_worker"]
+            procs = [
+                subprocess.Popen(
+                    [*cmd, str(r), str(world), os.path.join(tmp, "store"), tmp, seeding],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=env,
+                    cwd=str(root),
+                )  # fmt: skip
+                for r in range(world)
+            ]
+            outs = []
+            try:
+                for p in procs:
+                    outs.append(p.communicate(timeout=timeout)[0])
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            report = Path(tmp, "report.json")
+            if not report.exists():
+                tail = (outs[0] if outs else "").strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeError(f"DDP workers failed: {tail[0]}")
+            rep = json.loads(report.read_text())
+        if rep["flags"]:
+            raise ZooFinding(rep["message"])
+
+    return probe
+
+
+@fault(
+    "conditioning.ddp_identical_dropout_masks",
+    "conditioning",
+    "torch",
+    "under DDP (2 gloo ranks) every rank seeds its CFG dropout RNG alike: identical masks",
+    {"names": ["identical"]},
+)
+def _ddp_masks(faulty: bool):
+    return ProbeCase(_ddp_probe("same" if faulty else "per_rank"), "CFGDropoutMonitor.report_ranks")
+
+
 class NullNet(nn.Module):
     """A CFG model whose unconditional input is ``cond=None``: the learned null embedding in
     training; with the fault, inference code builds the null as zeros instead."""

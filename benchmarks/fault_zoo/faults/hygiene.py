@@ -155,3 +155,32 @@ def _paraformer_retained(faulty: bool):
         check_no_retained_graph(logs, "logs")
 
     return ProbeCase(probe, "check_no_retained_graph")
+
+
+@fault(
+    "hygiene.paraformer_early_eos",
+    "hygiene",
+    "torchdx",
+    "Paraformer decoder with an inflated EOS bias: greedy decoding stops at EOS too early",
+    {"names": ["early EOS"]},
+)
+def _early_eos(faulty: bool):
+    from models.paraformer import (
+        Paraformer,
+        ParaformerConfig,
+        Tokenizer,
+        create_padding_mask,
+        greedy_decode,
+    )
+
+    cfg = ParaformerConfig.tiny(max_tokens=4)
+    model = Paraformer(cfg).eval()
+    if faulty:  # e.g. EOS over-weighted in training: its logit dominates every position
+        with torch.no_grad():
+            model.decoder.out.bias[Tokenizer.eos_token_id] += 6.0
+    feats, _, fl, _ = paraformer_batch(cfg)
+    fm = create_padding_mask(fl, feats.shape[1])
+    return ProbeCase(
+        lambda: greedy_decode(model, feats, max_len=20, feat_mask=fm, check="raise"),
+        "greedy_decode(check='raise')",
+    )

@@ -489,3 +489,60 @@ def _whisper_vocab(faulty: bool):
         {"labels": Annotated[Int[Tensor, "B S"], Range(0, 39)]},
     )
     return StepCase(model, _whisper_step(model, feats, labels), [ann])
+
+
+# ----------------------------------------------------------------------------- AudioSR
+def _audiosr():
+    from models.audiosr import AudioSR, AudioSRConfig
+
+    return AudioSR(AudioSRConfig.tiny(use_global_encoder=True))
+
+
+@fault(
+    "shapes.audiosr_wave_int16_scale",
+    "shapes",
+    "torchdx",
+    "AudioSR trained on int16-scale samples (x32768) instead of waveforms in [-1, 1]",
+    {"argument": "wave"},
+)
+def _audiosr_scale(faulty: bool):
+    from models.audiosr import AudioSR
+
+    model = _audiosr()
+    wave = torch.rand(2, 1024) * 1.6 - 0.8
+    if faulty:
+        wave = (wave * 32767).round()  # read with dtype=int16 and cast, never scaled
+
+    def step(i: int) -> Tensor:
+        loss = model(wave)
+        loss.backward()
+        return loss
+
+    return StepCase(
+        model, step, [Annot(AudioSR, "forward", {"wave": Float[Tensor, "B L"]}, own=True)]
+    )
+
+
+@fault(
+    "shapes.audiosr_global_mel_transposed",
+    "shapes",
+    "torchdx",
+    "AudioSR global context from a whole-file mel in [B, T, M] layout (seed 000's pipeline)",
+    {"argument": "lo_mel"},
+)
+def _audiosr_mel(faulty: bool):
+    from models.audiosr import AudioSR
+
+    model = _audiosr()
+    mel = torch.randn(2, model.cfg.n_mels, 40)  # the whole file's low-resolution mel [B, M, T]
+    if faulty:
+        mel = mel.transpose(1, 2).contiguous()  # a torchaudio-style [B, T, M] front end
+
+    def step(i: int) -> Tensor:
+        g = model.global_context(mel)
+        loss = g.square().mean()
+        loss.backward()
+        return loss
+
+    ann = Annot(AudioSR, "global_context", {"lo_mel": Float[Tensor, "B M T"]}, own=True)
+    return StepCase(model, step, [ann])
