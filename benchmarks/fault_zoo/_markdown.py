@@ -55,8 +55,9 @@ def render(res: dict[str, Any], meta: dict[str, Any], notes: dict[str, str]) -> 
         f"Run: `{meta.get('command', '')}` on {meta.get('date', '?')}; "
         f"torch {m.get('torch', '?')}, python {m.get('python', '?')}, "
         f"transformers {meta.get('transformers', '?')}, {m.get('cpu', '?')} "
-        f"({m.get('cpu_count', '?')} cores, {m.get('threads', '?')} torch thread(s) during the "
-        f"run: 1), device {m.get('device', '?')}. Whole zoo: {res['seconds']:.0f} s.",
+        f"({m.get('cpu_count', '?')} cores, shared; the zoo runs on 1 torch thread), device "
+        f"{m.get('device', '?')}. Whole zoo: {res['seconds']:.0f} s (seconds per tool exclude "
+        "building the case and one-time imports).",
         "",
         "## Summary per tool",
         "",

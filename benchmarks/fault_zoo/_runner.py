@@ -21,7 +21,7 @@ def load_faults() -> list[Fault]:
     """Import every fault module (registration happens at import) and return the registry."""
     from . import faults  # noqa: F401  (registers)
 
-    return list(FAULTS)
+    return sorted(FAULTS, key=lambda f: CATEGORIES.index(f.category))  # stable within one
 
 
 def select(faults: Sequence[Fault], only: str | None = None, quick: bool = False) -> list[Fault]:

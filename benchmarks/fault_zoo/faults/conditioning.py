@@ -184,7 +184,7 @@ def _ddp_probe(seeding: str, world: int = 2, timeout: float = 90.0):
                     text=True,
                     env=env,
                     cwd=str(root),
-                )  # fmt: skip
+                )
                 for r in range(world)
             ]
             outs = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.fault_zoo import CATEGORIES, FAMILIES, TOOLS, load_faults, run_zoo, select
+from benchmarks.fault_zoo.__main__ import main
 from benchmarks.fault_zoo._tools import _loc_argument, _trace_points_at
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -107,27 +108,41 @@ def _cli(*args, timeout=120):
     )
 
 
-def test_cli_only_matching_nothing_exits_2():
-    p = _cli("--only", "no_such_fault")
-    assert p.returncode == 2
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--only 'no_such_fault' matches no fault" in lines[0]
+def _main_exit(capsys, *args):
+    """Run the CLI in-process; returns (exit status, stderr lines)."""
+    try:
+        rc = main(list(args))
+    except SystemExit as exc:
+        rc = exc.code
+    return rc, capsys.readouterr().err.strip().splitlines()
 
 
-def test_cli_unwritable_json_exits_2(tmp_path):
-    p = _cli("--quick", "--json", str(tmp_path / "missing" / "out.json"))
-    assert p.returncode == 2
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "does not exist" in lines[0]
-    p = _cli("--quick", "--json", str(tmp_path))
-    assert p.returncode == 2 and "is a directory" in p.stderr
+def test_cli_only_matching_nothing_exits_2(capsys):
+    rc, err = _main_exit(capsys, "--only", "no_such_fault")
+    assert rc == 2
+    assert len(err) == 1 and "--only 'no_such_fault' matches no fault" in err[0]
+    rc, err = _main_exit(capsys, "--quick", "--only", "exploding_lr")  # not in the subset
+    assert rc == 2 and len(err) == 1 and "--quick" in err[0]
 
 
-def test_cli_bad_flag_exits_2_and_help_exits_0():
-    p = _cli("--frobnicate")
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+def test_cli_unwritable_json_exits_2(tmp_path, capsys):
+    rc, err = _main_exit(capsys, "--quick", "--json", str(tmp_path / "missing" / "out.json"))
+    assert rc == 2 and len(err) == 1 and "does not exist" in err[0]
+    rc, err = _main_exit(capsys, "--quick", "--json", str(tmp_path))
+    assert rc == 2 and len(err) == 1 and "is a directory" in err[0]
+
+
+def test_cli_bad_flag_exits_2(capsys):
+    rc, err = _main_exit(capsys, "--frobnicate")
+    assert rc == 2 and len(err) == 1 and "--frobnicate" in err[0]
+
+
+def test_cli_list_and_help(capsys):
+    assert main(["--list", "--only", "hygiene"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out and all(line.startswith("hygiene.") for line in out)
     p = _cli("--help")
-    assert p.returncode == 0 and "--only" in p.stdout
+    assert p.returncode == 0 and "--only" in p.stdout and "--quick" in p.stdout
 
 
 def test_cli_subset_writes_json_not_docs(tmp_path):
