@@ -14,7 +14,7 @@ How each tool is run (``_tools.py``) and scored:
   under the ground-truth prefix); conditioning: ``run_ablation`` over every site the user names
   (detected: a site not ``used`` or a collapsed embedding; localized: only condition-path sites
   flagged) or ``CFGDropoutMonitor`` (``.report_ranks()`` under DDP); hygiene:
-  ``models.paraformer.check_padding_leak`` / ``check_no_retained_graph`` /
+  ``diagnostics.check_padding_leak`` / ``check_no_retained_graph`` /
   ``greedy_decode(check="raise")`` (localized: the message names the culprit).
 * **detect_anomaly**: ``torch.autograd.detect_anomaly(check_nan=True)`` around the steps;
   localized when the forward traceback it prints passes through the ground-truth module's

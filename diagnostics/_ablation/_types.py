@@ -220,6 +220,20 @@ class SiteResult:
     batched: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """This site as it stands in ``report.json``."""
+        from diagnostics._ablation._writers import site_json
+
+        return site_json(self)
+
+    def __getitem__(self, key: str) -> Any:
+        """``report.sites[0]["verdict"]`` reads the field as ``report.json`` holds it."""
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Like ``dict.get`` over :meth:`to_dict`."""
+        return self.to_dict().get(key, default)
+
 
 @dataclass
 class AblationReport:

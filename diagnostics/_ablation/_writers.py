@@ -63,7 +63,7 @@ def _test_json(t: Test | None) -> dict[str, Any] | None:
     return None if t is None else asdict(t)
 
 
-def _site_json(s: SiteResult) -> dict[str, Any]:
+def site_json(s: SiteResult) -> dict[str, Any]:
     return {
         "site": s.site,
         "kind": s.kind,
@@ -131,7 +131,7 @@ def report_json(report: AblationReport) -> dict[str, Any]:
         "times": report.times,
         "ablations": list(report.ablations),
         "n_examples": report.n_examples,
-        "sites": [_site_json(s) for s in report.sites],
+        "sites": [site_json(s) for s in report.sites],
         "errors": list(report.errors),
         "cond_vs_uncond": _cond_vs_uncond(report),
         "guidance_sweep": report.guidance_sweep,
