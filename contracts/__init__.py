@@ -37,6 +37,7 @@ from ._constraints import Range as Range
 from ._decorator import contract as contract
 from ._errors import ContractError as ContractError
 from ._errors import TorchdxError as TorchdxError
+from ._infer_record import InferTarget as InferTarget
 from ._inline import check as check
 from ._plan import ContractWarning as ContractWarning
 from ._registry import example as example
@@ -50,6 +51,7 @@ __all__ = [
     "ContractError",
     "ContractWarning",
     "Finite",
+    "InferTarget",
     "Mask",
     "ModeError",
     "Probability",
