@@ -306,6 +306,12 @@ def _apply_constraints(where: str, spec: TensorSpec, meta: tuple) -> None:
 
 def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> Slot | None:
     inner, meta, optional = unwrap(hint)
+    for m in meta:
+        if not isinstance(m, Constraint):
+            _warn(
+                f"{where}: Annotated metadata {m!r} is not a contracts constraint (Range, "
+                "Finite, Mask, Probability); it is left unchecked"
+            )
     if default is None:
         optional = True
     tensor_t, param_t = _torch_types()
@@ -466,7 +472,17 @@ def build_plan(
     for k, src in (options.dims or {}).items():
         if not str(k).isidentifier():
             raise TypeError(f"{where}: dims= key {k!r} is not a dim name")
-        e = _spec.compile_expr(src)
+        if isinstance(src, int) and not isinstance(src, bool):
+            src = str(src)
+        if not isinstance(src, str):
+            raise TypeError(
+                f"{where}: dims={{{k!r}: {src!r}}}: a bound dim is a string expression like "
+                f"'self.vocab_size', not {type(src).__name__}"
+            )
+        try:
+            e = _spec.compile_expr(src)
+        except TypeError as err:
+            raise TypeError(f"{where}: dims={{{k!r}: {src!r}}}: {err}") from None
         if not has_self and e.uses_self:
             raise TypeError(f"{where}: dims={{{k!r}: {src!r}}} reads self, but there is no self")
         self_dims.append((k, e))
