@@ -18,7 +18,6 @@ With CUDA and >= 2 GPUs, ``--device cuda`` runs part 1 with NCCL.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -36,6 +35,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from benchmarks._results import load_results, write_results
+from contracts.cli import ArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,7 @@ def bench_ablation(target: str | None) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m benchmarks.bench_ddp", description=__doc__)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--skip-ablation", action="store_true")

@@ -13,7 +13,6 @@ Run: ``python -m benchmarks.bench_gradflow [--repeats 15]``
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from benchmarks._results import write_results
+from contracts.cli import ArgumentParser, fail
 from diagnostics import GradFlow
 
 
@@ -113,12 +113,16 @@ def bench(B, T, D, repeats, device) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m benchmarks.bench_gradflow", description=__doc__)
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="print only; no results file")
     a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(fail(ap, "--device cuda: no CUDA device is available"))
     torch.set_num_threads(a.threads)
     figures = {
         f"B{B}_T{T}_D{D}": bench(B, T, D, a.repeats, a.device)
