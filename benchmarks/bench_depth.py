@@ -69,8 +69,11 @@ def measure(layers: int, batch: int, repeats: int, device: str) -> dict:
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn()
+    order = list(variants.items())
+    shuffle = random.Random(0).shuffle  # a new order each repeat: no variant always runs first
     for _ in range(repeats):
-        for k, fn in variants.items():
+        shuffle(order)
+        for k, fn in order:
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = clock()

@@ -4,7 +4,8 @@ Same models as bench_nanwatch (4-layer ``nn.TransformerEncoder`` at (B8, T200, D
 (B4, T50, D64)); the step is forward + MSE + backward. Also measured: ``record(optimizer=Adam)``
 (update/weight ratios) and a naive per-parameter ``p.grad.norm().item()`` loop.
 
-Ratios are of process CPU time on CPU (steadier on a shared machine) and wall time on CUDA;
+Ratios are of process CPU time on CPU (steadier on a shared machine) and wall time on CUDA, over
+repeats in a shuffled order;
 ``record()``'s own work is also timed alone (200 repeats). Figures go to
 ``docs/results/gradflow.json``.
 
@@ -65,8 +66,11 @@ def bench(B, T, D, repeats, device) -> dict:
     cpu = {k: [] for k in variants}
     for fn in variants.values():
         fn()
+    order = list(variants.items())
+    shuffle = random.Random(0).shuffle  # a new order each repeat: no variant always runs first
     for _ in range(repeats):
-        for k, fn in variants.items():
+        shuffle(order)
+        for k, fn in order:
             if device == "cuda":
                 torch.cuda.synchronize()
             t0, c0 = time.perf_counter(), time.process_time()

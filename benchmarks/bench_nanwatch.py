@@ -66,8 +66,11 @@ def time_variants(variants, repeats, device):
     cpu = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn()
+    order = list(variants.items())
+    shuffle = random.Random(0).shuffle  # a new order each repeat: no variant always runs first
     for _ in range(repeats):
-        for k, fn in variants.items():
+        shuffle(order)
+        for k, fn in order:
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
