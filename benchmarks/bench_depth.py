@@ -16,6 +16,7 @@ Run: ``python -m benchmarks.bench_depth [--repeats 7] [--device cpu|cuda]``
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from pathlib import Path

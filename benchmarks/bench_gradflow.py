@@ -14,6 +14,7 @@ Run: ``python -m benchmarks.bench_gradflow [--repeats 15]``
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 

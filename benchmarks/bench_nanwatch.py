@@ -17,6 +17,7 @@ Run: ``python -m benchmarks.bench_nanwatch [--repeats 15] [--device cpu|cuda] [-
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 
