@@ -1,57 +1,89 @@
-"""Conditioning ablation: batched variants vs one forward per variant, streaming memory, and
-the default run's wall time.
+"""Conditioning ablation: the default run's wall time, batched vs one forward per variant, the
+floor's cost, and streaming memory. Writes ``docs/results/cond_ablation.json``.
 
-    python benchmarks/bench_cond_ablation.py            # stand-in + SGMSE+ batching ratios
-    python benchmarks/bench_cond_ablation.py --default  # also time the full default run
+    python -m benchmarks.bench_cond_ablation            # all figures (~3 min on 2 cores)
+    python -m benchmarks.bench_cond_ablation --no-demo  # skip the default run
 
-Prints ratios against a baseline measured in the same process (median of repeats). The machine
-may be shared: the load average is printed beside each figure.
+Ratios are measured in one process with the baseline and the candidate interleaved (median of
+repeats). The machine may be shared: the load average is recorded beside the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from benchmarks._results import write_results
 from diagnostics import ablation_example as S
 from diagnostics import run_ablation
 
-KW = dict(seed=0, embeddings=False, guidance=False, umap=False, n_boot=200)
+KW = dict(seed=0, embeddings=False, guidance=False, quality=False, umap=False, n_boot=200)
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, the functions run in turn in every repeat."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _load() -> str:
-    return f"load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-
-
-def bench_batching(name: str, target, sites, repeats: int) -> None:
-    seq = _median_time(
-        lambda: run_ablation(target, sites=sites, batch_variants=False, **KW), repeats
+def bench_batching(target: Any, sites: list[str] | None, repeats: int) -> dict[str, float]:
+    t = _interleaved(
+        {
+            "sequential_s": lambda: run_ablation(target, sites=sites, batch_variants=False, **KW),
+            "batched_s": lambda: run_ablation(target, sites=sites, batch_variants=True, **KW),
+        },
+        repeats,
     )
-    bat = _median_time(
-        lambda: run_ablation(target, sites=sites, batch_variants=True, **KW), repeats
-    )
-    print(
-        f"{name}: one forward per variant {seq:.2f} s, batched {bat:.2f} s -> speed-up "
-        f"{seq / bat:.2f}x  ({_load()})"
-    )
+    return {**{k: round(v, 3) for k, v in t.items()},
+            "speedup": round(t["sequential_s"] / t["batched_s"], 2)}  # fmt: skip
 
 
-def bench_memory() -> None:
+def bench_floor(target: Any, repeats: int) -> dict[str, float]:
+    """The floor is one more variant: its cost is the marginal cost of one variant's forward,
+    measured as (zero+random) - (zero) with one forward per variant, against the whole pass."""
+    abl = ["zero", "mean", "random", "shuffle", "null"]
+    t = _interleaved(
+        {
+            "one": lambda: run_ablation(target, ablations=["zero"], batch_variants=False, **KW),
+            "two": lambda: run_ablation(
+                target, ablations=["zero", "random"], batch_variants=False, **KW
+            ),
+            "all": lambda: run_ablation(target, ablations=abl, batch_variants=False, **KW),
+        },
+        repeats,
+    )
+    marginal = max(t["two"] - t["one"], 0.0)
+    return {
+        "variant_s": round(marginal, 4),
+        "all_ablations_s": round(t["all"], 3),
+        "share_of_pass": round(marginal / t["all"], 3),
+        "forwards_per_item": len(abl) + 2,  # intact + 5 ablations + the floor
+    }
+
+
+def bench_memory() -> dict[str, float]:
     model = S.trained(0.2)
 
     def peak_after(n_batches: int) -> float:
@@ -59,63 +91,52 @@ def bench_memory() -> None:
         run_ablation(S.make_target(model, n_batches=n_batches, b=64), sites=["cond_encoder"], **KW)
         return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 
-    small = peak_after(2)
-    large = peak_after(32)
-    print(
-        f"streaming: peak RSS growth {small:.1f} MiB for 2 batches, {large:.1f} MiB more for 32 "
-        "batches (per-example numbers only are kept)"
-    )
+    return {"rss_growth_2_batches_mib": round(peak_after(2), 1),
+            "rss_growth_32_batches_mib": round(peak_after(32), 1)}  # fmt: skip
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--default", action="store_true", help="also time the full default run")
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    torch.set_num_threads(
-        1 if os.getloadavg()[0] > (os.cpu_count() or 1) else torch.get_num_threads()
-    )
-    print(f"torch threads {torch.get_num_threads()}, {_load()}")
-
-    bench_batching(
-        "stand-in (2 sites, 4 batches x 8 times x 6 variants)",
-        S.make_target(S.trained(0.2)),
-        None,
-        args.repeats,
-    )
-    try:
-        from diagnostics._ablation._default_target import default_target
-
-        tgt = default_target(n_mixtures=6, n_embed=6)
-        bench_batching(
-            "SGMSE+ (noise_encoder, 1 batch of 6 x 8 times x 6 variants)",
-            tgt,
-            ["noise_encoder"],
-            args.repeats,
-        )
-    except Exception as e:
-        print(f"SGMSE+: skipped ({type(e).__name__}: {e})")
-    bench_memory()
-    if args.default:
-        import subprocess
-
+def bench_demo() -> dict[str, Any]:
+    """``python -m diagnostics.cond_ablation`` (= make demo), whole process, after set-up."""
+    with tempfile.TemporaryDirectory() as out:
+        load = _load()
         t0 = time.perf_counter()
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "diagnostics.cond_ablation",
-                "--quiet",
-                "--out",
-                "runs/cond_ablation/bench",
-            ],
+            [sys.executable, "-m", "diagnostics.cond_ablation", "--quiet", "--out", out],
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        print(
-            f"default run (python -m diagnostics.cond_ablation, whole process): "
-            f"{time.perf_counter() - t0:.1f} s ({_load()})"
-        )
+        seconds = time.perf_counter() - t0
+        timing = json.loads((Path(out) / "timing.json").read_text())
+    return {"seconds": round(seconds, 1), "load_before": load, "timing": timing}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_cond_ablation")
+    ap.add_argument("--no-demo", action="store_true", help="skip timing the default run")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1 if os.getloadavg()[0] > (os.cpu_count() or 1) else 2)
+    figures: dict[str, Any] = {"threads": torch.get_num_threads(), "load_start": _load()}
+    standin = S.make_target(S.trained(0.2))
+    figures["batching_standin"] = bench_batching(standin, None, args.repeats)
+    print("stand-in batching:", figures["batching_standin"])
+    from diagnostics._ablation._default_target import default_target
+
+    sgmse = default_target(n_mixtures=6, n_embed=6)
+    figures["batching_sgmse"] = bench_batching(sgmse, ["noise_encoder"], args.repeats)
+    print("SGMSE+ batching:", figures["batching_sgmse"])
+    figures["floor_sgmse"] = bench_floor(replace(sgmse, sites=["noise_encoder"]), args.repeats)
+    print("floor cost:", figures["floor_sgmse"])
+    figures["memory"] = bench_memory()
+    print("streaming memory:", figures["memory"])
+    if not args.no_demo:
+        figures["demo"] = bench_demo()
+        print("default run:", figures["demo"])
+    figures["load_end"] = _load()
+    path = write_results(
+        "cond_ablation", figures, command="python -m benchmarks.bench_cond_ablation"
+    )
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
