@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from benchmarks._results import write_results
+from benchmarks._results import load_results, write_results
 from diagnostics import ablation_example as S
 from diagnostics import run_ablation
 
+_CMD = "python -m benchmarks.bench_cond_ablation"
 KW = dict(seed=0, embeddings=False, guidance=False, quality=False, umap=False, n_boot=200)
 
 
@@ -95,10 +96,56 @@ def bench_memory() -> dict[str, float]:
             "rss_growth_32_batches_mib": round(peak_after(32), 1)}  # fmt: skip
 
 
+def _key(site: str) -> str:
+    return site.replace(":", "_").replace(".", "_")
+
+
+def _demo_figures(data: dict[str, Any]) -> dict[str, Any]:
+    """The default run's verdicts and numbers (quoted in docs/COND_ABLATION.md)."""
+    sites: dict[str, Any] = {}
+    for s in data["sites"]:
+        q = {
+            a: {m: d for m, d in r.get("metrics", {}).items()}
+            for a, r in s["ablations"].items()
+            if r.get("metrics")
+        }
+        sites[_key(s["site"])] = {
+            "site": s["site"],
+            "verdict": s["verdict"],
+            "reason": s["reason"],
+            "floor": s["floor"]["effect"],
+            "channel": s["channel"],
+            "content": s["content"],
+            "by_label": {k: v["verdict"] for k, v in s["by_label"].items()},
+            "quality": q,
+        }
+    sw = data["guidance_sweep"] or {}
+    return {
+        "n_examples": data["n_examples"],
+        "min_effect": data["min_effect"],
+        "sites": sites,
+        "sweep": {
+            m: {
+                f"w{sc:g}": {
+                    "mean": v["mean"][k],
+                    "delta": v["delta"][k],
+                    "delta_ci95": v["delta_ci95"][k],
+                    "failures": v["failures"][k],
+                }
+                for k, sc in enumerate(sw.get("scales", []))
+            }
+            for m, v in sw.get("metrics", {}).items()
+        },
+        "unprocessed": {m: u["mean"] for m, u in (sw.get("unprocessed") or {}).items()},
+    }
+
+
 def bench_demo() -> dict[str, Any]:
-    """``python -m diagnostics.cond_ablation`` (= make demo), whole process, after set-up."""
+    """``python -m diagnostics.cond_ablation`` (= make demo), whole process, after set-up: wall
+    seconds, and the process's CPU seconds (what an idle machine's wall time is bounded by)."""
     with tempfile.TemporaryDirectory() as out:
         load = _load()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "diagnostics.cond_ablation", "--quiet", "--out", out],
@@ -106,17 +153,38 @@ def bench_demo() -> dict[str, Any]:
             stdout=subprocess.DEVNULL,
         )
         seconds = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         timing = json.loads((Path(out) / "timing.json").read_text())
-    return {"seconds": round(seconds, 1), "load_before": load, "timing": timing}
+        report = json.loads((Path(out) / "report.json").read_text())
+    return {
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),
+        "load_before": load,
+        "load_after": _load(),
+        "timing": timing,
+        "report": _demo_figures(report),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_cond_ablation")
     ap.add_argument("--no-demo", action="store_true", help="skip timing the default run")
+    ap.add_argument(
+        "--demo-only",
+        action="store_true",
+        help="time the default run only; keep the other figures of docs/results/cond_ablation.json",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1 if os.getloadavg()[0] > (os.cpu_count() or 1) else 2)
     figures: dict[str, Any] = {"threads": torch.get_num_threads(), "load_start": _load()}
+    if args.demo_only:
+        figures = load_results("cond_ablation")["figures"]
+        figures["demo"] = bench_demo()
+        print("default run:", {k: v for k, v in figures["demo"].items() if k != "report"})
+        print(f"wrote {write_results('cond_ablation', figures, command=_CMD + ' --demo-only')}")
+        return
     standin = S.make_target(S.trained(0.2))
     figures["batching_standin"] = bench_batching(standin, None, args.repeats)
     print("stand-in batching:", figures["batching_standin"])
@@ -131,11 +199,9 @@ def main() -> None:
     print("streaming memory:", figures["memory"])
     if not args.no_demo:
         figures["demo"] = bench_demo()
-        print("default run:", figures["demo"])
+        print("default run:", {k: v for k, v in figures["demo"].items() if k != "report"})
     figures["load_end"] = _load()
-    path = write_results(
-        "cond_ablation", figures, command="python -m benchmarks.bench_cond_ablation"
-    )
+    path = write_results("cond_ablation", figures, command=_CMD)
     print(f"wrote {path}")
 
 
