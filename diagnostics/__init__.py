@@ -47,6 +47,26 @@ _LAZY: dict[str, str] = {
     "replica_divergence": "diagnostics._distributed",
     "unused_parameters": "diagnostics._distributed",
     "compare_models": "diagnostics._compare",
+    # errors, reports and helpers that callers need by name
+    "SummaryError": "diagnostics._summary",
+    "CFGDropoutError": "diagnostics._cfg_monitor",
+    "CFGDropoutReport": "diagnostics._cfg_monitor",
+    "CompareError": "diagnostics._compare",
+    "ModelComparison": "diagnostics._compare",
+    "HookSet": "diagnostics._hooks",
+    "count_host_syncs": "diagnostics._syncs",
+    "LossWatch": "diagnostics._training_checks",
+    "TrainingCheckError": "diagnostics._training_checks",
+    "check_no_retained_graph": "diagnostics._training_checks",
+    "check_padding_leak": "diagnostics._training_checks",
+    "TrainingMonitor": "diagnostics._monitor",
+    "TrainingMonitorError": "diagnostics._monitor",
+    "ScalingTarget": "diagnostics._scaling",
+    "ScalingError": "diagnostics._scaling",
+    "ScalingConfig": "diagnostics._scaling",
+    "run_scaling": "diagnostics._scaling",
+    "EvalTarget": "diagnostics._eval_audit",
+    "EvalAuditError": "diagnostics._eval_audit",
 }
 
 __all__ = sorted(_LAZY)
