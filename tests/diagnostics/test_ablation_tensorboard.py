@@ -77,3 +77,34 @@ def test_embeddings_with_labels_in_the_projector(run):
     assert 'tensor_name: "condition_embedding' in config and "metadata_path" in config
     meta = next((out / "tensorboard").rglob("metadata.tsv")).read_text().split()
     assert set(meta) == {"type0", "type1", "type2", "type3"} and len(meta) == 64
+
+
+@pytest.mark.slow
+def test_tensorboard_server_serves_the_ablation_run(run):
+    """The real server (127.0.0.1, free port) serves the margin-chart layout, the scalars on
+    diffusion steps, the figures, the verdict text and the projector config."""
+    import urllib.parse
+
+    from tests.diagnostics.test_tensorboard_server import _get, tensorboard
+
+    out, _, data = run
+    site = data["sites"][0]["site"]
+    with tensorboard(out / "tensorboard") as base:
+        assert json.loads(_get(f"{base}/data/runs")) == ["."]
+        layout = json.loads(_get(f"{base}/data/plugin/custom_scalars/layout"))
+        charts = {ch["title"]: ch for c in layout["category"] for ch in c["chart"]}
+        margin = charts[
+            f"{site} shuffle: effect with 95% CI (step = round(1000·t), t = diffusion time)"
+        ]
+        assert margin["margin"]["series"][0]["value"] == f"ablation/{site}/shuffle/effect"
+        q = urllib.parse.urlencode({"run": ".", "tag": f"ablation/{site}/floor/effect"})
+        pts = json.loads(_get(f"{base}/data/plugin/scalars/scalars?{q}"))
+        assert [p[1] for p in pts] == [round(1000 * t) for t in data["times"]]
+        assert (
+            "cond_ablation/effect_vs_t" in json.loads(_get(f"{base}/data/plugin/images/tags"))["."]
+        )
+        q = urllib.parse.urlencode({"run": ".", "tag": "cond_ablation/verdicts/text_summary"})
+        text = json.loads(_get(f"{base}/data/plugin/text/text?{q}"))
+        assert data["sites"][0]["verdict"] in text[0]["text"]
+        config = json.loads(_get(f"{base}/data/plugin/projector/runs"))
+        assert config == ["."]
