@@ -32,6 +32,7 @@ from diagnostics._ablation._verdict import decide
 
 __all__ = ["IDENTITY", "SitePass"]
 
+_RANDOM_FLOOR = 1e-3  # a floor above this (CI low) is randomness, not round-off: say so
 _KINDS = ("rel", "cos", "abs")  # per-example numbers kept per variant
 IDENTITY = "identity"  # the floor's variant: the site's own value through the same path
 _VARIANT_ID = {name: k + 1 for k, name in enumerate((*ABLATIONS, IDENTITY))}  # 0 = intact
@@ -333,12 +334,19 @@ class SitePass:
                 channel=dl.channel,
                 content=dl.content,
             )
+        floor_effect = self._effect(IDENTITY, mats[IDENTITY])
+        if floor_effect.ci95[0] > _RANDOM_FLOOR:
+            self.notes.append(
+                f"the floor is {floor_effect.effect:.2g}: the output changes between runs with the "
+                "same inputs, so the forward is random (dropout or CFG dropout left on: "
+                "model.train()?); effects inside the floor cannot be seen"
+            )
         return SiteResult(
             site=site.text,
             kind=site.kind,
             verdict=d.verdict,
             reason=d.reason,
-            floor=self._effect(IDENTITY, mats[IDENTITY]),
+            floor=floor_effect,
             channel=d.channel,
             content=d.content,
             ablations={a: self._effect(a, mats[a]) for a in self.todo},

@@ -220,6 +220,21 @@ class SiteResult:
     batched: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """This site as it appears in ``report.json``."""
+        from diagnostics._ablation._writers import site_json
+
+        return site_json(self)
+
+    def __getitem__(self, key: str) -> Any:
+        """``site["verdict"]``, ``site["ablations"]["shuffle"]["ci95"]``: the JSON view, for
+        scripts written against the report's dictionaries."""
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``dict.get`` on the JSON view."""
+        return self.to_dict().get(key, default)
+
 
 @dataclass
 class AblationReport:

@@ -26,7 +26,7 @@ from typing import Any
 from diagnostics._ablation._types import ABLATIONS, AblationReport, Effect, SiteResult, Test
 from diagnostics._ablation._verdict import MIN_EXAMPLES, RULE
 
-__all__ = ["SCHEMA", "render_markdown", "render_table", "report_json", "write_report"]
+__all__ = ["SCHEMA", "render_markdown", "render_table", "report_json", "site_json", "write_report"]
 
 SCHEMA = 2  # 2: verdict/reason/floor/channel/content/by_label, metrics, paired sweep
 
@@ -54,7 +54,7 @@ def _test_json(t: Test | None) -> dict[str, Any] | None:
     return None if t is None else asdict(t)
 
 
-def _site_json(s: SiteResult) -> dict[str, Any]:
+def site_json(s: SiteResult) -> dict[str, Any]:
     return {
         "site": s.site,
         "kind": s.kind,
@@ -122,7 +122,7 @@ def report_json(report: AblationReport) -> dict[str, Any]:
         "times": report.times,
         "ablations": list(report.ablations),
         "n_examples": report.n_examples,
-        "sites": [_site_json(s) for s in report.sites],
+        "sites": [site_json(s) for s in report.sites],
         "errors": list(report.errors),
         "cond_vs_uncond": _cond_vs_uncond(report),
         "guidance_sweep": report.guidance_sweep,

@@ -349,6 +349,9 @@ def test_report_fields_of_the_public_surface(healthy_report):
             assert set(r) >= {"effect", "ci95"}
     site = healthy_report.sites[0]  # the same fields on the report object
     assert site.verdict == d["sites"][0]["verdict"] and site.content.ablation in ("shuffle", "mean")
+    # and the JSON view by key, for scripts written against the dictionaries
+    assert site["verdict"] == site.verdict and site.get("reason") == site.reason
+    assert site["ablations"]["shuffle"]["ci95"] == site.ablations["shuffle"].ci95
 
 
 def test_quality_deltas_where_the_target_samples(healthy):
