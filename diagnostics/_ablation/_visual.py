@@ -123,6 +123,22 @@ def _tb_effect(w: Any, base: str, e: Effect, times: list[float] | None) -> list[
     return tags
 
 
+def _verdict_text(report: AblationReport) -> str:
+    """One paragraph per site: verdict, reason, floor, channel and content."""
+
+    def test(t: Any) -> str:
+        if t is None:
+            return "not run"
+        return f"{t.ablation} {t.effect:.3g} [{t.ci95[0]:.3g}, {t.ci95[1]:.3g}]"
+
+    parts = [
+        f"**{s.site}: {s.verdict}** — {s.reason}  \nfloor {s.floor.effect:.2g}; channel "
+        f"{test(s.channel)}; content {test(s.content)}; min_effect {report.min_effect:g}"
+        for s in report.sites
+    ]
+    return "\n\n".join(parts) or "no sites"
+
+
 def write_tensorboard(
     report: AblationReport, tb_dir: Path, figures_dir: Path | None = None
 ) -> None:
@@ -168,8 +184,7 @@ def write_tensorboard(
                     "Margin", [f"{base}/delta", f"{base}/delta_lo", f"{base}/delta_hi"]]  # fmt: skip
             layout["cond_ablation guidance sweep"] = charts
         w.add_custom_scalars(layout)
-        w.add_text("cond_ablation/verdicts", "\n\n".join(
-            f"**{s.site}: {s.verdict}** — {s.reason}" for s in report.sites) or "no sites")  # fmt: skip
+        w.add_text("cond_ablation/verdicts", _verdict_text(report))
         w.add_text("cond_ablation/report", render_markdown(report))
         if figures_dir is not None:
             import matplotlib.image as mpimg
