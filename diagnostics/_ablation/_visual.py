@@ -152,12 +152,13 @@ def write_tensorboard(
     * the verdicts and the whole report as text; the PNG figures in ``figures_dir`` as images;
     * the condition embeddings in the projector, with the labels as metadata.
     """
-    from torch.utils.tensorboard import SummaryWriter
+    from diagnostics._tensorboard import TensorBoardLogger
 
     diffusion = report.times is not None
     axis = "step = round(1000·t), t = diffusion time" if diffusion else "one value (step 0)"
     layout: dict[str, dict[str, list[Any]]] = {}
-    with SummaryWriter(log_dir=str(tb_dir)) as w:
+    with TensorBoardLogger(str(tb_dir)) as tb:  # torchdx's one writer; native features on it
+        w = tb.writer
         for s in report.sites:
             charts: dict[str, list[Any]] = {}
             for a, e in [*s.ablations.items(), ("floor", s.floor)]:
