@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import os
@@ -35,6 +34,7 @@ from typing import Any
 from ._infer_record import InferError, InferTarget, record, validate_target
 from ._infer_render import render_markdown, render_python
 from ._infer_unify import ContractProposal, Inference, SlotProposal, unify
+from .cli import ArgumentParser
 
 __all__ = [
     "ContractProposal",
@@ -195,8 +195,8 @@ def _import_file(spec: str, path: Path) -> Any:
     return module
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m contracts.infer",
         description=(
             "Propose tensor contracts from a running model. The factory (no arguments) returns "

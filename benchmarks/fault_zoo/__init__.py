@@ -13,8 +13,9 @@ How each tool is run (``_tools.py``) and scored:
   (detected: any unused / zero / non-finite gradient; localized: all flagged parameters lie
   under the ground-truth prefix); conditioning: ``run_ablation`` over every site the user names
   (detected: a site not ``used`` or a collapsed embedding; localized: only condition-path sites
-  flagged) or ``CFGDropoutMonitor``; hygiene: ``check_padding_leak`` /
-  ``check_no_retained_graph`` (localized: the message names the culprit).
+  flagged) or ``CFGDropoutMonitor`` (``.report_ranks()`` under DDP); hygiene:
+  ``diagnostics.check_padding_leak`` / ``check_no_retained_graph`` /
+  ``greedy_decode(check="raise")`` (localized: the message names the culprit).
 * **detect_anomaly**: ``torch.autograd.detect_anomaly(check_nan=True)`` around the steps;
   localized when the forward traceback it prints passes through the ground-truth module's
   source (or the step function's, for faults in loss code).
@@ -28,6 +29,11 @@ How each tool is run (``_tools.py``) and scored:
 A tool that cannot see a kind of fault is reported as "—", never guessed. Every tool gets a
 fresh build of the case (same seed); anchors run with torchdx contracts off, so each column
 measures one tool alone. Healthy twins go through the same tools: any detection is a false alarm.
+
+Rates: detection and localization over all faults (a tool that cannot see a kind of fault
+misses it), "where applicable" over the faults the tool can see; false alarms over the healthy
+twins the tool applies to; median seconds over the detections (the tool's own run, not building
+the case; one-time imports and set-up are done before timing starts).
 """
 
 from ._cases import CATEGORIES, FAMILIES, FAULTS, Fault, fault

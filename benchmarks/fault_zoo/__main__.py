@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -10,18 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from contracts.cli import ArgumentParser, fail
+
 _DOC = Path(__file__).resolve().parents[2] / "docs" / "FAULT_ZOO.md"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        sys.stderr.write(f"fault_zoo: error: {message}\n")
-        raise SystemExit(2)
-
-
 def _bad(msg: str) -> int:
-    sys.stderr.write(f"fault_zoo: error: {msg}\n")
-    return 2
+    return fail("fault_zoo", msg)
 
 
 def _writable(path: Path) -> str | None:
@@ -37,7 +31,7 @@ def _writable(path: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(
+    p = ArgumentParser(
         prog="python -m benchmarks.fault_zoo",
         description=(
             "Run every planted fault and its healthy twin through torchdx (contracts, NanWatch, "

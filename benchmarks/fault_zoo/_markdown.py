@@ -37,6 +37,15 @@ def _esc(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
+def _scoring_rules() -> list[str]:
+    """The rules as the package docstring states them (one source for code and doc)."""
+    from . import __doc__ as doc
+
+    text = doc or ""
+    start = text.find("How each tool is run")
+    return text[text.find("\n", start) + 1 :].strip().splitlines() if start >= 0 else []
+
+
 def render(res: dict[str, Any], meta: dict[str, Any], notes: dict[str, str]) -> str:
     """Markdown for ``res`` (the zoo's results) run on ``meta`` (machine, date, command)."""
     tools = res["tools"]
@@ -50,7 +59,7 @@ def render(res: dict[str, Any], meta: dict[str, Any], notes: dict[str, str]) -> 
         f"{len(res['faults'])} planted faults, each with a healthy twin, run through torchdx "
         "and the tools people use today. ✓ = detected, ✓ located = detected and pointing at the "
         "ground-truth place, @N = at step N, ✗ = missed, — = the tool cannot see this kind of "
-        "fault. How each tool is run and scored: `benchmarks/fault_zoo/__init__.py`.",
+        "fault.",
         "",
         f"Run: `{meta.get('command', '')}` on {meta.get('date', '?')}; "
         f"torch {m.get('torch', '?')}, python {m.get('python', '?')}, "
@@ -110,6 +119,7 @@ def render(res: dict[str, Any], meta: dict[str, Any], notes: dict[str, str]) -> 
     for f in res["faults"]:
         r = f["tools"]["torchdx"]
         out.append(f"- `{f['id']}` ({_cell(r)}): {_esc(r['message'])}")
+    out += ["", "## How each tool is run and scored", "", *_scoring_rules()]
     misses = [f for f in res["faults"] if not f["tools"]["torchdx"]["localized"]]
     out += ["", "## torchdx misses", ""]
     if not misses:

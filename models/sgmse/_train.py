@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from contracts.cli import ArgumentParser
 from models.audio import make_mixtures, stft
 
 from ._checkpoint import save_checkpoint
@@ -20,8 +21,8 @@ from ._model import EMA, ScoreModel
 __all__ = ["build_parser", "main", "make_pool", "train"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m models.sgmse.train",
         description="Train the noise-conditioned SGMSE+ score model on synthetic noisy speech "
         "(models.audio.make_mixtures, training split) and save raw + EMA weights + config.",

@@ -11,7 +11,7 @@ from ._common import paraformer_batch, tiny_whisper, whisper_batch
 
 
 def _leak_probe(loss_fn, logits: Tensor, targets: Tensor, mask: Tensor):
-    from models.paraformer import check_padding_leak
+    from diagnostics import check_padding_leak
 
     return lambda: check_padding_leak(loss_fn, logits.detach(), targets, mask)
 
@@ -88,7 +88,7 @@ def _whisper_pad(faulty: bool):
 
 
 def _history_probe(faulty: bool, make_step, name: str):
-    from models.paraformer import check_no_retained_graph
+    from diagnostics import check_no_retained_graph
 
     def probe() -> None:
         history = []
@@ -131,12 +131,8 @@ def _retained(faulty: bool):
     {"names": ["logs[0]"]},
 )
 def _paraformer_retained(faulty: bool):
-    from models.paraformer import (
-        Paraformer,
-        ParaformerConfig,
-        check_no_retained_graph,
-        create_padding_mask,
-    )
+    from diagnostics import check_no_retained_graph
+    from models.paraformer import Paraformer, ParaformerConfig, create_padding_mask
 
     cfg = ParaformerConfig.tiny(max_tokens=4)
     model = Paraformer(cfg)

@@ -339,6 +339,37 @@ def _padding_mask_len(faulty: bool):
     return StepCase(model, step, [ann])
 
 
+@fault(
+    "shapes.transformer_padding_mask_polarity",
+    "shapes",
+    "torch",
+    "nn.TransformerEncoder given a valid mask (True = valid) as src_key_padding_mask",
+    {"argument": "padding_mask"},
+    note="contracts.Mask() states the True = valid convention only; there is no constraint for "
+    "a key padding mask (True = padded, at least one False per row), so the user can annotate "
+    "the shape but not the polarity, and the fully masked rows give zeros, not NaN",
+)
+def _padding_polarity(faulty: bool):
+    model = MaskedTransformer()
+    x = torch.randn(3, 9, 8)
+    lengths = torch.tensor([9, 5, 3])
+    valid = torch.arange(9)[None, :] < lengths[:, None]  # (B, T) True = valid
+    pm = valid if faulty else ~valid  # the fault: the valid mask where padding is expected
+    y = torch.randint(0, 3, (3,))
+
+    def step(i: int) -> Tensor:
+        loss = F.cross_entropy(model(x, pm), y)
+        loss.backward()
+        return loss
+
+    ann = Annot(
+        MaskedTransformer,
+        "forward",
+        {"x": Float[Tensor, "B T D"], "padding_mask": Bool[Tensor, "B T"]},
+    )
+    return StepCase(model, step, [ann])
+
+
 # ----------------------------------------------------------------------------- SGMSE / buffer
 def _sgmse(**over):
     from models.sgmse import ScoreModel, ScoreModelConfig
