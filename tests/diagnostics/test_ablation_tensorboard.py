@@ -108,3 +108,26 @@ def test_tensorboard_server_serves_the_ablation_run(run):
         assert data["sites"][0]["verdict"] in text[0]["text"]
         config = json.loads(_get(f"{base}/data/plugin/projector/runs"))
         assert config == ["."]
+
+
+@pytest.mark.slow
+def test_screenshot_of_the_margin_charts(run, tmp_path):
+    """Headless Chromium renders the Custom Scalars page of the ablation run."""
+    import subprocess
+    from pathlib import Path
+
+    from tests.diagnostics.test_tensorboard_server import CHROMIUM, tensorboard
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (/usr/bin/chromium)")
+    out, _, _ = run
+    shot = tmp_path / "cond_ablation_custom_scalars.png"
+    with tensorboard(out / "tensorboard") as base:
+        subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1400,1000", "--virtual-time-budget=15000",
+             f"--screenshot={shot}", f"{base}/#custom_scalars"],
+            capture_output=True, timeout=90, check=False,
+        )  # fmt: skip
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
