@@ -105,15 +105,21 @@ def quality_deltas(run: Run, site_pass: SitePass) -> dict[str, dict[str, MetricD
     intact = _concat(intact_parts)
     out: dict[str, dict[str, MetricDelta]] = {}
     for a in names:
-        parts = []
+        parts, reached = [], False
         for bi, batch in enumerate(run.bar(batches, f"{site_pass.site.text}: quality {a}")):
             batch = run.runner.to_device(batch)
 
             def swap(c: Tensor, a: str = a, bi: int = bi) -> Any:
                 return site_pass.replacement(a, c, bi, _TI)
 
-            with run.runner.replaced(site_pass.site, swap, lenient=True):
+            with run.runner.replaced(site_pass.site, swap, lenient=True) as fired:
                 parts.append(_sample(run, batch, bi, QUALITY_SCALE))
+            reached = reached or fired[0] > 0
+        if not reached:  # the deltas would be 0 by construction: say so instead
+            site_pass.notes.append(
+                f"quality deltas skipped: the sampler never reached {site_pass.site.text!r}"
+            )
+            return {}
         ablated = _concat(parts)
         out[a] = {
             m: paired_delta(

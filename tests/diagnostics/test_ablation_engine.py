@@ -382,3 +382,16 @@ def test_failed_metric_values_are_counted_not_dropped(healthy):
     assert m["n"] == [13, 13] and m["failures"] == [3, 3] and m["delta_n"] == [13, 13]
     q = rep.sites[0].ablations["shuffle"].metrics["neg_mse"]
     assert q.n == 13 and q.failures == 3
+
+
+def test_quality_deltas_skipped_when_the_sampler_bypasses_the_site(healthy):
+    def bypass(model, batch, scale, seed):  # never calls the model: nothing to ablate
+        return {"neg_mse": -batch["x0"].square().mean(dim=1)}
+
+    tgt = S.make_static_target(healthy, n_batches=1)
+    tgt.sample, tgt.guidance_scales = bypass, (0.0,)
+    tgt.sample_batches = S.make_target(healthy, n_batches=1, times=False).batches
+    rep = run_ablation(tgt, sites=["cond_encoder"], ablations=["shuffle"], guidance=False, **FAST)
+    site = rep.sites[0]
+    assert site.ablations["shuffle"].metrics == {}
+    assert "quality deltas skipped: the sampler never reached 'cond_encoder'" in site.notes
