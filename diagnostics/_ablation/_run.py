@@ -3,7 +3,8 @@ labels, seeds)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import ctypes
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,23 @@ from torch import Tensor
 from diagnostics._ablation._runner import Runner, seed_of
 from diagnostics._ablation._types import AblationError, AblationTarget
 
-__all__ = ["Run", "flat_labels", "iter_batches", "r6"]
+__all__ = ["Run", "flat_labels", "iter_batches", "r6", "trim_heap"]
+
+
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's ``malloc_trim(0)``, or a no-op elsewhere."""
+    try:
+        fn = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: fn(0)
+
+
+# Streaming keeps only per-example numbers, but glibc raises its mmap threshold after the first
+# large free, so later multi-MB outputs come from the heap, and the small arrays kept per item
+# pin its top: RSS then grows with the examples although nothing is kept (measured in
+# benchmarks/bench_cond_ablation.py). Returning the free heap after each item keeps it flat.
+trim_heap = _malloc_trim()
 
 
 def r6(x: float) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diagnostics._ablation._run import Run, flat_labels, r6
+from diagnostics._ablation._run import Run, flat_labels, r6, trim_heap
 from diagnostics._ablation._runner import (
     Site,
     derangement,
@@ -270,6 +270,7 @@ class SitePass:
             order.append((bi, ti))
             if k % world == rank:  # this rank's shard
                 done[(bi, ti)] = self._item(run.model_input(raw, bi, ti), bi, ti)
+                trim_heap()  # memory flat in the number of examples (see _run.trim_heap)
         if world > 1:  # every rank's per-example effects, in item order on every rank
             from diagnostics._distributed import all_gather_objects
 
