@@ -91,6 +91,10 @@ from diagnostics import AblationTarget, run_ablation
 
 torch.set_num_threads(1)
 n_batches, width = int(sys.argv[1]), int(sys.argv[2])
+if sys.argv[3:] == ["keep-heap"]:  # the engine without returning the free heap per item
+    import diagnostics._ablation._site as site
+
+    site.trim_heap = lambda: None
 
 
 class Examples(torch.utils.data.Dataset):  # generated from the index: nothing held in memory
@@ -124,20 +128,24 @@ def bench_memory(width: int = 16384) -> dict[str, Any]:
     """Peak RSS of a fresh process running the ablation over a DataLoader of 4 vs 64 batches
     of 64 examples whose outputs are ``width`` floats (64 KiB each at 16384): streamed, the
     peak does not grow with the examples; kept, 64 batches x 7 variants would add ~1.8 GiB."""
-    peaks = {}
-    for n in (4, 64):
+
+    def peak(n: int, *extra: str) -> float:
         out = subprocess.run(
-            [sys.executable, "-c", _MEMORY_CHILD, str(n), str(width)],
+            [sys.executable, "-c", _MEMORY_CHILD, str(n), str(width), *extra],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
-        peaks[n] = float(out.strip().splitlines()[-1])
+        return float(out.strip().splitlines()[-1])
+
+    p4, p64, keep64 = peak(4), peak(64), peak(64, "keep-heap")
     return {
         "output_floats_per_example": width,
-        "peak_rss_4_batches_mib": round(peaks[4], 1),
-        "peak_rss_64_batches_mib": round(peaks[64], 1),
-        "growth_mib": round(peaks[64] - peaks[4], 1),
+        "peak_rss_4_batches_mib": round(p4, 1),
+        "peak_rss_64_batches_mib": round(p64, 1),
+        "growth_mib": round(p64 - p4, 1),
+        "peak_rss_64_batches_heap_kept_mib": round(keep64, 1),
+        "growth_heap_kept_mib": round(keep64 - p4, 1),
         "outputs_if_kept_mib": round(64 * 64 * 7 * width * 4 / 2**20, 1),
     }
 
