@@ -83,7 +83,7 @@ class SitePass:
             if inputs_vary is not None:
                 self.inputs_vary = bool(self.inputs_vary) or inputs_vary
             stats.add(v)
-        assert first is not None, "_SitePass: no items"
+        assert first is not None, "SitePass: no items"
         self.mean, self.std = stats.mean_std()
         if stats.scalar and need:
             self.notes.append(
