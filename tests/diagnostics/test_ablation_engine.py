@@ -406,3 +406,16 @@ def test_memory_flat_in_the_number_of_examples():
     mem = bench_memory()
     assert mem["outputs_if_kept_mib"] > 1500
     assert mem["growth_mib"] < 200, mem
+
+
+def test_min_effect_validated_and_errors_in_the_hierarchy(healthy):
+    from contracts import TorchdxError
+    from diagnostics import TargetLoadError
+    from diagnostics.cond_ablation import load_target
+
+    for bad in (-0.1, float("nan"), "0.05"):
+        with pytest.raises(AblationError, match=r"min_effect is .*; give a number >= 0"):
+            run_ablation(S.make_static_target(healthy, n_batches=1), min_effect=bad, **FAST)
+    assert issubclass(AblationError, TorchdxError) and issubclass(TargetLoadError, AblationError)
+    with pytest.raises(TargetLoadError, match=r"--target 'nocolon': expected MODULE:FACTORY"):
+        load_target("nocolon")
