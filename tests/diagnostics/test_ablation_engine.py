@@ -199,8 +199,8 @@ def test_tuple_site_needs_an_index_and_index_works():
     tgt = F.tuple_target()
     with pytest.raises(
         AblationError,
-        match=r"site 'pair' returns a tuple \(\[0\] Tensor\[6, 16\] "
-        r"float32, \[1\] Tensor\[6\] float32\); say which element, e\.g\. 'pair\[0\]'",
+        match=r"site 'pair' returns a tuple \(\[0\] tensor\[6, 16\] f32 cpu .*, "
+        r"\[1\] tensor\[6\] f32 cpu .*\); say which element, e\.g\. 'pair\[0\]'",
     ):
         run_ablation(tgt, ablations=["zero"], **FAST)
     rep = run_ablation(tgt, sites=["pair[0]", "pair[1]"], ablations=["zero", "shuffle"], **FAST)
