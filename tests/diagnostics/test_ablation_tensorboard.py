@@ -77,6 +77,9 @@ def test_embeddings_with_labels_in_the_projector(run):
     assert 'tensor_name: "condition_embedding' in config and "metadata_path" in config
     meta = next((out / "tensorboard").rglob("metadata.tsv")).read_text().split()
     assert set(meta) == {"type0", "type1", "type2", "type3"} and len(meta) == 64
+    # one solid-colour sprite per point: coloured by label without choosing "color by"
+    assert "sprite" in config and "image_path" in config
+    assert next((out / "tensorboard").rglob("sprite.png")).stat().st_size > 100
 
 
 @pytest.mark.slow
