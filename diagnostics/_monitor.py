@@ -165,6 +165,7 @@ class TrainingMonitor:
         self._gi_cache: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
         self._cfg_seen = 0  # CFGDropoutMonitor.history entries already logged
         self._layout_written = False
+        self._layout_prefixes: set[str] = set()
         self._extra_prefixes: set[str] = set()
         self.logged_steps = 0
         self.last_step: int | None = None
@@ -267,7 +268,9 @@ class TrainingMonitor:
         self._emit(step, out)
         if train and self.cfg.hist_every and step % self.cfg.hist_every == 0 and have:
             self._histograms(step, have)
-        if not self._layout_written and self.cfg.layout:
+        if self.cfg.layout and (
+            not self._layout_written or self._extra_prefixes != self._layout_prefixes
+        ):
             self._write_layout()
         self.logged_steps += 1
 
@@ -362,28 +365,19 @@ class TrainingMonitor:
                 self.writer.add_histogram(tag, x[finite], step)
 
     def _write_layout(self) -> None:
+        """The custom-scalars layout: loss, this model's own signals, CFG, gradients, health.
+
+        Rewritten when a new tag prefix appears (TensorBoard shows the latest layout)."""
         layout: dict[str, dict[str, list[Any]]] = {
             "Loss": {
                 "train vs validation loss": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
                 "other training scalars": ["Multiline", [r"^train/(?!loss$).*"]],
                 "validation metrics": ["Multiline", [r"^val/.*"]],
-            },
-            "Gradients": {
-                "gradient norm per module group": ["Multiline", [r"^grad_norm/.*"]],
-                "update ratio lr*|grad|/|param| per group (healthy ~1e-3)": [
-                    "Multiline",
-                    [r"^update_ratio/.*"],
-                ],
-                "parameter norm per group": ["Multiline", [r"^param_norm/.*"]],
-            },
-            "Health": {
-                "non-finite values in histograms": ["Multiline", [r"^nonfinite/.*"]],
-                "NanWatch status (0 ok, 1 scaler overflow, 2 non-finite)": [
-                    "Multiline",
-                    [r"^nanwatch/.*"],
-                ],
-            },
+            }
         }
+        extra = sorted(self._extra_prefixes - {"cfg", "train", "val"})
+        if extra:
+            layout["Model signals"] = {f"{p}/*": ["Multiline", [f"^{p}/.*"]] for p in extra}
         if self.cfg_monitor is not None or "cfg" in self._extra_prefixes:
             layout["Conditioning (CFG)"] = {
                 "drop rate vs configured p": [
@@ -392,12 +386,25 @@ class TrainingMonitor:
                 ],
                 "loss of conditioned vs dropped examples": ["Multiline", [r"^cfg/loss_.*"]],
             }
-        extra = sorted(self._extra_prefixes - {"cfg", "train", "val"})
-        if extra:
-            layout["Model signals"] = {f"{p}/*": ["Multiline", [f"^{p}/.*"]] for p in extra}
+        layout["Gradients"] = {
+            "gradient norm per module group": ["Multiline", [r"^grad_norm/.*"]],
+            "update ratio lr*|grad|/|param| per group (healthy ~1e-3)": [
+                "Multiline",
+                [r"^update_ratio/.*"],
+            ],
+            "parameter norm per group": ["Multiline", [r"^param_norm/.*"]],
+        }
+        layout["Health"] = {
+            "non-finite values in histograms": ["Multiline", [r"^nonfinite/.*"]],
+            "NanWatch status (0 ok, 1 scaler overflow, 2 non-finite)": [
+                "Multiline",
+                [r"^nanwatch/.*"],
+            ],
+        }
         if hasattr(self.writer, "add_custom_scalars"):
             self.writer.add_custom_scalars(layout)
         self._layout_written = True
+        self._layout_prefixes = set(self._extra_prefixes)
 
     def _summary_text(self) -> str:
         rows = ["| group | parameters | last grad norm |", "| --- | --- | --- |"]
