@@ -17,11 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from contracts.cli import ArgumentParser
+
 from ._config import ConfigError, ParaformerConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m models.paraformer.train",
         description=(
             "Train the torchdx reference Paraformer (encoder -> CIF predictor -> "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from contracts.cli import ArgumentParser
 from models.audio import AudioError, read_wav
 
 from ._checkpoint import PRETRAINED, load_checkpoint, load_pretrained
@@ -19,7 +20,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m models.sgmse.enhance",
         description="Enhance a noisy mono WAV with the (noise-conditioned) SGMSE+ score model.",
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from contracts.cli import ArgumentParser
 from models.audio import make_mixtures, stft
 
 from ._checkpoint import save_checkpoint
@@ -21,7 +22,7 @@ __all__ = ["build_parser", "main", "make_pool", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m models.sgmse.train",
         description="Train the noise-conditioned SGMSE+ score model on synthetic noisy speech "
         "(models.audio.make_mixtures, training split) and save raw + EMA weights + config.",
