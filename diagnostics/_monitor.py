@@ -15,9 +15,9 @@ values only, the non-finite count as a scalar). A custom-scalars layout groups r
 
 Cost and guarantees: the norms are computed on the device with ``torch._foreach_norm`` (as
 :class:`~diagnostics.GradFlow` does) and every number of a logged step reaches the host in ONE
-transfer (one host sync per logged step; histogram steps add one more for the values). Nothing
-observed is written to: training with the monitor is bit-identical to training without it. On
-an exception inside a ``with`` block (or :meth:`guard`) the exception is written as text and the
+transfer: one host sync per logged step, histogram steps included (their values travel in the
+same transfer). Nothing observed is written to: training with the monitor is bit-identical to
+training without it. On an exception inside a ``with`` block (or :meth:`guard`) the exception is written as text and the
 writer flushed before it propagates.
 
 Tag layout (what ``python -m diagnostics.inspect_run`` reads):
@@ -163,6 +163,7 @@ class TrainingMonitor:
                 self.groups.append(g)
             self._gidx.append(index[g])
         self._gi_cache: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
+        self._gi_all = torch.tensor(self._gidx, device=self._named[0][1].device)  # (P,)
         self._cfg_seen = 0  # CFGDropoutMonitor.history entries already logged
         self._layout_written = False
         self._layout_prefixes: set[str] = set()
@@ -228,6 +229,12 @@ class TrainingMonitor:
             gn = _fused_norms([self._named[i][1].grad for i in have]).to(dev)  # (P,)
             pn = _fused_norms([self._named[i][1].detach() for i in have]).to(dev)  # (P,)
             key = (dev, tuple(have))
+            if (
+                len(have) == len(self._named)
+                and key not in self._gi_cache
+                and self._gi_all.device == dev
+            ):
+                self._gi_cache[key] = self._gi_all  # built in __init__: no copy inside a step
             gi = self._gi_cache.get(key)
             if gi is None:  # built once per (device, set of parameters with a gradient)
                 gi = torch.tensor([self._gidx[i] for i in have], device=dev)  # (P,)
@@ -236,10 +243,18 @@ class TrainingMonitor:
             gsq = zeros.index_add(0, gi, gn.square())  # (G,) squared group grad norms
             psq = zeros.index_add(0, gi, pn.square())  # (G,)
             tensors += [gsq.sqrt(), psq.sqrt(), gsq.sum().sqrt().reshape(1)]
+        hist_step = bool(train and have and self.cfg.hist_every and step % self.cfg.hist_every == 0)
+        spans: list[tuple[str, int]] = []
+        n_values = sum(t.numel() for t in tensors)
+        if hist_step:  # the histogram values travel in the same transfer
+            pieces, spans = self._hist_payload(have)
+            tensors += pieces
         values: list[float] = []
+        host = torch.zeros(0)
         if tensors:
             dev = tensors[-1].device
-            values = torch.cat([t.to(dev) for t in tensors]).cpu().tolist()  # the one host sync
+            host = torch.cat([t.to(dev) for t in tensors]).cpu()  # the one host sync
+            values = host[:n_values].tolist()
         out: list[tuple[str, float]] = list(zip(names, values[:n_scalars], strict=True))
         out += floats.items()
         if grads_stats:
@@ -266,8 +281,8 @@ class TrainingMonitor:
         if self.cfg_monitor is not None:
             out += self._cfg_pairs()
         self._emit(step, out)
-        if train and self.cfg.hist_every and step % self.cfg.hist_every == 0 and have:
-            self._histograms(step, have)
+        if hist_step:
+            self._hist_write(step, host[n_values:], spans)
         if self.cfg.layout and (
             not self._layout_written or self._extra_prefixes != self._layout_prefixes
         ):
@@ -334,8 +349,8 @@ class TrainingMonitor:
             return []
         return [("cfg/drop_rate", sum(d for d, _ in hist) / total), ("cfg/p", float(mon.p))]
 
-    def _histograms(self, step: int, have: list[int]) -> None:
-        """NaN-safe histograms per group (finite values; non-finite counts as scalars)."""
+    def _hist_payload(self, have: list[int]) -> tuple[list[Tensor], list[tuple[str, int]]]:
+        """Flattened weights and gradients per group, and ``(tag, length)`` of each piece."""
         by_group: dict[int, list[int]] = {}
         for i in have:
             by_group.setdefault(self._gidx[i], []).append(i)
@@ -353,8 +368,10 @@ class TrainingMonitor:
                 flat = torch.cat(ts)  # (group numel,)
                 pieces.append(flat)
                 spans.append((f"{kind}/{self.groups[j]}", flat.numel()))
-        dev = pieces[0].device
-        host = torch.cat([p.to(dev) for p in pieces]).cpu()  # one transfer for all values
+        return pieces, spans
+
+    def _hist_write(self, step: int, host: Tensor, spans: list[tuple[str, int]]) -> None:
+        """NaN-safe histograms per group (finite values; non-finite counts as scalars)."""
         off = 0
         for tag, n in spans:
             x = host[off : off + n]
