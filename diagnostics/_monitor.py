@@ -24,7 +24,7 @@ Tag layout (what ``python -m diagnostics.inspect_run`` reads):
 ``train/loss``, ``train/<name>`` (extra scalars without a ``/``), ``val/<name>`` (extra scalars
 named ``val_<name>``), verbatim ``<prefix>/<name>`` for extra names with a ``/``,
 ``grad_norm/<group>`` and ``grad_norm/total``, ``param_norm/<group>``,
-``update_ratio/<group>``, ``train/lr``, ``nanwatch/status`` (0 ok, 1 scaler overflow,
+``update_ratio/<group>``, ``param_count/<group>`` (once), ``train/lr``, ``nanwatch/status`` (0 ok, 1 scaler overflow,
 2 non-finite), ``cfg/drop_rate`` and ``cfg/p``, histograms ``weights/<group>`` and
 ``grads/<group>`` with ``nonfinite/weights/<group>`` and ``nonfinite/grads/<group>`` counts.
 """
@@ -166,6 +166,7 @@ class TrainingMonitor:
         self._gi_all = torch.tensor(self._gidx, device=self._named[0][1].device)  # (P,)
         self._cfg_seen = 0  # CFGDropoutMonitor.history entries already logged
         self._layout_written = False
+        self._counts_written = False
         self._layout_prefixes: set[str] = set()
         self._extra_prefixes: set[str] = set()
         self.logged_steps = 0
@@ -223,26 +224,11 @@ class TrainingMonitor:
         have: list[int] = []
         if train:
             have = [i for i, (_, p) in enumerate(self._named) if p.grad is not None]
+        n_upd = 0
         if have:
             grads_stats = True
-            dev = self._named[have[0]][1].grad.device
-            gn = _fused_norms([self._named[i][1].grad for i in have]).to(dev)  # (P,)
-            pn = _fused_norms([self._named[i][1].detach() for i in have]).to(dev)  # (P,)
-            key = (dev, tuple(have))
-            if (
-                len(have) == len(self._named)
-                and key not in self._gi_cache
-                and self._gi_all.device == dev
-            ):
-                self._gi_cache[key] = self._gi_all  # built in __init__: no copy inside a step
-            gi = self._gi_cache.get(key)
-            if gi is None:  # built once per (device, set of parameters with a gradient)
-                gi = torch.tensor([self._gidx[i] for i in have], device=dev)  # (P,)
-                self._gi_cache[key] = gi
-            zeros = torch.zeros(len(self.groups), device=dev)
-            gsq = zeros.index_add(0, gi, gn.square())  # (G,) squared group grad norms
-            psq = zeros.index_add(0, gi, pn.square())  # (G,)
-            tensors += [gsq.sqrt(), psq.sqrt(), gsq.sum().sqrt().reshape(1)]
+            grad_t, n_upd = self._grad_tensors(have)
+            tensors += grad_t
         hist_step = bool(train and have and self.cfg.hist_every and step % self.cfg.hist_every == 0)
         spans: list[tuple[str, int]] = []
         n_values = sum(t.numel() for t in tensors)
@@ -261,13 +247,23 @@ class TrainingMonitor:
             G = len(self.groups)
             gnorm = values[n_scalars : n_scalars + G]
             pnorm = values[n_scalars + G : n_scalars + 2 * G]
+            total = values[n_scalars + 2 * G]
+            unorm = values[n_scalars + 2 * G + 1 : n_scalars + 3 * G + 1] if n_upd else gnorm
             lrs = self._group_lrs()
             for j in sorted({self._gidx[i] for i in have}):
                 g = self.groups[j]
                 out += [(f"grad_norm/{g}", gnorm[j]), (f"param_norm/{g}", pnorm[j])]
                 if lrs is not None and lrs[j] is not None and pnorm[j] > 0:  # 0: zero-init
-                    out.append((f"update_ratio/{g}", lrs[j] * gnorm[j] / pnorm[j]))
-            out.append(("grad_norm/total", values[-1]))
+                    out.append((f"update_ratio/{g}", lrs[j] * unorm[j] / pnorm[j]))
+            out.append(("grad_norm/total", total))
+            if not self._counts_written:  # once: the size of each group (inspect_run reads it)
+                counts = [0] * G
+                for (_, prm), j in zip(self._named, self._gidx, strict=True):
+                    counts[j] += prm.numel()
+                out += [
+                    (f"param_count/{g}", float(n)) for g, n in zip(self.groups, counts, strict=True)
+                ]
+                self._counts_written = True
             if len(self._flow) < 5000:
                 present_set = {self._gidx[i] for i in have}
                 self._flow_steps.append(step)
@@ -288,6 +284,72 @@ class TrainingMonitor:
         ):
             self._write_layout()
         self.logged_steps += 1
+
+    def _grad_tensors(self, have: list[int]) -> tuple[list[Tensor], int]:
+        """Device tensors: group gradient norms (G), parameter norms (G), the total norm (1)
+        and, when the optimizer is adaptive, group norms of the update direction (G).
+
+        The update direction of a parameter is its gradient, or ``grad / (sqrt(v_hat) + eps)``
+        when the optimizer keeps Adam's second moment ``v`` (``exp_avg_sq``; ``v_hat`` its
+        bias-corrected value) for it, so
+        ``update_ratio = lr * |direction| / |param|`` estimates |Δθ|/|θ| for SGD and Adam
+        alike (as GradFlow's update ratios do). Returns the tensors and how many parameters
+        had an adaptive direction (0: the fourth block is absent).
+        """
+        params = [self._named[i][1] for i in have]
+        grads = [p.grad for p in params]
+        dev = grads[0].device
+        gn = _fused_norms(grads).to(dev)  # (P,)
+        pn = _fused_norms([p.detach() for p in params]).to(dev)  # (P,)
+        key = (dev, tuple(have))
+        if len(have) == len(self._named) and key not in self._gi_cache:
+            if self._gi_all.device == dev:
+                self._gi_cache[key] = self._gi_all  # built in __init__: no copy in a step
+        gi = self._gi_cache.get(key)
+        if gi is None:  # built once per (device, set of parameters with a gradient)
+            gi = torch.tensor([self._gidx[i] for i in have], device=dev)  # (P,)
+            self._gi_cache[key] = gi
+        zeros = torch.zeros(len(self.groups), device=dev)
+        gsq = zeros.index_add(0, gi, gn.square())  # (G,) squared group grad norms
+        psq = zeros.index_add(0, gi, pn.square())  # (G,)
+        out = [gsq.sqrt(), psq.sqrt(), gsq.sum().sqrt().reshape(1)]
+        adaptive = self._adaptive(params, grads)
+        if adaptive:
+            idx, vs, scale, eps = zip(*adaptive, strict=True)
+            den = torch._foreach_sqrt(list(vs))
+            torch._foreach_mul_(den, list(scale))  # Adam's bias correction of v
+            torch._foreach_add_(den, list(eps))
+            dirs = list(grads)
+            for k, u in zip(idx, torch._foreach_div([grads[k] for k in idx], den), strict=True):
+                dirs[k] = u
+            un = _fused_norms(dirs).to(dev)  # (P,)
+            out.append(zeros.index_add(0, gi, un.square()).sqrt())  # (G,)
+        return out, len(adaptive)
+
+    def _adaptive(
+        self, params: list[Tensor], grads: list[Tensor]
+    ) -> list[tuple[int, Tensor, float, float]]:
+        """``(position, exp_avg_sq, 1/sqrt(1 - beta2**t), eps)`` of the parameters an adaptive
+        optimizer keeps a second moment for (Adam, AdamW, ...)."""
+        opt = self.optimizer
+        if opt is None or not getattr(opt, "state", None):
+            return []
+        group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+        out = []
+        for k, (p, g) in enumerate(zip(params, grads, strict=True)):
+            st = opt.state.get(p, {})
+            v = st.get("exp_avg_sq")
+            if not isinstance(v, Tensor) or v.shape != g.shape or g.is_sparse:
+                continue
+            hp = group_of.get(id(p), {})
+            beta2 = float(hp.get("betas", (0.9, 0.999))[1])
+            t = st.get("step", 0)
+            if isinstance(t, Tensor):  # on the host by default; on a device: no correction
+                t = float(t) if t.device.type == "cpu" else math.inf
+            corr = 1.0 - beta2 ** float(t) if t else 1.0
+            scale = 1.0 / math.sqrt(corr) if corr > 0 else 1.0
+            out.append((k, v, scale, float(hp.get("eps", 1e-8))))
+        return out
 
     def _emit(self, step: int, pairs: list[tuple[str, float]]) -> None:
         """Write the scalars of one step: as ONE event through a SummaryWriter's file writer
@@ -347,7 +409,8 @@ class TrainingMonitor:
         total = sum(n for _, n in hist)
         if not total:
             return []
-        return [("cfg/drop_rate", sum(d for d, _ in hist) / total), ("cfg/p", float(mon.p))]
+        rate = sum(d for d, _ in hist) / total
+        return [("cfg/drop_rate", rate), ("cfg/p", float(mon.p)), ("cfg/drop_n", float(total))]
 
     def _hist_payload(self, have: list[int]) -> tuple[list[Tensor], list[tuple[str, int]]]:
         """Flattened weights and gradients per group, and ``(tag, length)`` of each piece."""

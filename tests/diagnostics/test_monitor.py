@@ -103,6 +103,28 @@ def test_group_norm_matches_direct_computation(tmp_path):
     assert got == pytest.approx(want, rel=1e-5)
 
 
+def test_update_ratio_uses_adams_normalized_direction(tmp_path):
+    torch.manual_seed(0)
+    model = Toy()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-6)
+    model(torch.randn(8, 4)).backward()
+    opt.step()  # Adam now keeps exp_avg_sq
+    opt.zero_grad()
+    model(torch.randn(8, 4)).backward()
+    with TrainingMonitor(model, tmp_path / "r", optimizer=opt, hist_every=0) as mon:
+        mon.step(1, loss=1.0)
+    ps = list(model.enc.parameters())
+    c = 1 / (1 - 0.999)  # Adam's bias correction after one step
+    u = torch.cat(
+        [(p.grad / ((opt.state[p]["exp_avg_sq"] * c).sqrt() + 1e-6)).reshape(-1) for p in ps]
+    )
+    w = torch.cat([p.detach().reshape(-1) for p in ps])
+    want = 1e-3 * u.norm().item() / w.norm().item()
+    got = _events(tmp_path / "r").Scalars("update_ratio/enc")[0].value
+    assert got == pytest.approx(want, rel=1e-4)
+    assert want > 10 * 1e-3 * torch.cat([p.grad.reshape(-1) for p in ps]).norm() / w.norm()
+
+
 def test_nonfinite_gradients_are_counted_not_fatal(tmp_path):
     torch.manual_seed(0)
     model = Toy()
