@@ -63,7 +63,7 @@ class RuleConfig:
         explode_factor: a gradient norm this many times its early median is exploding.
         ratio_range: usual range of the update ratio lr*|grad|/|param| (~1e-3 is healthy).
         ratio_points: consecutive points outside the range that make a finding.
-        ratio_skip: first points not judged (a zero-initialized parameter is rewritten
+        ratio_skip: steps at the start not judged (a zero-initialized parameter is rewritten
             entirely by its first updates); later, a high ratio while the group's parameter
             norm more than doubles is the same transient and is not reported either.
         ratio_min_params: groups smaller than this (``param_count/<group>``) are not judged:
@@ -313,7 +313,8 @@ def _update_ratios(scalars: dict[str, Series], cfg: RuleConfig) -> list[Finding]
         for kind, test in (("update_ratio_high", lambda v: v > hi),
                            ("update_ratio_low", lambda v: 0 < v < lo)):  # fmt: skip
             mask = [test(v) and gn.get(st, 1.0) != 0 for st, v in s]
-            mask[: cfg.ratio_skip] = [False] * min(cfg.ratio_skip, len(mask))
+            start = s[0][0] if s else 0
+            mask = [m and st >= start + cfg.ratio_skip for m, (st, _) in zip(mask, s, strict=True)]
             bad = _runs(mask, cfg.ratio_points)
             if kind == "update_ratio_high":
                 bad = [(a, b) for a, b in bad if not growing(a, b)]

@@ -66,15 +66,19 @@ class MonitorConfig:
         hist_every: histograms every this many steps (0: never).
         depth: module depth of a parameter group (1: ``encoder``, 2: ``encoder.blocks``).
         layout: write a custom-scalars layout.
+        ratio_every: with an adaptive optimizer (Adam), update ratios every this many logged
+            steps (the normalized direction costs a few passes over the gradients; with SGD
+            the ratio is free and logged at every logged step).
     """
 
     every: int = 1
     hist_every: int = 100
+    ratio_every: int = 10
     depth: int = 1
     layout: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("every", "depth"):
+        for name in ("every", "depth", "ratio_every"):
             if getattr(self, name) < 1:
                 raise TrainingMonitorError(
                     f"TrainingMonitor: argument {name!r} is {getattr(self, name)}; must be >= 1"
@@ -105,6 +109,7 @@ class TrainingMonitor:
         nanwatch: a :class:`~diagnostics.NanWatch` whose ``last_status`` is logged.
         cfg_monitor: a :class:`~diagnostics.CFGDropoutMonitor` whose drop rate is logged.
         layout: write a custom-scalars layout (default True).
+        ratio_every: update ratios every this many logged steps under an adaptive optimizer.
 
     Example:
         >>> with TrainingMonitor(model, "runs/exp1", every=10, optimizer=opt) as mon:
@@ -126,13 +131,16 @@ class TrainingMonitor:
         nanwatch: Any = None,
         cfg_monitor: Any = None,
         layout: bool = True,
+        ratio_every: int = 10,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TrainingMonitorError(
                 f"TrainingMonitor: argument 'model' is a {type(model).__name__}, expected an "
                 "nn.Module"
             )
-        self.cfg = MonitorConfig(every=every, hist_every=hist_every, depth=depth, layout=layout)
+        self.cfg = MonitorConfig(
+            every=every, hist_every=hist_every, depth=depth, layout=layout, ratio_every=ratio_every
+        )
         if isinstance(logdir_or_writer, (str, os.PathLike)):
             from torch.utils.tensorboard import SummaryWriter  # heavy: imported lazily
 
@@ -167,6 +175,8 @@ class TrainingMonitor:
         self._cfg_seen = 0  # CFGDropoutMonitor.history entries already logged
         self._layout_written = False
         self._counts_written = False
+        self._grad_logs = 0  # logged steps with gradients (update-ratio cadence)
+        self._adaptive_seen = False
         self._layout_prefixes: set[str] = set()
         self._extra_prefixes: set[str] = set()
         self.logged_steps = 0
@@ -224,10 +234,13 @@ class TrainingMonitor:
         have: list[int] = []
         if train:
             have = [i for i, (_, p) in enumerate(self._named) if p.grad is not None]
-        n_upd = 0
+        n_upd, adaptive_opt = 0, False
         if have:
             grads_stats = True
-            grad_t, n_upd = self._grad_tensors(have)
+            adaptive_opt = self._is_adaptive()
+            ratio_step = self._grad_logs % self.cfg.ratio_every == 0
+            self._grad_logs += 1
+            grad_t, n_upd = self._grad_tensors(have, directions=adaptive_opt and ratio_step)
             tensors += grad_t
         hist_step = bool(train and have and self.cfg.hist_every and step % self.cfg.hist_every == 0)
         spans: list[tuple[str, int]] = []
@@ -253,7 +266,8 @@ class TrainingMonitor:
             for j in sorted({self._gidx[i] for i in have}):
                 g = self.groups[j]
                 out += [(f"grad_norm/{g}", gnorm[j]), (f"param_norm/{g}", pnorm[j])]
-                if lrs is not None and lrs[j] is not None and pnorm[j] > 0:  # 0: zero-init
+                ratio_now = not adaptive_opt or n_upd > 0
+                if ratio_now and lrs is not None and lrs[j] is not None and pnorm[j] > 0:
                     out.append((f"update_ratio/{g}", lrs[j] * unorm[j] / pnorm[j]))
             out.append(("grad_norm/total", total))
             if not self._counts_written:  # once: the size of each group (inspect_run reads it)
@@ -285,7 +299,14 @@ class TrainingMonitor:
             self._write_layout()
         self.logged_steps += 1
 
-    def _grad_tensors(self, have: list[int]) -> tuple[list[Tensor], int]:
+    def _is_adaptive(self) -> bool:
+        """Does the optimizer keep Adam's second moment (for any parameter yet)?"""
+        if not self._adaptive_seen:  # checked until it is (it stays adaptive)
+            state = getattr(self.optimizer, "state", None)
+            self._adaptive_seen = bool(state) and any("exp_avg_sq" in st for st in state.values())
+        return self._adaptive_seen
+
+    def _grad_tensors(self, have: list[int], directions: bool) -> tuple[list[Tensor], int]:
         """Device tensors: group gradient norms (G), parameter norms (G), the total norm (1)
         and, when the optimizer is adaptive, group norms of the update direction (G).
 
@@ -313,7 +334,7 @@ class TrainingMonitor:
         gsq = zeros.index_add(0, gi, gn.square())  # (G,) squared group grad norms
         psq = zeros.index_add(0, gi, pn.square())  # (G,)
         out = [gsq.sqrt(), psq.sqrt(), gsq.sum().sqrt().reshape(1)]
-        adaptive = self._adaptive(params, grads)
+        adaptive = self._adaptive(params, grads) if directions else []
         if adaptive:
             idx, vs, scale, eps = zip(*adaptive, strict=True)
             den = torch._foreach_sqrt(list(vs))

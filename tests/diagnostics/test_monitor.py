@@ -77,7 +77,9 @@ def test_writes_loss_groups_update_ratios_histograms_and_layout(tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/acc", "sig/max", "val/loss", "train/lr"} <= tags
     for g in ("enc", "cond", "dec", "null"):
-        assert {f"grad_norm/{g}", f"param_norm/{g}", f"update_ratio/{g}"} <= tags
+        assert {f"grad_norm/{g}", f"param_norm/{g}", f"param_count/{g}"} <= tags
+    for g in ("enc", "cond", "dec"):  # "null" starts at zero: no ratio at step 0
+        assert f"update_ratio/{g}" in tags
     assert [e.step for e in acc.Scalars("train/loss")] == [0, 2]  # every=2
     assert [e.step for e in acc.Scalars("val/loss")] == [4]
     # the group norm is the norm of the group's gradients (checked against a direct computation)
@@ -112,7 +114,7 @@ def test_update_ratio_uses_adams_normalized_direction(tmp_path):
     opt.zero_grad()
     model(torch.randn(8, 4)).backward()
     with TrainingMonitor(model, tmp_path / "r", optimizer=opt, hist_every=0) as mon:
-        mon.step(1, loss=1.0)
+        mon.step(1, loss=1.0)  # the first logged step computes the ratio
     ps = list(model.enc.parameters())
     c = 1 / (1 - 0.999)  # Adam's bias correction after one step
     u = torch.cat(
@@ -123,6 +125,22 @@ def test_update_ratio_uses_adams_normalized_direction(tmp_path):
     got = _events(tmp_path / "r").Scalars("update_ratio/enc")[0].value
     assert got == pytest.approx(want, rel=1e-4)
     assert want > 10 * 1e-3 * torch.cat([p.grad.reshape(-1) for p in ps]).norm() / w.norm()
+
+
+def test_update_ratio_cadence_under_adam(tmp_path):
+    torch.manual_seed(0)
+    model = Toy()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with TrainingMonitor(model, tmp_path / "r", optimizer=opt, ratio_every=3) as mon:
+        for step in range(7):
+            opt.zero_grad()
+            model(torch.randn(8, 4)).backward()
+            mon.step(step, loss=1.0)
+            opt.step()
+    acc = _events(tmp_path / "r")
+    assert [e.step for e in acc.Scalars("update_ratio/enc")] == [0, 3, 6]
+    assert len(acc.Scalars("grad_norm/enc")) == 7
+    assert acc.Scalars("param_count/enc")[0].value == 4 * 8 + 8
 
 
 def test_nonfinite_gradients_are_counted_not_fatal(tmp_path):
