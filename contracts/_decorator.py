@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from ._check import Fail, check_inputs, check_outputs
+from ._check import Fail, compile_checker
 from ._config import OFF, state
 from ._explain import explain
+from ._inline import CALLS as calls
 from ._plan import ContractOptions, Plan, build_plan
 from ._registry import register
 
@@ -28,6 +29,7 @@ def wrap(plan: Plan) -> Callable:
     """The checking wrapper of ``plan.fn``."""
     fn = plan.fn
     has_returns = plan.return_kind != "none"
+    check_in, check_out = compile_checker(plan)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -36,13 +38,18 @@ def wrap(plan: Plan) -> Callable:
         if level == OFF or _is_compiling():
             return fn(*args, **kwargs)
         try:
-            b, self_obj = check_inputs(plan, args, kwargs, level, None)
+            b, self_obj, entry = check_in(args, kwargs, level)
         except Fail as f:
             raise explain(plan, f, args, kwargs) from None
-        out = fn(*args, **kwargs)
+        stack = calls.stack
+        stack.append((plan, b, self_obj, args, kwargs))  # for contracts.check inside fn
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            stack.pop()
         if has_returns:
             try:
-                check_outputs(plan, out, b, self_obj, level, None)
+                check_out(out, b, self_obj, level, entry)
             except Fail as f:
                 raise explain(plan, f, args, kwargs, out, phase="outputs") from None
         return out

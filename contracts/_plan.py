@@ -34,7 +34,10 @@ __all__ = [
     "Slot",
     "TensorSpec",
     "build_plan",
+    "make_slot",
 ]
+
+CHECKED = -3  # Slot.position of a value checked by contracts.check
 
 FLOAT_NAMES = frozenset({"float16", "bfloat16", "float32", "float64"})
 # the dtype names jaxtyping may list that torch has (others, like numpy's "bool_", are dropped)
@@ -282,7 +285,7 @@ def _apply_constraints(where: str, spec: TensorSpec, meta: tuple) -> None:
     spec.constraints = tuple(cons)
 
 
-def _make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> Slot | None:
+def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> Slot | None:
     inner, meta, optional = unwrap(hint)
     if default is None:
         optional = True
@@ -306,7 +309,7 @@ def _make_slot(where: str, name: str, position: int, default: Any, hint: Any) ->
     ranges = [m for m in meta if isinstance(m, Range)]
     if any(isinstance(m, Mask) for m in meta) and not ranges:
         raise TypeError(f"{where}: Mask() applies to Bool tensors only")
-    pass  # _warn_if_uncheckable(where, inner)
+    _warn_if_uncheckable(where, inner)
     return Slot(
         name, position, default, optional, None, pyhint=inner, pyrange=ranges[0] if ranges else None
     )
@@ -318,16 +321,22 @@ def _warn_if_uncheckable(where: str, hint: Any) -> None:
     if isinstance(hint, type) and typing.get_origin(hint) is None:
         return
     try:
-        from beartype.door import TypeHint
+        from beartype.door import is_bearable
 
-        TypeHint(hint)
+        is_bearable(None, hint)
     except Exception as e:
-        warnings.warn(
-            f"{where}: the hint {hint!r} cannot be checked ({type(e).__name__}); this argument "
-            "is left unchecked",
-            ContractWarning,
-            stacklevel=5,
+        _warn(
+            f"{where}: the hint {hint!r} cannot be checked ({type(e).__name__}: {e}); it is left unchecked"
         )
+
+
+def _warn(message: str) -> None:
+    """A ContractWarning attributed to the user's line (the first frame outside contracts), so
+    ``filterwarnings("error::contracts.ContractWarning:models")`` can target a package."""
+    frame, level = sys._getframe(1), 2  # level 1 is this function's own frame
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "contracts":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ContractWarning, stacklevel=level)
 
 
 def _return_slots(
@@ -338,7 +347,7 @@ def _return_slots(
             raise TypeError(f"{where}: returns= must map dict keys to annotations")
         slots = []
         for k, h in returns.items():
-            s = _make_slot(
+            s = make_slot(
                 f"{where} return[{k!r}]", f"return[{k!r}]", -1, inspect.Parameter.empty, h
             )
             if s is not None:
@@ -355,10 +364,10 @@ def _return_slots(
             return "none", []
         slots = []
         for i, a in enumerate(args):
-            s = _make_slot(f"{where} return[{i}]", f"return[{i}]", -1, inspect.Parameter.empty, a)
+            s = make_slot(f"{where} return[{i}]", f"return[{i}]", -1, inspect.Parameter.empty, a)
             slots.append((i, s))
         return "tuple", slots
-    s = _make_slot(f"{where} return", "return", -1, inspect.Parameter.empty, hint)
+    s = make_slot(f"{where} return", "return", -1, inspect.Parameter.empty, hint)
     return ("single", [(None, s)]) if s is not None else ("none", [])
 
 
@@ -373,8 +382,13 @@ def _resolve_hints(fn: Callable, where: str) -> dict[str, Any]:
             if isinstance(v, str):
                 try:
                     v = eval(v, glb)
-                except NameError:
-                    continue  # a forward reference: leave that argument unchecked
+                except NameError as e:
+                    what = "the return value" if k == "return" else f"argument {k!r}"
+                    _warn(
+                        f"{where}: the annotation of {what} ({v!r}) cannot be resolved ({e}); "
+                        f"{what} is left unchecked"
+                    )
+                    continue
                 except Exception as e:
                     raise TypeError(
                         f"{where}: malformed annotation of {k!r} ({v}): {type(e).__name__}: {e}"
@@ -415,7 +429,7 @@ def build_plan(
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name not in hints:
                 continue
             pos = i if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else -1
-            slot = _make_slot(f"{where} argument {name!r}", name, pos, p.default, hints[name])
+            slot = make_slot(f"{where} argument {name!r}", name, pos, p.default, hints[name])
             if slot is not None:
                 params.append(slot)
         unknown = set(hints) - set(sig.parameters) - {"return"}
@@ -425,7 +439,7 @@ def build_plan(
         for name, h in hints.items():
             if name == "return":
                 continue
-            slot = _make_slot(f"{where} argument {name!r}", name, -1, inspect.Parameter.empty, h)
+            slot = make_slot(f"{where} argument {name!r}", name, -1, inspect.Parameter.empty, h)
             if slot is not None:
                 params.append(slot)
     kind, rslots = _return_slots(where, return_hint, options.returns)

@@ -12,11 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import sys
 from pathlib import Path
 from typing import Any
+
+from .cli import ArgumentParser
 
 __all__ = ["main", "render"]
 
@@ -137,7 +138,7 @@ def render(modules: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m contracts.docs",
         description="Write Markdown tensor-contract tables generated from the code's @contract "
         "annotations (shapes, dtypes, ranges, masks), or check that the committed ones are "

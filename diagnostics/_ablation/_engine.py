@@ -9,10 +9,16 @@ Ablations (each compared with the intact run on the same inputs and the same noi
   example's condition; the mismatched-reference test).
 * ``null``: the model's own unconditional input, given by ``AblationTarget.null``.
 
+Beside them every site runs the *identity* replacement (its own value through the same hook
+path and tiling): the measured **floor** the verdict compares against
+(``diagnostics._ablation._verdict``). Every variant's forward gets its own seeded draw of the
+model's RNG, so a model that is random in its forward (dropout left on) shows that randomness in
+the floor instead of hiding it; inputs and ``x_t`` noise are the same for every variant.
+
 The intact run and the ablated runs are batched together (the batch is tiled, the hook replaces
 the copies) when the model is batch-independent; the engine checks that on the first batch and
-falls back to one forward per variant otherwise. Batches are streamed: only per-example numbers
-are kept, never activations.
+falls back to one forward per variant otherwise. Batches are streamed (any re-iterable: a list,
+a ``DataLoader``): only per-example numbers are kept, never activations.
 
 Under torch.distributed (``torchrun --nproc_per_node=N -m diagnostics.cond_ablation``) the
 ablation passes are sharded: rank ``r`` runs the items ``k % N == r`` (every item's noise and
@@ -24,23 +30,23 @@ unsharded (the last two on rank 0 only). See ``docs/DDP.md``.
 Example:
     >>> target = AblationTarget(model=net, batches=[{"x": x, "cond": c}], sites=["arg:cond"])
     >>> report = run_ablation(target, seed=0)
-    >>> report.sites[0].verdict
-    'used'
+    >>> report.sites[0].verdict, report.sites[0].reason  # doctest: +SKIP
+    ('used', "giving each example another example's condition changes the output by ...")
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diagnostics._ablation._guidance import run_guidance
+from diagnostics._ablation._guidance import quality_deltas, run_guidance
 from diagnostics._ablation._runner import (
     Runner,
     Site,
@@ -56,8 +62,7 @@ from diagnostics._ablation._stats import (
     SiteStats,
     bootstrap_ci,
     example_effects,
-    site_verdict,
-    verdict_from_ci,
+    varies,
 )
 from diagnostics._ablation._types import (
     ABLATIONS,
@@ -66,13 +71,17 @@ from diagnostics._ablation._types import (
     AblationTarget,
     Curve,
     Effect,
+    LabelResult,
     SiteResult,
 )
+from diagnostics._ablation._verdict import MIN_EFFECT, decide
 
-__all__ = ["run_ablation"]
+__all__ = ["flat_labels", "iter_batches", "run_ablation"]
 
 _MAX_EMBEDDINGS = 4096  # embeddings kept for the embedding analysis (bounded memory)
-_KINDS = ("rel", "cos", "abs")  # per-example numbers kept per ablation
+_KINDS = ("rel", "cos", "abs")  # per-example numbers kept per variant
+IDENTITY = "identity"  # the floor's variant: the site's own value through the same path
+_VARIANT_ID = {name: k + 1 for k, name in enumerate((*ABLATIONS, IDENTITY))}  # 0 = intact
 
 
 class _Unbatchable(Exception):
@@ -84,9 +93,39 @@ def r6(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def _summary(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, list[float]]:
-    mean, lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
-    return mean, [lo, hi]
+def iter_batches(batches: Any, what: str) -> Iterable[Any]:
+    """``batches`` if it can be read more than once and is not empty; else a clear error.
+
+    A list, a tuple or a ``torch.utils.data.DataLoader`` (without ``shuffle=True``) qualify; a
+    generator or any other one-shot iterator does not (the engine reads the batches once per
+    site, after a statistics pass).
+    """
+    if isinstance(batches, (str, bytes, Mapping)) or not isinstance(batches, Iterable):
+        raise AblationError(
+            f"{what} is {type(batches).__name__}; give a list of batches or a DataLoader"
+        )
+    if isinstance(batches, Iterator):
+        raise AblationError(
+            f"{what} is a one-shot iterator ({type(batches).__name__}): the ablation reads the "
+            "batches several times (a statistics pass, then one pass per site), and a generator "
+            "is empty after the first; give a list or a DataLoader"
+        )
+    sampler = getattr(batches, "sampler", None)
+    if type(sampler).__name__ == "RandomSampler":
+        raise AblationError(
+            f"{what} is a DataLoader with shuffle=True: every pass would see other batches, "
+            "so intact and ablated runs would not be paired; use shuffle=False"
+        )
+    if next(iter(batches), _EMPTY) is _EMPTY:
+        n = len(batches) if hasattr(batches, "__len__") else 0
+        raise AblationError(
+            f"{what} is empty: give at least one batch of inputs (got a "
+            f"{type(batches).__name__} with {n} batches)"
+        )
+    return batches
+
+
+_EMPTY = object()
 
 
 @dataclass
@@ -97,30 +136,40 @@ class _Run:
     target: AblationTarget
     seed: int
     n_boot: int
+    min_effect: float
     times: list[Any]
     batch_variants: bool
     progress: bool
     sharding: tuple[int, int]  # (rank, world size)
+    intact_metrics: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
-    @property
-    def items(self) -> list[tuple[int, int]]:
-        return [(bi, ti) for bi in range(len(self.target.batches)) for ti in range(len(self.times))]
+    def items(self, batches: Iterable[Any] | None = None, times: bool = True) -> Iterator[tuple]:
+        """``(k, bi, ti, batch)`` over the batches (streamed) and the time indices."""
+        k = 0
+        for bi, raw in enumerate(self.target.batches if batches is None else batches):
+            raw = self.runner.to_device(raw)
+            for ti in range(len(self.times) if times else 1):
+                yield k, bi, ti, raw
+                k += 1
 
-    def model_input(self, bi: int, ti: int, batches: Sequence[Any] | None = None) -> Any:
-        """Batch ``bi`` as the model sees it at time index ``ti`` (device, ``x_t`` noise)."""
-        batch = self.runner.to_device((self.target.batches if batches is None else batches)[bi])
+    def n_items(self) -> int | None:
+        b = self.target.batches
+        return len(b) * len(self.times) if hasattr(b, "__len__") else None
+
+    def model_input(self, raw: Any, bi: int, ti: int) -> Any:
+        """Batch ``bi`` as the model sees it at time index ``ti`` (``x_t`` noise from the seed)."""
         if self.target.at_time is None:
-            return batch
+            return raw
         gen = torch.Generator().manual_seed(seed_of(self.seed, 1, bi, ti))
-        return self.runner.to_device(self.target.at_time(batch, float(self.times[ti]), gen))
+        return self.runner.to_device(self.target.at_time(raw, float(self.times[ti]), gen))
 
-    def bar(self, iterable: Iterable[Any], desc: str, *, show: bool = True) -> Iterable[Any]:
+    def bar(self, iterable: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
         """A tqdm progress bar over ``iterable`` when progress is on."""
-        if not (self.progress and show):
+        if not self.progress:
             return iterable
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, desc=desc, leave=False)
+        return tqdm(iterable, desc=desc, leave=False, total=total)
 
 
 def _check_target(target: Any) -> AblationTarget:
@@ -133,12 +182,10 @@ def _check_target(target: Any) -> AblationTarget:
         raise AblationError(
             f"AblationTarget.model is {type(target.model).__name__}, not a torch.nn.Module"
         )
-    if not isinstance(target.batches, (list, tuple)) or len(target.batches) == 0:
-        raise AblationError(
-            "AblationTarget.batches is empty: give at least one batch of inputs "
-            f"(got {type(target.batches).__name__} of length "
-            f"{len(target.batches) if hasattr(target.batches, '__len__') else '?'})"
-        )
+    iter_batches(target.batches, "AblationTarget.batches")
+    for name in ("embedding_batches", "sample_batches"):
+        if getattr(target, name) is not None:
+            iter_batches(getattr(target, name), f"AblationTarget.{name}")
     if (target.times is None) != (target.at_time is None):
         raise AblationError(
             "AblationTarget.times and AblationTarget.at_time go together: give both or neither"
@@ -148,7 +195,7 @@ def _check_target(target: Any) -> AblationTarget:
     return target
 
 
-def flat_labels(given: list[Any] | None, sizes: list[int]) -> list[str] | None:
+def flat_labels(given: Any, sizes: list[int]) -> list[str] | None:
     """One string label per example from per-batch sequences or a flat list."""
     if given is None:
         return None
@@ -177,50 +224,57 @@ def run_ablation(
     device: str | torch.device | None = None,
     batch_variants: bool | None = None,
     n_boot: int = N_BOOT,
+    min_effect: float = MIN_EFFECT,
     embeddings: bool = True,
     umap: bool = True,
     guidance: bool = True,
+    quality: bool = True,
     progress: bool = False,
     shard: bool = True,
 ) -> AblationReport:
-    """Ablate the condition at each site and measure how much the output changes.
+    """Ablate the condition at each site, measure the output change, and give a verdict.
 
     Args:
         target: the model, its batches and the optional diffusion/sampler hooks.
         sites: module paths or ``arg:NAME``; default ``target.sites``.
-        ablations: any of ``zero, mean, random, shuffle, null``.
+        ablations: any of ``zero, mean, random, shuffle, null`` (the floor always runs).
         seed: everything random (``x_t`` noise, random conditions, shuffles, bootstrap, the
-            model's own RNG, forked per batch) derives from it; same seed, same report.
+            model's own RNG, per variant) derives from it; same seed, same report.
         device: move the model and the batches there (default: leave them).
         batch_variants: run the intact and ablated variants as one tiled forward when the
             model is batch-independent (checked on the first batch); default
             ``target.batch_variants``.
         n_boot: bootstrap resamples for the 95% CIs.
+        min_effect: content effect (CI low) at or above which a site is ``used`` (>= 0).
         embeddings: run the embedding analysis on ``target.embedding_site``.
         umap: include a UMAP projection in the embedding analysis.
         guidance: run the guidance-scale sweep when ``target.sample`` is given.
+        quality: quality-level deltas of each ablation when ``target.sample`` is given.
         progress: show tqdm progress bars.
         shard: under torch.distributed with several ranks, split the ablation passes across
             the ranks and gather the per-example effects (call on every rank). The embedding
-            analysis and guidance sweep then run on rank 0 only; rank 0's report is complete.
+            analysis, quality deltas and guidance sweep then run on rank 0 only.
 
     Returns:
-        An :class:`AblationReport`.
+        An :class:`AblationReport`; each site has ``verdict``, ``reason``, ``floor``,
+        ``channel``, ``content``, ``ablations`` and ``by_label``.
 
     Raises:
         AblationError: bad input; ``err.report`` holds the sites completed before it.
 
     Example:
         >>> rep = run_ablation(target, sites=["arg:cond"], ablations=["zero", "shuffle"])
-        >>> print(rep.verdict_table())
+        >>> print(rep.verdict_table())  # doctest: +SKIP
     """
     from diagnostics._distributed import check_launch, note_failure
 
+    if not isinstance(min_effect, (int, float)) or not min_effect >= 0:
+        raise AblationError(f"min_effect is {min_effect!r}; give a number >= 0 (e.g. 0.05)")
     target = _check_target(target)
     info = check_launch("run_ablation")
     sharding = (info.rank, info.world_size) if shard and info.distributed else (0, 1)
     if sharding[1] > 1 and sharding[0] != 0:
-        embeddings = guidance = False  # rank 0 writes the one report
+        embeddings = guidance = quality = False  # rank 0 writes the one report
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown or not ablations:
         raise AblationError(
@@ -241,6 +295,7 @@ def run_ablation(
         target=target,
         seed=seed,
         n_boot=n_boot,
+        min_effect=float(min_effect),
         times=list(target.times) if target.times is not None else [None],
         batch_variants=target.batch_variants if batch_variants is None else batch_variants,
         progress=progress,
@@ -249,6 +304,7 @@ def run_ablation(
     report = AblationReport(
         target=target.name or type(target.model).__name__,
         seed=seed,
+        min_effect=float(min_effect),
         times=[r6(float(t)) for t in target.times] if target.times is not None else None,
         ablations=list(ablations),
         n_boot=n_boot,
@@ -268,6 +324,11 @@ def run_ablation(
                 run.runner.check_site(site)
                 site_pass = _SitePass(run, site, si, list(ablations))
                 result = site_pass.run()
+                if quality and target.sample is not None:
+                    t1 = time.perf_counter()
+                    for a, deltas in quality_deltas(run, site_pass).items():
+                        result.ablations[a].metrics = deltas
+                    report.timing[f"quality:{text}"] = time.perf_counter() - t1
             except AblationError as err:
                 if err.site is None:
                     err.site = text
@@ -334,24 +395,35 @@ class _SitePass:
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
         self.null_spec: Any = None
-        self.todo: list[str] = []
+        self.todo: list[str] = []  # ablations that apply here
         self.batched = False
         self.seq_only: set[str] = set()
         self.n_examples = 0
+        self.sizes: list[int] = []  # examples per batch
+        self.value_varies = False  # the site's value differs between examples of a batch
+        self.inputs_vary: bool | None = None  # a module site's inputs do (None: arg site)
 
     # -- set-up
-    def _statistics(self) -> Tensor:
-        """Pass 1: the site's data statistics (forward stopped at the site); the first value."""
+    def _statistics(self) -> tuple[Tensor, Any, int, int]:
+        """Pass 1: the site's data statistics and whether its value (and a module's inputs)
+        differ between examples; returns the first value and the first item."""
         run, site = self.run_, self.site
         stats = SiteStats()
         need = any(a in ("mean", "random") for a in self.ablations)
-        first: Tensor | None = None
-        for bi, ti in run.bar(run.items, f"{site.text}: stats", show=need):
-            v = run.runner.capture(site, run.model_input(bi, ti), seed_of(run.seed, 2, bi, ti))
-            first = v if first is None else first
+        first = None
+        for _, bi, ti, raw in run.bar(run.items(times=need), f"{site.text}: stats"):
+            batch = run.model_input(raw, bi, ti)
+            v, inputs_vary = run.runner.capture(
+                site, batch, seed_of(run.seed, 2, bi, ti), inputs=True
+            )
+            if first is None:
+                first = (v, batch, bi, ti)
+            if ti == 0:
+                self.sizes.append(v.shape[0])
+            self.value_varies = self.value_varies or varies(v)
+            if inputs_vary is not None:
+                self.inputs_vary = bool(self.inputs_vary) or inputs_vary
             stats.add(v)
-            if not need:
-                break
         assert first is not None, "_SitePass: no items"
         self.mean, self.std = stats.mean_std()
         if stats.scalar and need:
@@ -360,7 +432,7 @@ class _SitePass:
             )
         return first
 
-    def _plan(self, first: Tensor) -> None:
+    def _plan(self, first: Tensor, batch: Any, bi: int, ti: int) -> None:
         """Which ablations apply here, and batched or one forward per variant."""
         site, run = self.site, self.run_
         spec = run.target.null
@@ -383,17 +455,20 @@ class _SitePass:
             )
         self.batched = bool(run.batch_variants)
         if self.batched:
-            item = run.items[0]
-            self.batched, why = self._batchable(
-                run.model_input(*item), len(self.todo) + 1, seed_of(run.seed, 5, *item)
-            )
+            self.batched, why = self._batchable(batch, len(self.todo) + 2, bi, ti)
             if not self.batched:
                 self.notes.append(f"variants run one forward each ({why})")
+
+    @property
+    def variants(self) -> list[str]:
+        return [*self.todo, IDENTITY]
 
     # -- replacements
     def replacement(self, name: str, c: Tensor, bi: int, ti: int) -> Any:
         """The ablated value of ``c`` (the site's value on item ``(bi, ti)``)."""
         seed, si = self.run_.seed, self.si
+        if name == IDENTITY:
+            return c.clone()
         if name == "zero":
             return torch.zeros_like(c)
         if name == "mean":
@@ -434,12 +509,17 @@ class _SitePass:
             ) from None
 
     # -- forwards
-    def _batchable(self, batch: Any, n: int, seed: int) -> tuple[bool, str]:
+    def _seed(self, bi: int, ti: int, variant: str | None) -> int:
+        """The model-RNG seed of one variant's forward (0: intact)."""
+        return seed_of(self.run_.seed, 6, bi, ti, 0 if variant is None else _VARIANT_ID[variant])
+
+    def _batchable(self, batch: Any, n: int, bi: int, ti: int) -> tuple[bool, str]:
         """Is a tiled forward equal, chunk by chunk, to the plain forward (batch-independent)?"""
         runner = self.run_.runner
         b = first_dim(batch)
         if b is None:
             return False, "no batched tensor in the inputs"
+        seed = seed_of(self.run_.seed, 5, bi, ti)
         try:
             ref = runner.call_seeded(batch, seed)
             out = runner.call_seeded(tile(batch, n, b), seed)
@@ -458,9 +538,9 @@ class _SitePass:
         return True, ""
 
     def _tiled(
-        self, batch: Any, names: list[str], seed: int, bi: int, ti: int
+        self, batch: Any, names: list[str], bi: int, ti: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """One forward over [intact, ablation_1, ...] copies of the batch."""
+        """One forward over [intact, variant_1, ...] copies of the batch."""
         b = first_dim(batch)
         assert b is not None, "_tiled: no batched tensor"
         n = len(names) + 1
@@ -477,21 +557,20 @@ class _SitePass:
                 parts.append(r)
             return torch.cat(parts, 0)  # (n*B, ...)
 
+        seed = self._seed(bi, ti, None)
         out = self.run_.runner.call_replaced(self.site, tile(batch, n, b), seed, replace)
         chunks = out.reshape(n, out.shape[0] // n, *out.shape[1:])  # (n, B, ...)
         return chunks[0], {a: chunks[k + 1] for k, a in enumerate(names)}
 
-    def _item(self, bi: int, ti: int) -> tuple[dict[str, dict[str, np.ndarray]], int]:
-        """Per-example effects of every ablation on item ``(bi, ti)``, and its batch size."""
+    def _item(self, batch: Any, bi: int, ti: int) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+        """Per-example effects of every variant on item ``(bi, ti)``, and its batch size."""
         run, site = self.run_, self.site
-        batch = run.model_input(bi, ti)
-        s = seed_of(run.seed, 6, bi, ti)
         outs: dict[str, Tensor] = {}
         intact: Tensor | None = None
-        group = [a for a in self.todo if a not in self.seq_only] if self.batched else []
+        group = [a for a in self.variants if a not in self.seq_only] if self.batched else []
         while group:
             try:
-                intact, got = self._tiled(batch, group, s, bi, ti)
+                intact, got = self._tiled(batch, group, bi, ti)
                 outs.update(got)
                 break
             except _Unbatchable as e:
@@ -504,26 +583,34 @@ class _SitePass:
                 self.seq_only.add(str(e))
                 self.notes.append(f"{e} runs one forward (its replacement cannot be batched)")
                 group = [a for a in group if a != str(e)]
-        rest = [a for a in self.todo if a not in outs]
+        rest = [a for a in self.variants if a not in outs]
         if rest:
             kept: list[Tensor] = []
-            intact_seq = run.runner.call_replaced(site, batch, s, lambda v: kept.append(v) or v)
+            intact_seq = run.runner.call_replaced(
+                site, batch, self._seed(bi, ti, None), lambda v: kept.append(v) or v
+            )
             intact = intact_seq if intact is None else intact
             c = kept[0].detach()
             for a in rest:
                 rep = self.replacement(a, c, bi, ti)
-                outs[a] = run.runner.call_replaced(site, batch, s, lambda v, rep=rep: rep)
+                outs[a] = run.runner.call_replaced(
+                    site, batch, self._seed(bi, ti, a), lambda v, rep=rep: rep
+                )
         assert intact is not None, "_item: no intact output"
-        return {a: example_effects(intact, outs[a]) for a in self.todo}, intact.shape[0]
+        return {a: example_effects(intact, outs[a]) for a in self.variants}, intact.shape[0]
 
     # -- the pass
     def run(self) -> SiteResult:
         run, site = self.run_, self.site
-        self._plan(self._statistics())
+        first, batch, bi0, ti0 = self._statistics()
+        self._plan(first, batch, bi0, ti0)
         rank, world = run.sharding
-        items = run.items
-        mine = [it for k, it in enumerate(items) if k % world == rank]  # this rank's shard
-        done = {it: self._item(*it) for it in run.bar(mine, site.text)}
+        done: dict[tuple[int, int], Any] = {}
+        order: list[tuple[int, int]] = []
+        for k, bi, ti, raw in run.bar(run.items(), site.text, total=run.n_items()):
+            order.append((bi, ti))
+            if k % world == rank:  # this rank's shard
+                done[(bi, ti)] = self._item(run.model_input(raw, bi, ti), bi, ti)
         if world > 1:  # every rank's per-example effects, in item order on every rank
             from diagnostics._distributed import all_gather_objects
 
@@ -537,56 +624,104 @@ class _SitePass:
                 done.update(part)
                 self.notes.extend(n for n in part_notes if n not in self.notes)
         n_t = len(run.times)
-        per = {a: {k: [[] for _ in range(n_t)] for k in _KINDS} for a in self.todo}
-        for bi, ti in items:
+        per = {a: {k: [[] for _ in range(n_t)] for k in _KINDS} for a in self.variants}
+        for bi, ti in order:
             effs, b = done[(bi, ti)]
-            for a in self.todo:
+            for a in self.variants:
                 for k in _KINDS:
                     per[a][k][ti].append(effs[a][k])
             if ti == 0:
                 self.n_examples += b
-        results = {a: self._summarise(a, per[a]) for a in self.todo}
+        mats = {a: _matrices(per[a], n_t) for a in self.variants}  # name -> kind -> (N, T)
+        return self._result(mats)
+
+    def _bseed(self, name: str) -> int:
+        key = len(ABLATIONS) if name in (IDENTITY, "floor") else ABLATIONS.index(name)
+        return seed_of(self.run_.seed, 7, self.si, key)
+
+    def _result(self, mats: dict[str, dict[str, np.ndarray]]) -> SiteResult:
+        run, site = self.run_, self.site
+        rel = {a: m["rel"].mean(axis=1) for a, m in mats.items()}  # (N,) per variant
+        conditions_vary = self.value_varies or bool(self.inputs_vary)
+        collapsed = site.kind == "module" and bool(self.inputs_vary) and not self.value_varies
+        floor = rel.pop(IDENTITY)
+        d = decide(
+            floor,
+            rel,
+            min_effect=run.min_effect,
+            n_boot=run.n_boot,
+            seed_for=self._bseed,
+            conditions_vary=conditions_vary,
+            collapsed=collapsed,
+        )
+        by_label: dict[str, LabelResult] = {}
+        labels = flat_labels(run.target.labels, self.sizes)
+        for label in sorted(set(labels or [])):
+            idx = np.asarray([i for i, v in enumerate(labels or []) if v == label])
+            dl = decide(
+                floor[idx],
+                {a: e[idx] for a, e in rel.items()},
+                min_effect=run.min_effect,
+                n_boot=run.n_boot,
+                seed_for=self._bseed,
+                conditions_vary=conditions_vary,
+                collapsed=collapsed,
+            )
+            by_label[label] = LabelResult(
+                n=int(idx.size),
+                verdict=dl.verdict,
+                reason=dl.reason,
+                floor=[dl.floor[0], *dl.floor[1]],
+                channel=dl.channel,
+                content=dl.content,
+            )
         return SiteResult(
             site=site.text,
             kind=site.kind,
-            verdict=site_verdict([tuple(r.ci95) for r in results.values()]),
+            verdict=d.verdict,
+            reason=d.reason,
+            floor=self._effect(IDENTITY, mats[IDENTITY]),
+            channel=d.channel,
+            content=d.content,
+            ablations={a: self._effect(a, mats[a]) for a in self.todo},
+            by_label=by_label,
             batched=self.batched and not self.seq_only,
-            ablations=results,
             notes=self.notes,
         )
 
-    def _summarise(self, a: str, per: dict[str, list[list[np.ndarray]]]) -> Effect:
+    def _effect(self, name: str, mats: dict[str, np.ndarray]) -> Effect:
         run = self.run_
-        mats = {
-            k: np.stack([np.concatenate(per[k][ti]) for ti in range(len(run.times))], axis=1)
-            for k in _KINDS
-        }  # (N, T) each
-        bseed = seed_of(run.seed, 7, self.si, ABLATIONS.index(a))
-        eff, ci = _summary(mats["rel"].mean(axis=1), run.n_boot, bseed)
-        cos, cos_ci = _summary(mats["cos"].mean(axis=1), run.n_boot, bseed + 1)
+        bseed = self._bseed(name)
+        eff, lo, hi = bootstrap_ci(mats["rel"].mean(axis=1), n_boot=run.n_boot, seed=bseed)
+        cos, clo, chi = bootstrap_ci(mats["cos"].mean(axis=1), n_boot=run.n_boot, seed=bseed + 1)
         curve = None
         if run.target.times is not None:
+            n_t = len(run.times)
             pts = [
-                _summary(mats["rel"][:, ti], run.n_boot, bseed + 10 + ti)
-                for ti in range(len(run.times))
+                bootstrap_ci(mats["rel"][:, ti], n_boot=run.n_boot, seed=bseed + 10 + ti)
+                for ti in range(n_t)
             ]
             curve = Curve(
                 t=[r6(float(t)) for t in run.times],
-                effect=[r6(m) for m, _ in pts],
-                ci95=[[r6(c[0]), r6(c[1])] for _, c in pts],
-                cosine=[r6(float(mats["cos"][:, ti].mean())) for ti in range(len(run.times))],
-                abs_change=[r6(float(mats["abs"][:, ti].mean())) for ti in range(len(run.times))],
+                effect=[r6(m) for m, _, _ in pts],
+                ci95=[[r6(a), r6(b)] for _, a, b in pts],
+                cosine=[r6(float(mats["cos"][:, ti].mean())) for ti in range(n_t)],
+                abs_change=[r6(float(mats["abs"][:, ti].mean())) for ti in range(n_t)],
             )
         return Effect(
             effect=r6(eff),
-            ci95=[r6(ci[0]), r6(ci[1])],
-            verdict=verdict_from_ci(ci[0], ci[1]),
+            ci95=[r6(lo), r6(hi)],
             cosine=r6(cos),
-            cosine_ci95=[r6(cos_ci[0]), r6(cos_ci[1])],
+            cosine_ci95=[r6(clo), r6(chi)],
             abs_change=r6(float(mats["abs"].mean())),
             n=int(mats["rel"].shape[0]),
             curve=curve,
         )
+
+
+def _matrices(per: dict[str, list[list[np.ndarray]]], n_t: int) -> dict[str, np.ndarray]:
+    """Per-kind ``(N, T)`` matrices from per-time lists of per-batch arrays."""
+    return {k: np.stack([np.concatenate(per[k][ti]) for ti in range(n_t)], axis=1) for k in _KINDS}
 
 
 def _capture_embeddings(
@@ -610,8 +745,8 @@ def _capture_embeddings(
     embs: list[Tensor] = []
     sizes: list[int] = []
     n = 0
-    for bi in range(len(batches)):
-        v = run.runner.capture(site, run.model_input(bi, 0, batches), seed_of(run.seed, 2, bi, 0))
+    for _, bi, ti, raw in run.items(batches, times=False):
+        v, _ = run.runner.capture(site, run.model_input(raw, bi, ti), seed_of(run.seed, 2, bi, ti))
         sizes.append(v.shape[0])
         if n < _MAX_EMBEDDINGS:
             v = v.reshape(v.shape[0], -1)  # (B, E)

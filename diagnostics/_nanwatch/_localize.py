@@ -15,10 +15,12 @@ from torch import Tensor
 
 from .._hooks import HookSet, tensors_in
 from .._summary import summarize
-from ._numerics import RngState, find_loss, grads_max, kind_of, pick, quiet_hooks, rank
+from ._compiled import eager_replay
+from ._numerics import RngState, dense, find_loss, grads_l2, kind_of, pick, quiet_hooks, rank
 from ._opfinder import OpFinder
 from ._recorder import Call, Recorder
 from ._sidestate import ModuleAttrs, ObjectStates
+from ._source import recording_node_stacks
 from ._state import StepState
 from ._types import NonFiniteError, NonFiniteReport
 
@@ -68,13 +70,23 @@ def report_from(found: dict[str, Any], loss: Tensor, step: int, mode: str) -> No
     return rep
 
 
-def nonfinite_grads(named: list[tuple[str, Tensor]]) -> list[str]:
-    """Names of the parameters whose gradient holds NaN/Inf (first 20; one host read)."""
+def nonfinite_grads(named: list[tuple[str, Tensor]], limit: int | None = 20) -> list[str]:
+    """Names of the parameters whose gradient holds NaN/Inf (first ``limit``; one host read).
+
+    Per-gradient float32 L2 norms (fused); a non-finite norm is confirmed element-wise, since
+    the norm of huge finite values overflows too.
+    """
     have = [(n, p.grad) for n, p in named if p.grad is not None]
     if not have:
         return []
-    vals = torch.stack([v.cpu() for v in grads_max([g for _, g in have])]).tolist()
-    return [n for (n, _), v in zip(have, vals, strict=False) if not math.isfinite(v)][:20]
+    norms = grads_l2([g for _, g in have]).tolist()
+    bad = [
+        n
+        for (n, g), v in zip(have, norms, strict=True)
+        # NaN norm: a NaN element (squares cannot cancel); +Inf: an Inf element or an overflow
+        if math.isnan(v) or (math.isinf(v) and not bool(torch.isfinite(dense(g)).all()))
+    ]
+    return bad if limit is None else bad[:limit]
 
 
 class Localizer:
@@ -107,7 +119,15 @@ class Localizer:
                     "after watch.run(...) or use NanWatch(model, mode='eager')"
                 )
             else:
-                rep = self._replay(st, orig_loss)
+                with eager_replay():  # compiled code runs as its original Python code here
+                    rep = self._replay(st, orig_loss)
+                if w.compiled:
+                    rep.notes.insert(
+                        0,
+                        "replay was eager: the compiled model was re-run without compilation "
+                        "(torch.compiler.set_stance('force_eager')) on its original modules; "
+                        "module, op and line refer to that eager code",
+                    )
             rep.nonfinite_grads = nonfinite
             return rep
         except NonFiniteError as exc:  # the replay raised: its report gets the notes below
@@ -179,6 +199,23 @@ class Localizer:
         )
         replay_grads_bad = bool(nonfinite_grads(w._named))
         self.replay_clean = math.isfinite(float(loss.float())) and not replay_grads_bad
+        if self.replay_clean and self.w.compiled:
+            rep.replayable = False
+            rep.module = rep.module_type = None
+            rep.candidates = []
+            ol = float(orig_loss.float())
+            rep.loss = summarize(orig_loss)  # what the compiled step made, not the replay's
+            if not math.isfinite(ol):
+                rep.kind = kind_of(math.isnan(ol), math.isinf(ol))
+            rep.notes.append(
+                f"not reproduced eagerly: the compiled step gave loss "
+                f"{float(orig_loss.float())!r} and non-finite values, the eager replay of the same "
+                f"step (same inputs, RNG, buffers) gave loss {float(loss.float())!r} and finite "
+                "gradients: the compiled numerics differ from eager (fused kernels, "
+                "lower-precision or reordered intermediates, compiled RNG); not pointing at a "
+                "module. Compare with torch.compile(..., backend='aot_eager') or run eagerly"
+            )
+            return rep
         if not same or self.replay_clean:
             rep.replayable = False
             rep.notes.append(
@@ -200,7 +237,7 @@ class Localizer:
         if not real:  # produced outside every module: one op-level pass over the whole step
             self._reset_to_pre_step(st)
             finder = OpFinder()
-            with finder:
+            with recording_node_stacks(), finder:
                 st.call()
             if finder.found:
                 rep.op = finder.found["op"]
@@ -208,6 +245,7 @@ class Localizer:
                 rep.kind = finder.found["kind"]
                 rep.op_inputs = finder.found["inputs"]
                 rep.op_outputs = finder.found["outputs"]
+                rep.source = finder.found["source"]
             if finder.constant_ops:
                 rep.notes.append(f"mask-like constant ops skipped: {finder.constant_ops[:3]}")
             return
@@ -240,6 +278,7 @@ class Localizer:
             rep.op = res["op"]
             rep.kind = res["kind"]
             rep.op_inputs, rep.op_outputs = res["inputs"], res["outputs"]
+            rep.source = res["source"]
         elif res and res.get("unknown"):
             rep.notes.append(res["unknown"])
         _describe(rep, call, detail, st.ctx, self.w.batch_dim)
@@ -264,7 +303,7 @@ def _op_pass(call: Call, phase: str) -> dict[str, Any] | None:
                 a.detach().requires_grad_(a.requires_grad) if isinstance(a, Tensor) else a
                 for a in call.args
             )
-            with torch.enable_grad():
+            with torch.enable_grad(), recording_node_stacks():
                 out = call.module(*args, **call.kwargs)
             outs = list(tensors_in(out))
             pairs = [

@@ -17,8 +17,9 @@ from ._types import NanWatchError
 
 __all__ = [
     "RngState",
+    "dense",
     "find_loss",
-    "grads_max",
+    "grads_l2",
     "grads_norm_all",
     "is_producer",
     "kind_of",
@@ -85,21 +86,23 @@ def is_producer(in_m: float, out_m: float) -> bool:
     )
 
 
-def grads_max(grads: list[Tensor]) -> list[Tensor]:
-    """max|g| per gradient (same order), fused per (device, dtype) group; float32 scalars."""
-    groups: dict[tuple[torch.device, torch.dtype], list[tuple[int, Tensor]]] = {}
-    out: list[Tensor] = [torch.zeros(())] * len(grads)
-    for i, g in enumerate(grads):
-        if g.is_sparse:
-            g = g.coalesce().values()
-        if g.numel():
-            groups.setdefault((g.device, g.dtype), []).append((i, g))
-        else:
-            out[i] = torch.zeros((), device=g.device)
-    for items in groups.values():
-        norms = torch._foreach_norm([g for _, g in items], ord=math.inf)
-        for (i, _), v in zip(items, norms, strict=True):
-            out[i] = v.float()
+def dense(g: Tensor) -> Tensor:
+    return g.coalesce().values() if g.is_sparse else g
+
+
+def grads_l2(grads: list[Tensor]) -> Tensor:
+    """float32 L2 norm per gradient (same order) as one vector on the first gradient's device;
+    one ``_foreach_norm`` per (device, dtype) group. NaN/Inf in a gradient makes its entry
+    non-finite (so can overflow of huge finite values: confirm element-wise)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    gs = [dense(g) for g in grads]
+    for i, g in enumerate(gs):
+        groups.setdefault((g.device, g.dtype), []).append(i)
+    dev = gs[0].device
+    out = torch.empty(len(gs), dtype=torch.float32, device=dev)
+    for idx in groups.values():
+        norms = torch._foreach_norm([gs[i] for i in idx], 2, dtype=torch.float32)
+        out[torch.tensor(idx, device=dev)] = torch.stack(norms).to(dev)
     return out
 
 

@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten
 from .._hooks import max_abs, tensors_in
 from .._summary import summarize
 from ._numerics import is_producer, kind_of
+from ._source import from_node, from_stack
 
 __all__ = ["OpFinder"]
 
@@ -59,5 +60,7 @@ class OpFinder(TorchDispatchMode):
             "kind": kind_of(nan, not nan or any(bool(torch.isinf(t).any()) for t in touts)),
             "inputs": [summarize(t) for t in tin][:6],
             "outputs": [summarize(t) for t in touts][:4],
+            # forward: the user line running now; backward: the forward line that made the node
+            "source": from_stack() if node is None else from_node(node),
         }
         return out

@@ -6,6 +6,7 @@ Writers (TensorBoard, Markdown) and callers depend on these types only, never on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from contracts import TorchdxError
 
@@ -33,6 +34,10 @@ class NonFiniteReport:
         inputs / outputs: :func:`summarize` lines of the producer's inputs and outputs (for
             backward: grad_output and grad_input / parameter gradient).
         op_inputs / op_outputs: the same for the producing op.
+        source: where in the user's code, ``{"file", "line", "function", "code"}``: for a
+            forward producer the innermost frame outside torch and torchdx that issued the
+            producing op; for a backward producer the frame of the forward call that created the
+            autograd node whose gradient turned non-finite. ``None`` when not determined.
         bad_items: batch indices with non-finite values in the producer's first bad output.
         in_padding_only: with ``context={"padding_mask"|"valid_mask": ...}``: whether every bad
             value lies in a padded position (``None`` when unknown).
@@ -63,6 +68,7 @@ class NonFiniteReport:
     outputs: list[str] = field(default_factory=list)
     op_inputs: list[str] = field(default_factory=list)
     op_outputs: list[str] = field(default_factory=list)
+    source: dict[str, Any] | None = None
     bad_items: list[int] | None = None
     in_padding_only: bool | None = None
     bad_t: dict[int, float] | None = None
@@ -86,13 +92,23 @@ class NonFiniteReport:
         return f"module {name}" + (f" ({self.module_type})" if self.module_type else "")
 
     def headline(self) -> str:
+        if not self.replayable and self.module is None and self.op is None:
+            return f"{self.kind.upper()} in this step, not localized (see the notes)"
         s = f"{self.kind.upper()} first produced in {self.phase} by {self.where}"
         if self.op:
             s += f" at op {self.op}"
         return s
 
+    def source_line(self) -> str:
+        """``  at FILE:LINE in FUNCTION: CODE`` (a clickable location in most terminals/IDEs)."""
+        s = self.source or {}
+        verb = "forward call at" if self.phase == "backward" else "at"
+        return f"  {verb} {s.get('file')}:{s.get('line')} in {s.get('function')}: {s.get('code')}"
+
     def __str__(self) -> str:
         lines = [self.headline()]
+        if self.source:
+            lines.append(self.source_line())
         lines.append(f"  step {self.step}, rank {self.rank}, mode {self.mode}")
         if self.observed_on is not None:
             lines.append(
@@ -132,7 +148,15 @@ class NonFiniteReport:
     def to_markdown(self) -> str:
         """The report as Markdown (used for the TensorBoard text panel)."""
         body = str(self).split("\n")
-        return f"**{body[0]}**\n\n```\n" + "\n".join(body[1:]) + "\n```"
+        head = f"**{body[0]}**\n\n"
+        if self.source:
+            src = self.source
+            head += (
+                f"source: `{src.get('file')}:{src.get('line')}` in `{src.get('function')}`: "
+                f"`{src.get('code')}`\n\n"
+            )
+            body = [b for b in body if b != self.source_line()]
+        return head + "```\n" + "\n".join(body[1:]) + "\n```"
 
 
 class NonFiniteError(TorchdxError, FloatingPointError):

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from .. import _distributed as _dd
 from .._hooks import HookSet
 from .._summary import summarize
+from ._compiled import clean_name, has_compiled, unwrap_compiled
 from ._localize import Localizer, nonfinite_grads, report_from
-from ._numerics import RngState, find_loss, grads_max, grads_norm_all, quiet_hooks
+from ._numerics import RngState, find_loss, grads_norm_all, quiet_hooks
 from ._recorder import Recorder
 from ._sidestate import ObjectStates, check_stateful
 from ._state import StepState
@@ -53,8 +54,12 @@ class NanWatch:
             too and named in ``report.notes``.
         batch_dim: batch axis of activations (used for ``bad_items``; a context mask or ``t``
             lets NanWatch find the batch axis by size instead).
-        backward_hooks: use full backward hooks in the replay (falls back automatically when a
-            model's in-place ops are incompatible with them).
+        backward_hooks: full backward hooks on every module (grad_output / grad_input per
+            module). Default: on in the replay (which falls back automatically when a model's
+            in-place ops are incompatible with them), off in eager mode, where a backward fault
+            is attributed from the parameter gradients after the step instead (the module
+            called last in forward whose own parameter gradient is non-finite). ``True`` turns
+            them on in eager mode too.
         ddp: the ``DistributedDataParallel`` wrapper ``step_fn`` calls, when ``model`` is the
             inner module (passing the wrapper as ``model`` does the same). The replay runs under
             its ``no_sync()`` so it is local to each rank and issues no collective.
@@ -95,12 +100,14 @@ class NanWatch:
         scaler: Any = None,
         stateful: Sequence[Any] = (),
         batch_dim: int = 0,
-        backward_hooks: bool = True,
+        backward_hooks: bool | None = None,
         ddp: nn.Module | None = None,
         timeout: Any = None,
     ) -> None:
+        compiled = has_compiled(model) if isinstance(model, nn.Module) else False
+        model = unwrap_compiled(model) if isinstance(model, nn.Module) else model
         if _dd._is_ddp(model):
-            ddp, model = model, model.module
+            ddp, model = model, unwrap_compiled(model.module)
         if ddp is not None and not _dd._is_ddp(ddp):
             raise NanWatchError(
                 f"NanWatch(ddp=...): expected a DistributedDataParallel wrapper, got "
@@ -114,7 +121,14 @@ class NanWatch:
             raise NanWatchError(
                 f"NanWatch(mode={mode!r}): unknown mode; valid modes: {', '.join(_MODES)}"
             )
-        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if compiled and mode == "eager":
+            raise NanWatchError(
+                "NanWatch(compiled_model, mode='eager'): eager mode hooks every module during "
+                "the step, which a compiled graph does not run (and re-registering hooks each "
+                "step forces recompiles); use mode='replay' (default): the healthy path stays "
+                "compiled and a failing step is replayed eagerly"
+            )
+        self._named = [(clean_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
         if not self._named:
             raise NanWatchError(
                 f"NanWatch(model): {type(model).__name__} has no trainable parameters, so there "
@@ -122,6 +136,7 @@ class NanWatch:
                 "(or check requires_grad)"
             )
         self.model = model
+        self.compiled = compiled  # replays run with torch.compiler.set_stance("force_eager")
         self.ddp = ddp
         self.timeout = timeout
         self._dist = _dd.check_launch("NanWatch")
@@ -129,7 +144,9 @@ class NanWatch:
         self.scaler = scaler
         self.stateful = check_stateful(stateful, NanWatchError)
         self.batch_dim = batch_dim
-        self.backward_hooks = backward_hooks
+        # full backward hooks: on for replays, off during the user's own step in eager mode
+        # (they cost ~0.5x a step); None picks that per mode
+        self.backward_hooks = backward_hooks if backward_hooks is not None else mode == "replay"
         self.steps = 0
         self.skipped_steps = 0
         self.last_status = "none"
@@ -370,42 +387,45 @@ class NanWatch:
 
     # -- eager ----------------------------------------------------------------------------
     def _run_eager(self, st: StepState) -> Any:
-        rec = Recorder(self.model, keep_refs=False, backward=self.backward_hooks)
+        bwd = self.backward_hooks
+        rec = Recorder(self.model, keep_refs=False, backward=bwd, params=bwd)
         with HookSet() as hooks, quiet_hooks():
             rec.install(hooks)
             result = self._call(st)
         loss = find_loss(result)
         grads = [p.grad for p in self._params if p.grad is not None]
-        dev = loss.device
-        head = torch.stack(
-            [
-                loss.detach().abs().float().reshape(()).to(dev),
-                torch.stack([v.to(dev) for v in grads_max(grads)]).amax()
-                if grads
-                else torch.zeros((), device=dev),
-            ]
-        )
+        lm = loss.detach().reshape(()).abs().float()
+        head = torch.stack([lm, grads_norm_all(grads, lm.device)])
         ev = rec.stacked()
+        dev = head.device
         allv = head if ev is None else torch.cat([head, ev.to(dev).reshape(-1)])
         vals = allv.tolist()  # the one host read of the step
         loss_v, grad_v = vals[0], vals[1]
+        if math.isfinite(loss_v) and not math.isfinite(grad_v) and not nonfinite_grads(self._named):
+            grad_v = 0.0  # the L2 norm overflowed on finite gradients: not a fault
         if self._dist.distributed:  # every rank's two flags, one all_reduce
             bad = torch.tensor([not math.isfinite(loss_v), not math.isfinite(grad_v)])
             flags = _dd.combine_flags(bad, tag=f"nanwatch/{st.index}", timeout=self.timeout)
             loss_v = math.nan if bool(flags[:, 0].any()) else loss_v
             grad_v = math.nan if bool(flags[:, 1].any()) else grad_v
-        if (
-            self._ending(loss_ok=math.isfinite(loss_v), grads_ok=math.isfinite(grad_v))
-            != "nonfinite"
-        ):
+        ok = self._ending(loss_ok=math.isfinite(loss_v), grads_ok=math.isfinite(grad_v))
+        if ok != "nonfinite":
             return result
         pairs = [vals[2 + 2 * i : 4 + 2 * i] for i in range(len(rec.events))]
         found = rec.analyze(pairs)
+        if not bwd and not found["fwd"] and math.isfinite(vals[0]):
+            found["bwd"] = rec.backward_from_grads(nonfinite_grads(self._named, limit=None))
         report = report_from(found, loss, st.index, mode="eager")
         report.notes.append(
             "eager mode: module-level attribution only (no op, no tensor summaries); use "
             "mode='replay' on a replayable step for the op"
         )
+        if found["bwd"] and not bwd:
+            report.notes.append(
+                "backward attribution from the parameter gradients after the step: the module "
+                "called last in forward whose own parameter gradient is non-finite (no backward "
+                "hooks in eager mode; NanWatch(..., backward_hooks=True) adds them)"
+            )
         if self._dist.distributed:  # local producers (forward or parameter-gradient hooks)
             clean = not found["fwd"] and not found["bwd"] and math.isfinite(vals[0])
             report = self._agree(report, clean, flags[:, 0].gt(0).tolist(), st.index)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from ._sampling import enhance
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m models.sgmse.enhance",
         description="Enhance a noisy mono WAV with the (noise-conditioned) SGMSE+ score model.",

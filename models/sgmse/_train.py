@@ -21,7 +21,7 @@ from ._model import EMA, ScoreModel
 __all__ = ["build_parser", "main", "make_pool", "train"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m models.sgmse.train",
         description="Train the noise-conditioned SGMSE+ score model on synthetic noisy speech "
