@@ -63,7 +63,16 @@ class RuleConfig:
         explode_factor: a gradient norm this many times its early median is exploding.
         ratio_range: usual range of the update ratio lr*|grad|/|param| (~1e-3 is healthy).
         ratio_points: consecutive points outside the range that make a finding.
-        drop_rel: a CFG drop rate outside ``p * (1 -/+ drop_rel)`` over a segment is off.
+        ratio_skip: steps at the start not judged (a zero-initialized parameter is rewritten
+            entirely by its first updates); later, a high ratio while the group's parameter
+            norm more than doubles is the same transient and is not reported either.
+        ratio_min_params: groups smaller than this (``param_count/<group>``) are not judged:
+            the usual range is a rule of thumb for weight matrices, and a vector of a few
+            gains or biases (a zero-initialized null embedding) moves by a lot relative to
+            its small norm under Adam.
+        drop_rel: a CFG drop rate outside ``p * (1 -/+ drop_rel)`` over a segment is off ...
+        drop_z: ... and, when the number of draws is logged (``cfg/drop_n``), more than this
+            many binomial standard errors from ``p``.
         lr_flips: learning-rate direction changes that make an oscillation.
     """
 
@@ -80,7 +89,10 @@ class RuleConfig:
     explode_factor: float = 100.0
     ratio_range: tuple[float, float] = (1e-6, 1e-1)
     ratio_points: int = 5
+    ratio_skip: int = 10
+    ratio_min_params: int = 1000
     drop_rel: float = 0.5
+    drop_z: float = 4.0
     lr_flips: int = 4
     max_per_tag: int = 5
     min_points: int = field(default=10)
@@ -288,9 +300,24 @@ def _update_ratios(scalars: dict[str, Series], cfg: RuleConfig) -> list[Finding]
         s = _finite(scalars[tag])
         group = tag[len("update_ratio/") :]
         gn = dict(scalars.get(f"grad_norm/{group}", []))
+        pn = dict(scalars.get(f"param_norm/{group}", []))
+        size = scalars.get(f"param_count/{group}")
+        if size and size[0][1] < cfg.ratio_min_params:
+            continue  # the heuristic is about weight matrices, not a few biases or gains
+
+        def growing(a: int, b: int, s: Series = s, pn: dict = pn) -> bool:
+            """The group's weights grow out of a (near-)zero init over points a..b-1."""
+            first, last = pn.get(s[a][0]), pn.get(s[b - 1][0])
+            return first is not None and last is not None and last > 2 * first
+
         for kind, test in (("update_ratio_high", lambda v: v > hi),
                            ("update_ratio_low", lambda v: 0 < v < lo)):  # fmt: skip
-            bad = _runs([test(v) and gn.get(st, 1.0) != 0 for st, v in s], cfg.ratio_points)
+            mask = [test(v) and gn.get(st, 1.0) != 0 for st, v in s]
+            start = s[0][0] if s else 0
+            mask = [m and st >= start + cfg.ratio_skip for m, (st, _) in zip(mask, s, strict=True)]
+            bad = _runs(mask, cfg.ratio_points)
+            if kind == "update_ratio_high":
+                bad = [(a, b) for a, b in bad if not growing(a, b)]
             if bad:
                 a, b = bad[0]
                 word = "above" if kind.endswith("high") else "below"
@@ -320,8 +347,26 @@ def _change_point(vals: list[float]) -> int:
     return min(range(1, n), key=lambda k: sse(0, k) + sse(k, n)) if n > 1 else 0
 
 
+def _off(rate: float, p: float, n: float | None, cfg: RuleConfig) -> bool:
+    """Is an observed drop ``rate`` (over ``n`` draws, when known) off the configured ``p``?"""
+    if p * (1 - cfg.drop_rel) <= rate <= p * (1 + cfg.drop_rel) or (p == 0 and rate == 0):
+        return False
+    if n is None or p <= 0 or p >= 1:
+        return True
+    return abs(rate - p) > cfg.drop_z * math.sqrt(p * (1 - p) / n)  # beyond sampling noise
+
+
+def _pooled(vals: list[float], ns: list[Any] | None, a: int, b: int) -> tuple[float, float | None]:
+    """Mean rate over points ``a:b`` (weighted by draws when known) and the number of draws."""
+    if ns is None:
+        return sum(vals[a:b]) / (b - a), None
+    n = float(sum(ns[a:b]))
+    return sum(v * w for v, w in zip(vals[a:b], ns[a:b], strict=True)) / n, n
+
+
 def _cfg_drop(scalars: dict[str, Series], cfg: RuleConfig) -> list[Finding]:
     out = []
+    counts = dict(scalars.get("cfg/drop_n", []))
     for rate_tag, p_tag in (("cfg/drop_rate", "cfg/p"), ("cfg/drop_fraction", "cfg/p_uncond")):
         if rate_tag not in scalars or p_tag not in scalars:
             continue
@@ -330,26 +375,29 @@ def _cfg_drop(scalars: dict[str, Series], cfg: RuleConfig) -> list[Finding]:
         if len(s) < 6 or not ps:
             continue
         p = ps[-1][1]
-        lo, hi = p * (1 - cfg.drop_rel), p * (1 + cfg.drop_rel)
         vals = [v for _, v in s]
-        mean_all = sum(vals) / len(vals)
-        if not lo <= mean_all <= hi and (p > 0 or mean_all > 0):
+        ns = [counts.get(st) for st, _ in s]
+        weights = ns if all(n is not None and n > 0 for n in ns) else None
+        rate_all, n_all = _pooled(vals, weights, 0, len(vals))
+        if _off(rate_all, p, n_all, cfg):
+            draws = f" in {n_all:.0f} draws" if n_all else ""
             out.append(Finding("cfg_drop_rate", rate_tag, s[0][0], s[0][1],
-                               f"observed CFG drop rate {mean_all:.3f} over the whole run is off "
-                               f"the configured p={p:g}"))  # fmt: skip
+                               f"observed CFG drop rate {rate_all:.3f}{draws} over the whole run "
+                               f"is off the configured p={p:g}"))  # fmt: skip
             continue
         k = _change_point(vals)
         zeros = next((j for j in range(len(vals), 0, -1) if vals[j - 1] != 0), 0)
         if p > 0 and len(vals) - zeros >= 5:  # it stopped: from the first of the trailing zeros
             k = zeros
-        after = vals[k:]
-        m_after = sum(after) / len(after)
-        if len(after) >= 5 and not lo <= m_after <= hi:
-            m_before = sum(vals[:k]) / k
-            what = "stops" if m_after == 0 else "drifts off"
+        if len(vals) - k < 5:
+            continue
+        r_after, n_after = _pooled(vals, weights, k, len(vals))
+        if _off(r_after, p, n_after, cfg):
+            r_before, _ = _pooled(vals, weights, 0, k)
+            what = "stops" if r_after == 0 else "drifts off"
             out.append(Finding("cfg_drop_rate", rate_tag, s[k][0], s[k][1],
-                               f"CFG dropout {what} at step {s[k][0]}: drop rate {m_before:.3f} "
-                               f"before, {m_after:.3f} over the last {len(after)} logged steps, "
+                               f"CFG dropout {what} at step {s[k][0]}: drop rate {r_before:.3f} "
+                               f"before, {r_after:.3f} over the last {len(vals) - k} logged steps, "
                                f"configured p={p:g} (a code path that skips the dropout, or a "
                                "flag reset)"))  # fmt: skip
     return out

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import TorchdxError
+from contracts.cli import ArgumentParser, fail
 
 from ._inspect_read import find_runs, read_run
 from ._inspect_rules import Finding, RuleConfig, inspect_scalars
@@ -100,17 +101,9 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m diagnostics.inspect_run",
-        description=__doc__.split("\n\n")[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = ArgumentParser(
+        prog="python -m diagnostics.inspect_run", description=__doc__.split("\n\n")[1]
     )
     p.add_argument("logdir", metavar="LOGDIR", help="a run folder or a tree of runs")
     p.add_argument("--json", metavar="FILE", help="also write the findings as JSON here")
@@ -125,16 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = inspect_logdir(args.logdir, progress=not args.no_progress)
     except InspectRunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail("inspect_run", str(err).removeprefix("inspect_run: "))
     if args.json:
         out = Path(args.json)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
         except OSError as err:
-            print(f"error: cannot write --json {str(out)!r}: {err.strerror}", file=sys.stderr)
-            return 2
+            return fail("inspect_run", f"cannot write --json {str(out)!r}: {err.strerror}")
     print(format_table(report), flush=True)
     return 1 if args.strict and report["findings"] else 0
 

@@ -125,6 +125,8 @@ def run_training(
     res = TrainResult(model, eval_before=eval_loss(model, eval_t))
     if monitor is not None and not hasattr(monitor, "step"):
         monitor = monitor(model, opt)
+    if monitor is not None:
+        monitor.step(0, val_loss=res.eval_before)
     writer = None
     if logdir:
         from torch.utils.tensorboard import SummaryWriter  # heavy: lazily

@@ -153,12 +153,16 @@ def test_gradient_and_update_ratio_rules():
         "grad_norm/tiny": _c([1e-3] * 10 + [1e-9] * 20),
         "grad_norm/boom": _c([0.1] * 15 + [50.0] * 15),
         "update_ratio/a": _c([1e-3] * 12 + [0.5] * 18),
+        "update_ratio/early": _c([0.5] * 8 + [1e-3] * 22),  # zero-init transient: not judged
+        "update_ratio/grows": _c([1e-3] * 12 + [0.5] * 18),
+        "param_norm/grows": _c([0.01] * 12 + [0.01 * 1.3**i for i in range(18)]),
     }
     got = {(f.kind, f.tag, f.step) for f in inspect_scalars(s)}
     assert ("grad_vanishing", "grad_norm/tiny", 10) in got
     assert ("grad_exploding", "grad_norm/boom", 15) in got
     assert ("update_ratio_high", "update_ratio/a", 12) in got
-    assert not any(t == "grad_norm/a" for _, t, _ in got)
+    quiet = ("grad_norm/a", "update_ratio/early", "update_ratio/grows")
+    assert not any(t in quiet for _, t, _ in got), got
 
 
 def test_lr_oscillation_but_not_warmup_cosine():

@@ -35,7 +35,7 @@ def test_diffusion_buffer_logs_sigma_and_score_ranges(tmp_path):
     lo, hi = s["sde/sigma_min"][0][1], s["sde/sigma_max"][0][1]
     assert 0 < lo < hi  # σ(t_eps) < σ(t_max) for the buffer's time ladder
     assert 0 <= s["score/abs_min"][0][1] <= s["score/abs_max"][0][1]
-    assert "grad_norm/backbone" in s and "val/loss" in s
+    assert "grad_norm/backbone" in s and [st for st, _ in s["val/loss"]] == [0, 3]
 
 
 def test_audiosr_logs_the_global_encoder_gradient_share(tmp_path):
