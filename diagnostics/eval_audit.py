@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated metrics (default: the target's, or si_sdr,pesq,estoi); the first "
         "one drives the findings",
     )
-    p.add_argument("--examples", type=int, help="embedded target: number of examples (default 12)")
+    p.add_argument("--examples", type=int, help="embedded target: number of examples (default 6)")
     p.add_argument("--seconds", type=float, help="embedded target: clip seconds (default 1.0)")
     p.add_argument(
         "--agreement-n",
@@ -245,6 +245,25 @@ def _reference_overrides(text: str | None, reference: dict[str, Any]) -> dict[st
     return out
 
 
+def _threads(n: int | None) -> str:
+    """--threads, else 1 thread when the load average exceeds the cores (spinning OpenMP
+    threads on an oversubscribed machine make every call several times slower)."""
+    import torch
+
+    if n is not None:
+        torch.set_num_threads(max(1, n))
+        return f"{torch.get_num_threads()} (--threads)"
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    cores = os.cpu_count() or 1
+    if load > cores and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        return f"1 (load average {load:.1f} > {cores} cores)"
+    return str(torch.get_num_threads())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 done, 2 bad input)."""
     args = _parser().parse_args(argv)
@@ -252,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        if args.threads is not None:
-            torch.set_num_threads(max(1, args.threads))
+        threads = _threads(args.threads)
         from diagnostics._eval_audit import (
             EvalAuditError,
             make_variants,
@@ -328,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_s": round(t_loaded - t0, 2),
         "audit_s": round(t_run - t_loaded, 2),
         "write_s": round(time.perf_counter() - t_run, 2),
-        "threads": torch.get_num_threads(),
+        "threads": threads,
+        "n_examples": report.n_examples,
+        "protocols": 1 + len(report.variants),
     }
     (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     from diagnostics._eval_audit._writers import findings_list, protocol_table
