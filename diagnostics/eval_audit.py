@@ -114,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also write the findings into FILE.md between <!-- eval_audit:begin --> and "
         "<!-- eval_audit:end --> (appended when absent)",
     )
+    p.add_argument(
+        "--doc-results",
+        default="eval_audit_doc",
+        metavar="NAME",
+        help="results file (FILE.md's folder/results/NAME.json) holding the block's figures, "
+        "which the block quotes through <!-- fig --> markers (default eval_audit_doc)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler noise (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -341,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         ["python -m diagnostics.eval_audit", *map(shlex.quote, argv or sys.argv[1:])]
     )
     if args.doc:
-        write_doc_block(report, args.doc, command=command)
+        write_doc_block(report, args.doc, command=command, results_name=args.doc_results)
     timing = {
         "load_s": round(t_loaded - t0, 2),
         "audit_s": round(t_run - t_loaded, 2),
