@@ -138,13 +138,35 @@ def render_markdown(report: AuditReport, figures: dict[str, str] | None = None) 
     return "\n".join(lines) + "\n"
 
 
+def _short(p: dict[str, Any], ref: dict[str, Any]) -> str:
+    """What a protocol changes relative to the reference (``"N=50"``, ``"raw"``)."""
+    if p is ref:
+        return "reference"
+    names = {"steps": "N", "corrector_steps": "corrector", "snr": "snr", "guidance": "w"}
+    parts = [
+        str(v) if k == "weights" else f"{names.get(k, k)}={v:g}"
+        for k, v in p["protocol"].items()
+        if ref["protocol"].get(k) != v
+    ]
+    return " ".join(parts) or p["label"]
+
+
 def _points(report: AuditReport, m: str) -> list[tuple[str, float, float, list[float]]]:
+    """(short label, seconds per example, mean, bar) per protocol; the bar is the paired 95% CI
+    of the delta to the reference, placed at the reference mean (none for the reference)."""
     out = []
-    for p in [report.reference, *report.variants]:
+    ref = report.reference
+    for p in [ref, *report.variants]:
         s = p.get("metrics", {}).get(m)
         if p.get("skipped") or not s or s.get("mean") is None:
             continue
-        out.append((p["label"], p["seconds_per_example"], s["mean"], s["ci95"]))
+        d = p.get("delta", {}).get(m)
+        if d and d.get("delta") is not None and ref["metrics"][m].get("mean") is not None:
+            base = ref["metrics"][m]["mean"]
+            bar = [base + d["ci95"][0], base + d["ci95"][1]]
+        else:
+            bar = [s["mean"], s["mean"]]
+        out.append((_short(p, ref), p["seconds_per_example"], s["mean"], bar))
     return out
 
 
@@ -155,22 +177,27 @@ def write_pareto(report: AuditReport, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     ms = report.metrics
-    fig, axes = plt.subplots(1, len(ms), figsize=(5 * len(ms), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(ms), figsize=(4.5 * len(ms), 3.8), squeeze=False)
     for ax, m in zip(axes[0], ms, strict=True):
         pts = _points(report, m)
         front = set(pareto_front([(lab, c, v) for lab, c, v, _ in pts]))
-        for lab, c, v, ci in pts:
-            is_ref = lab == report.reference["label"]
-            ax.errorbar(c, v, yerr=[[v - ci[0]], [ci[1] - v]], fmt="o" if lab in front else "x",
-                        color="C3" if is_ref else ("C0" if lab in front else "0.5"), capsize=3)  # fmt: skip
-            ax.annotate(lab, (c, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for lab, c, v, bar in pts:
+            color = "C3" if lab == "reference" else ("C0" if lab in front else "0.5")
+            ax.errorbar(c, v, yerr=[[max(0.0, v - bar[0])], [max(0.0, bar[1] - v)]],
+                        fmt="o" if lab in front else "x", color=color, capsize=3)  # fmt: skip
+            ax.annotate(lab, (c, v), fontsize=8, xytext=(4, 3), textcoords="offset points")
         fr = sorted((c, v) for lab, c, v, _ in pts if lab in front)
         if len(fr) > 1:
             ax.plot(*zip(*fr, strict=True), "-", color="C0", alpha=0.5)
         ax.set_xlabel("seconds per example")
         ax.set_ylabel(f"{_name(m)}{UNITS.get(m, '')}")
-        ax.set_title(f"{_name(m)} vs cost (red: reference)")
+        ax.set_title(f"{_name(m)} vs cost", fontsize=10)
         ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"reference: {report.reference['label']} (red); bars: paired 95% CI of the change; "
+        "blue: Pareto front",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
