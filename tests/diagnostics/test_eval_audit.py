@@ -242,3 +242,66 @@ def test_sgmse_loader_bug_is_caught(tmp_path, monkeypatch):
     monkeypatch.setattr(sg, "load_checkpoint", buggy_loader)
     f = _kinds(_tiny_audit(path))["ema_not_loaded"]
     assert "holds the raw weights" in f["text"]
+
+
+# --- finding rules on hand-made measurements ---------------------------------------------------
+
+
+def _report(variants, metrics=("si_sdr",)):
+    from diagnostics._eval_audit import AuditReport
+
+    ref_p = {"steps": 30, "corrector_steps": 1, "weights": "ema"}
+    stat = {"mean": 5.0, "ci95": [4.0, 6.0], "n": 12}
+    vs = []
+    for change, delta, ci in variants:
+        vs.append(
+            {
+                "protocol": {**ref_p, **change},
+                "label": str(change),
+                "metrics": {m: dict(stat) for m in metrics},
+                "delta": {m: {"delta": delta, "ci95": ci, "n": 12} for m in metrics},
+                "seconds_per_example": 2.0,
+                "model_calls": 30,
+            }
+        )
+    checks = {
+        "floor": {"metrics": {m: dict(stat) for m in metrics}, "delta_reference": {}},
+        "ceiling": {},
+        "agreement": {},
+    }
+    report = AuditReport("t", 12, 0, list(metrics),
+                         {"protocol": ref_p, "label": "ref", "metrics": {m: stat for m in metrics},
+                          "seconds_per_example": 4.0, "model_calls": 60},
+                         vs, checks, {})  # fmt: skip
+    from diagnostics._eval_audit._findings import make_findings
+
+    return {f["kind"]: f for f in make_findings(report)}
+
+
+def test_corrector_rules_and_wording():
+    k = _report([({"corrector_steps": 0}, 0.5, [0.3, 0.7])])
+    assert k["corrector_hurts"]["text"].startswith(
+        "corrector hurts: corrector steps = 1 → 0 changes SI-SDR by +0.50 dB [+0.30, +0.70], at "
+        "0.50× the model calls, 0.50× the seconds"
+    )
+    assert "corrector_helps" in _report([({"corrector_steps": 0}, -0.5, [-0.7, -0.3])])
+    wide = _report([({"corrector_steps": 0}, 0.5, [-0.4, 1.4])])["corrector_neutral"]
+    assert "unclear (CI too wide)" in wide["text"]
+    tiny = _report([({"corrector_steps": 2}, 0.05, [0.01, 0.09])])["corrector_neutral"]
+    assert "no meaningful effect" in tiny["text"]
+
+
+def test_steps_rules():
+    assert "under_converged" in _report([({"steps": 50}, 0.41, [0.22, 0.63])])
+    assert "converged" in _report([({"steps": 50}, 0.05, [-0.1, 0.15])])
+    assert "steps_unclear" in _report([({"steps": 50}, 0.3, [-0.5, 1.1])])
+    assert "fewer_steps_cost" in _report([({"steps": 10}, -1.0, [-1.5, -0.5])])
+    assert "fewer_steps_suffice" in _report([({"steps": 10}, 0.0, [-0.1, 0.1])])
+    assert "steps_unclear" in _report([({"steps": 10}, 0.6, [-0.1, 1.3])])
+
+
+def test_pareto_front():
+    from diagnostics._eval_audit._findings import pareto_front
+
+    pts = [("a", 1.0, 5.0), ("b", 2.0, 6.0), ("c", 3.0, 5.5), ("d", 1.0, 4.0)]
+    assert pareto_front(pts) == ["a", "b"]
