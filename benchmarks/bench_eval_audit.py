@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_examples": n,
             "protocols": len(protos),
             "model_calls": sum(v["model_calls"] for v in protos),
+            "network_evals": sum(v.get("network_evals", 0) for v in protos),
             "load_s": timing["load_s"],
             "audit_s": timing["audit_s"],
             "write_s": timing["write_s"],

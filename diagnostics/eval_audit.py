@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated metrics (default: the target's, or si_sdr,pesq,estoi); the first "
         "one drives the findings",
     )
+    p.add_argument("--device", help="embedded target: torch device, e.g. cuda (default cpu)")
     p.add_argument("--examples", type=int, help="embedded target: number of examples (default 6)")
     p.add_argument("--seconds", type=float, help="embedded target: clip seconds (default 1.0)")
     p.add_argument(
@@ -309,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{','.join(BUILTIN_METRICS)}"
                 )
         if args.target is not None:
-            if args.checkpoint or args.examples or args.seconds:
+            if args.checkpoint or args.examples or args.seconds or args.device:
                 raise _BadInput(
-                    "--checkpoint/--examples/--seconds apply to the embedded target only"
+                    "--checkpoint/--examples/--seconds/--device apply to the embedded target only"
                 )
             target = load_eval_target(args.target, args.seed)
         else:
@@ -324,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
                 if args.seconds < 0.25:
                     raise _BadInput(f"--seconds {args.seconds:g}: need at least 0.25 s (PESQ)")
                 over["seconds"] = args.seconds
+            if args.device is not None:
+                try:
+                    torch.empty(0, device=args.device)
+                except (RuntimeError, ValueError) as e:
+                    raise _BadInput(f"--device {args.device!r}: {str(e).splitlines()[0]}") from None
+                over["device"] = args.device
             torch.manual_seed(args.seed)
             target = sgmse_eval_target(args.checkpoint or "cond", **over)
         target.reference = _reference_overrides(args.reference, dict(target.reference))

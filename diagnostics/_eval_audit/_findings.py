@@ -88,8 +88,8 @@ def _cost(v: dict[str, Any], ref: dict[str, Any]) -> str:
     a, b = v.get("seconds_per_example"), ref.get("seconds_per_example")
     if not a or not b:
         return ""
-    ca, cb = v.get("model_calls"), ref.get("model_calls")
-    calls = f"{ca / cb:.2f}× the model calls, " if ca and cb else ""
+    ca, cb = v.get("network_evals"), ref.get("network_evals")
+    calls = f"{ca / cb:.2f}× the network evaluations, " if ca and cb else ""
     return f", at {calls}{a / b:.2f}× the seconds ({a:.2f} vs {b:.2f} s per example)"
 
 

@@ -28,6 +28,7 @@ SGMSE_DEFAULTS: dict[str, Any] = {
     "seconds": 1.0,  # clip length
     "batch_size": 6,  # mixtures per sampler call
     "data_seed": 0,  # seed of the held-out mixture stream
+    "device": "cpu",  # where the model runs (the sampler follows the model)
 }
 
 
@@ -75,6 +76,7 @@ def sgmse_eval_target(checkpoint: str | Path = "cond", **overrides: Any) -> Eval
         raise EvalAuditError(
             f"sgmse_eval_target: could not load {str(checkpoint)!r}: {e}"
         ) from None
+    model.to(o["device"])
     path = Path(model.checkpoint["path"])
     weights = _file_weights(path, model)
     conditioned = float(model.cfg.p_uncond) < 1.0

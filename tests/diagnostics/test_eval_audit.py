@@ -41,6 +41,7 @@ def test_under_converged_sampler_is_flagged_with_its_numbers():
     v = report.variants[0]
     assert v["protocol"] == {"steps": 256, "weights": "ema"}
     assert v["model_calls"] == 16 * report.reference["model_calls"]
+    assert v["network_evals"] == 4 * v["model_calls"]  # one batch of 4 examples per call
     assert "converged" not in _kinds(report)
 
 
@@ -261,7 +262,7 @@ def _report(variants, metrics=("si_sdr",)):
                 "metrics": {m: dict(stat) for m in metrics},
                 "delta": {m: {"delta": delta, "ci95": ci, "n": 12} for m in metrics},
                 "seconds_per_example": 2.0,
-                "model_calls": 30,
+                "network_evals": 30,
             }
         )
     checks = {
@@ -271,7 +272,7 @@ def _report(variants, metrics=("si_sdr",)):
     }
     report = AuditReport("t", 12, 0, list(metrics),
                          {"protocol": ref_p, "label": "ref", "metrics": {m: stat for m in metrics},
-                          "seconds_per_example": 4.0, "model_calls": 60},
+                          "seconds_per_example": 4.0, "network_evals": 60},
                          vs, checks, {})  # fmt: skip
     from diagnostics._eval_audit._findings import make_findings
 
@@ -282,7 +283,7 @@ def test_corrector_rules_and_wording():
     k = _report([({"corrector_steps": 0}, 0.5, [0.3, 0.7])])
     assert k["corrector_hurts"]["text"].startswith(
         "corrector hurts: corrector steps = 1 → 0 changes SI-SDR by +0.50 dB [+0.30, +0.70], at "
-        "0.50× the model calls, 0.50× the seconds"
+        "0.50× the network evaluations, 0.50× the seconds"
     )
     assert "corrector_helps" in _report([({"corrector_steps": 0}, -0.5, [-0.7, -0.3])])
     wide = _report([({"corrector_steps": 0}, 0.5, [-0.4, 1.4])])["corrector_neutral"]
@@ -305,3 +306,22 @@ def test_pareto_front():
 
     pts = [("a", 1.0, 5.0), ("b", 2.0, 6.0), ("c", 3.0, 5.5), ("d", 1.0, 4.0)]
     assert pareto_front(pts) == ["a", "b"]
+
+
+def test_sgmse_sampler_takes_every_protocol_setting(tmp_path):
+    path = _tiny_checkpoint(tmp_path, "updated")
+    target = sgmse_eval_target(path, n_examples=2, seconds=0.25, batch_size=2)
+    target.metrics = builtin_metrics(16000, ["si_sdr"])
+    target.reference = {**target.reference, "steps": 2, "corrector_steps": 0}
+    grids = dict(steps=[1], corrector_steps=[1], snr=[0.2], guidance=[2.0])
+    report = run_audit(target, make_variants(target.reference, **grids), agreement_n=1)
+    by = {v["label"]: v for v in report.variants}
+    ref = report.reference
+    assert ref["model_calls"] == 2 and ref["network_evals"] == 4  # N=2, B=2, no corrector
+    assert by["N=1 corrector=0 snr=0.5 w=1 ema"]["model_calls"] == 1
+    assert by["N=2 corrector=1 snr=0.5 w=1 ema"]["model_calls"] == 4
+    # CFG with w != 1: one call of 2B rows per step
+    assert by["N=2 corrector=0 snr=0.5 w=2 ema"]["model_calls"] == 2
+    assert by["N=2 corrector=0 snr=0.5 w=2 ema"]["network_evals"] == 8
+    # snr only acts through the corrector, which is off in the reference: same estimate
+    assert by["N=2 corrector=0 snr=0.2 w=1 ema"]["delta"]["si_sdr"]["delta"] == 0.0
