@@ -115,7 +115,9 @@ def check_weights(target: EvalTarget, original: Mapping[str, Tensor]) -> dict[st
     out: dict[str, Any] = {"available": sorted(k for k, v in w.items() if v is not None)}
     out["evaluated_claimed"] = target.evaluated
     ema, raw = w.get("ema"), w.get("raw")
-    out["ema_in_checkpoint"] = None if "ema" not in w else ema is not None
+    # EMA asked for (or offered) but absent: the checkpoint has none
+    asked = "ema" in w or target.evaluated == "ema"
+    out["ema_in_checkpoint"] = ema is not None if asked else None
     if ema is not None and raw is not None:
         identical, max_diff = _state_equal(ema, raw)
         out["ema_identical_to_raw"] = identical

@@ -78,6 +78,10 @@ def test_checkpoint_without_ema_is_flagged():
     assert kinds["ema_not_loaded"]["severity"] == "problem"
     assert "checkpoint has no EMA" in kinds["ema_not_loaded"]["text"]
     assert report.reference["weights_loaded"] == "as given"
+    # the same when the target leaves the "ema" entry out altogether
+    target = _si_sdr_only(gain_raw=0.9, gain_ema=None)
+    target.weights = {"raw": target.weights["raw"]}
+    assert "ema_not_loaded" in _kinds(run_audit(target, []))
 
 
 def test_loader_that_kept_the_raw_weights_is_flagged():
