@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Audit an evaluation protocol before blaming the model. Runs a reference "
         "protocol and one-setting-at-a-time variants (sampler steps, corrector steps, corrector "
         "snr, guidance scale, EMA vs raw weights) on the same examples with the same sampler "
-        "noise, and reports each variant's metrics (mean, bootstrap 95%% CI, n), its paired "
+        "noise, and reports each variant's metrics (mean, bootstrap 95% CI, n), its paired "
         "delta to the reference with a bootstrap CI, and seconds per example. Also checks the "
         "evaluation itself: metrics of the unprocessed input (floor), of the clean reference "
         "against itself (ceiling), and agreement of the metric functions with reference "
