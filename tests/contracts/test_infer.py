@@ -16,6 +16,8 @@ import contracts
 from contracts import InferTarget
 from contracts.infer import InferError, infer, main
 
+from .test_infer_models import _keep_contract_registry  # noqa: F401 (an autouse fixture)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
