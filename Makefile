@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.torchdx-installed
 
-.PHONY: demo test lint format bench docs clean
+.PHONY: demo test lint format bench docs figures gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,17 @@ format: $(STAMP)
 docs: $(STAMP)
 	$(PY) -m contracts.docs
 
+# fill the <!-- fig --> markers in README.md and docs/ from docs/results/*.json
+figures: $(STAMP)
+	$(PY) -m benchmarks.render_figures
+
+# where a CUDA device is present: gpu tests, host syncs per tool, overhead ratios, fp16 overflow
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check
+
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+	$(PY) -m benchmarks.fault_zoo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis runs

@@ -77,7 +77,8 @@ def write_results(
     payload = {
         "name": name,
         "figures": figures,
-        "command": command or " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command
+        or " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_facts(device),
     }

@@ -16,14 +16,11 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from diagnostics import ablation_example as S
 from diagnostics import run_ablation
-from tests.diagnostics import ablation_standin as S
 
 KW = dict(seed=0, embeddings=False, guidance=False, umap=False, n_boot=200)
 
@@ -87,7 +84,7 @@ def main() -> None:
         args.repeats,
     )
     try:
-        from diagnostics._default_target import default_target
+        from diagnostics._ablation._default_target import default_target
 
         tgt = default_target(n_mixtures=6, n_embed=6)
         bench_batching(

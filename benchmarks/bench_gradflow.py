@@ -4,7 +4,11 @@ Same models as bench_nanwatch (4-layer ``nn.TransformerEncoder`` at (B8, T200, D
 (B4, T50, D64)); the step is forward + MSE + backward. Also measured: ``record(optimizer=Adam)``
 (update/weight ratios) and a naive per-parameter ``p.grad.norm().item()`` loop.
 
-Run: ``python benchmarks/bench_gradflow.py [--repeats 15]``
+Ratios are of process CPU time on CPU (steadier on a shared machine) and wall time on CUDA;
+``record()``'s own work is also timed alone (200 repeats). Figures go to
+``docs/results/gradflow.json``.
+
+Run: ``python -m benchmarks.bench_gradflow [--repeats 15]``
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import torch
 from torch import nn
 
+from benchmarks._results import write_results
 from diagnostics import GradFlow
 
 
@@ -27,7 +32,7 @@ def make(B, T, D, device):
     return model, x, y
 
 
-def bench(B, T, D, repeats, device):
+def bench(B, T, D, repeats, device) -> dict:
     model, x, y = make(B, T, D, device)
     gf = GradFlow(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -74,30 +79,56 @@ def bench(B, T, D, repeats, device):
     c = {k: statistics.median(v) for k, v in cpu.items()}
     bare()
     own = []
-    for _ in range(100):
+    for _ in range(200):
         t0 = time.process_time()
         gf.record()
         own.append(time.process_time() - t0)
     own_s = statistics.median(own)
+    naive_own = []
+    for _ in range(200):
+        t0 = time.process_time()
+        {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
+        naive_own.append(time.process_time() - t0)
+    naive_s = statistics.median(naive_own)
+    m = c if device == "cpu" else w
+    out = {
+        "bare_ms": m["bare"] * 1e3,
+        "ratio": {
+            "record": m["record"] / m["bare"],
+            "record_optimizer": m["record+optimizer"] / m["bare"],
+            "naive_item_loop": m["naive .item() loop"] / m["bare"],
+        },
+        "own_work_us": own_s * 1e6,
+        "own_work_ratio": 1 + own_s / c["bare"],
+        "naive_own_work_us": naive_s * 1e6,
+        "naive_own_work_ratio": 1 + naive_s / c["bare"],
+    }
     print(f"\n== GradFlow, TransformerEncoder 4 layers, B={B} T={T} D={D}, device={device} ==")
-    print(
-        f"bare step: {w['bare'] * 1e3:.1f} ms wall, {c['bare'] * 1e3:.1f} ms CPU "
-        f"(median of {repeats}); ratios: wall / CPU"
-    )
-    print(f"  record() own work: {own_s * 1e6:.0f} us CPU -> {1 + own_s / c['bare']:.4f}x")
-    for k in list(variants)[1:]:
-        print(f"  {k:<20} {w[k] / w['bare']:.3f}x / {c[k] / c['bare']:.3f}x")
+    print(f"bare step: {out['bare_ms']:.1f} ms; ratios ({'CPU' if device == 'cpu' else 'wall'})")
+    print(f"  record() own work: {own_s * 1e6:.0f} us -> {out['own_work_ratio']:.4f}x")
+    print(f"  naive loop own work: {naive_s * 1e6:.0f} us -> {out['naive_own_work_ratio']:.4f}x")
+    for k, v in out["ratio"].items():
+        print(f"  {k:<20} {v:.3f}x")
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true", help="print only; no results file")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    for B, T, D in ((8, 200, 256), (4, 50, 64)):
-        bench(B, T, D, a.repeats, a.device)
+    figures = {
+        f"B{B}_T{T}_D{D}": bench(B, T, D, a.repeats, a.device)
+        for B, T, D in ((8, 200, 256), (4, 50, 64))
+    }
+    if not a.no_write:
+        path = write_results(
+            "gradflow", figures, command="python -m benchmarks.bench_gradflow", device=a.device
+        )
+        print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ step (the replay and op passes). Peak memory (CPU: from the profiler's allocatio
 ``max_memory_allocated``) of the healthy path is compared with the bare step. On CUDA it also
 counts host syncs per step (``torch.cuda.set_sync_debug_mode``).
 
-Run: ``python benchmarks/bench_nanwatch.py [--repeats 15] [--device cpu|cuda]``
+A compiled variant (``torch.compile(backend="aot_eager")`` on CPU, ``inductor`` on CUDA) measures
+the healthy path on a compiled model against the compiled bare step, beside the eager pair, in
+one run. Figures go to ``docs/results/nanwatch.json``.
+
+Run: ``python -m benchmarks.bench_nanwatch [--repeats 15] [--device cpu|cuda] [--no-compiled]``
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 import torch
 from torch import nn
 
+from benchmarks._results import write_results
 from diagnostics import NanWatch, NonFiniteError
 
 
@@ -110,7 +115,7 @@ def count_syncs(fn) -> int:
     return sum("synchroniz" in str(x.message) for x in w)
 
 
-def bench(B, T, D, repeats, device):
+def bench(B, T, D, repeats, device) -> dict:
     model, step, x, y = make(B, T, D, device)
     watch = NanWatch(model)
     eager = NanWatch(model, mode="eager")
@@ -170,7 +175,7 @@ def bench(B, T, D, repeats, device):
         repeats,
         device,
     )
-    tl = time_variants({"bare": bare_failing, "localize": failing}, max(3, repeats // 3), device)
+    tl = time_variants({"bare": bare_failing, "localize": failing}, max(3, repeats // 2), device)
     rep = failing()
 
     def bare_nz():  # grads zeroed outside the measured region
@@ -190,48 +195,135 @@ def bench(B, T, D, repeats, device):
         own.append(time.process_time() - t0)
     own_s = statistics.median(own)
 
+    # why the healthy check is an L2 norm: the fused inf-norm over the same gradients
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    check = {}
+    for name, kw in (("l2", {}), ("inf", {"ord": float("inf")})):
+        ts = []
+        for _ in range(20):
+            sync(device)
+            t0 = time.perf_counter()
+            torch._foreach_norm(grads, **kw)
+            sync(device)
+            ts.append(time.perf_counter() - t0)
+        check[name] = statistics.median(ts) * 1e6
+
     mem = {}
     for name, fn in (("bare", bare_nz), ("nanwatch", watched_nz)) * 2:  # second round counts
         model.zero_grad(set_to_none=True)
         mem[name] = peak_bytes(fn, device)
-    mem_bare, mem_watch = mem["bare"], mem["nanwatch"]
-    print(f"\n== TransformerEncoder 4 layers, B={B} T={T} D={D}, device={device} ==")
-    print(
-        f"bare step: {t['bare'][0] * 1e3:.1f} ms wall, {t['bare'][1] * 1e3:.1f} ms CPU "
-        f"(median of {repeats}); ratios: wall / CPU"
-    )
-    for k in ("nanwatch", "nanwatch_eager", "detect_anomaly", "naive_hooks"):
-        print(f"  {k:<16} {t[k][0] / t['bare'][0]:.3f}x / {t[k][1] / t['bare'][1]:.3f}x")
-    print(
-        f"  nanwatch own work per step: {own_s * 1e6:.0f} us CPU -> "
-        f"{1 + own_s / t['bare'][1]:.4f}x the bare step's CPU time"
-    )
-    lw = tl["localize"][0] / tl["bare"][0]
-    lc = tl["localize"][1] / tl["bare"][1]
-    print(
-        f"  failing step under NanWatch (step + replay + op pass) {lw:.2f}x / {lc:.2f}x; "
-        f"replay + op pass alone {lw - 1:.2f}x / {lc - 1:.2f}x -> {rep.module!r} {rep.op}"
-    )
-    print(
-        f"  peak memory: bare {mem_bare / 2**20:.2f} MiB, nanwatch {mem_watch / 2**20:.2f} MiB "
-        f"-> {mem_watch / max(mem_bare, 1):.3f}x"
-    )
+    k = 1 if device == "cpu" else 0  # CPU time on CPU (steadier on a shared machine), else wall
+    out = {
+        "bare_ms": t["bare"][k] * 1e3,
+        "ratio": {n: t[n][k] / t["bare"][k] for n in t if n != "bare"},
+        "ratio_wall": {n: t[n][0] / t["bare"][0] for n in t if n != "bare"},
+        "own_work_us": own_s * 1e6,
+        "own_work_ratio": 1 + own_s / t["bare"][1],
+        "failing": {
+            "step_plus_localize": tl["localize"][k] / tl["bare"][k],
+            "localize_only": tl["localize"][k] / tl["bare"][k] - 1,
+            "module": rep.module,
+            "op": rep.op,
+        },
+        "peak_memory_ratio": mem["nanwatch"] / max(mem["bare"], 1),
+        "grad_check_us": {**check, "inf_over_l2": check["inf"] / check["l2"]},
+    }
     if device == "cuda":
+        out["host_syncs_per_step"] = {
+            "bare": count_syncs(bare),
+            "nanwatch": count_syncs(watched),
+            "nanwatch_eager": count_syncs(watched_eager),
+            "naive_hooks": count_syncs(naive),
+        }
+    return out
+
+
+def bench_compiled(B, T, D, repeats, device) -> dict:
+    """Healthy path on a compiled model vs the compiled bare step, beside the eager pair."""
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    model, step, x, y = make(B, T, D, device)
+    cmodel = torch.compile(model, backend=backend)
+
+    def cstep(x, y):
+        loss = (cmodel(x) - y).pow(2).mean()
+        loss.backward()
+        return loss
+
+    watch, cwatch = NanWatch(model), NanWatch(cmodel)
+
+    def run(fn, w=None):
+        def f():
+            model.zero_grad(set_to_none=True)
+            w.run(fn, x, y) if w is not None else fn(x, y)
+
+        return f
+
+    t = time_variants(
+        {
+            "bare": run(step),
+            "nanwatch": run(step, watch),
+            "compiled_bare": run(cstep),
+            "compiled_nanwatch": run(cstep, cwatch),
+        },
+        repeats,
+        device,
+    )
+    k = 1 if device == "cpu" else 0
+    return {
+        "backend": backend,
+        "compiled_bare_ms": t["compiled_bare"][k] * 1e3,
+        "compiled_ratio": t["compiled_nanwatch"][k] / t["compiled_bare"][k],
+        "eager_ratio": t["nanwatch"][k] / t["bare"][k],
+    }
+
+
+def _print(key: str, r: dict, device: str) -> None:
+    print(f"\n== TransformerEncoder 4 layers, {key}, device={device} ==")
+    print(f"bare step: {r['bare_ms']:.1f} ms; ratios ({'CPU time' if device == 'cpu' else 'wall'})")
+    for n, v in r["ratio"].items():
+        print(f"  {n:<16} {v:.3f}x  (wall {r['ratio_wall'][n]:.3f}x)")
+    print(f"  nanwatch own work: {r['own_work_us']:.0f} us -> {r['own_work_ratio']:.4f}x")
+    f = r["failing"]
+    print(
+        f"  failing step: step + localize {f['step_plus_localize']:.2f}x, localize alone "
+        f"{f['localize_only']:.2f}x -> {f['module']!r} {f['op']}"
+    )
+    print(f"  peak memory nanwatch / bare: {r['peak_memory_ratio']:.3f}x")
+    g = r["grad_check_us"]
+    print(
+        f"  grad check: L2 {g['l2']:.0f} us, inf-norm {g['inf']:.0f} us ({g['inf_over_l2']:.1f}x)"
+    )
+    if "compiled" in r:
+        c = r["compiled"]
         print(
-            f"  host syncs/step: bare {count_syncs(bare)}, nanwatch {count_syncs(watched)}, "
-            f"eager {count_syncs(watched_eager)}, naive hooks {count_syncs(naive)}"
+            f"  compiled ({c['backend']}): nanwatch {c['compiled_ratio']:.3f}x the compiled step; "
+            f"eager pair in the same run {c['eager_ratio']:.3f}x"
         )
+    if "host_syncs_per_step" in r:
+        print(f"  host syncs per step: {r['host_syncs_per_step']}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-compiled", action="store_true", help="skip the compiled-model variant")
+    ap.add_argument("--no-write", action="store_true", help="print only; no results file")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    figures = {}
     for B, T, D in ((8, 200, 256), (4, 50, 64)):
-        bench(B, T, D, a.repeats, a.device)
+        key = f"B{B}_T{T}_D{D}"
+        figures[key] = bench(B, T, D, a.repeats, a.device)
+        if not a.no_compiled:
+            figures[key]["compiled"] = bench_compiled(B, T, D, max(5, a.repeats // 2), a.device)
+        _print(key, figures[key], a.device)
+    if not a.no_write:
+        path = write_results(
+            "nanwatch", figures, command="python -m benchmarks.bench_nanwatch", device=a.device
+        )
+        print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -38,24 +38,32 @@ from ._decorator import contract as contract
 from ._errors import ContractError as ContractError
 from ._errors import TorchdxError as TorchdxError
 from ._infer_record import InferTarget as InferTarget
+from ._inline import check as check
+from ._plan import ContractWarning as ContractWarning
 from ._registry import example as example
+from ._summary import SummaryError as SummaryError
+from ._summary import summarize as summarize
 
 __all__ = [
     "MODES",
     "Attachment",
     "Constraint",
     "ContractError",
+    "ContractWarning",
     "Finite",
     "InferTarget",
     "Mask",
     "ModeError",
     "Probability",
     "Range",
+    "SummaryError",
     "TorchdxError",
     "attach",
+    "check",
     "contract",
     "example",
     "get_mode",
     "mode",
     "set_mode",
+    "summarize",
 ]

@@ -6,7 +6,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from ._decorator import _wrap, build_plan
+from ._decorator import wrap
+from ._plan import ContractOptions, build_plan
 from ._registry import register
 
 __all__ = ["Attachment", "attach"]
@@ -107,16 +108,15 @@ def attach(
     dict_returns = returns if isinstance(returns, Mapping) else None
     plan = build_plan(
         func,
+        ContractOptions(returns=dict_returns, dims=dims),
         hints=dict(params),
         return_hint=returns
         if dict_returns is None and returns is not None
         else inspect.Parameter.empty,
-        returns=dict_returns,
-        dims=dims,
         qualname=f"{getattr(owner, '__qualname__', getattr(owner, '__name__', '?'))}.{attribute}",
     )
     register(plan)
-    wrapped = _wrap(plan)
+    wrapped = wrap(plan)
     if wrapper_kind is not None:
         wrapped = wrapper_kind(wrapped)
     setattr(owner, attribute, wrapped)

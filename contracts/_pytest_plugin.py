@@ -11,13 +11,13 @@ expression mentions ``contracts``. ``contracts_max_examples`` (default 8) bounds
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from ._registry import import_tree
 
 __all__: list[str] = []
 
@@ -40,21 +40,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _import_tree(name: str) -> list[str]:
-    errors = []
-    mod = importlib.import_module(name)
-    if hasattr(mod, "__path__"):
-        for info in pkgutil.walk_packages(mod.__path__, prefix=name + "."):
-            leaf = info.name.rsplit(".", 1)[-1]
-            if leaf == "__main__" or leaf in ("train", "enhance") or leaf.startswith("test"):
-                continue  # CLI entry modules: importing them must not be required
-            try:
-                importlib.import_module(info.name)
-            except Exception as e:  # surfaced as a failing item below
-                errors.append(f"{info.name}: {type(e).__name__}: {e}")
-    return errors
-
-
 class ContractsFile(pytest.File):
     """Collector of the generated items (anchored at the config file that asked for them)."""
 
@@ -65,7 +50,7 @@ class ContractsFile(pytest.File):
         errors: list[str] = []
         for m in modules:
             try:
-                errors += _import_tree(m)
+                errors += import_tree(m)
             except Exception as e:
                 errors.append(f"{m}: {type(e).__name__}: {e}")
         for err in errors:

@@ -98,12 +98,11 @@ def _plan_rows(plan: Any) -> list[str]:
 
 def render(modules: list[str]) -> str:
     """Import ``modules`` (recursively) and render their contracts as Markdown."""
-    from ._pytest_plugin import _import_tree
-    from ._registry import all_plans
+    from ._registry import all_plans, import_tree
 
     errors = []
     for m in modules:
-        errors += _import_tree(m)
+        errors += import_tree(m)
     if errors:
         raise ImportError("; ".join(errors))
     groups: dict[tuple[str, str], list[Any]] = {}

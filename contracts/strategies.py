@@ -25,8 +25,9 @@ import torch
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from ._decorator import Plan, Slot, TensorSpec
+from ._check import torch_dtypes
 from ._errors import TorchdxError
+from ._plan import Plan, Slot, TensorSpec
 from ._registry import all_plans, example_factory
 from ._spec import ELLIPSIS, EXPR, FIXED, NAME, VARIADIC, Expr
 
@@ -57,18 +58,20 @@ def plan_of(fn: Callable) -> Plan:
 
 
 def _float_dtype(spec: TensorSpec) -> torch.dtype:
-    if spec.dtypes is None or torch.float32 in spec.dtypes:
+    dts = torch_dtypes(spec.dtypes)
+    if dts is None or torch.float32 in dts:
         return torch.float32
     for d in (torch.float64, torch.float16, torch.bfloat16):
-        if d in spec.dtypes:
+        if d in dts:
             return d
     return torch.float32
 
 
 def _int_dtype(spec: TensorSpec) -> torch.dtype:
-    if spec.dtypes is None or torch.int64 in spec.dtypes:
+    dts = torch_dtypes(spec.dtypes)
+    if dts is None or torch.int64 in dts:
         return torch.int64
-    return sorted(spec.dtypes, key=str)[0]
+    return sorted(dts, key=str)[0]
 
 
 def _bound(b: Any, bindings: dict, self_obj: Any) -> float | None:
@@ -82,7 +85,7 @@ def _make_tensor(
 ) -> torch.Tensor:
     lo = _bound(spec.lo, bindings, self_obj)
     hi = _bound(spec.hi, bindings, self_obj)
-    dts = spec.dtypes
+    dts = torch_dtypes(spec.dtypes)
     if dts is not None and dts <= {torch.bool}:
         x = torch.rand(shape, generator=gen) < 0.7
         if spec.mask_axis is not None and x.numel():

@@ -14,6 +14,7 @@ norms it reads from ``.grad`` (see ``docs/DDP.md``).
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,6 +215,10 @@ class GradFlow:
         self._mod_hist = np.full((window, len(mods)), np.nan)
         self._local: dict[int, Tensor] = {}  # id(param) -> local grad norm (comm hook)
         self._pos = {id(p): i for i, (_, p) in enumerate(self._named)}
+        # one device and one full-precision dtype (gradients share their parameter's): the
+        # norms need no grouping
+        kinds = {(p.device, p.dtype) for _, p in self._named}
+        self._uniform = len(kinds) == 1 and next(iter(kinds))[1] in (torch.float32, torch.float64)
         if self.ddp is not None and local:
             self._register_hook(comm_hook)
 
@@ -271,14 +276,19 @@ class GradFlow:
         """
         names, have, grads = [], [], []
         unused = []
+        sparse = False
         for i, (n, p) in enumerate(self._named):
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 unused.append(n)
             else:
                 have.append(i)
-                grads.append(p.grad.coalesce().values() if p.grad.is_sparse else p.grad)
+                if g.is_sparse:
+                    sparse, g = True, g.coalesce().values()
+                grads.append(g)
                 names.append(n)
-        norms = _fused_norms(grads)  # float32 on the first grad's device
+        # float32 on the first grad's device
+        norms = _fused_norms(grads, uniform=self._uniform and not sparse)
         dev = norms.device
         extra: list[Tensor] = []
         scale_t = None
@@ -363,13 +373,13 @@ class GradFlow:
         if not math.isfinite(total):
             rep.exploding = not rep.overflow
         elif len(hist) >= 3:
-            med = float(np.median(hist))
+            med = statistics.median(hist)
             rep.exploding = total > self.factor * med
             rep.vanishing = total < med / self.factor
         filled = min(self.steps, self.window)
         if filled >= 3 and math.isfinite(total):
             with np.errstate(invalid="ignore", divide="ignore"):
-                med = np.median(self._mod_hist[:filled], axis=0)
+                med = _col_median(self._mod_hist[:filled])
                 ok = med > 0
                 up = ok & (mod_norms > self.factor * med)
                 down = ok & (mod_norms < med / self.factor)
@@ -380,10 +390,30 @@ class GradFlow:
             self._mod_hist[self.steps % self.window] = mod_norms
 
 
-def _fused_norms(grads: list[Tensor]) -> Tensor:
-    """L2 norm per gradient (same order) as one float32 vector; one kernel per group."""
+def _col_median(a: np.ndarray) -> np.ndarray:
+    """``np.median(a, axis=0)`` (NaN in a column makes its median NaN) without its overhead."""
+    n = a.shape[0]
+    k = n // 2
+    if n % 2:
+        med = np.partition(a, k, axis=0)[k]
+    else:
+        part = np.partition(a, (k - 1, k), axis=0)
+        med = (part[k - 1] + part[k]) / 2
+    med = np.array(med, dtype=float)
+    med[np.isnan(a).any(axis=0)] = np.nan
+    return med
+
+
+def _fused_norms(grads: list[Tensor], uniform: bool = False) -> Tensor:
+    """L2 norm per gradient (same order) as one float32 vector; one kernel per group.
+
+    ``uniform``: the caller knows every gradient has one device and one full-precision float
+    dtype (the common case, checked once per model): no grouping.
+    """
     if not grads:
         return torch.zeros(0)
+    if uniform:
+        return torch.stack(torch._foreach_norm(grads)).float()
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, g in enumerate(grads):
         groups.setdefault((g.device, g.dtype), []).append(i)

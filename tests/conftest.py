@@ -2,7 +2,8 @@
 
 One intra-op thread per test: the suite's models are small and the machines it runs on (CI
 included) have two shared cores, where two contending OpenMP threads are measured to be slower
-than one.
+than one. (The skip guard lives in tests/_skip_guard.py, registered by the root conftest.py so
+that it also sees the contract property tests the plugin generates outside tests/.)
 """
 
 import pytest

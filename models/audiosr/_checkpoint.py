@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from models._checkpoint import read_checkpoint, write_checkpoint
 
 from ._config import AudioSRConfig, CheckpointError
 from ._model import AudioSR
@@ -87,9 +90,22 @@ def load_state_into(model: AudioSR, state: dict[str, torch.Tensor]) -> LoadRepor
     return LoadReport(missing=missing, loaded=len(state), fresh_parameters=fresh)
 
 
-def save_checkpoint(model: AudioSR, path: str | Path) -> None:
-    """Save ``{"config": ..., "state_dict": ...}`` to ``path``."""
-    torch.save({"config": model.cfg.to_dict(), "state_dict": model.state_dict()}, path)
+def save_checkpoint(
+    model: AudioSR,
+    path: str | Path,
+    step: int = 0,
+    metrics: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """Save config, weights and metadata (step, metrics, torch version) to ``path``.
+
+    Example:
+        >>> save_checkpoint(model, "runs/audiosr/ge.pt", step=200, metrics={"eval_loss": 0.1})
+    """
+    return write_checkpoint(
+        path, kind="audiosr", config=model.cfg.to_dict(),
+        weights={"state_dict": model.state_dict()}, step=step, metrics=metrics, **extra,
+    )  # fmt: skip
 
 
 def load_checkpoint(
@@ -97,19 +113,17 @@ def load_checkpoint(
 ) -> tuple[AudioSR, LoadReport]:
     """Build a model (from ``config``, or the checkpoint's own) and load the weights.
 
+    Files written before the shared format (``{"config", "state_dict"}`` only) still load.
+
     Example:
         >>> model, report = load_checkpoint("old.pt", AudioSRConfig(use_global_encoder=True))
         >>> print(report)
     """
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"load_checkpoint: cannot read {str(path)!r}: {e}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
-        raise CheckpointError(
-            f"load_checkpoint: {str(path)!r} is not an AudioSR checkpoint (needs 'config' and "
-            "'state_dict'; write it with save_checkpoint)"
-        )
+    ckpt = read_checkpoint(
+        path, kind="audiosr", label="AudioSR", error=CheckpointError,
+        legacy_keys=("config", "state_dict"), hint="write it with save_checkpoint",
+    )  # fmt: skip
+    state = {k: v.to(map_location) for k, v in ckpt["state_dict"].items()}
     cfg = config or AudioSRConfig.from_dict(ckpt["config"])
     model = AudioSR(cfg)
-    return model, load_state_into(model, ckpt["state_dict"])
+    return model, load_state_into(model, state)

@@ -268,7 +268,7 @@ class UNet(nn.Module):
     def forward(
         self,
         x: Annotated[Float[Tensor, "B C H W"], Finite()],
-        t: Annotated[Int[Tensor, "B"], Range(0, "self.max_timestep")],  # noqa: F821
+        t: Annotated[Int[Tensor, "B"], Range(0, "self.max_timestep")],
         cond: Annotated[Float[Tensor, "B C H W"], Finite()],
         global_ctx: Annotated[Float[Tensor, "B G"], Finite()] | None = None,
     ) -> Float[Tensor, "B C H W"]:

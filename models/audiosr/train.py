@@ -1,51 +1,54 @@
 """Short real training of the AudioSR-style model on synthetic speech (clean signals).
 
 Run: ``python -m models.audiosr.train --steps 200 --global-encoder --out runs/audiosr/ge.pt``
-(progress bar; TensorBoard scalars ``train/loss`` and ``eval/loss``).
+(progress bar; plain TensorBoard scalars ``train/loss`` and ``eval/loss`` in ``--logdir``;
+``--tensorboard DIR`` adds the TrainingMonitor with the global encoder's gradient share).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from models._training import (
+    TrainResult,
+    TrainSpec,
+    add_common_arguments,
+    eval_loss,
+    run_cli,
+    run_training,
+)
 from models.audio import make_mixtures
 
 from ._checkpoint import save_checkpoint
 from ._config import AudioSRConfig
 from ._model import AudioSR
 
-__all__ = ["TrainResult", "eval_loss", "main", "train"]
+__all__ = ["SPEC", "TrainResult", "eval_loss", "main", "train"]
 
 
-@dataclass
-class TrainResult:
-    """Losses of a run: per step, and the fixed-seed eval loss before and after."""
-
-    model: AudioSR
-    losses: list[float] = field(default_factory=list)
-    eval_before: float = float("nan")
-    eval_after: float = float("nan")
-
-
-def _waves(n: int, seed: int, seconds: float, split: str) -> torch.Tensor:
+def _waves(n: int, seed: int, seconds: float, split: str) -> tuple[torch.Tensor]:
     clean = torch.stack([m.clean for m in make_mixtures(split, n, seed=seed, seconds=seconds)])
-    return clean / clean.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) * 0.9  # (N, L) in [-1, 1]
+    return (clean / clean.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) * 0.9,)  # (N, L)
 
 
-@torch.no_grad()
-def eval_loss(model: AudioSR, wave: torch.Tensor, reps: int = 4) -> float:
-    """Mean loss over ``reps`` fixed-seed draws (RNG state restored afterwards)."""
-    state = torch.get_rng_state()
-    torch.manual_seed(1234)
-    out = sum(model(wave).item() for _ in range(reps)) / reps
-    torch.set_rng_state(state)
-    return out
+def _scalars(model: AudioSR) -> dict[str, Any]:
+    """Seed 001/002: does any gradient reach the global encoder? Its share of the grad norm."""
+    if model.global_encoder is None:
+        return {}
+    enc = [p.grad for p in model.global_encoder.parameters() if p.grad is not None]
+    allg = [p.grad for p in model.parameters() if p.grad is not None]
+    if not allg:
+        return {}
+    enc_sq = torch.stack(torch._foreach_norm(enc)).square().sum() if enc else torch.zeros(())
+    all_sq = torch.stack(torch._foreach_norm(allg)).square().sum()
+    return {"cond/encoder_grad_share": (enc_sq / all_sq.clamp_min(1e-30)).sqrt()}
+
+
+SPEC = TrainSpec(name="audiosr", build=AudioSR, data=_waves, save=save_checkpoint, scalars=_scalars)
 
 
 def train(
@@ -58,70 +61,30 @@ def train(
     seed: int = 0,
     logdir: str | None = None,
     progress: bool = True,
+    monitor: Any = None,
 ) -> TrainResult:
     """Train on ``n_clips`` synthetic clips; returns losses and the eval loss before/after.
+
+    ``monitor``: a ``diagnostics.TrainingMonitor`` (or a factory ``(model, optimizer) -> one``).
 
     Example:
         >>> res = train(AudioSRConfig.tiny(), steps=50, progress=False)
         >>> res.eval_after < res.eval_before
         True
     """
-    torch.manual_seed(seed)
-    model = AudioSR(cfg)
-    wave = _waves(n_clips, seed, seconds, "train")
-    ev = _waves(8, seed, seconds, "heldout")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    res = TrainResult(model, eval_before=eval_loss(model, ev))
-    writer = None
-    if logdir:
-        from torch.utils.tensorboard import SummaryWriter  # heavy: lazily
-
-        writer = SummaryWriter(logdir)
-    for step in tqdm(range(steps), desc="audiosr", disable=not progress):
-        loss = model(wave[torch.randint(0, n_clips, (batch,))])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        res.losses.append(loss.item())
-        if writer is not None:
-            writer.add_scalar("train/loss", loss.item(), step)
-    res.eval_after = eval_loss(model, ev)
-    if writer is not None:
-        writer.add_scalar("eval/loss", res.eval_before, 0)
-        writer.add_scalar("eval/loss", res.eval_after, steps)
-        writer.close()
-    return res
+    return run_training(
+        SPEC, cfg, steps, batch, lr, n_clips, seconds, seed, logdir, progress, monitor
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m models.audiosr.train", description=__doc__)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seconds", type=float, default=0.5)
+    add_common_arguments(p, "runs/audiosr")
     p.add_argument("--global-encoder", action="store_true", help="use_global_encoder=True")
-    p.add_argument("--tiny", action="store_true", help="the test-suite model")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--logdir", default="runs/audiosr")
-    p.add_argument("--out", default=None, help="save a checkpoint (config + weights) here")
     a = p.parse_args(argv)
-    if a.steps < 1 or a.batch < 1:
-        print(f"error: --steps={a.steps} and --batch={a.batch} must be >= 1", file=sys.stderr)
-        return 2
     make = AudioSRConfig.tiny if a.tiny else AudioSRConfig
-    cfg = make(use_global_encoder=a.global_encoder)
-    torch.set_num_threads(1)  # small models: one thread is fastest on a shared machine
-    res = train(cfg, a.steps, a.batch, a.lr, seconds=a.seconds, seed=a.seed, logdir=a.logdir)
-    print(
-        f"eval loss {res.eval_before:.4f} -> {res.eval_after:.4f} "
-        f"({res.eval_after / res.eval_before:.2%} of the start); TensorBoard: {a.logdir}"
-    )
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(res.model, a.out)
-    return 0
+    return run_cli(SPEC, a, make(use_global_encoder=a.global_encoder))
 
 
 if __name__ == "__main__":

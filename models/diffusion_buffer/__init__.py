@@ -12,9 +12,11 @@ Example:
 """
 
 from ._backbone import CausalUNet, FrameNorm
+from ._checkpoint import load_checkpoint, save_checkpoint
 from ._config import (
     AmpOverflowError,
     BufferSizeError,
+    CheckpointError,
     DiffusionBufferConfig,
     DiffusionBufferError,
     check_times,
@@ -27,6 +29,7 @@ __all__ = [
     "AmpOverflowError",
     "BufferSizeError",
     "CausalUNet",
+    "CheckpointError",
     "DiffusionBuffer",
     "DiffusionBufferConfig",
     "DiffusionBufferError",
@@ -35,4 +38,6 @@ __all__ = [
     "Streamer",
     "check_times",
     "ein",
+    "load_checkpoint",
+    "save_checkpoint",
 ]

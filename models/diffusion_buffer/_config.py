@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from contracts import TorchdxError
 __all__ = [
     "AmpOverflowError",
     "BufferSizeError",
+    "CheckpointError",
     "DiffusionBufferConfig",
     "DiffusionBufferError",
     "check_times",
@@ -25,6 +27,12 @@ class DiffusionBufferError(TorchdxError, ValueError):
 
 class BufferSizeError(DiffusionBufferError):
     """The buffer does not fit the clip (``buffer_size`` > STFT frames)."""
+
+    __module__ = "models.diffusion_buffer"
+
+
+class CheckpointError(DiffusionBufferError):
+    """A checkpoint that is missing, not a diffusion-buffer checkpoint, or built for another config."""
 
     __module__ = "models.diffusion_buffer"
 
@@ -138,3 +146,18 @@ class DiffusionBufferConfig:
         )
         base.update(overrides)
         return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists for tuples), as stored in checkpoints."""
+        d = dataclasses.asdict(self)
+        d["channel_mults"] = list(self.channel_mults)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionBufferConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`CheckpointError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CheckpointError(f"DiffusionBufferConfig.from_dict: unknown keys {unknown}")
+        return cls(**d)

@@ -63,6 +63,8 @@ class DiffusionBuffer(nn.Module):
         self.score_head = ScoreHead(self.sde)
         #: frames the network sees per call: receptive field + buffer - 1 (exact streaming)
         self.window = cfg.receptive_frames + cfg.buffer_size - 1
+        #: σ and |score| ranges of the last training forward (0-dim tensors, no host sync)
+        self.last_stats: dict[str, Tensor] = {}
 
     # ---- helpers --------------------------------------------------------------------------------
     def buffer_times(self, n_frames: int, device: torch.device | None = None) -> Tensor:
@@ -139,6 +141,12 @@ class DiffusionBuffer(nn.Module):
         x0_hat = self._net(x, y, t.expand(x.shape[0], -1))[..., -b:]  # (B, F, Bf)
         score = self.score_head(x0_hat, x[..., -b:], y[..., -b:], tb, sigma)
         err = score - (-z / sigma)
+        with torch.no_grad():  # observed for monitors; never part of the graph
+            mag = score.detach().abs()
+            self.last_stats = {
+                "sde/sigma_min": sigma.detach().min(), "sde/sigma_max": sigma.detach().max(),
+                "score/abs_min": mag.min(), "score/abs_max": mag.max(),
+            }  # fmt: skip
         return (sigma**2 * err.abs().square()).mean()
 
     # ---- online inference -----------------------------------------------------------------------

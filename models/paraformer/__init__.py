@@ -17,6 +17,9 @@ from ._config import (
     BatchError as BatchError,
 )
 from ._config import (
+    CheckpointError as CheckpointError,
+)
+from ._config import (
     ConfigError as ConfigError,
 )
 from ._config import (
@@ -92,15 +95,6 @@ from ._predictor import check_alphas as check_alphas
 from ._predictor import cif as cif
 from ._tokenizer import Tokenizer as Tokenizer
 from ._train import (
-    LossWatch as LossWatch,
-)
-from ._train import (
-    check_no_retained_graph as check_no_retained_graph,
-)
-from ._train import (
-    check_padding_leak as check_padding_leak,
-)
-from ._train import (
     check_vocab as check_vocab,
 )
 from ._train import (
@@ -116,6 +110,9 @@ from ._train import (
     predict as predict,
 )
 from ._train import (
+    save_checkpoint as save_checkpoint,
+)
+from ._train import (
     train_step as train_step,
 )
 from ._train import (
@@ -127,13 +124,13 @@ from ._train import (
 
 __all__ = [
     "BatchError",
+    "CheckpointError",
     "ConfigError",
     "Decoder",
     "DecodingError",
     "DecodingWarning",
     "Encoder",
     "FeedForward",
-    "LossWatch",
     "MaskedCrossEntropy",
     "MultiHeadAttention",
     "Paraformer",
@@ -154,8 +151,6 @@ __all__ = [
     "assert_shape",
     "beam_search",
     "check_alphas",
-    "check_no_retained_graph",
-    "check_padding_leak",
     "check_vocab",
     "cif",
     "collate_fn",
@@ -166,6 +161,7 @@ __all__ = [
     "greedy_decode",
     "load_checkpoint",
     "predict",
+    "save_checkpoint",
     "train_step",
     "unpack_batch",
     "val_step",

@@ -9,6 +9,7 @@ from contracts import TorchdxError
 
 __all__ = [
     "BatchError",
+    "CheckpointError",
     "ConfigError",
     "DecodingError",
     "ParaformerConfig",
@@ -25,6 +26,10 @@ class ParaformerError(TorchdxError, ValueError):
 
 class ConfigError(ParaformerError):
     """A configuration value is invalid (names the field, the value and the limit)."""
+
+
+class CheckpointError(ParaformerError):
+    """A checkpoint that is missing or was not written by ``models.paraformer``."""
 
 
 class VocabError(ParaformerError):

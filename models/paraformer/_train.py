@@ -14,8 +14,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from contracts import Range, contract
+from models._checkpoint import read_checkpoint, write_checkpoint
 
-from ._config import BatchError, ParaformerConfig, TrainingError, VocabError
+from ._config import BatchError, CheckpointError, ParaformerConfig, VocabError
 from ._data import ToySeq2SeqDataset, collate_fn
 from ._decode import greedy_decode
 from ._losses import SequenceAccuracy, TokenAccuracy
@@ -25,13 +26,11 @@ from ._predictor import check_alphas
 from ._tokenizer import Tokenizer
 
 __all__ = [
-    "LossWatch",
-    "check_no_retained_graph",
-    "check_padding_leak",
     "check_vocab",
     "fit",
     "load_checkpoint",
     "predict",
+    "save_checkpoint",
     "train_step",
     "unpack_batch",
     "val_step",
@@ -68,14 +67,21 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scheduler: Any = None,
     grad_clip: float | None = 1.0,
+    after_backward: Callable[[dict[str, Tensor], Tensor], None] | None = None,
 ) -> dict[str, float]:
     """One optimisation step. Returns Python floats (never tensors, so no graph is kept):
-    ``loss`` (>= 0), ``loss_ce``, ``loss_predictor``, ``grad_norm``, ``lr``."""
+    ``loss`` (>= 0), ``loss_ce``, ``loss_predictor``, ``grad_norm``, ``lr``.
+
+    ``after_backward(out, token_lens)``, when given, is called between backward and the
+    optimizer step with the model's outputs (a monitor reads gradients there).
+    """
     model.train()
     features, tokens, _, _, feat_mask, token_mask = unpack_batch(batch)
     out = model(features, tokens, feat_mask, token_mask)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
+    if after_backward is not None:
+        after_backward(out, batch[3])
     gn = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
     optimizer.step()
     if scheduler is not None:
@@ -156,130 +162,6 @@ def check_vocab(model: Paraformer, tokenizer: Tokenizer) -> None:
         )
 
 
-def check_padding_leak(
-    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
-    logits: Tensor,
-    targets: Tensor,
-    mask: Tensor,
-    seed: int = 0,
-) -> None:
-    """Raise :class:`TrainingError` if ``loss_fn(logits, targets, mask)`` depends on padding.
-
-    Seed guide, "Padding tokens affect loss calculation": the targets and logits at padded
-    positions (``mask`` False) are replaced by random values; a correctly masked loss does not
-    move. Does not touch autograd state of the inputs.
-    """
-    if bool(mask.all()):
-        raise TrainingError(
-            "check_padding_leak: mask has no padded position, so nothing can be checked; "
-            "use a batch with padding"
-        )
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        base = float(loss_fn(logits, targets, mask))
-        t2 = torch.where(
-            mask, targets, torch.randint(0, logits.shape[-1], targets.shape, generator=g)
-        )
-        l2 = torch.where(
-            mask[..., None], logits, 3 * torch.randn(logits.shape, generator=g, dtype=logits.dtype)
-        )
-        moved = float(loss_fn(l2, t2, mask))
-    if not math.isclose(base, moved, rel_tol=1e-5, abs_tol=1e-6):
-        raise TrainingError(
-            f"check_padding_leak: padding leaks into the loss -- changing only the padded "
-            f"positions ({int((~mask).sum())} of {mask.numel()}) moved "
-            f"{getattr(loss_fn, '__name__', type(loss_fn).__name__)} from {base:.6g} to "
-            f"{moved:.6g}; mask the loss (MaskedCrossEntropy) or set ignore_index to the "
-            "pad id"
-        )
-
-
-def check_no_retained_graph(obj: Any, name: str = "obj") -> None:
-    """Raise :class:`TrainingError` if ``obj`` (a tensor or nested dict/list/tuple of them)
-    holds a tensor attached to an autograd graph.
-
-    Seed guide, "Memory leak during training": keeping ``loss`` (not ``loss.item()``) in a
-    history list keeps every step's graph alive, so memory grows with the step count.
-    """
-
-    def walk(o: Any, path: str) -> None:
-        if isinstance(o, Tensor):
-            if o.requires_grad or o.grad_fn is not None:
-                raise TrainingError(
-                    f"check_no_retained_graph: {path} is a tensor attached to an autograd "
-                    f"graph (grad_fn={type(o.grad_fn).__name__ if o.grad_fn else None}); it "
-                    "keeps the step's whole graph alive and memory grows each step -- store "
-                    ".item() or .detach()"
-                )
-        elif isinstance(o, dict):
-            for k, v in o.items():
-                walk(v, f"{path}[{k!r}]")
-        elif isinstance(o, (list, tuple)):
-            for i, v in enumerate(o):
-                walk(v, f"{path}[{i}]")
-
-    walk(obj, name)
-
-
-class LossWatch:
-    """Flag a training loss that oscillates wildly or blows up instead of falling.
-
-    Seed guide, "Loss oscillates wildly during training": over the last ``window`` steps, if
-    the mean step-to-step change exceeds ``rel_jump`` x the mean loss, the direction flips on
-    more than ``flip_share`` of the steps and the second half of the window is not below the
-    first -- or the second half's mean is over twice the first's (divergence) -- the learning
-    rate is the usual cause.
-
-    Example:
-        >>> watch = LossWatch(optimizer)                     # doctest: +SKIP
-        >>> for batch in loader: watch.update(train_step(model, batch, optimizer)["loss"])
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer | None = None,
-        window: int = 20,
-        rel_jump: float = 0.25,
-        flip_share: float = 0.4,
-    ) -> None:
-        self.optimizer, self.window = optimizer, window
-        self.rel_jump, self.flip_share = rel_jump, flip_share
-        self.history: list[float] = []
-
-    def update(self, loss: float) -> None:
-        loss = float(loss)
-        self.history.append(loss)
-        step = len(self.history)
-        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
-        lr_s = f"lr={lr:g}" if lr is not None else "the learning rate"
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"LossWatch: loss is {loss} at step {step}; {lr_s} may be too high (or the "
-                "data holds NaN) -- lower it, add warm-up and gradient clipping"
-            )
-        if step < self.window:
-            return
-        w = torch.tensor(self.history[-self.window :], dtype=torch.float64)
-        d = w.diff()
-        jump = float(d.abs().mean() / w.abs().mean().clamp(min=1e-12))
-        flips = float((d[1:].sign() * d[:-1].sign() < 0).double().mean())
-        half = self.window // 2
-        falling = float(w[half:].mean()) < 0.95 * float(w[:half].mean())
-        if float(w[half:].mean()) > 2.0 * float(w[:half].mean()):
-            raise TrainingError(
-                f"LossWatch: loss diverges over steps {step - self.window + 1}-{step} "
-                f"({float(w[0]):.3g} -> {float(w[-1]):.3g}); learning rate too high ({lr_s}) -- "
-                "lower it, use warm-up, clip gradients"
-            )
-        if jump > self.rel_jump and flips > self.flip_share and not falling:
-            raise TrainingError(
-                f"LossWatch: loss oscillates wildly over steps {step - self.window + 1}-{step}"
-                f" (mean jump {jump:.0%} of the loss, direction flips on {flips:.0%} of "
-                f"steps, not decreasing); learning rate too high ({lr_s}) -- lower it, "
-                "use warm-up, clip gradients or grow the batch"
-            )
-
-
 # ----------------------------------------------------------------------------- loop
 
 
@@ -327,6 +209,8 @@ def fit(
     time_budget_s: float | None = None,
     progress: bool = True,
     watch: bool = True,
+    loss_watch: Callable[[torch.optim.Optimizer], Any] | None = None,
+    monitor: Any = None,
 ) -> dict[str, Any]:
     """Train a :class:`Paraformer` on :class:`ToySeq2SeqDataset`.
 
@@ -340,7 +224,13 @@ def fit(
         target_accuracy: stop once held-out token accuracy reaches it.
         time_budget_s: stop after this many seconds (checked at each step).
         progress: show a tqdm bar.
-        watch: run :class:`LossWatch` and :func:`check_alphas` during training.
+        watch: run :func:`check_alphas` on held-out data during training.
+        loss_watch: a factory ``optimizer -> watcher`` (``diagnostics.LossWatch``); the
+            watcher's ``update(loss)`` is called every step and may raise.
+        monitor: a ``diagnostics.TrainingMonitor`` or a factory ``(model, optimizer) -> one``;
+            called after each backward with the losses, the predictor's α sums and the target
+            lengths (seed 004: does the CIF predictor count tokens right?), and with the
+            held-out metrics at each validation.
 
     Returns:
         ``{"model", "steps", "seconds", "train_loss" (list), "val" (last metrics), "history"}``.
@@ -357,7 +247,24 @@ def fit(
     val_batches = _make_batches([val_ds[i] for i in range(len(val_ds))], 64, None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps))
-    loss_watch = LossWatch(opt) if watch else None
+    watcher = loss_watch(opt) if loss_watch is not None else None
+    if monitor is not None and not hasattr(monitor, "step"):
+        monitor = monitor(model, opt)
+
+    def observe(out: dict[str, Tensor], token_lens: Tensor) -> None:
+        alpha_sum = out["alphas"].detach().sum(-1)  # (B,) predicted token counts
+        monitor.step(
+            step + 1,
+            loss=out["loss"],
+            loss_ce=out["loss_ce"],
+            loss_predictor=out["loss_predictor"],
+            **{
+                "cif/alpha_sum_mean": alpha_sum.mean(),
+                "cif/target_len_mean": token_lens.float().mean(),
+                "cif/count_error_mean": (alpha_sum - token_lens).abs().mean(),
+            },
+        )
+
     writer = None
     if log_dir is not None:
         from torch.utils.tensorboard import SummaryWriter
@@ -373,11 +280,12 @@ def fit(
     try:
         while step < steps:
             for batch in _make_batches(train_items, cfg.batch_size, g):
-                m = train_step(model, batch, opt, sched, cfg.grad_clip)
+                hook = observe if monitor is not None else None
+                m = train_step(model, batch, opt, sched, cfg.grad_clip, after_backward=hook)
                 step += 1
                 losses.append(m["loss"])
-                if loss_watch is not None:
-                    loss_watch.update(m["loss"])
+                if watcher is not None:
+                    watcher.update(m["loss"])
                 if writer is not None:
                     for k, v in m.items():
                         writer.add_scalar(f"train/{k}", v, step)
@@ -394,6 +302,9 @@ def fit(
                         for k, v in val.items():
                             if k not in ("step", "seconds"):
                                 writer.add_scalar(f"val/{k}", v, step)
+                    if monitor is not None:
+                        monitor.step(step, **{f"val_{k}": v for k, v in val.items()
+                                              if k not in ("step", "seconds")})  # fmt: skip
                     if watch and step >= 2 * eval_every:
                         with torch.no_grad():
                             f, _, _, _, fm, _ = unpack_batch(val_batches[0])
@@ -408,13 +319,11 @@ def fit(
         bar.close()
         if writer is not None:
             writer.close()
+        if monitor is not None:
+            monitor.close()
     seconds = time.perf_counter() - t0
     if checkpoint is not None:
-        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {"model": model.state_dict(), "config": cfg.to_dict(), "step": step, "metrics": val},
-            checkpoint,
-        )
+        save_checkpoint(model, checkpoint, step=step, metrics=val)
     return {
         "model": model,
         "steps": step,
@@ -425,10 +334,36 @@ def fit(
     }
 
 
+def save_checkpoint(
+    model: Paraformer, path: str | Path, step: int = 0, metrics: dict[str, Any] | None = None
+) -> Path:
+    """Save config, weights and metadata (step, metrics, torch version) to ``path``.
+
+    Example:
+        >>> save_checkpoint(model, "runs/paraformer/paraformer.pt", step=600)  # doctest: +SKIP
+    """
+    return write_checkpoint(
+        path, kind="paraformer", config=model.cfg.to_dict(),
+        weights={"state_dict": model.state_dict()}, step=step, metrics=metrics,
+    )  # fmt: skip
+
+
 def load_checkpoint(path: str | Path) -> tuple[Paraformer, Tokenizer]:
-    """Rebuild ``(model, tokenizer)`` from a checkpoint written by :func:`fit`."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Rebuild ``(model, tokenizer)`` from a checkpoint written by :func:`fit`.
+
+    Files written before the shared format (weights under ``"model"``) still load.
+
+    Raises:
+        CheckpointError: naming the file when it is missing or not a Paraformer checkpoint.
+
+    Example:
+        >>> model, tokenizer = load_checkpoint("runs/paraformer/paraformer.pt")  # doctest: +SKIP
+    """
+    ckpt = read_checkpoint(
+        path, kind="paraformer", label="Paraformer", error=CheckpointError,
+        legacy_keys=("model", "config"), hint="write it with models.paraformer.train",
+    )  # fmt: skip
     cfg = ParaformerConfig.from_dict(ckpt["config"])
     model = Paraformer(cfg)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt["state_dict"] if "state_dict" in ckpt else ckpt["model"])
     return model.eval(), Tokenizer.from_config(cfg)

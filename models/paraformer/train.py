@@ -4,6 +4,7 @@ Usage:
     python -m models.paraformer.train                      # defaults: ~600 steps, runs/paraformer
     python -m models.paraformer.train --steps 200 --d-model 32 --out /tmp/pf
     tensorboard --logdir runs/paraformer                   # scalars train/* and val/*
+    python -m models.paraformer.train --tensorboard runs/pf_mon   # + TrainingMonitor (α sums)
 
 Exit status: 0 when training completed, 2 for bad arguments (one line on stderr).
 """
@@ -14,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ._config import ConfigError, ParaformerConfig
 
@@ -51,7 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    p.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="TrainingMonitor logs to DIR: losses, per-module grad norms, update ratios, "
+        "histograms, and the CIF predictor's alpha sums vs target lengths",
+    )
+    p.add_argument("--no-loss-watch", action="store_true", help="do not run LossWatch")
     return p
+
+
+def train(cfg: ParaformerConfig, **kwargs: Any) -> dict[str, Any]:
+    """The training entry point (as in every reference model): :func:`fit` with ``kwargs``.
+
+    Example:
+        >>> res = train(ParaformerConfig.tiny(), steps=20, progress=False)  # doctest: +SKIP
+    """
+    from ._train import fit
+
+    return fit(cfg, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,12 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from ._train import fit
+    from models._training import open_loss_watch, open_monitor
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    result = fit(
+    result = train(
         cfg,
+        loss_watch=None if args.no_loss_watch else open_loss_watch(),
+        monitor=open_monitor(args.tensorboard) if args.tensorboard else None,
         steps=args.steps,
         train_samples=args.train_samples,
         val_samples=args.val_samples,

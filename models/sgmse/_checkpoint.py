@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
+from models._checkpoint import checkpoint_format, read_checkpoint, write_checkpoint
 
 from ._config import ScoreModelConfig
 from ._errors import CheckpointError, ScoreModelError
@@ -13,7 +13,7 @@ from ._model import EMA, ScoreModel
 
 __all__ = ["CHECKPOINT_DIR", "FORMAT", "load_checkpoint", "load_pretrained", "save_checkpoint"]
 
-FORMAT = "torchdx.sgmse/1"
+FORMAT = checkpoint_format("sgmse")
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 PRETRAINED = {"cond": "sgmse_cond.pt", "uncond": "sgmse_uncond.pt"}
 
@@ -21,24 +21,24 @@ PRETRAINED = {"cond": "sgmse_cond.pt", "uncond": "sgmse_uncond.pt"}
 def save_checkpoint(
     path: str | Path, model: ScoreModel, ema: EMA | None, step: int, **extra: Any
 ) -> Path:
-    """Write ``{"format", "config", "raw", "ema", "step", **extra}`` to ``path``.
+    """Write ``{"format", "config", "raw", "ema", "step", "metrics", "torch_version", **extra}``.
+
+    ``extra`` may hold ``metrics={...}``; everything else is kept as metadata.
 
     Example:
         >>> save_checkpoint("runs/sgmse.pt", model, ema, step=600, command="...")
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    payload = {
-        "format": FORMAT,
-        "config": model.cfg.to_dict(),
-        "raw": raw,
-        "ema": ema.state_dict() if ema is not None else None,
-        "step": step,
+    metrics = extra.pop("metrics", None)
+    extra.pop("torch_version", None)  # written by the shared helper
+    return write_checkpoint(
+        path,
+        kind="sgmse",
+        config=model.cfg.to_dict(),
+        weights={"raw": model.state_dict(), "ema": ema.state_dict() if ema is not None else None},
+        step=step,
+        metrics=metrics,
         **extra,
-    }
-    torch.save(payload, path)
-    return path
+    )
 
 
 def load_checkpoint(path: str | Path, weights: str = "ema") -> ScoreModel:
@@ -67,20 +67,10 @@ def load_checkpoint(path: str | Path, weights: str = "ema") -> ScoreModel:
             f"load_checkpoint: argument 'weights' is {weights!r}; valid: ema, raw"
         )
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"load_checkpoint: checkpoint {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"load_checkpoint: {str(path)!r} is not a readable torch checkpoint ({err})"
-        ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
-            f"load_checkpoint: {str(path)!r} is not a torchdx SGMSE checkpoint "
-            f"(format {found!r}, expected {FORMAT!r}); write it with models.sgmse.train"
-        )
+    ckpt = read_checkpoint(
+        path, kind="sgmse", label="SGMSE", error=CheckpointError,
+        hint="write it with models.sgmse.train",
+    )  # fmt: skip
     try:
         cfg = ScoreModelConfig.from_dict(ckpt["config"])
     except (ScoreModelError, TypeError, KeyError) as err:

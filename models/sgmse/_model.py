@@ -132,6 +132,9 @@ class ScoreModel(nn.Module):
         self.last_drop_fraction = float(drop.float().mean()) if noise_ref is not None else 1.0
         score = self(x_t, y, t, noise_ref, drop)
         err = score * std[:, None, None] + z
+        with torch.no_grad():  # observed by training monitors (cond vs uncond loss); no sync
+            self.last_example_loss = torch.view_as_real(err.detach()).square().mean((1, 2, 3)) * 2
+            self.last_drop = drop if noise_ref is not None else torch.ones_like(drop)
         return F.mse_loss(torch.view_as_real(err), torch.zeros_like(torch.view_as_real(err))) * 2
 
 

@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", default="16,24,32,48", help="U-Net channels per level")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--tensorboard", default=None, help="TensorBoard log dir (default: none)")
+    p.add_argument(
+        "--tensorboard", default=None, metavar="DIR",
+        help="TrainingMonitor logs to DIR every --log-every steps: loss, per-module grad norms, "
+        "update ratios, histograms, CFG drop rate and the loss of conditioned vs dropped examples",
+    )  # fmt: skip
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument(
         "--init-from", default=None,
@@ -119,11 +123,12 @@ def train(args: argparse.Namespace) -> Path:
     pool = make_pool(args.pool, args.seed, args.seconds)
     t_data = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(args.seed)
-    writer = None
+    monitor = None
     if args.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
+        from models._training import open_monitor
 
-        writer = SummaryWriter(args.tensorboard)
+        monitor = open_monitor(args.tensorboard, every=args.log_every)(model, opt)
+    acc = torch.zeros(4)  # loss sum / count of conditioned, then of dropped examples since last log
     from tqdm import tqdm
 
     bar = tqdm(range(args.steps), desc="sgmse", disable=args.no_progress, dynamic_ncols=True)
@@ -136,33 +141,42 @@ def train(args: argparse.Namespace) -> Path:
         return save_checkpoint(
             args.out, model, ema, step=start + step, command=command,
             train_seconds=time.perf_counter() - t0, data_seconds=t_data, final_loss=smooth,
-            threads=args.threads, torch_version=str(torch.__version__), init_from=args.init_from,
+            metrics={"final_loss": smooth}, threads=args.threads, init_from=args.init_from,
         )  # fmt: skip
 
-    for step in bar:
-        idx = torch.randint(0, args.pool, (args.batch_size,), generator=gen)
-        clean, noisy, ref = _batch(pool, idx, crop, gen)
-        x0, y = stft(clean, cfg.stft), stft(noisy, cfg.stft)  # (B, F, crop_frames)
-        loss = model.loss(x0, y, None if uncond else ref)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        ema.update(model)
-        smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{smooth:.4f}")
-        if writer is not None and step % args.log_every == 0:
-            writer.add_scalar("train/loss", loss.item(), start + step)
-            writer.add_scalar("train/loss_smooth", smooth, start + step)
-            writer.add_scalar("train/grad_norm", float(gnorm), start + step)
-            writer.add_scalar("cfg/drop_fraction", model.last_drop_fraction, start + step)
-        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save(step + 1)
-            print(f"step {start + step + 1}: saved {args.out}, smoothed loss {smooth:.4f}",
-                  flush=True)  # fmt: skip
+    try:
+        for step in bar:
+            idx = torch.randint(0, args.pool, (args.batch_size,), generator=gen)
+            clean, noisy, ref = _batch(pool, idx, crop, gen)
+            x0, y = stft(clean, cfg.stft), stft(noisy, cfg.stft)  # (B, F, crop_frames)
+            loss = model.loss(x0, y, None if uncond else ref)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if monitor is not None:
+                per, drop = model.last_example_loss, model.last_drop.float()
+                acc += torch.stack([(per * (1 - drop)).sum(), (1 - drop).sum(), (per * drop).sum(),
+                                    drop.sum()])  # fmt: skip
+                if step % args.log_every == 0:
+                    monitor.step(
+                        start + step, loss=loss, loss_smooth=smooth if smooth is not None else loss,
+                        **{"cfg/drop_fraction": drop.mean(), "cfg/p_uncond": cfg.p_uncond,
+                           "cfg/loss_cond": acc[0] / acc[1].clamp_min(1),
+                           "cfg/loss_uncond": acc[2] / acc[3].clamp_min(1)},
+                    )  # fmt: skip
+                    acc.zero_()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            ema.update(model)
+            smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+            bar.set_postfix(loss=f"{smooth:.4f}")
+            if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+                save(step + 1)
+                print(f"step {start + step + 1}: saved {args.out}, smoothed loss {smooth:.4f}",
+                      flush=True)  # fmt: skip
+    finally:
+        if monitor is not None:
+            monitor.close()
     elapsed = time.perf_counter() - t0
-    if writer is not None:
-        writer.close()
     out = save(args.steps)
     print(
         f"saved {out} ({out.stat().st_size / 1e6:.2f} MB) after {start + args.steps} steps in "

@@ -5,7 +5,6 @@ Runs only where a CUDA device is present (skipped on CPU-only machines such as C
 
 from __future__ import annotations
 
-import warnings
 from typing import Annotated
 
 import pytest
@@ -14,6 +13,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from contracts import Mask, Range, contract
+from diagnostics import count_host_syncs
 
 pytestmark = [
     pytest.mark.gpu,
@@ -30,21 +30,10 @@ def f(
     return x * mask
 
 
-def _syncs(fn) -> int:
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fn()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
-
-
 def test_one_host_sync_for_inputs_and_one_for_outputs():
     x = torch.rand(8, 16, device="cuda") * 2 - 1
     m = torch.ones(8, 16, dtype=torch.bool, device="cuda")
     n = torch.full((8,), 16, device="cuda")
     f(x, m, n)  # warm-up
     # three checked inputs fetched in one sync, the checked return in one more
-    assert _syncs(lambda: f(x, m, n)) == 2
+    assert count_host_syncs(lambda: f(x, m, n)) == 2

@@ -122,7 +122,7 @@ def test_non_tensor_and_none():
 def test_tensor_is_summarized_never_printed():
     big = torch.randn(64, 1000, 3) * 10
     m = msg(encode, big, torch.ones(64, 1000, dtype=torch.bool))
-    assert "features: tensor[64, 1000, 3] float32 cpu x∈[" in m
+    assert "features: tensor[64, 1000, 3] f32 cpu n=192000 x∈[" in m
     assert len(m) < 1200
 
 

@@ -23,7 +23,7 @@ class Normalize(nn.Module):
     """x / |x| per row: 0/0 = NaN for an all-zero row (a forward producer without parameters)."""
 
     def forward(self, x):
-        return x / x.pow(2).sum(-1, keepdim=True).sqrt()
+        return x / x.pow(2).sum(-1, keepdim=True).sqrt()  # <ddp-producer>
 
 
 class Net(nn.Module):
@@ -96,6 +96,7 @@ def scenario_suite(rank: int, world: int) -> dict:
                 "op": r.op,
                 "phase": r.phase,
                 "bad_items": r.bad_items,
+                "source": r.source,
                 "text": str(r),
             }
             break

@@ -1,4 +1,4 @@
-"""The ablation engine on the stand-in conditioned denoiser (tests/diagnostics/ablation_standin)."""
+"""The ablation engine on the stand-in conditioned denoiser (diagnostics.ablation_example)."""
 
 import numpy as np
 import pytest
@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diagnostics import AblationError, AblationTarget, run_ablation
-from diagnostics._ablation import _derangement, _parse_site
-from tests.diagnostics import ablation_standin as S
+from diagnostics import ablation_example as S
+from diagnostics._ablation._runner import derangement, parse_site
+from tests.diagnostics import ablation_standin as F
 
 FAST = {"umap": False, "n_boot": 300}
 
@@ -32,7 +33,7 @@ def healthy_report(healthy):
 
 
 def test_healthy_model_is_used(healthy_report):
-    by_site = {s["site"]: s for s in healthy_report.sites}
+    by_site = {s["site"]: s for s in healthy_report.data["sites"]}
     assert set(by_site) == {"cond_encoder", "arg:cond"}
     for s in by_site.values():
         assert s["verdict"] == "used", s
@@ -44,7 +45,7 @@ def test_healthy_model_is_used(healthy_report):
 
 def test_severed_conditioning_is_ignored():
     rep = run_ablation(S.make_target(S.trained(0.2, sever=True)), seed=0, **FAST)
-    for s in rep.sites:
+    for s in rep.data["sites"]:
         assert s["verdict"] == "ignored", s
         assert all(r["ci95"][1] < 1e-6 for r in s["ablations"].values())
 
@@ -59,16 +60,20 @@ def test_untrained_null_embedding_gives_large_null_effect(healthy_report):
         embeddings=False,
         **FAST,
     )
-    null0 = rep.sites[0]["ablations"]["null"]
-    null_healthy = healthy_report.sites[0]["ablations"]["null"]
-    assert null0["verdict"] == "used"
+    null0 = rep.data["sites"][0]["ablations"]["null"]
+    null_healthy = healthy_report.data["sites"][0]["ablations"]["null"]
+    assert null0["ci95"][0] >= 0.05
     assert null0["ci95"][0] > 2 * null_healthy["ci95"][1], (null0, null_healthy)
+    # the channel test alone cannot tell used from constant: said, not guessed
+    site = rep.sites[0]
+    assert site.verdict == "inconclusive" and "no content ablation" in site.reason
+    assert site.channel.ablation == "null" and site.channel.above_floor and site.content is None
 
 
 def test_curves_over_times_and_cond_vs_uncond(healthy_report):
     d = healthy_report.data
     assert len(d["times"]) >= 8
-    for s in healthy_report.sites:
+    for s in healthy_report.data["sites"]:
         for r in s["ablations"].values():
             c = r["curve"]
             assert len(c["t"]) == len(c["effect"]) == len(c["ci95"]) == len(d["times"])
@@ -96,7 +101,10 @@ def test_same_seed_same_report_and_seed_matters(healthy, healthy_report):
         embeddings=False,
         **FAST,
     )
-    assert other.sites[0]["ablations"]["random"] != healthy_report.sites[0]["ablations"]["random"]
+    assert (
+        other.data["sites"][0]["ablations"]["random"]
+        != healthy_report.data["sites"][0]["ablations"]["random"]
+    )
 
 
 def test_batched_variants_match_one_forward_each(healthy):
@@ -104,8 +112,8 @@ def test_batched_variants_match_one_forward_each(healthy):
     tgt = S.make_target(healthy, n_batches=2)
     a = run_ablation(tgt, batch_variants=True, **kw)
     b = run_ablation(tgt, batch_variants=False, **kw)
-    assert a.sites[0]["batched"] and not b.sites[0]["batched"]
-    for sa, sb in zip(a.sites, b.sites, strict=True):
+    assert a.data["sites"][0]["batched"] and not b.data["sites"][0]["batched"]
+    for sa, sb in zip(a.data["sites"], b.data["sites"], strict=True):
         assert sa["verdict"] == sb["verdict"]
         for name in sa["ablations"]:
             assert np.isclose(
@@ -128,7 +136,7 @@ def test_batch_dependent_model_falls_back_to_sequential(healthy):
 
     tgt = AblationTarget(model=BatchMean(), batches=[{"cond": torch.randn(5, 8)}], sites=["enc"])
     rep = run_ablation(tgt, ablations=["zero"], embeddings=False, **FAST)
-    s = rep.sites[0]
+    s = rep.data["sites"][0]
     assert not s["batched"] and any("not batch-independent" in n for n in s["notes"])
 
 
@@ -172,8 +180,13 @@ def test_guidance_sweep(healthy):
     sw = rep.data["guidance_sweep"]
     assert sw["scales"] == [0.0, 1.0, 3.0]
     m = sw["metrics"]["neg_mse"]
-    assert m["n"] == 32 and len(m["mean"]) == 3
+    assert m["n"] == [32, 32, 32] and m["failures"] == [0, 0, 0] and len(m["mean"]) == 3
     assert m["mean"][1] > m["mean"][0]  # conditioning helps this toy denoiser
+    # paired against scale 0: the delta is the difference of the means, with a CI above 0
+    assert m["delta"][0] == 0.0 and np.isclose(
+        m["delta"][1], m["mean"][1] - m["mean"][0], rtol=1e-4
+    )
+    assert m["delta_ci95"][1][0] > 0
 
 
 # ---- bad input: one clear message each
@@ -183,7 +196,7 @@ def test_unknown_site_lists_nearest(healthy):
 
 
 def test_tuple_site_needs_an_index_and_index_works():
-    tgt = S.tuple_target()
+    tgt = F.tuple_target()
     with pytest.raises(
         AblationError,
         match=r"site 'pair' returns a tuple \(\[0\] Tensor\[6, 16\] "
@@ -191,7 +204,7 @@ def test_tuple_site_needs_an_index_and_index_works():
     ):
         run_ablation(tgt, ablations=["zero"], **FAST)
     rep = run_ablation(tgt, sites=["pair[0]", "pair[1]"], ablations=["zero", "shuffle"], **FAST)
-    assert [s["verdict"] for s in rep.sites] == ["used", "used"]
+    assert [s["verdict"] for s in rep.data["sites"]] == ["used", "used"]
 
 
 def test_non_tensor_site_output():
@@ -219,7 +232,7 @@ def test_non_tensor_site_output():
 
 def test_empty_batches_and_wrong_target():
     with pytest.raises(AblationError, match=r"AblationTarget.batches is empty"):
-        run_ablation(S.empty_target())
+        run_ablation(F.empty_target())
     with pytest.raises(
         AblationError, match=r"the target is dict, not a diagnostics.AblationTarget"
     ):
@@ -244,7 +257,7 @@ def test_partial_report_when_a_later_site_fails(healthy):
     with pytest.raises(AblationError) as info:
         run_ablation(S.make_static_target(healthy), sites=["cond_encoder", "nowhere"], **FAST)
     rep = info.value.report
-    assert [s["site"] for s in rep.sites] == ["cond_encoder"]
+    assert [s["site"] for s in rep.data["sites"]] == ["cond_encoder"]
     assert rep.data["errors"][0]["site"] == "nowhere"
 
 
@@ -259,18 +272,110 @@ def test_null_skipped_without_null(healthy):
     tgt = S.make_static_target(healthy, n_batches=1)
     tgt.null = None
     rep = run_ablation(tgt, sites=["cond_encoder"], embeddings=False, **FAST)
-    assert "null" not in rep.sites[0]["ablations"]
-    assert any("null skipped" in n for n in rep.sites[0]["notes"])
+    assert "null" not in rep.data["sites"][0]["ablations"]
+    assert any("null skipped" in n for n in rep.data["sites"][0]["notes"])
 
 
 @given(st.integers(2, 40), st.integers(0, 2**31 - 1))
-def test_shuffle_is_a_derangement(b, seed):
-    perm = _derangement(b, torch.Generator().manual_seed(seed))
+def test_shuffle_is_aderangement(b, seed):
+    perm = derangement(b, torch.Generator().manual_seed(seed))
     assert sorted(perm.tolist()) == list(range(b))
     assert not (perm == torch.arange(b)).any()
 
 
 def test_site_parsing():
-    assert _parse_site("a.b[1]").index == 1 and _parse_site("arg:cond").kind == "arg"
+    assert parse_site("a.b[1]").index == 1 and parse_site("arg:cond").kind == "arg"
     with pytest.raises(AblationError, match=r"bad site 'a b'"):
-        _parse_site("a b")
+        parse_site("a b")
+
+
+# ---- batches as users hold them
+class _Examples(torch.utils.data.Dataset):
+    def __init__(self, batches):
+        self.rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(len(b["t"]))]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def test_dataloader_is_streamed_like_a_list(healthy):
+    tgt = S.make_static_target(healthy, n_batches=3, b=8)
+    kw = dict(seed=2, embeddings=False, **FAST)
+    as_list = run_ablation(tgt, **kw)
+    loader = torch.utils.data.DataLoader(_Examples(tgt.batches), batch_size=8)
+    tgt.batches = loader
+    from_loader = run_ablation(tgt, **kw)
+    assert from_loader.data["sites"] == as_list.data["sites"]
+    assert from_loader.n_examples == 24
+
+
+def test_generator_and_shuffled_loader_are_refused(healthy):
+    tgt = S.make_static_target(healthy, n_batches=2, b=8)
+    batches = list(tgt.batches)
+    tgt.batches = (b for b in batches)
+    with pytest.raises(
+        AblationError,
+        match=r"AblationTarget.batches is a one-shot iterator \(generator\): the ablation reads "
+        r"the batches several times .* give a list or a DataLoader",
+    ):
+        run_ablation(tgt, **FAST)
+    tgt.batches = torch.utils.data.DataLoader(_Examples(batches), batch_size=8, shuffle=True)
+    with pytest.raises(AblationError, match=r"DataLoader with shuffle=True.*use shuffle=False"):
+        run_ablation(tgt, **FAST)
+    tgt.batches = torch.utils.data.DataLoader(_Examples(batches[:0]), batch_size=8)
+    with pytest.raises(
+        AblationError,
+        match=r"AblationTarget.batches is empty: .*\(got a DataLoader with 0 batches\)",
+    ):
+        run_ablation(tgt, **FAST)
+
+
+def test_report_fields_of_the_public_surface(healthy_report):
+    d = healthy_report.to_dict()
+    assert d["schema"] == 2 and d["min_effect"] == 0.05
+    for s in d["sites"]:
+        assert s["verdict"] in ("used", "weak", "constant", "ignored", "inconclusive")
+        assert isinstance(s["reason"], str) and s["reason"]
+        assert set(s["floor"]) >= {"effect", "ci95"}
+        for test in ("channel", "content"):
+            assert set(s[test]) >= {"effect", "ci95", "ablation"}
+        assert set(s["by_label"]) == {"type0", "type1", "type2", "type3"}
+        for v in s["by_label"].values():
+            assert v["verdict"] == "used" and v["n"] >= 6
+        for r in s["ablations"].values():
+            assert set(r) >= {"effect", "ci95"}
+    site = healthy_report.sites[0]  # the same fields on the report object
+    assert site.verdict == d["sites"][0]["verdict"] and site.content.ablation in ("shuffle", "mean")
+
+
+def test_quality_deltas_where_the_target_samples(healthy):
+    tgt = S.make_static_target(healthy, n_batches=2)
+    tgt.sample, tgt.guidance_scales, tgt.guidance_batches = S.sample_fn, (0.0, 1.0), 2
+    tgt.sample_batches = S.make_target(healthy, n_batches=2, times=False).batches  # clean x0
+    rep = run_ablation(tgt, sites=["cond_encoder"], guidance=False, **FAST)
+    abl = rep.data["sites"][0]["ablations"]
+    assert set(abl["shuffle"]["metrics"]) == {"neg_mse"} and "metrics" not in abl["zero"]
+    for a in ("shuffle", "null"):
+        m = abl[a]["metrics"]["neg_mse"]
+        assert m["n"] == 32 and m["failures"] == 0
+        assert m["ci95"][1] < 0  # another example's condition (or none) makes it worse
+    assert rep.guidance_sweep is None
+
+
+def test_failed_metric_values_are_counted_not_dropped(healthy):
+    def flaky(model, batch, scale, seed):
+        out = S.sample_fn(model, batch, scale, seed)["neg_mse"].clone()
+        out[:3] = float("nan")  # e.g. PESQ refusing three clips
+        return {"neg_mse": out}
+
+    tgt = S.make_static_target(healthy, n_batches=1)
+    tgt.sample, tgt.guidance_scales = flaky, (0.0, 1.0)
+    tgt.sample_batches = S.make_target(healthy, n_batches=1, times=False).batches
+    rep = run_ablation(tgt, sites=["cond_encoder"], ablations=["shuffle"], **FAST)
+    m = rep.guidance_sweep["metrics"]["neg_mse"]
+    assert m["n"] == [13, 13] and m["failures"] == [3, 3] and m["delta_n"] == [13, 13]
+    q = rep.sites[0].ablations["shuffle"].metrics["neg_mse"]
+    assert q.n == 13 and q.failures == 3

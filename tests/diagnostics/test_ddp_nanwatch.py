@@ -31,6 +31,9 @@ def test_nan_on_rank1_every_rank_raises_same_step_naming_rank1(suite):
         assert nan["rank"] == 1 and nan["fault_ranks"] == [1] and nan["observed_on"] == me
         assert nan["module"] == "normalize" and nan["op"] == "aten.div.Tensor"
         assert nan["phase"] == "forward" and nan["bad_items"] == [3]
+        src = nan["source"]  # the line of the worker's Normalize.forward, gathered from rank 1
+        assert src["file"].endswith("ddp_worker.py") and src["function"] == "forward"
+        assert src["code"].endswith("# <ddp-producer>")
         assert "fault arose on rank(s) [1]" in nan["text"]
         assert "rank(s) [0] replayed their own shard without a non-finite value" in nan["text"]
 

@@ -2,12 +2,15 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from diagnostics import GradFlow
-from diagnostics._gradflow import GradFlowError
+from diagnostics import GradFlow, GradFlowError
 
 
 class Cond(nn.Module):
@@ -137,3 +140,17 @@ def test_bad_input_messages():
         GradFlowError, match=r"share\(prefix='encoder'\): no parameter .* noise_encoder"
     ):
         GradFlow(m).record().share("encoder")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 9), st.integers(1, 5)),
+        elements=st.one_of(st.floats(-1e6, 1e6), st.just(math.nan)),
+    )
+)
+def test_column_median_equals_numpy(a):
+    from diagnostics._gradflow import _col_median
+
+    np.testing.assert_array_equal(_col_median(a), np.median(a, axis=0))

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from diagnostics import NanWatch, NonFiniteError
-from diagnostics._nanwatch import NanWatchError
+from diagnostics import NanWatch, NanWatchError, NonFiniteError
 
 
 class Attn(nn.Module):

@@ -8,8 +8,6 @@ from torch import nn
 
 from diagnostics import GradFlow, NanWatch, NonFiniteError, TensorBoardLogger
 
-pytest.importorskip("tensorboard")
-
 
 def _read(log_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

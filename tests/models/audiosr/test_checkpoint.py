@@ -50,7 +50,7 @@ def test_incompatible_checkpoints_refused(tmp_path):
     with pytest.raises(CheckpointError, match="unexpected keys"):  # encoder -> no encoder
         load_state_into(AudioSR(AudioSRConfig.tiny()), ge.state_dict())
     torch.save({"weights": 1}, tmp_path / "x.pt")
-    with pytest.raises(CheckpointError, match="is not an AudioSR checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a torchdx AudioSR checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match=r"missing\.pt' does not exist"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -4,14 +4,13 @@ import math
 
 import numpy as np
 import pytest
+import scipy.integrate as scipy_integrate
+import scipy.special as scipy_special
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.diffusion_buffer import BBED, DiffusionBufferConfig, ein
-
-scipy_integrate = pytest.importorskip("scipy.integrate")
-scipy_special = pytest.importorskip("scipy.special")
 
 
 def _ref_variance(t: float, k: float = 2.6, theta: float = 0.52) -> float:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 import contracts
 from contracts import ContractError, Mask
+from diagnostics import LossWatch, TrainingCheckError, check_no_retained_graph, check_padding_leak
 from models.paraformer import (
     BatchError,
     ConfigError,
@@ -26,12 +27,9 @@ from models.paraformer import (
     PredictorLoss,
     Tokenizer,
     ToySeq2SeqDataset,
-    TrainingError,
     TransformerBlock,
     VocabError,
     check_alphas,
-    check_no_retained_graph,
-    check_padding_leak,
     check_vocab,
     collate_fn,
     create_padding_mask,
@@ -40,15 +38,12 @@ from models.paraformer import (
     unpack_batch,
 )
 from models.paraformer import _model as model_module
-from models.paraformer._train import LossWatch
 
 
 def _nanwatch():
-    diagnostics = pytest.importorskip("diagnostics")
-    try:
-        return diagnostics.NanWatch, diagnostics.NonFiniteError
-    except (AttributeError, ImportError):
-        pytest.skip("diagnostics.NanWatch has not landed yet")
+    import diagnostics
+
+    return diagnostics.NanWatch, diagnostics.NonFiniteError
 
 
 def _masks(batch):
@@ -119,7 +114,7 @@ def test_padding_in_the_loss_is_caught(cfg, batch):
     def unmasked_ce(lg, t, m):  # the bug: averages over every position, padding included
         return F.cross_entropy(lg.flatten(0, 1), t.flatten())
 
-    with pytest.raises(TrainingError, match=r"(?s)padding leaks into the loss.*unmasked_ce"):
+    with pytest.raises(TrainingCheckError, match=r"(?s)padding leaks into the loss.*unmasked_ce"):
         check_padding_leak(unmasked_ce, logits, tokens, tm)
     check_padding_leak(MaskedCrossEntropy(0.1), logits, tokens, tm)  # the fix passes
 
@@ -262,7 +257,7 @@ def test_oscillating_loss_from_too_high_lr_is_caught(cfg):
     opt = torch.optim.SGD(model.parameters(), lr=2.0)  # far too high
     watch = LossWatch(opt, window=12)
     with pytest.raises(
-        TrainingError, match=r"(?s)(oscillates wildly|diverges).*learning rate too high \(lr=2\)"
+        TrainingCheckError, match=r"(?s)(oscillates wildly|diverges).*learning rate too high \(lr=2\)"
     ):
         for i in range(60):
             b = collate_fn(items[(4 * i) % 64 : (4 * i) % 64 + 4])
@@ -283,7 +278,7 @@ def test_retained_graph_in_history_is_caught(cfg, batch):
         out["loss"].backward()
         history.append({"loss": out["loss"]})  # the bug: the tensor, not .item()
     with pytest.raises(
-        TrainingError,
+        TrainingCheckError,
         match=r"(?s)history\[0\]\['loss'\] is a tensor attached to an "
         r"autograd graph.*\.item\(\)",
     ):

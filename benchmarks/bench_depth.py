@@ -1,0 +1,143 @@
+"""How each diagnostic's cost grows with model depth and batch size.
+
+Model: ``nn.TransformerEncoder`` (D=64, 4 heads, ff 256, dropout 0.1) on (B, T=50, D); the step
+is forward + MSE + backward. Depth sweep: 4, 16, 64 layers at B=4; batch sweep: B = 2, 8, 32 at
+16 layers. Per point, interleaved repeats of the bare step and the step under each tool, the
+median ratio (process CPU time on CPU, wall time on CUDA) in one process:
+
+- ``nanwatch``: ``NanWatch(model).run(step)``, the default replay mode's healthy path;
+- ``nanwatch_eager``: ``NanWatch(model, mode="eager")``, per-module hooks during the step;
+- ``gradflow``: the step followed by ``GradFlow(model).record()``.
+
+Writes ``docs/results/depth.json`` and the curves to ``docs/depth_cost.png``.
+
+Run: ``python -m benchmarks.bench_depth [--repeats 7] [--device cpu|cuda]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks._results import RESULTS_DIR, write_results
+from diagnostics import GradFlow, NanWatch
+
+TOOLS = ("nanwatch", "nanwatch_eager", "gradflow")
+DEPTHS = (4, 16, 64)
+BATCHES = (2, 8, 32)
+PNG = RESULTS_DIR.parent / "depth_cost.png"
+
+
+def _model(layers: int, device: str) -> nn.Module:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, nhead=4, dim_feedforward=256, batch_first=True)
+    return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False).to(device)
+
+
+def measure(layers: int, batch: int, repeats: int, device: str) -> dict:
+    """Ratios to the bare step for every tool at one (depth, batch) point."""
+    model = _model(layers, device)
+    x = torch.randn(batch, 50, 64, device=device)
+    y = torch.randn(batch, 50, 64, device=device)
+
+    def step():
+        loss = (model(x) - y).pow(2).mean()
+        loss.backward()
+        return loss
+
+    watch, eager, gf = NanWatch(model), NanWatch(model, mode="eager"), GradFlow(model)
+
+    def variant(fn):
+        def f():
+            model.zero_grad(set_to_none=True)
+            fn()
+
+        return f
+
+    variants = {
+        "bare": variant(step),
+        "nanwatch": variant(lambda: watch.run(step)),
+        "nanwatch_eager": variant(lambda: eager.run(step)),
+        "gradflow": variant(lambda: (step(), gf.record())),
+    }
+    clock = time.process_time if device == "cpu" else time.perf_counter
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for k, fn in variants.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = clock()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[k].append(clock() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "modules": sum(1 for _ in model.modules()),
+        "params": sum(1 for _ in model.parameters()),
+        "bare_ms": med["bare"] * 1e3,
+        "ratio": {k: med[k] / med["bare"] for k in TOOLS},
+    }
+
+
+def plot(figures: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, sweep, xs, xlabel in (
+        (axes[0], "depth", DEPTHS, "layers (B=4, T=50, D=64)"),
+        (axes[1], "batch", BATCHES, "batch size (16 layers, T=50, D=64)"),
+    ):
+        for tool in TOOLS:
+            ax.plot(xs, [figures[sweep][str(v)]["ratio"][tool] for v in xs], "o-", label=tool)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(v) for v in xs])
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("step time / bare step")
+    axes[0].legend()
+    fig.suptitle("Cost of each tool on a healthy training step (measured, one process)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true", help="print only; no results, no PNG")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from tqdm import tqdm
+
+    points = [("depth", d, 4) for d in DEPTHS] + [("batch", 16, b) for b in BATCHES]
+    figures: dict[str, dict] = {"depth": {}, "batch": {}}
+    for sweep, layers, batch in tqdm(points, desc="depth/batch points"):
+        r = measure(layers, batch, a.repeats, a.device)
+        figures[sweep][str(layers if sweep == "depth" else batch)] = r
+        ratios = ", ".join(f"{k} {v:.3f}x" for k, v in r["ratio"].items())
+        tqdm.write(f"{layers:>3} layers, B={batch:<3} bare {r['bare_ms']:.1f} ms: {ratios}")
+    if not a.no_write:
+        path = write_results(
+            "depth", figures, command="python -m benchmarks.bench_depth", device=a.device
+        )
+        plot(figures, PNG)
+        print(f"wrote {path} and {PNG}")
+
+
+if __name__ == "__main__":
+    main()

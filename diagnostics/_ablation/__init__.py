@@ -1,0 +1,34 @@
+"""Conditioning ablations: does a model actually use its condition?
+
+One private package, one room per responsibility:
+
+* ``_types``: the target, the errors and the report records (what writers and the CLI use);
+* ``_runner``: site parsing and the scoped hooks that replace a site's value;
+* ``_engine``: :func:`run_ablation` (the passes over the batches);
+* ``_stats``: per-example effects, bootstrap CIs, the verdict rule;
+* ``_guidance``: the sampler sweep;
+* ``_writers``: one renderer per output format (JSON, Markdown, table, TensorBoard, PNG);
+* ``_default_target``: the embedded SGMSE+ target of ``python -m diagnostics.cond_ablation``.
+
+The public names are exported from :mod:`diagnostics`.
+"""
+
+from diagnostics._ablation._engine import run_ablation as run_ablation
+from diagnostics._ablation._types import ABLATIONS as ABLATIONS
+from diagnostics._ablation._types import AblationError as AblationError
+from diagnostics._ablation._types import AblationReport as AblationReport
+from diagnostics._ablation._types import AblationTarget as AblationTarget
+from diagnostics._ablation._types import TargetLoadError as TargetLoadError
+from diagnostics._ablation._writers import render_markdown as render_markdown
+from diagnostics._ablation._writers import write_report as write_report
+
+__all__ = [
+    "ABLATIONS",
+    "AblationError",
+    "AblationReport",
+    "AblationTarget",
+    "TargetLoadError",
+    "render_markdown",
+    "run_ablation",
+    "write_report",
+]

@@ -1,0 +1,491 @@
+"""TrainingMonitor: one object that logs what a training run needs watched, to TensorBoard.
+
+Two lines in any training loop::
+
+    mon = TrainingMonitor(model, "runs/exp1", every=10, optimizer=opt)
+    ...; loss.backward(); mon.step(step, loss=loss, acc=acc); opt.step()
+    mon.close()                                   # or: with TrainingMonitor(...) as mon:
+
+Per logged step: the loss and any extra scalars; per module group (the first ``depth`` parts of
+a parameter's name) the gradient norm, the parameter norm and the update ratio
+``lr * |grad| / |param|``; the total gradient norm; NanWatch's status when a ``NanWatch`` is
+passed; the observed CFG drop rate beside the configured ``p`` when a ``CFGDropoutMonitor`` is
+passed; and every ``hist_every`` steps NaN-safe histograms of weights and gradients (finite
+values only, the non-finite count as a scalar). A custom-scalars layout groups related curves.
+
+Cost and guarantees: the norms are computed on the device with ``torch._foreach_norm`` (as
+:class:`~diagnostics.GradFlow` does) and every number of a logged step reaches the host in ONE
+transfer (one host sync per logged step; histogram steps add one more for the values). Nothing
+observed is written to: training with the monitor is bit-identical to training without it. On
+an exception inside a ``with`` block (or :meth:`guard`) the exception is written as text and the
+writer flushed before it propagates.
+
+Tag layout (what ``python -m diagnostics.inspect_run`` reads):
+``train/loss``, ``train/<name>`` (extra scalars without a ``/``), ``val/<name>`` (extra scalars
+named ``val_<name>``), verbatim ``<prefix>/<name>`` for extra names with a ``/``,
+``grad_norm/<group>`` and ``grad_norm/total``, ``param_norm/<group>``,
+``update_ratio/<group>``, ``train/lr``, ``nanwatch/status`` (0 ok, 1 scaler overflow,
+2 non-finite), ``cfg/drop_rate`` and ``cfg/p``, histograms ``weights/<group>`` and
+``grads/<group>`` with ``nonfinite/weights/<group>`` and ``nonfinite/grads/<group>`` counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from contracts import TorchdxError
+
+from ._gradflow import _fused_norms
+
+__all__ = ["MonitorConfig", "TrainingMonitor", "TrainingMonitorError"]
+
+NANWATCH_CODES = {"ok": 0.0, "scaler_overflow": 1.0, "nonfinite": 2.0}
+
+
+class TrainingMonitorError(TorchdxError, ValueError):
+    """Bad arguments to :class:`TrainingMonitor` (culprit named in the message)."""
+
+    __module__ = "diagnostics"
+
+
+@dataclass
+class MonitorConfig:
+    """Settings of a :class:`TrainingMonitor`.
+
+    Attributes:
+        every: log every this many steps (calls with ``loss``; calls without are always logged).
+        hist_every: histograms every this many steps (0: never).
+        depth: module depth of a parameter group (1: ``encoder``, 2: ``encoder.blocks``).
+        layout: write a custom-scalars layout.
+    """
+
+    every: int = 1
+    hist_every: int = 100
+    depth: int = 1
+    layout: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("every", "depth"):
+            if getattr(self, name) < 1:
+                raise TrainingMonitorError(
+                    f"TrainingMonitor: argument {name!r} is {getattr(self, name)}; must be >= 1"
+                )
+        if self.hist_every < 0:
+            raise TrainingMonitorError(
+                f"TrainingMonitor: argument 'hist_every' is {self.hist_every}; must be >= 0 "
+                "(0: no histograms)"
+            )
+
+
+def _group_of(name: str, depth: int) -> str:
+    parts = name.split(".")
+    return ".".join(parts[: min(depth, max(1, len(parts) - 1))])
+
+
+class TrainingMonitor:
+    """Log loss, scalars, per-group gradient health and more to TensorBoard (see module doc).
+
+    Args:
+        model: the model being trained (parameters with ``requires_grad`` are watched).
+        logdir_or_writer: a log directory, or an object with ``add_scalar`` (a ``SummaryWriter``;
+            it is flushed, not closed, by :meth:`close`).
+        every: log every this many steps.
+        optimizer: gives the learning rate of each group (update ratios, ``train/lr``).
+        hist_every: histograms every this many steps (0: never).
+        depth: module depth of a parameter group.
+        nanwatch: a :class:`~diagnostics.NanWatch` whose ``last_status`` is logged.
+        cfg_monitor: a :class:`~diagnostics.CFGDropoutMonitor` whose drop rate is logged.
+        layout: write a custom-scalars layout (default True).
+
+    Example:
+        >>> with TrainingMonitor(model, "runs/exp1", every=10, optimizer=opt) as mon:
+        ...     for step, batch in enumerate(loader):
+        ...         loss = model(batch); opt.zero_grad(); loss.backward()
+        ...         mon.step(step, loss=loss)
+        ...         opt.step()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        logdir_or_writer: Any,
+        every: int = 1,
+        *,
+        optimizer: Any = None,
+        hist_every: int = 100,
+        depth: int = 1,
+        nanwatch: Any = None,
+        cfg_monitor: Any = None,
+        layout: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TrainingMonitorError(
+                f"TrainingMonitor: argument 'model' is a {type(model).__name__}, expected an "
+                "nn.Module"
+            )
+        self.cfg = MonitorConfig(every=every, hist_every=hist_every, depth=depth, layout=layout)
+        if isinstance(logdir_or_writer, (str, os.PathLike)):
+            from torch.utils.tensorboard import SummaryWriter  # heavy: imported lazily
+
+            self.writer = SummaryWriter(str(logdir_or_writer))
+            self._own_writer = True
+        elif hasattr(logdir_or_writer, "add_scalar"):
+            self.writer = logdir_or_writer
+            self._own_writer = False
+        else:
+            raise TrainingMonitorError(
+                "TrainingMonitor: argument 'logdir_or_writer' is a "
+                f"{type(logdir_or_writer).__name__}; give a directory or a SummaryWriter"
+            )
+        self.model, self.optimizer = model, optimizer
+        self.nanwatch, self.cfg_monitor = nanwatch, cfg_monitor
+        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not self._named:
+            raise TrainingMonitorError(
+                f"TrainingMonitor: {type(model).__name__} has no trainable parameters"
+            )
+        self.groups: list[str] = []
+        index: dict[str, int] = {}
+        self._gidx: list[int] = []
+        for n, _ in self._named:
+            g = _group_of(n, depth)
+            if g not in index:
+                index[g] = len(self.groups)
+                self.groups.append(g)
+            self._gidx.append(index[g])
+        self._gi_cache: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
+        self._cfg_seen = 0  # CFGDropoutMonitor.history entries already logged
+        self._layout_written = False
+        self._extra_prefixes: set[str] = set()
+        self.logged_steps = 0
+        self.last_step: int | None = None
+        self._pending: list[tuple[Any, int]] = []  # step events not yet handed to the writer
+        self._pushed_at = time.monotonic()
+        self._flow_steps: list[int] = []  # grad-norm history for the closing figure
+        self._flow: list[list[float]] = []  # per logged step: grad norm per group (nan: none)
+        self.closed = False
+
+    def __repr__(self) -> str:
+        where = getattr(self.writer, "log_dir", "?")
+        return (
+            f"TrainingMonitor({type(self.model).__name__}, {where!r}, every={self.cfg.every}, "
+            f"{len(self.groups)} groups, {self.logged_steps} logged steps)"
+        )
+
+    # ------------------------------------------------------------------ per step
+    def step(self, step: int, loss: Any = None, **scalars: Any) -> None:
+        """Log step ``step`` (call after ``backward()``, before ``optimizer.step()``).
+
+        Args:
+            step: the global step (TensorBoard's x axis).
+            loss: the training loss (tensor or number). A call with a loss is a training step:
+                it is logged every ``every`` steps, with gradient statistics. A call without
+                one (validation metrics) is always logged, scalars only.
+            **scalars: more scalars (tensors or numbers); see the module doc for their tags.
+        """
+        if self.closed:
+            raise TrainingMonitorError(f"TrainingMonitor.step({step}): the monitor is closed")
+        train = loss is not None
+        if train and step % self.cfg.every:
+            return
+        self.last_step = step
+        names: list[str] = []
+        tensors: list[Tensor] = []
+        floats: dict[str, float] = {}
+
+        def put(tag: str, v: Any) -> None:
+            if isinstance(v, Tensor):
+                assert v.numel() == 1, (
+                    f"TrainingMonitor.step: scalar {tag!r} has {v.numel()} values"
+                )
+                names.append(tag)
+                tensors.append(v.detach().reshape(1).float())
+            else:
+                floats[tag] = float(v)
+
+        if train:
+            put("train/loss", loss)
+        for k, v in scalars.items():
+            put(self._tag(k), v)
+        n_scalars = len(tensors)
+        grads_stats = False
+        have: list[int] = []
+        if train:
+            have = [i for i, (_, p) in enumerate(self._named) if p.grad is not None]
+        if have:
+            grads_stats = True
+            dev = self._named[have[0]][1].grad.device
+            gn = _fused_norms([self._named[i][1].grad for i in have]).to(dev)  # (P,)
+            pn = _fused_norms([self._named[i][1].detach() for i in have]).to(dev)  # (P,)
+            key = (dev, tuple(have))
+            gi = self._gi_cache.get(key)
+            if gi is None:  # built once per (device, set of parameters with a gradient)
+                gi = torch.tensor([self._gidx[i] for i in have], device=dev)  # (P,)
+                self._gi_cache[key] = gi
+            zeros = torch.zeros(len(self.groups), device=dev)
+            gsq = zeros.index_add(0, gi, gn.square())  # (G,) squared group grad norms
+            psq = zeros.index_add(0, gi, pn.square())  # (G,)
+            tensors += [gsq.sqrt(), psq.sqrt(), gsq.sum().sqrt().reshape(1)]
+        values: list[float] = []
+        if tensors:
+            dev = tensors[-1].device
+            values = torch.cat([t.to(dev) for t in tensors]).cpu().tolist()  # the one host sync
+        out: list[tuple[str, float]] = list(zip(names, values[:n_scalars], strict=True))
+        out += floats.items()
+        if grads_stats:
+            G = len(self.groups)
+            gnorm = values[n_scalars : n_scalars + G]
+            pnorm = values[n_scalars + G : n_scalars + 2 * G]
+            lrs = self._group_lrs()
+            for j in sorted({self._gidx[i] for i in have}):
+                g = self.groups[j]
+                out += [(f"grad_norm/{g}", gnorm[j]), (f"param_norm/{g}", pnorm[j])]
+                if lrs is not None and lrs[j] is not None and pnorm[j] > 0:  # 0: zero-init
+                    out.append((f"update_ratio/{g}", lrs[j] * gnorm[j] / pnorm[j]))
+            out.append(("grad_norm/total", values[-1]))
+            if len(self._flow) < 5000:
+                present_set = {self._gidx[i] for i in have}
+                self._flow_steps.append(step)
+                self._flow.append([gnorm[j] if j in present_set else math.nan for j in range(G)])
+        if train and self.optimizer is not None:
+            out.append(("train/lr", float(self.optimizer.param_groups[0]["lr"])))
+        if self.nanwatch is not None:
+            status = getattr(self.nanwatch, "last_status", "none")
+            if status in NANWATCH_CODES:
+                out.append(("nanwatch/status", NANWATCH_CODES[status]))
+        if self.cfg_monitor is not None:
+            out += self._cfg_pairs()
+        self._emit(step, out)
+        if train and self.cfg.hist_every and step % self.cfg.hist_every == 0 and have:
+            self._histograms(step, have)
+        if not self._layout_written and self.cfg.layout:
+            self._write_layout()
+        self.logged_steps += 1
+
+    def _emit(self, step: int, pairs: list[tuple[str, float]]) -> None:
+        """Write the scalars of one step: as ONE event through a SummaryWriter's file writer
+        (one queue hand-off to its writer thread instead of one per tag), else one by one."""
+        get = getattr(self.writer, "_get_file_writer", None)
+        if get is None:
+            for tag, v in pairs:
+                self.writer.add_scalar(tag, v, step)
+            return
+        from torch.utils.tensorboard.summary import scalar
+
+        values = [scalar(tag, v).value[0] for tag, v in pairs]
+        self._pending.append((type(scalar("x", 0.0))(value=values), step))
+        now = time.monotonic()
+        if len(self._pending) >= 256 or now - self._pushed_at > 2.0:
+            self._push()
+
+    def _push(self) -> None:
+        """Hand the buffered step events to the writer's thread in one go (waking it once per
+        batch, not once per step: on a busy machine each wake-up costs the training thread a
+        GIL hand-off of several milliseconds)."""
+        self._pushed_at = time.monotonic()
+        if not self._pending:
+            return
+        fw = self.writer._get_file_writer()
+        for summary, step in self._pending:
+            fw.add_summary(summary, step)
+        self._pending.clear()
+
+    def _tag(self, key: str) -> str:
+        if "/" in key:
+            self._extra_prefixes.add(key.split("/", 1)[0])
+            return key
+        if key.startswith("val_"):
+            return f"val/{key[4:]}"
+        return f"train/{key}"
+
+    def _group_lrs(self) -> list[float | None] | None:
+        if self.optimizer is None:
+            return None
+        lr_of = {
+            id(p): float(g.get("lr", 0.0)) for g in self.optimizer.param_groups for p in g["params"]
+        }
+        out: list[float | None] = [None] * len(self.groups)
+        for (_, p), j in zip(self._named, self._gidx, strict=True):
+            if out[j] is None and id(p) in lr_of:
+                out[j] = lr_of[id(p)]
+        return out
+
+    def _cfg_pairs(self) -> list[tuple[str, float]]:
+        mon = self.cfg_monitor
+        hist = list(mon.history[self._cfg_seen :])
+        self._cfg_seen = len(mon.history)
+        pending = getattr(mon, "_cur", [0, 0])
+        if pending[1]:
+            hist.append((pending[0], pending[1]))
+        total = sum(n for _, n in hist)
+        if not total:
+            return []
+        return [("cfg/drop_rate", sum(d for d, _ in hist) / total), ("cfg/p", float(mon.p))]
+
+    def _histograms(self, step: int, have: list[int]) -> None:
+        """NaN-safe histograms per group (finite values; non-finite counts as scalars)."""
+        by_group: dict[int, list[int]] = {}
+        for i in have:
+            by_group.setdefault(self._gidx[i], []).append(i)
+        pieces: list[Tensor] = []
+        spans: list[tuple[str, int]] = []
+        for j, idx in by_group.items():
+            for kind in ("weights", "grads"):
+                ts = [
+                    (self._named[i][1] if kind == "weights" else self._named[i][1].grad)
+                    .detach()
+                    .reshape(-1)  # (numel,)
+                    .float()
+                    for i in idx
+                ]
+                flat = torch.cat(ts)  # (group numel,)
+                pieces.append(flat)
+                spans.append((f"{kind}/{self.groups[j]}", flat.numel()))
+        dev = pieces[0].device
+        host = torch.cat([p.to(dev) for p in pieces]).cpu()  # one transfer for all values
+        off = 0
+        for tag, n in spans:
+            x = host[off : off + n]
+            off += n
+            finite = torch.isfinite(x)
+            self.writer.add_scalar(f"nonfinite/{tag}", float(n - int(finite.sum())), step)
+            if bool(finite.any()):
+                self.writer.add_histogram(tag, x[finite], step)
+
+    def _write_layout(self) -> None:
+        layout: dict[str, dict[str, list[Any]]] = {
+            "Loss": {
+                "train vs validation loss": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
+                "other training scalars": ["Multiline", [r"^train/(?!loss$).*"]],
+                "validation metrics": ["Multiline", [r"^val/.*"]],
+            },
+            "Gradients": {
+                "gradient norm per module group": ["Multiline", [r"^grad_norm/.*"]],
+                "update ratio lr*|grad|/|param| per group (healthy ~1e-3)": [
+                    "Multiline",
+                    [r"^update_ratio/.*"],
+                ],
+                "parameter norm per group": ["Multiline", [r"^param_norm/.*"]],
+            },
+            "Health": {
+                "non-finite values in histograms": ["Multiline", [r"^nonfinite/.*"]],
+                "NanWatch status (0 ok, 1 scaler overflow, 2 non-finite)": [
+                    "Multiline",
+                    [r"^nanwatch/.*"],
+                ],
+            },
+        }
+        if self.cfg_monitor is not None or "cfg" in self._extra_prefixes:
+            layout["Conditioning (CFG)"] = {
+                "drop rate vs configured p": [
+                    "Multiline",
+                    [r"^cfg/(drop_rate|p|drop_fraction|p_uncond)$"],
+                ],
+                "loss of conditioned vs dropped examples": ["Multiline", [r"^cfg/loss_.*"]],
+            }
+        extra = sorted(self._extra_prefixes - {"cfg", "train", "val"})
+        if extra:
+            layout["Model signals"] = {f"{p}/*": ["Multiline", [f"^{p}/.*"]] for p in extra}
+        if hasattr(self.writer, "add_custom_scalars"):
+            self.writer.add_custom_scalars(layout)
+        self._layout_written = True
+
+    def _summary_text(self) -> str:
+        rows = ["| group | parameters | last grad norm |", "| --- | --- | --- |"]
+        counts = [0] * len(self.groups)
+        for (_, p), j in zip(self._named, self._gidx, strict=True):
+            counts[j] += p.numel()
+        last = self._flow[-1] if self._flow else [math.nan] * len(self.groups)
+        for j, g in enumerate(self.groups):
+            rows.append(f"| {g} | {counts[j]:,} | {last[j]:.4g} |")
+        head = (
+            f"TrainingMonitor over {type(self.model).__name__}: {self.logged_steps} logged steps "
+            f"(every={self.cfg.every}, hist_every={self.cfg.hist_every}), last step "
+            f"{self.last_step}. Read the run back with `python -m diagnostics.inspect_run`."
+        )
+        return head + "\n\n" + "\n".join(rows)
+
+    def _grad_flow_image(self) -> Any:
+        """HWC uint8 heat map: log10 gradient norm per group (rows) over logged steps."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: lazily
+        from matplotlib.figure import Figure
+
+        data = np.log10(np.clip(np.array(self._flow, dtype=float).T, 1e-12, None))  # (G, S)
+        fig = Figure(figsize=(8, 1.2 + 0.35 * len(self.groups)), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        steps = self._flow_steps
+        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap="viridis",
+                       extent=(steps[0] - 0.5, steps[-1] + 0.5, len(self.groups) - 0.5, -0.5))  # fmt: skip
+        ax.set_yticks(range(len(self.groups)), self.groups)
+        ax.set_xlabel("step")
+        ax.set_title("gradient flow: log10 gradient norm per module group (dark = vanishing)")
+        fig.colorbar(im, ax=ax, label="log10 |grad|")
+        fig.tight_layout()
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
+
+    # ------------------------------------------------------------------ lifetime
+    def log_exception(self, exc: BaseException, step: int | None = None) -> None:
+        """Write ``exc`` as text (a NonFiniteError with its report) and flush at once."""
+        at = self.last_step if step is None else step
+        report = getattr(exc, "report", None)
+        text = report.to_markdown() if hasattr(report, "to_markdown") else f"`{exc!r}`"
+        if hasattr(self.writer, "add_text"):
+            self.writer.add_text("monitor/exception", f"step {at}: {type(exc).__name__}\n\n{text}",
+                                 at or 0)  # fmt: skip
+        self.writer.add_scalar("monitor/exception", 1.0, at or 0)
+        self.flush()
+
+    @contextlib.contextmanager
+    def guard(self, step: int | None = None) -> Iterator[TrainingMonitor]:
+        """Log (and flush) any exception raised inside, then let it propagate."""
+        try:
+            yield self
+        except BaseException as exc:
+            self.log_exception(exc, step)
+            raise
+
+    def flush(self) -> None:
+        """Hand buffered events to the writer and flush it to disk."""
+        self._push()
+        if hasattr(self.writer, "flush"):
+            self.writer.flush()
+
+    def close(self) -> None:
+        """Write the run's summary (text) and gradient-flow heat map (image), flush, and close
+        the writer when the monitor opened it. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        at = self.last_step or 0
+        self._push()
+        if hasattr(self.writer, "add_text"):
+            self.writer.add_text("monitor/summary", self._summary_text(), at)
+        if self._flow and hasattr(self.writer, "add_image"):
+            self.writer.add_image("monitor/grad_flow", self._grad_flow_image(), at,
+                                  dataformats="HWC")  # fmt: skip
+        if self._own_writer:
+            self.writer.close()
+        else:
+            self.flush()
+
+    def __enter__(self) -> TrainingMonitor:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc is not None and not self.closed:
+                self.log_exception(exc)
+        finally:
+            self.close()

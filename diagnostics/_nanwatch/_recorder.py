@@ -1,0 +1,252 @@
+"""The recorder: hooks on every module and parameter recording max|x| on the device."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._hooks import HookSet, amax_abs, max_abs, tensors_in
+from ._compiled import clean_name, is_compile_wrapper
+from ._numerics import RngState, is_producer
+
+__all__ = ["Call", "Recorder"]
+
+_RECENT = 4  # module outputs remembered for the next module's input
+
+
+@dataclass
+class Call:
+    """One module call seen by the recorder (replay keeps references for the op pass)."""
+
+    name: str
+    module: nn.Module
+    args: Any = None
+    kwargs: Any = None
+    outputs: Any = None
+    rng: RngState | None = None
+    grad_enabled: bool = True
+    out_dtype: torch.dtype | None = None
+    grad_output: Any = None
+    grad_input: Any = None
+
+
+class Recorder:
+    """Hooks on every module (+ parameters) recording max|x| of inputs/outputs/grads on device.
+
+    Nothing is synced while the step runs; ``values()`` stacks everything for one host read.
+    Event kinds: ``fwd`` (in, out), ``gout`` (grad_output), ``gin`` (grad_input), ``gparam``.
+    """
+
+    def __init__(
+        self, model: nn.Module, *, keep_refs: bool, backward: bool, params: bool = True
+    ) -> None:
+        self.model = model
+        self.keep_refs = keep_refs
+        self.backward = backward
+        self.params = params
+        self.events: list[tuple[str, Call, str]] = []  # (kind, call, detail)
+        self._values: list[Tensor] = []  # two float32 scalars per event, stacked once at the end
+        self.device: torch.device | None = None
+        self._zero: Tensor | None = None
+        self._stack: dict[int, list[tuple[Call, Tensor]]] = {}
+        self._bstack: dict[int, list[tuple[Call, Tensor]]] = {}
+        self._last_call: dict[int, Call] = {}
+        self._last_gout: dict[int, Tensor] = {}
+        # the last few module outputs and their values: a module's input is usually the output
+        # of the module called just before it, so its value is known without a reduction.
+        # (tensor, version) are kept so that an id reused by a new tensor or an in-place change
+        # is never mistaken for a hit; a handful of references, freed with the recorder
+        self._recent: dict[int, tuple[Tensor, int, Tensor]] = {}
+
+    def _remember(self, tensors: list[Tensor], value: Tensor) -> None:
+        if len(tensors) != 1:
+            return
+        t = tensors[0]
+        if len(self._recent) >= _RECENT:
+            del self._recent[next(iter(self._recent))]  # oldest first (insertion order)
+        self._recent[id(t)] = (t, t._version, value)
+
+    def _input_value(self, tensors: list[Tensor]) -> Tensor:
+        if len(tensors) >= 1:
+            hit = self._recent.get(id(tensors[0]))
+            t = tensors[0]
+            if hit is not None and hit[0] is t and hit[1] == t._version:
+                if len(tensors) == 1:
+                    return hit[2]
+                rest = [x for x in tensors[1:] if x is not t]
+                if not rest:
+                    return hit[2]
+        return self._value(tensors)
+
+    def _value(self, tensors: list[Tensor]) -> Tensor:
+        if len(tensors) == 1 and self.device is not None:  # the common case, fewest ops
+            t = tensors[0]
+            if (t.is_floating_point() or t.is_complex()) and t.numel() and t.device == self.device:
+                return amax_abs(t)
+        v = max_abs(tensors, self.device)
+        if self.device is None:
+            self.device = v.device
+        return v
+
+    def _event(self, kind: str, call: Call, detail: str, a: Tensor, b: Tensor) -> None:
+        self.events.append((kind, call, detail))
+        self._values += (a, b)
+
+    def _zero_on(self, device: torch.device) -> Tensor:
+        if self._zero is None or self._zero.device != device:
+            self._zero = torch.zeros((), device=device)
+        return self._zero
+
+    def install(self, hooks: HookSet) -> None:
+        for name, mod in self.model.named_modules():
+            if is_compile_wrapper(mod):  # its original module (hooked below) does the work
+                continue
+            name = clean_name(name)
+            hooks.add(mod.register_forward_pre_hook(self._pre(name), with_kwargs=True), "fwd-pre")
+            hooks.add(mod.register_forward_hook(self._post(name), with_kwargs=True), "fwd")
+            if self.backward:
+                hooks.add(mod.register_full_backward_pre_hook(self._bpre(mod)), "bwd-pre")
+                hooks.add(mod.register_full_backward_hook(self._bpost(mod)), "bwd")
+            if not self.params:
+                continue
+            for pname, p in mod.named_parameters(prefix=name, recurse=False):
+                if p.requires_grad:
+                    hooks.add(p.register_hook(self._phook(mod, pname)), "param")
+
+    def _pre(self, name: str):
+        def hook(mod: nn.Module, args: Any, kwargs: Any) -> None:
+            call = Call(name, mod, grad_enabled=torch.is_grad_enabled())
+            tin = tensors_in(args) + tensors_in(kwargs) if kwargs else tensors_in(args)
+            in_m = self._input_value(tin)
+            if self.keep_refs:
+                call.args, call.kwargs, call.rng = args, kwargs, RngState()
+            self._stack.setdefault(id(mod), []).append((call, in_m))
+            return None
+
+        return hook
+
+    def _post(self, name: str):
+        def hook(mod: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            stack = self._stack.get(id(mod))
+            if not stack:
+                return None
+            call, in_m = stack.pop()
+            touts = [t for t in tensors_in(output) if t.is_floating_point() or t.is_complex()]
+            call.out_dtype = touts[0].dtype if touts else None
+            if self.keep_refs:
+                call.outputs = output
+            self._last_call[id(mod)] = call
+            out_m = self._value(touts)
+            self._remember(touts, out_m)
+            self._event("fwd", call, "", in_m, out_m)
+            return None
+
+        return hook
+
+    def _call_for(self, mod: nn.Module) -> Call:
+        call = self._last_call.get(id(mod))
+        if call is None:  # a module only reached through backward (should not happen)
+            call = Call("?", mod)
+        return call
+
+    def _bpre(self, mod: nn.Module):
+        def hook(m: nn.Module, grad_output: Any) -> None:
+            call = self._call_for(mod)
+            v = self._value([g for g in grad_output if isinstance(g, Tensor)])
+            self._bstack.setdefault(id(mod), []).append((call, v))
+            self._last_gout[id(mod)] = v
+            if self.keep_refs:
+                call.grad_output = grad_output
+            self._event("gout", call, "", v, v)
+            return None
+
+        return hook
+
+    def _bpost(self, mod: nn.Module):
+        def hook(m: nn.Module, grad_input: Any, grad_output: Any) -> None:
+            stack = self._bstack.get(id(mod))
+            call, gout = stack.pop() if stack else (self._call_for(mod), None)
+            v = self._value([g for g in grad_input if isinstance(g, Tensor)])
+            if self.keep_refs:
+                call.grad_input = grad_input
+            self._event("gin", call, "", gout if gout is not None else self._zero_on(v.device), v)
+            return None
+
+        return hook
+
+    def _phook(self, mod: nn.Module, pname: str):
+        def hook(grad: Tensor) -> None:
+            call = self._call_for(mod)
+            v = self._value([grad])
+            gout = self._last_gout.get(id(mod))
+            if gout is None:  # no backward pre-hook ran (backward hooks off): assume finite
+                gout = self._zero_on(v.device)
+            self._event("gparam", call, pname, gout, v)
+            return None
+
+        return hook
+
+    def stacked(self) -> Tensor | None:
+        """Every event's two values as one ``(E, 2)`` float32 tensor (one op; no sync)."""
+        if not self.events:
+            return None
+        dev = self.device
+        vals = [v if v.device == dev else v.to(dev) for v in self._values]
+        return torch.stack(vals).reshape(-1, 2)  # (E, 2)
+
+    def backward_from_grads(self, bad_params: list[str]) -> list[tuple[Call, str, float, float]]:
+        """Backward candidates without backward hooks: the owners of the parameters whose
+        gradient is non-finite, latest forward call first (backward runs in reverse, so a
+        gradient that turned non-finite reaches every module called before its producer)."""
+        owners: dict[str, str] = {}
+        for pname in bad_params:
+            owners.setdefault(pname.rpartition(".")[0], pname)
+        out: list[tuple[Call, str, float, float]] = []
+        for kind, call, _ in reversed(self.events):
+            if kind == "fwd" and call.name in owners:
+                out.append((call, owners.pop(call.name), 0.0, math.nan))
+        return out
+
+    def analyze(self, values: list[list[float]]) -> dict[str, Any]:
+        """Producer candidates per phase from the synced event values."""
+        fwd: list[tuple[Call, str, float, float]] = []
+        bwd: list[tuple[Call, str, float, float]] = []
+        headroom: list[tuple[str, float, float]] = []
+        seen_head: set[str] = set()
+        gout_of: dict[str, tuple[Call, float]] = {}  # module path -> its latest grad_output
+        for (kind, call, detail), (a, b) in zip(self.events, values, strict=False):
+            if kind == "fwd":
+                if is_producer(a, b):
+                    fwd.append((call, "", a, b))
+                dt = call.out_dtype
+                if dt in (torch.float16, torch.bfloat16) and math.isfinite(b) and b > 0:
+                    room = torch.finfo(dt).max / b
+                    if room < 16 and call.name not in seen_head:
+                        seen_head.add(call.name)
+                        headroom.append((call.name, b, room))
+            elif kind == "gout":
+                gout_of[call.name] = (call, a)
+                if call.name == "" and not math.isfinite(a):
+                    bwd.append((call, "grad_output", 0.0, a))  # came in from the loss code
+                elif call.name and not math.isfinite(a):
+                    # a submodule's grad_output turned non-finite inside its parent, whose own
+                    # grad_output was finite: the parent's code between the two produced it (it
+                    # shows no grad_input when its inputs need no gradient)
+                    parent = gout_of.get(call.name.rpartition(".")[0])
+                    if parent is not None and is_producer(parent[1], a):
+                        bwd.append((parent[0], "", parent[1], a))
+            elif is_producer(a, b):
+                bwd.append((call, detail, a, b))
+        root_in = next(
+            (
+                a
+                for (k, c, _), (a, _b) in zip(self.events, values, strict=False)
+                if k == "fwd" and c.name == ""
+            ),
+            0.0,
+        )
+        return {"fwd": fwd, "bwd": bwd, "headroom": headroom, "root_input": root_in}

@@ -1,0 +1,137 @@
+"""State outside the model's tensors that a replay must not change: a GradScaler, objects with
+``state_dict``/``load_state_dict`` (optimizers, schedulers, user objects), and the plain Python
+attributes of the model's modules.
+
+The scaler and the stateful objects are saved before every step (their pre-step state is what a
+replay starts from) and, on a failing step, again after it (what the user's step left, put back
+when localization is done). Module attributes are compared only on the failure path: a replay
+that leaves a different value than the step did is named in ``report.notes``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["ModuleAttrs", "ObjectStates", "check_stateful"]
+
+_MAX_NOTED = 5
+
+
+def check_stateful(stateful: Sequence[Any], error: type[Exception]) -> list[Any]:
+    """``stateful`` as a list; each item must have ``state_dict`` and ``load_state_dict``."""
+    if isinstance(stateful, (str, bytes)) or not isinstance(stateful, Sequence):
+        raise error(
+            f"NanWatch(stateful=...): expected a list or tuple of objects, got "
+            f"{type(stateful).__name__}; hint: stateful=[optimizer, scheduler]"
+        )
+    for i, obj in enumerate(stateful):
+        if not (
+            callable(getattr(obj, "state_dict", None))
+            and callable(getattr(obj, "load_state_dict", None))
+        ):
+            raise error(
+                f"NanWatch(stateful=[...]): item {i} ({type(obj).__name__}) has no "
+                "state_dict()/load_state_dict(); only such objects can be restored around replays"
+            )
+    return list(stateful)
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict) and not value:
+        return copy.copy(value)  # keeps a defaultdict's factory; nothing inside to copy
+    return copy.deepcopy(value)
+
+
+class ObjectStates:
+    """A snapshot of a GradScaler's attributes and of every stateful object's ``state_dict``."""
+
+    def __init__(self, scaler: Any, stateful: list[Any]) -> None:
+        self.scaler = scaler
+        # GradScaler keeps its state in attributes (scale, growth tracker, per-optimizer stage
+        # and found-inf); its state_dict() leaves the per-optimizer part out, so copy them all
+        self.scaler_vars = (
+            {k: _clone(v) for k, v in vars(scaler).items()} if scaler is not None else None
+        )
+        self.states = [(obj, copy.deepcopy(obj.state_dict())) for obj in stateful]
+
+    def restore(self) -> None:
+        """Put the snapshot back (the snapshot itself stays intact for a later restore)."""
+        if self.scaler is not None and self.scaler_vars is not None:
+            for k, v in self.scaler_vars.items():
+                setattr(self.scaler, k, _clone(v))
+        for obj, state in self.states:
+            obj.load_state_dict(copy.deepcopy(state))  # load_state_dict may keep references
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # arrays and other values without a truth value
+        return False
+
+
+class ModuleAttrs:
+    """The public non-tensor, non-module attributes of every module of ``model`` (copies)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.values: dict[tuple[str, str], tuple[nn.Module, Any]] = {}
+        for name, mod in model.named_modules():
+            for key, value in vars(mod).items():
+                if key.startswith("_") or key == "training":
+                    continue
+                if isinstance(value, (Tensor, nn.Module)):
+                    continue
+                try:
+                    value = copy.deepcopy(value)
+                except Exception:  # not copyable: compare by identity
+                    pass
+                self.values[(name, key)] = (mod, value)
+        self.model = model
+
+    def restore_and_describe(self) -> list[str]:
+        """Put back every attribute that changed since the snapshot; say which did."""
+        changed: list[str] = []
+        now = ModuleAttrs(self.model).values
+        for (name, key), (mod, value) in self.values.items():
+            cur = now.pop((name, key), (None, _MISSING))[1]
+            if not _same(cur, value):
+                changed.append(f"{_path(name, key)} ({_short(value)} -> {_short(cur)})")
+                setattr(mod, key, value)
+        for (name, key), (mod, value) in now.items():  # attributes the replays added
+            changed.append(f"{_path(name, key)} (absent -> {_short(value)})")
+            delattr(mod, key)
+        if not changed:
+            return []
+        more = f" and {len(changed) - _MAX_NOTED} more" if len(changed) > _MAX_NOTED else ""
+        return [
+            "module attributes changed between the step and its replays: "
+            + "; ".join(changed[:_MAX_NOTED])
+            + more
+            + ". step_fn (or a forward) keeps Python state between calls, so the replay may not "
+            "match the step; each was restored to the value the step left"
+        ]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "absent"
+
+
+_MISSING = _Missing()
+
+
+def _path(name: str, key: str) -> str:
+    return f"{name}.{key}" if name else key
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else r[:37] + "..."
