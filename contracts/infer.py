@@ -35,6 +35,7 @@ from typing import Any
 from ._infer_record import InferError, InferTarget, record, validate_target
 from ._infer_render import render_markdown, render_python
 from ._infer_unify import ContractProposal, Inference, SlotProposal, unify
+from .cli import ArgumentParser, fail
 
 __all__ = [
     "ContractProposal",
@@ -46,6 +47,9 @@ __all__ = [
     "load_target",
     "main",
 ]
+
+
+PROG = "python -m contracts.infer"
 
 
 @dataclass
@@ -124,7 +128,11 @@ def infer(
         from tqdm import tqdm
 
         def bar(items: Sequence[Any]) -> Any:
-            return tqdm(items, desc="contracts.infer", unit="batch", file=sys.stderr)
+            # off when stderr is not a terminal; cleared when done, so an error stays one line
+            return tqdm(
+                items, desc="contracts.infer", unit="batch", file=sys.stderr, leave=False,
+                disable=None,
+            )  # fmt: skip
 
     t0 = time.perf_counter()
     rec = record(target, modules=modules, progress=bar)
@@ -196,8 +204,8 @@ def _import_file(spec: str, path: Path) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m contracts.infer",
+    p = ArgumentParser(
+        prog=PROG,
         description=(
             "Propose tensor contracts from a running model. The factory (no arguments) returns "
             "contracts.InferTarget(model, batches, forward=None); the model runs on every batch "
@@ -245,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         target = load_target(args.target)
         res = infer(target, modules=args.modules, progress=not args.quiet, name=args.target)
     except InferError as e:
-        print(f"contracts.infer: {e}", file=sys.stderr, flush=True)
-        return 2
+        return fail(PROG, str(e))
     cmd = "python -m contracts.infer " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         if args.out:
@@ -254,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.markdown:
             Path(args.markdown).write_text(res.markdown())
     except OSError as e:
-        print(f"contracts.infer: cannot write output: {e}", file=sys.stderr, flush=True)
-        return 2
+        return fail(PROG, f"cannot write the output: {e}")
     if not args.out and not args.markdown:
         sys.stdout.write(res.python(command=cmd))
     if not args.quiet:

@@ -308,3 +308,9 @@ def test_cli_subprocess_help_and_stdout() -> None:
                          capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "Traceback" not in bad.stderr
+    # the model raises half-way, progress bar allowed (not --quiet): still one line
+    mid = subprocess.run([py, "-m", "contracts.infer", "--target", f"{T}:raising_target"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
+    assert mid.returncode == 2, mid.stderr
+    assert mid.stderr.strip().splitlines() == [mid.stderr.strip()]
+    assert "infer: error: the model raised on batch 1" in mid.stderr
