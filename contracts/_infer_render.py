@@ -13,7 +13,7 @@ import datetime as _dt
 import json
 import textwrap
 
-from ._infer_unify import ContractProposal, Inference, SlotProposal
+from ._infer_types import ContractProposal, Inference, SlotProposal
 
 __all__ = ["render_markdown", "render_python"]
 

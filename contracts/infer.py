@@ -34,7 +34,8 @@ from typing import Any
 
 from ._infer_record import InferError, InferTarget, record, validate_target
 from ._infer_render import render_markdown, render_python
-from ._infer_unify import ContractProposal, Inference, SlotProposal, unify
+from ._infer_types import ContractProposal, Inference, SlotProposal
+from ._infer_unify import unify
 from .cli import ArgumentParser, fail
 
 __all__ = [
