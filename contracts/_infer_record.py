@@ -125,6 +125,7 @@ class Call:
     params: tuple[str, ...] = ()  # bound parameter names (in signature order)
     var_params: frozenset[str] = frozenset()  # *args / **kwargs parameter names
     done: bool = False
+    failed: bool = False  # its inputs could not be read: left out
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Recording:
     calls: list[list[Call]]
     hooked: list[tuple[str, type]]
     seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)  # calls left out, with why
 
 
 def _kind(t: torch.Tensor) -> str:
@@ -166,15 +168,18 @@ class _Stats:
             return
         if t.numel() == 0 or t.is_meta:
             return
-        x = t.detach()  # no autograd graph, whatever the grad mode
-        if x.dtype == torch.bool:
-            lo = hi = x.any(-1).all() if x.dim() >= 1 else x  # every row has a True
-        else:
-            if x.is_complex():
-                x = torch.view_as_real(x)
-            if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
-                x = x.float()
-            lo, hi = torch.aminmax(x)
+        try:
+            x = t.detach()  # no autograd graph, whatever the grad mode
+            if x.dtype == torch.bool:
+                lo = hi = x.any(-1).all() if x.dim() >= 1 else x  # every row has a True
+            else:
+                if x.is_complex():
+                    x = torch.view_as_real(x)
+                if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
+                    x = x.float()
+                lo, hi = torch.aminmax(x)
+        except Exception:  # sparse, quantized, ...: shape and dtype only
+            return
         idx = len(self.lo)
         self.lo.append(lo)
         self.hi.append(hi)
@@ -205,7 +210,12 @@ class _Stats:
 
 def _leaves(value: Any, name: str, stats: _Stats, out: dict[str, Leaf], depth: int = 0) -> None:
     if isinstance(value, torch.Tensor):
-        leaf = Leaf(tuple(value.shape), value.dtype, _kind(value))
+        try:
+            shape = tuple(int(n) for n in value.shape)
+        except Exception:  # nested or otherwise shapeless tensors
+            out[name] = Leaf(None, None, "Tensor without a shape")
+            return
+        leaf = Leaf(shape, value.dtype, _kind(value))
         stats.add(value, leaf)
         out[name] = leaf
     elif depth < MAX_DEPTH and isinstance(value, (tuple, list)):
@@ -304,23 +314,29 @@ def record(
             "matches (patterns match dotted paths like 'encoder.layers.0' or class names)"
         )
     state: dict[str, Any] = {"calls": [], "stats": None}
+    errors: list[str] = []  # calls the hooks could not read (left out, never raised)
     stack: list[Call] = []
 
     def pre(path: str) -> Callable:
         def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             call = Call(path, type(mod), mod)
-            sg = _signature(type(mod), sigs)
-            named = _bind(sg, mod, args, kwargs) if sg is not None else None
-            if named is not None:
-                call.var_params = sg.var  # type: ignore[union-attr]
-            else:
-                named = {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
-                call.var_params = frozenset(named)
-            call.params = tuple(named)
-            for k, v in named.items():
-                _leaves(v, k, state["stats"], call.inputs)
-            state["calls"].append(call)
             stack.append(call)
+            try:  # a hook never breaks the forward: a call it cannot read is left out
+                sg = _signature(type(mod), sigs)
+                named = _bind(sg, mod, args, kwargs) if sg is not None else None
+                if named is not None:
+                    call.var_params = sg.var  # type: ignore[union-attr]
+                else:
+                    named = {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
+                    call.var_params = frozenset(named)
+                call.params = tuple(named)
+                for k, v in named.items():
+                    _leaves(v, k, state["stats"], call.inputs)
+            except Exception as e:
+                call.failed = True
+                errors.append(f"{path or '(root)'} inputs: {type(e).__name__}: {e}")
+                return
+            state["calls"].append(call)
 
         return hook
 
@@ -331,18 +347,23 @@ def record(
                 break
         else:  # pragma: no cover - a hook pair always matches
             return
-        if isinstance(output, torch.Tensor):
-            call.out_kind = "single"
-        elif isinstance(output, tuple):
-            call.out_kind, call.out_keys = "tuple", tuple(range(len(output)))
-        elif isinstance(output, Mapping):
-            call.out_kind, call.out_keys = "dict", tuple(output.keys())
-        elif output is None:
-            call.out_kind = "none"
-        else:
-            call.out_kind = "other"
-        _leaves(output, "return", state["stats"], call.outputs)
-        call.done = True
+        if call.failed:
+            return
+        try:
+            if isinstance(output, torch.Tensor):
+                call.out_kind = "single"
+            elif isinstance(output, tuple):
+                call.out_kind, call.out_keys = "tuple", tuple(range(len(output)))
+            elif isinstance(output, Mapping):
+                call.out_kind, call.out_keys = "dict", tuple(output.keys())
+            elif output is None:
+                call.out_kind = "none"
+            else:
+                call.out_kind = "other"
+            _leaves(output, "return", state["stats"], call.outputs)
+            call.done = True
+        except Exception as e:
+            errors.append(f"{call.path or '(root)'} outputs: {type(e).__name__}: {e}")
 
     handles = []
     all_calls: list[list[Call]] = []
@@ -373,4 +394,9 @@ def record(
         for h in handles:
             h.remove()
         stack.clear()
-    return Recording(all_calls, [(p, type(m)) for p, m in hooked], seconds=time.perf_counter() - t0)
+    return Recording(
+        all_calls,
+        [(p, type(m)) for p, m in hooked],
+        seconds=time.perf_counter() - t0,
+        errors=errors,
+    )

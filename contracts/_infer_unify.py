@@ -552,6 +552,11 @@ def unify(rec: Recording) -> Inference:
             f"no size varied across the {u.nb} batches: batch and length dims could not be told "
             "apart from fixed sizes. Give batches with different batch sizes and lengths"
         )
+    if rec.errors:
+        warns.append(
+            f"{len(rec.errors)} module calls could not be read and were left out "
+            f"(first: {rec.errors[0]})"
+        )
     if u.literals:
         shown = ", ".join(u.literals[:8])
         more = f" and {len(u.literals) - 8} more" if len(u.literals) > 8 else ""

@@ -314,3 +314,27 @@ def test_cli_subprocess_help_and_stdout() -> None:
     assert mid.returncode == 2, mid.stderr
     assert mid.stderr.strip().splitlines() == [mid.stderr.strip()]
     assert "infer: error: the model raised on batch 1" in mid.stderr
+
+
+def test_tensors_without_statistics_and_unreadable_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Dense(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.to_dense()
+
+    sparse = [torch.eye(n).to_sparse() for n in (3, 5)]
+    res = infer(InferTarget(Dense(), sparse))
+    s = res.contract_for(Dense).inputs[0]
+    assert s.dims == ["B", "B"] and s.constraint == ""  # no min/max on a sparse tensor
+    assert res.contract_for(Dense).outputs[0].constraint == "Finite()"
+
+    # a call the hooks cannot read is left out with a warning; the forward is untouched
+    import contracts._infer_record as rec
+
+    def broken(*a: Any, **k: Any) -> None:
+        raise RuntimeError("cannot bind")
+
+    monkeypatch.setattr(rec, "_bind", broken)
+    target = tagger_target()
+    res = infer(target)
+    assert any("could not be read" in w and "cannot bind" in w for w in res.warnings)
+    assert res.contracts == []
