@@ -323,6 +323,9 @@ def test_tensors_without_statistics_and_unreadable_calls(monkeypatch: pytest.Mon
 
     sparse = [torch.eye(n).to_sparse() for n in (3, 5)]
     res = infer(InferTarget(Dense(), sparse))
+    src = res.python()  # a class defined in a function cannot be imported: named, skipped
+    assert "Dense: defined inside a function, cannot be imported; skipped" in src
+    compile(src, "inferred.py", "exec")
     s = res.contract_for(Dense).inputs[0]
     assert s.dims == ["B", "B"] and s.constraint == ""  # no min/max on a sparse tensor
     assert res.contract_for(Dense).outputs[0].constraint == "Finite()"
