@@ -14,11 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import gc
 import inspect
 import math
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,6 +240,7 @@ class _Sig:
     positional: tuple[str, ...]  # positional-or-keyword names after self
     keywords: frozenset[str]  # names that may be given by keyword
     var: frozenset[str]  # *args / **kwargs names
+    order: tuple[str, ...]  # every parameter name after self, in order
 
 
 def _signature(cls: type, cache: dict[type, _Sig | None]) -> _Sig | None:
@@ -256,17 +259,23 @@ def _signature(cls: type, cache: dict[type, _Sig | None]) -> _Sig | None:
                 p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)
             ),
             frozenset(p.name for p in params if p.kind in (P.VAR_POSITIONAL, P.VAR_KEYWORD)),
+            tuple(p.name for p in params),
         )
     return cache[cls]
 
 
 def _bind(sg: _Sig, mod: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
     """Arguments by parameter name (in signature order), or None when they don't fit."""
-    if len(args) <= len(sg.positional) and not (kwargs.keys() - sg.keywords):
+    if len(args) <= len(sg.positional):
         named = dict(zip(sg.positional, args))
-        if not (kwargs.keys() & named.keys()):
+        if not kwargs:
+            return named
+        for k in kwargs:
+            if k not in sg.keywords or k in named:
+                break
+        else:
             named.update(kwargs)
-            return {k: named[k] for k in sg.sig.parameters if k in named}
+            return {k: named[k] for k in sg.order if k in named}
     try:
         bound = sg.sig.bind(mod, *args, **kwargs)
     except TypeError:
@@ -280,6 +289,21 @@ def _matches(path: str, cls: type, patterns: Sequence[str] | None) -> bool:
     return any(
         fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(cls.__name__, p) for p in patterns
     )
+
+
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Inference allocates many small objects; without this the cycle collector would walk every
+    long-lived object (torch, the model) again and again. Objects made inside stay collectable;
+    a process that froze its own objects already is left as it is."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
@@ -368,32 +392,33 @@ def record(
     handles = []
     all_calls: list[list[Call]] = []
     t0 = time.perf_counter()
-    try:
-        for path, m in hooked:
-            handles.append(m.register_forward_pre_hook(pre(path), with_kwargs=True))
-            handles.append(m.register_forward_hook(post, with_kwargs=True))
-        items = progress(target.batches) if progress is not None else target.batches
-        for b, batch in enumerate(items):
-            state["calls"], state["stats"] = [], _Stats()
+    with frozen_gc():
+        try:
+            for path, m in hooked:
+                handles.append(m.register_forward_pre_hook(pre(path), with_kwargs=True))
+                handles.append(m.register_forward_hook(post, with_kwargs=True))
+            items = progress(target.batches) if progress is not None else target.batches
+            for b, batch in enumerate(items):
+                state["calls"], state["stats"] = [], _Stats()
+                stack.clear()
+                try:
+                    with torch.no_grad():
+                        fwd(model, batch)
+                except Exception as e:
+                    where = ""
+                    if stack:
+                        inner = stack[-1]
+                        where = f" inside '{inner.path or '(root)'}' ({inner.cls.__name__})"
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    raise InferError(
+                        f"the model raised on batch {b}{where}: {type(e).__name__}: {msg}"
+                    ) from e
+                state["stats"].fetch()
+                all_calls.append([c for c in state["calls"] if c.done])
+        finally:
+            for h in handles:
+                h.remove()
             stack.clear()
-            try:
-                with torch.no_grad():
-                    fwd(model, batch)
-            except Exception as e:
-                where = ""
-                if stack:
-                    inner = stack[-1]
-                    where = f" inside '{inner.path or '(root)'}' ({inner.cls.__name__})"
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise InferError(
-                    f"the model raised on batch {b}{where}: {type(e).__name__}: {msg}"
-                ) from e
-            state["stats"].fetch()
-            all_calls.append([c for c in state["calls"] if c.done])
-    finally:
-        for h in handles:
-            h.remove()
-        stack.clear()
     return Recording(
         all_calls,
         [(p, type(m)) for p, m in hooked],

@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from ._infer_attrs import INDEX_ATTRS, PRIORITY, attr_dim_name, attr_rank, index_hi, int_attrs
-from ._infer_record import Call, Leaf, Recording
+from ._infer_record import Call, Leaf, Recording, frozen_gc
 from ._infer_types import JT_DTYPE, JT_KIND, ContractProposal, Inference, SlotProposal
 
 __all__ = ["unify"]
@@ -538,8 +538,9 @@ def _join(a: str, b: str) -> str:
 def unify(rec: Recording) -> Inference:
     """Turn a :class:`Recording` into proposed contracts and warnings."""
     u = _Unifier(rec)
-    u.global_dims()
-    contracts = u.contracts()
+    with frozen_gc():
+        u.global_dims()
+        contracts = u.contracts()
     warns: list[str] = []
     if u.nb < 2:
         warns.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import subprocess
 import sys
@@ -227,12 +228,14 @@ def test_outputs_identical_and_hooks_removed() -> None:
         assert torch.equal(x, y) and torch.equal(x, z)
     for m in target.model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
+    assert gc.get_freeze_count() == 0  # the collector is left as it was
 
 
 def test_model_raising_names_batch_and_module_and_removes_hooks() -> None:
     target = raising_target()
     with pytest.raises(InferError, match=r"batch 1 inside '\(root\)' \(Tagger\): TypeError"):
         infer(target)
+    assert gc.get_freeze_count() == 0
     for m in target.model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
 
