@@ -3,7 +3,7 @@
 For every model of the inference tests (tiny reference models, a TransformerEncoder, a tiny
 Wav2Vec2) plus the Paraformer at its default size: one pass of plain forwards over the sample
 batches (``torch.no_grad()``, as inference runs them) vs one ``contracts.infer.infer`` over the
-same batches, interleaved, repeated; each ratio compares the fastest run of each arm.
+same batches, interleaved, repeated; the figure is the median of the paired ratios.
 
 - ``record``: the hooked forwards with their value statistics (the "≤ 3× one forward per batch"
   budget of the issue).
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -109,16 +110,21 @@ def measure(target: InferTarget, repeats: int) -> dict[str, Any]:
             t2 = time.perf_counter()
         rec_t.append(t1 - t0)
         tot_t.append(t2 - t0)
-    # the fastest of the interleaved runs of each arm: on a shared machine other jobs only ever
-    # add time, so the minimum is the figure least distorted by them
-    b, n, r, t = min(base), min(noop), min(rec_t), min(tot_t)
+
+    # each run of the tool is compared with the baseline run just before it (the load of a
+    # shared machine drifts slowly), and the median of those paired ratios is the figure
+    def ratio(xs: list[float], ys: list[float]) -> float:
+        return statistics.median(x / y for x, y in zip(xs, ys, strict=True))
+
     return {
-        "record": r / b,
-        "total": t / b,
-        "noop_hooks": n / b,
-        "record_vs_noop_hooks": r / n,
-        "forward_ms_per_batch": 1e3 * b / len(target.batches),
-        "us_per_hooked_call": 1e6 * (r - b) / sum(len(c) for c in rec.calls),
+        "record": ratio(rec_t, base),
+        "total": ratio(tot_t, base),
+        "noop_hooks": ratio(noop, base),
+        "record_vs_noop_hooks": ratio(rec_t, noop),
+        "forward_ms_per_batch": 1e3 * statistics.median(base) / len(target.batches),
+        "us_per_hooked_call": 1e6
+        * statistics.median(r - b for r, b in zip(rec_t, base, strict=True))
+        / sum(len(c) for c in rec.calls),
         "modules_hooked": len(rec.hooked),
         "batches": len(target.batches),
     }
