@@ -315,9 +315,10 @@ class _Unifier:
                 s.dims[a] = names_for[gi]
         self.literals.extend(literal_notes)
         # --- value constraints
+        taken = used | reserved  # shared by every slot: two Range attributes get two names
         for s in slots_in + slots_out:
             if s.tensor:
-                self.constrain(cls, sis, s, groups, names_for, bound, used | reserved)
+                self.constrain(cls, sis, s, groups, names_for, bound, taken)
         for s in slots_in + slots_out:
             if s.tensor and "?" in s.dims:
                 s.attachable = False
@@ -359,11 +360,8 @@ class _Unifier:
             if axis >= len(leaf.shape):
                 return None
             lab = self.site_label(si, s.name, axis, leaf.shape[axis])
-            if si in labels and labels[si] != lab:
-                if lab[0] == "=" and labels[si][0] == "=":  # varies at one site, no vector
-                    return None
+            if labels.setdefault(si, lab) != lab:  # varies at one site without a vector
                 return None
-            labels[si] = lab
         return labels
 
     def find_attr(self, labels: dict[int, tuple[str, Any]]) -> tuple[str, list[str]] | None:
@@ -453,20 +451,13 @@ class _Unifier:
         s.observed = f"[{_fmt(lo)}, {_fmt(hi)}]"
         if lo < 0 or len(stats) != len(obs):
             return
-        # a length (a 1-d or scalar int tensor): never above a non-batch dim of the same call,
-        # and equal to it somewhere
+        # lengths (a 1-d or scalar int tensor) whose largest value is a non-batch dim of the
+        # same call in every call: padded batches, the longest row fills the padding
         for gi, g in enumerate(groups if len(s.dims) <= 1 else []):
             name = names_for[gi]
             if name in (None, "B") or not name.isidentifier() or name in bound:
                 continue
-            ok, hit = True, False
-            for si, b, leaf in obs:
-                size = self.group_size(g, si, b)
-                if size is None or leaf.hi > size:
-                    ok = False
-                    break
-                hit = hit or leaf.hi == size
-            if ok and hit:
+            if all(self.group_size(g, si, b) == leaf.hi for si, b, leaf in obs):
                 s.constraint = f'Range(0, "{name}")'
                 s.constraint_words = f"[0, {name}]"
                 return

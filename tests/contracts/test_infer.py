@@ -344,3 +344,24 @@ def test_tensors_without_statistics_and_unreadable_calls(monkeypatch: pytest.Mon
     res = infer(target)
     assert any("could not be read" in w and "cannot bind" in w for w in res.warnings)
     assert res.contracts == []
+
+
+def test_two_index_attributes_get_two_names() -> None:
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vocab_size, self.n_timesteps = 13, 60
+
+        def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return tokens.float().mean(1) + t.float()
+
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randint(0, 13, (b, n), generator=g), torch.randint(20, 60, (b,), generator=g))
+        for b, n in [(2, 7), (3, 4), (5, 6)]
+    ]
+    c = infer(InferTarget(Pair(), batches)).contract_for(Pair)
+    tokens, t = c.inputs
+    assert tokens.constraint == 'Range(0, "V-1")'  # a vocabulary wins when both fit
+    assert t.constraint == 'Range(0, "T2-1")'  # T is the global length dim: T2
+    assert c.bound == {"V": "self.vocab_size", "T2": "self.n_timesteps"}
