@@ -274,6 +274,20 @@ def test_cli_writes_module_and_markdown(tmp_path: Path, monkeypatch: pytest.Monk
     assert "### Tagger" in md.read_text()
     # the module imports the classes the file defines under its dotted name
     assert '_cls("tests.contracts.test_infer", "Tagger")' in out.read_text()
+    # and works in a fresh process: attaches, accepts a new batch, refuses a wrong one
+    code = (
+        "import sys, contracts; sys.path.insert(0, sys.argv[1]); import c\n"
+        "from tests.contracts.test_infer import Tagger, tagger_batch\n"
+        "hs = c.attach_all(); m = Tagger(); m(**tagger_batch(6, 11))\n"
+        "b = tagger_batch(6, 11)\n"
+        "try:\n    m(b['tokens'], b['mask'][:, :4])\nexcept contracts.ContractError as e:\n"
+        "    print(len(hs), e.function)\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                       text=True, cwd=ROOT, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["4", "Tagger.forward"], r.stdout  # Tagger, Embedding, Pool, Linear
 
 
 @pytest.mark.parametrize(
