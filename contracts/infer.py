@@ -208,18 +208,22 @@ def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog=PROG,
         description=(
-            "Propose tensor contracts from a running model. The factory (no arguments) returns "
-            "contracts.InferTarget(model, batches, forward=None); the model runs on every batch "
-            "with hooks on its modules, and every tensor in their inputs and outputs gets a "
-            "dtype, a shape in named dims (sizes that co-vary across batches share one name "
-            "across arguments and modules; fixed sizes become literals or are bound to a module "
-            "attribute holding them) and a value constraint (Range for integer indices bounded "
-            "by a vocabulary/length attribute, Mask for boolean masks, Finite for floats). "
-            "Give at least two batches that differ in batch size and lengths."
+            "Propose tensor contracts from a running model.\n\n"
+            "The factory (no arguments) returns contracts.InferTarget(model, batches,\n"
+            "forward=None). The model runs on every batch with hooks on its modules; every\n"
+            "tensor in their inputs and outputs gets a dtype, a shape in named dims and a value\n"
+            "constraint:\n"
+            "  - sizes that co-vary across the batches share one name across arguments and\n"
+            "    modules (B everywhere, T for features, mask and encoder output);\n"
+            "  - fixed sizes are bound to a module attribute holding them (dims=) or literals;\n"
+            "  - Range(0, 'V-1') for integer indices under a vocabulary/steps attribute,\n"
+            "    Range(0, 'T') for lengths, Mask() for boolean masks with a True in every row,\n"
+            "    Finite() for floats (observed ranges are reported, not imposed).\n"
+            "Give at least two batches that differ in batch size and in every length."
         ),
         epilog=(
-            "Exit status: 0 when the contracts were written (warnings included), 2 for a bad "
-            "target, no batches, or a model that raised."
+            "Exit status: 0 when the contracts were written (warnings included); 2 for a bad\n"
+            "target, no batches, or a model that raised, with one line on stderr."
         ),
     )
     p.add_argument(
