@@ -395,7 +395,12 @@ def record(
     with frozen_gc():
         try:
             for path, m in hooked:
-                handles.append(m.register_forward_pre_hook(pre(path), with_kwargs=True))
+                try:
+                    h = m.register_forward_pre_hook(pre(path), with_kwargs=True)
+                except Exception as e:  # e.g. a scripted module: not observable, left out
+                    errors.append(f"{path or '(root)'}: no hooks: {type(e).__name__}: {e}")
+                    continue
+                handles.append(h)
                 handles.append(m.register_forward_hook(post, with_kwargs=True))
             items = progress(target.batches) if progress is not None else target.batches
             for b, batch in enumerate(items):

@@ -546,8 +546,8 @@ def unify(rec: Recording) -> Inference:
         )
     if rec.errors:
         warns.append(
-            f"{len(rec.errors)} module calls could not be read and were left out "
-            f"(first: {rec.errors[0]})"
+            f"{len(rec.errors)} module call(s) or module(s) could not be observed and were left "
+            f"out (first: {rec.errors[0]})"
         )
     if u.literals:
         shown = ", ".join(u.literals[:8])

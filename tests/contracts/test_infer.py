@@ -356,8 +356,22 @@ def test_tensors_without_statistics_and_unreadable_calls(monkeypatch: pytest.Mon
     monkeypatch.setattr(rec, "_bind", broken)
     target = tagger_target()
     res = infer(target)
-    assert any("could not be read" in w and "cannot bind" in w for w in res.warnings)
+    assert any("could not be observed" in w and "cannot bind" in w for w in res.warnings)
     assert res.contracts == []
+
+
+def test_scripted_submodule_is_left_out_with_a_warning() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.jit.script(nn.Linear(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x)
+
+    res = infer(InferTarget(M(), [torch.randn(2, 4), torch.randn(3, 4)]))
+    assert [c.qualname for c in res.contracts] == [M.__qualname__]
+    assert any("lin: no hooks" in w for w in res.warnings)
 
 
 def test_two_index_attributes_get_two_names() -> None:
