@@ -360,11 +360,15 @@ def test_tensors_without_statistics_and_unreadable_calls(monkeypatch: pytest.Mon
     assert res.contracts == []
 
 
-def test_scripted_submodule_is_left_out_with_a_warning() -> None:
+def test_module_refusing_hooks_is_left_out_with_a_warning() -> None:
+    class NoHooks(nn.Linear):  # as a scripted module does
+        def register_forward_pre_hook(self, *a: Any, **k: Any) -> Any:
+            raise RuntimeError("register_forward_pre_hook is not supported on ScriptModules")
+
     class M(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.lin = torch.jit.script(nn.Linear(4, 3))
+            self.lin = NoHooks(4, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.lin(x)
