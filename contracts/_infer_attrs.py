@@ -126,10 +126,17 @@ def _config_ints(v: Any, prefix: str, out: dict[str, int]) -> None:
             out[f"{prefix}.{name}"] = w
 
 
+# words of attributes that hold a number which is not a size (a mask span, a token id, a count
+# of layers or steps): ranked after every other attribute of the same value
+NOT_SIZES = ("mask", "prob", "drop", "layer", "seed", "_id", "step", "epoch", "eps", "bucket")
+
+
 def attr_rank(path: str) -> tuple:
+    """Sort key: dim-like names first, then attributes of the module itself, then shorter."""
     leaf = path.rsplit(".", 1)[-1].lower()
+    penalty = any(w in leaf for w in NOT_SIZES)
     pri = next((i for i, w in enumerate(PRIORITY) if w in leaf), len(PRIORITY))
-    return (pri, path.count("."), len(path), path)
+    return (penalty, pri, path.count("."), len(path), path)
 
 
 def attr_dim_name(path: str) -> str:

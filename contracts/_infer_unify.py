@@ -377,7 +377,8 @@ class _Unifier:
             return None
         ranked = sorted(common, key=attr_rank)
         value = next(iter(labels.values()))[1]
-        if value <= 2 and attr_rank(ranked[0])[0] == len(PRIORITY):
+        rank = attr_rank(ranked[0])
+        if value <= 2 and (rank[0] or rank[1] == len(PRIORITY)):
             return None  # a tiny size matching an attribute of no dim-like name: coincidence
         return ranked[0], ranked[1:4]
 

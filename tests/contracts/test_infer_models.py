@@ -272,6 +272,39 @@ def test_third_party_wav2vec2(tmp_path: Path) -> None:
             h.remove()
 
 
+def test_third_party_whisper(tmp_path: Path) -> None:
+    """An encoder-decoder with token ids; the encoder's frame count is fixed by the model."""
+    target = tg.whisper_target()
+    res = infer(target, name="whisper")
+    root = res.contract_for(type(target.model))
+    feats, ids = root.inputs[:2]
+    assert feats.dims == ["B", "M", "20"] and ids.dims == ["B", "T"]
+    assert ids.constraint == 'Range(0, "V-1")'
+    assert root.bound["M"] == "self.config.num_mel_bins"
+    assert root.bound["V"] == "self.config.vocab_size"
+    enc = {s.name: s for s in res.contract_for(type(target.model.encoder)).outputs}
+    # 10 source positions, bound to the attribute rather than to a mask span of equal value
+    assert enc["return['last_hidden_state']"].dims == ["B", "S", "D"]
+    assert res.contract_for(type(target.model.encoder)).bound["S"] == "self.max_source_positions"
+    assert any("WhisperModel.forward input_features axis 2 = 20" in x for x in res.warnings)
+    mod = _load(res.python(), tmp_path, "_inferred_whisper")
+    handles = mod.attach_all()
+    try:
+        with contracts.mode("full"):
+            _forward(target.model, tg.whisper_batch(target.model, *tg.FRESH))
+            b = tg.whisper_batch(target.model, *tg.FRESH)
+            b["input_features"] = b["input_features"].transpose(1, 2)  # (B, 20, M)
+            with pytest.raises(contracts.ContractError, match="'input_features', axis 1"):
+                _forward(target.model, b)
+            b = tg.whisper_batch(target.model, *tg.FRESH)
+            b["decoder_input_ids"] = b["decoder_input_ids"] + 40  # outside the vocabulary
+            with pytest.raises(contracts.ContractError, match=r"V-1"):
+                _forward(target.model, b)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def test_paraformer_dims_unified_across_modules() -> None:
     """B everywhere; T shared by features, masks and the encoder output; V bound for tokens."""
     target = tg.paraformer_target()
