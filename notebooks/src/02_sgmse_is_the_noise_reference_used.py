@@ -69,8 +69,10 @@ assert kinds["fewer_steps_cost"]["ci95"][1] < 0  # halving N costs quality, with
 assert kinds["corrector_helps"]["ci95"][1] < 0  # dropping the corrector costs quality
 uncond = next(v for v in audit.variants if v["protocol"].get("guidance") == 0.0)
 g_delta = uncond["delta"]["si_sdr"]
-print(f"guidance 0 (unconditional sampling) vs the reference: {g_delta['delta']:+.2f} dB "
-      f"[{g_delta['ci95'][0]:+.2f}, {g_delta['ci95'][1]:+.2f}]")
+print(
+    f"guidance 0 (unconditional sampling) vs the reference: {g_delta['delta']:+.2f} dB "
+    f"[{g_delta['ci95'][0]:+.2f}, {g_delta['ci95'][1]:+.2f}]"
+)
 assert g_delta["ci95"][0] < 0 < g_delta["ci95"][1]  # no clear quality difference at this size
 assert "floor_not_beaten" in kinds  # at N = 6 the model does not clearly beat the noisy input
 
@@ -103,8 +105,14 @@ assert "floor_not_beaten" in kinds  # at N = 6 the model does not clearly beat t
 model = target.model  # the same EMA weights the audit evaluated
 ab_target = sgmse_target(model, n_mixtures=12, batch_size=6, frames=8, n_times=6, n_embed=12)
 ablation = diagnostics.run_ablation(
-    ab_target, ablations=["zero", "random", "shuffle", "null"], seed=0,
-    embeddings=False, umap=False, guidance=False, quality=False, n_boot=300,
+    ab_target,
+    ablations=["zero", "random", "shuffle", "null"],
+    seed=0,
+    embeddings=False,
+    umap=False,
+    guidance=False,
+    quality=False,
+    n_boot=300,
 )
 print(ablation.verdict_table())
 sites = {s.site: s for s in ablation.sites}
@@ -165,8 +173,10 @@ labels = [m.noise_type for m in mixes]
 with torch.no_grad():
     emb = model.noise_encoder(refs)  # (N, E)
 erep = diagnostics.analyze_embeddings(emb, labels, umap=False)
-print(f"dims {erep.dim}, dead {erep.dead_dims}, effective rank {erep.effective_rank:.2f}, "
-      f"spread {erep.spread:.3f}, collapsed {erep.collapsed}, silhouette {erep.silhouette:.3f}")
+print(
+    f"dims {erep.dim}, dead {erep.dead_dims}, effective rank {erep.effective_rank:.2f}, "
+    f"spread {erep.spread:.3f}, collapsed {erep.collapsed}, silhouette {erep.silhouette:.3f}"
+)
 assert not erep.collapsed and erep.dead_dims == 0
 assert erep.silhouette > 0  # same-type references sit closer than other types
 
@@ -192,6 +202,7 @@ plt.show()
 # recording the share of the squared gradient norm that reaches `noise_encoder`, and
 # `diagnostics.CFGDropoutMonitor` counting how many conditions the loss actually replaced by the
 # null embedding (`drop_cond`) against the configured p.
+
 
 # %%
 def train_steps(net, p_monitor, steps=4, batch=8, seed=0):
@@ -256,25 +267,48 @@ assert drop_broken.flag == "never"
 
 # %%
 rows = [
-    ("A  evaluation protocol moves the score",
-     kinds["fewer_steps_cost"]["ci95"][1] < 0 and kinds["ema_raw_gap"]["delta"] < 0,
-     f"N 6→3: {kinds['fewer_steps_cost']['delta']:+.2f} dB; no corrector: "
-     f"{kinds['corrector_helps']['delta']:+.2f} dB; raw weights: {kinds['ema_raw_gap']['delta']:+.2f} dB"),
-    ("A  EMA weights not loaded", "ema_loaded" not in kinds,
-     f"EMA–raw parameter distance {audit.weights['ema_raw_rel_distance']:.4f}, EMA evaluated"),
-    ("B  noise embeddings collapsed", erep.collapsed,
-     f"spread {erep.spread:.3f}, effective rank {erep.effective_rank:.2f}, "
-     f"silhouette by type {erep.silhouette:.3f}"),
-    ("C  CFG dropout not applied", drop.flag is not None,
-     f"observed {drop.observed:.3f} vs p={drop.p} (99.9% CI {drop.ci[0]:.3f}–{drop.ci[1]:.3f})"),
-    ("B  encoder gets little gradient (underfits)", max(shares) < 0.05 < n_enc / n_all,
-     f"gradient share {min(shares):.1e}–{max(shares):.1e} vs {n_enc / n_all:.1%} of the parameters"),
-    ("D  network ignores the embedding", sites["noise_encoder"].verdict != "used",
-     f"noise_encoder verdict {sites['noise_encoder'].verdict!r}"),
-    ("E  mismatched reference changes nothing", sites["arg:noise_ref"].content.ci95[0] < 0.05,
-     f"shuffle changes the score by {sites['arg:noise_ref'].content.effect:.1%}"),
-    ("   conditioning improves SI-SDR (w=1 vs 0)", g_delta["ci95"][0] > 0,
-     f"w 1→0: {g_delta['delta']:+.2f} dB [{g_delta['ci95'][0]:+.2f}, {g_delta['ci95'][1]:+.2f}]"),
+    (
+        "A  evaluation protocol moves the score",
+        kinds["fewer_steps_cost"]["ci95"][1] < 0 and kinds["ema_raw_gap"]["delta"] < 0,
+        f"N 6→3: {kinds['fewer_steps_cost']['delta']:+.2f} dB; no corrector: "
+        f"{kinds['corrector_helps']['delta']:+.2f} dB; raw weights: {kinds['ema_raw_gap']['delta']:+.2f} dB",
+    ),
+    (
+        "A  EMA weights not loaded",
+        "ema_loaded" not in kinds,
+        f"EMA–raw parameter distance {audit.weights['ema_raw_rel_distance']:.4f}, EMA evaluated",
+    ),
+    (
+        "B  noise embeddings collapsed",
+        erep.collapsed,
+        f"spread {erep.spread:.3f}, effective rank {erep.effective_rank:.2f}, "
+        f"silhouette by type {erep.silhouette:.3f}",
+    ),
+    (
+        "C  CFG dropout not applied",
+        drop.flag is not None,
+        f"observed {drop.observed:.3f} vs p={drop.p} (99.9% CI {drop.ci[0]:.3f}–{drop.ci[1]:.3f})",
+    ),
+    (
+        "B  encoder gets little gradient (underfits)",
+        max(shares) < 0.05 < n_enc / n_all,
+        f"gradient share {min(shares):.1e}–{max(shares):.1e} vs {n_enc / n_all:.1%} of the parameters",
+    ),
+    (
+        "D  network ignores the embedding",
+        sites["noise_encoder"].verdict != "used",
+        f"noise_encoder verdict {sites['noise_encoder'].verdict!r}",
+    ),
+    (
+        "E  mismatched reference changes nothing",
+        sites["arg:noise_ref"].content.ci95[0] < 0.05,
+        f"shuffle changes the score by {sites['arg:noise_ref'].content.effect:.1%}",
+    ),
+    (
+        "   conditioning improves SI-SDR (w=1 vs 0)",
+        g_delta["ci95"][1] < 0,
+        f"w 1→0: {g_delta['delta']:+.2f} dB [{g_delta['ci95'][0]:+.2f}, {g_delta['ci95'][1]:+.2f}]",
+    ),
 ]
 print(f"{'hypothesis':44s} {'holds?':8s} evidence")
 for name, holds, why in rows:

@@ -45,19 +45,31 @@ added = cmp.total_b - cmp.total_a
 ratio = cmp.latency_b_ms / cmp.latency_a_ms
 mem_delta_mb = (cmp.peak_b_bytes - cmp.peak_a_bytes) / 2**20
 seed_added = SEED_WITH - SEED_BASE
-print(f"seed arithmetic: +{seed_added:,} = +{seed_added / SEED_BASE:.2%}; that is "
-      f"{seed_added / SEED_ENCODER_PARAMS:.0f}x the encoder's own {SEED_ENCODER_PARAMS:,}")
-print(f"here: encoder {enc:,}, per-layer global path {path:,}, total +{added:,} "
-      f"(+{added / cmp.total_a:.2%}); latency ratio {ratio:.3f}; peak delta {mem_delta_mb:+.2f} MiB")
+print(
+    f"seed arithmetic: +{seed_added:,} = +{seed_added / SEED_BASE:.2%}; that is "
+    f"{seed_added / SEED_ENCODER_PARAMS:.0f}x the encoder's own {SEED_ENCODER_PARAMS:,}"
+)
+print(
+    f"here: encoder {enc:,}, per-layer global path {path:,}, total +{added:,} "
+    f"(+{added / cmp.total_a:.2%}); latency ratio {ratio:.3f}; peak delta {mem_delta_mb:+.2f} MiB"
+)
 claims += [
-    ("encoder has ~549,280 parameters", f"{enc:,} (64 mel bins)",
-     0.5 < enc / SEED_ENCODER_PARAMS < 2),
-    ("+11.5% parameters, and '~2 MB' (encoder only)",
-     f"+{added / cmp.total_a:.1%}; the encoder is {enc / added:.0%} of the added parameters",
-     abs(added / cmp.total_a - 0.115) < 0.03),
+    (
+        "encoder has ~549,280 parameters",
+        f"{enc:,} (64 mel bins)",
+        0.5 < enc / SEED_ENCODER_PARAMS < 2,
+    ),
+    (
+        "+11.5% parameters, and '~2 MB' (encoder only)",
+        f"+{added / cmp.total_a:.1%}; the encoder is {enc / added:.0%} of the added parameters",
+        abs(added / cmp.total_a - 0.115) < 0.03,
+    ),
     ("< 5% forward overhead", f"ratio {ratio:.3f} (median of interleaved repeats)", ratio < 1.05),
-    ("+5-10 MB runtime memory (upper bound)", f"peak delta {mem_delta_mb:+.2f} MiB (CPU)",
-     mem_delta_mb <= 10),
+    (
+        "+5-10 MB runtime memory (upper bound)",
+        f"peak delta {mem_delta_mb:+.2f} MiB (CPU)",
+        mem_delta_mb <= 10,
+    ),
 ]
 assert path > 0 and seed_added / SEED_ENCODER_PARAMS > 50  # the seed's +29.7 M is not the encoder
 
@@ -105,6 +117,7 @@ for axis, rep in scaling.items():
     for f in rep["findings"]:
         print(" ", f["message"])
 
+
 # %%
 def memory_kind(rep):
     return next(f["kind"] for f in rep["findings"] if f["metric"] == "memory" and not f["module"])
@@ -114,8 +127,12 @@ fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
 for ax, (axis, rep) in zip(axes, scaling.items()):
     peak = [b / 2**20 for b in rep["total"]["peak_bytes"]]
     ax.loglog(rep["sizes"], peak, "o-", label="measured peak")
-    ax.loglog(rep["sizes"], [peak[0] * s / rep["sizes"][0] for s in rep["sizes"]], "--",
-              label="linear from the first size")
+    ax.loglog(
+        rep["sizes"],
+        [peak[0] * s / rep["sizes"][0] for s in rep["sizes"]],
+        "--",
+        label="linear from the first size",
+    )
     e = rep["total"]["exponent"]["memory"]["exponent"]
     ax.set_title(f"{axis}: memory exponent {e:.2f}")
     ax.set_xlabel(axis)
@@ -128,10 +145,16 @@ dur, bat = scaling["duration"], scaling["batch"]
 e_dur = dur["total"]["exponent"]["memory"]
 e_bat = bat["total"]["exponent"]["memory"]
 claims += [
-    ("memory linear in duration", f"exponent {e_dur['exponent']:.2f} {e_dur['ci95']} "
-     f"({memory_kind(dur)})", memory_kind(dur) == "linear"),
-    ("memory linear in batch", f"exponent {e_bat['exponent']:.2f} {e_bat['ci95']} "
-     f"({memory_kind(bat)})", memory_kind(bat) == "linear"),
+    (
+        "memory linear in duration",
+        f"exponent {e_dur['exponent']:.2f} {e_dur['ci95']} ({memory_kind(dur)})",
+        memory_kind(dur) == "linear",
+    ),
+    (
+        "memory linear in batch",
+        f"exponent {e_bat['exponent']:.2f} {e_bat['ci95']} ({memory_kind(bat)})",
+        memory_kind(bat) == "linear",
+    ),
 ]
 assert memory_kind(dur) == "super-linear" and memory_kind(bat) == "linear"
 responsible = [f["module"] for f in dur["findings"] if f["kind"] == "responsible"]
@@ -171,16 +194,24 @@ for step in range(20):
         print("step 0:", report)
     opt.step()
 print(f"step {step}:", report)
-print("encoder gradient share: step 0", shares[0], "| last 5 steps", [f"{s:.1e}" for s in shares[-5:]])
+print(
+    "encoder gradient share: step 0", shares[0], "| last 5 steps", [f"{s:.1e}" for s in shares[-5:]]
+)
 print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 unused = [n for n in report.unused if n.startswith("global_encoder")]
 assert shares[0] == 0.0 and 0 < max(shares[-5:]) < 1e-3
 claims += [
     ("gradient flows into the encoder (at init)", f"share {shares[0]:g} at step 0", shares[0] > 0),
-    ("gradient flows into the encoder (trained)",
-     f"share ≤ {max(shares[-5:]):.1e} of |g|² after {step + 1} steps", max(shares[-5:]) > 0.01),
-    ("encoder outputs a global vector + sequence context",
-     f"no gradient ever reaches {', '.join(unused) or '-'}", not unused),
+    (
+        "gradient flows into the encoder (trained)",
+        f"share ≤ {max(shares[-5:]):.1e} of |g|² after {step + 1} steps",
+        max(shares[-5:]) > 0.01,
+    ),
+    (
+        "encoder outputs a global vector + sequence context",
+        f"no gradient ever reaches {', '.join(unused) or '-'}",
+        not unused,
+    ),
 ]
 
 # %% [markdown]
@@ -188,6 +219,7 @@ claims += [
 # The ablation tool replaces the encoder's global context (`global_encoder[0]`: the first output
 # of the encoder) with zeros or another clip's context, on the same noisy latents, and gives a
 # verdict against the floor. On the freshly initialized model and on the model trained above:
+
 
 # %%
 def v_prediction(m, b):
@@ -207,30 +239,41 @@ held = held / held.abs().amax(-1, keepdim=True).clamp_min(1e-3) * 0.9  # (12, 20
 with torch.no_grad():
     latent_shape = model.to_latent(model._pad_frames(model.mels(held[:1])[0])).shape[1:]
 batches = [
-    {"wave": held[i : i + 6], "t": torch.randint(0, model.cfg.n_timesteps, (6,), generator=gen),
-     "eps": torch.randn(6, *latent_shape, generator=gen)}
+    {
+        "wave": held[i : i + 6],
+        "t": torch.randint(0, model.cfg.n_timesteps, (6,), generator=gen),
+        "eps": torch.randn(6, *latent_shape, generator=gen),
+    }
     for i in (0, 6)
 ]
 torch.manual_seed(0)
 fresh = AudioSR(AudioSRConfig.tiny(use_global_encoder=True))
 verdicts = {}
 for name, m in (("zero-init", fresh), ("trained 20 steps", model)):
-    tgt = diagnostics.AblationTarget(model=m.eval(), batches=batches, forward=v_prediction,
-                                     sites=["global_encoder[0]"], name=name)
-    rep = diagnostics.run_ablation(tgt, ablations=["zero", "shuffle"], seed=0, n_boot=300,
-                                   embeddings=False, umap=False)
+    tgt = diagnostics.AblationTarget(
+        model=m.eval(),
+        batches=batches,
+        forward=v_prediction,
+        sites=["global_encoder[0]"],
+        name=name,
+    )
+    rep = diagnostics.run_ablation(
+        tgt, ablations=["zero", "shuffle"], seed=0, n_boot=300, embeddings=False, umap=False
+    )
     site = rep.sites[0]
     verdicts[name] = site
     print(f"--- {name}\n{rep.verdict_table()}")
 assert verdicts["zero-init"].verdict == "ignored"
 assert verdicts["trained 20 steps"].verdict in ("weak", "ignored")
 site = verdicts["trained 20 steps"]
-claims.append((
-    "global context changes the model's output",
-    f"zero-init: {verdicts['zero-init'].verdict}; trained: {site.verdict} "
-    f"(zero changes the output by {site.channel.effect:.2g})",
-    site.verdict == "used",
-))
+claims.append(
+    (
+        "global context changes the model's output",
+        f"zero-init: {verdicts['zero-init'].verdict}; trained: {site.verdict} "
+        f"(zero changes the output by {site.channel.effect:.2g})",
+        site.verdict == "used",
+    )
+)
 
 # %% [markdown]
 # ## 5. The claims, side by side

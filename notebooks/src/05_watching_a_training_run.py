@@ -40,7 +40,8 @@ noise_ref = torch.stack([m.noise_ref for m in mixes]) / scale  # (32, L_ref)
 
 def train(run: str, faults: bool) -> tuple[list[float], diagnostics.CFGDropoutReport]:
     """60 steps of the tiny score model, logged under LOGDIR/run; returns the losses and the
-    CFG dropout monitor's report."""
+    CFG dropout monitor's report (and fills LOSS_SPLIT[run]: per step, the mean loss of the
+    examples whose condition was dropped and of the others)."""
     torch.manual_seed(0)
     model = ScoreModel(ScoreModelConfig.tiny())
     hop = model.cfg.hop
@@ -48,10 +49,13 @@ def train(run: str, faults: bool) -> tuple[list[float], diagnostics.CFGDropoutRe
     x0, y = stft(clean[:, crop], model.cfg.stft), stft(noisy[:, crop], model.cfg.stft)  # (32, F, 8)
     opt = torch.optim.Adam(model.parameters(), lr=BASE_LR)
     cfg_mon = diagnostics.CFGDropoutMonitor(model, p=model.cfg.p_uncond, mask_arg="drop_cond")
-    losses = []
-    with cfg_mon, diagnostics.TrainingMonitor(
-        model, LOGDIR / run, optimizer=opt, cfg_monitor=cfg_mon, hist_every=0
-    ) as mon:
+    losses, LOSS_SPLIT[run] = [], []
+    with (
+        cfg_mon,
+        diagnostics.TrainingMonitor(
+            model, LOGDIR / run, optimizer=opt, cfg_monitor=cfg_mon, hist_every=0
+        ) as mon,
+    ):
         for step in range(STEPS):
             spike = faults and LR_SPIKE[0] <= step < LR_SPIKE[1]
             for group in opt.param_groups:
@@ -66,7 +70,14 @@ def train(run: str, faults: bool) -> tuple[list[float], diagnostics.CFGDropoutRe
             mon.step(step, loss=loss)
             opt.step()
             losses.append(float(loss.detach()))
+            per, drop = model.last_example_loss, model.last_drop  # (8,), (8,) bool
+            LOSS_SPLIT[run].append(
+                (per[drop].mean().item() if drop.any() else float("nan"), per[~drop].mean().item())
+            )
     return losses, cfg_mon.report()
+
+
+LOSS_SPLIT: dict[str, list[tuple[float, float]]] = {}
 
 
 faulty, faulty_drop = train("faulty", faults=True)
@@ -79,6 +90,7 @@ print("event files:", sorted(p.name.split(".")[0] for p in (LOGDIR / "faulty").i
 # (loss spikes against a rolling median, divergence, exploding/dead gradients per module, update
 # ratios, the CFG drop rate against its configured p, ...), each finding with the step where it
 # begins:
+
 
 # %%
 def inspect(logdir: Path) -> list[dict]:
@@ -102,8 +114,10 @@ assert at[("grad_exploding", "grad_norm/unet")] == LR_SPIKE[0] + 2
 # null embedding (used only for dropped conditions) gets no gradient from then on
 assert at[("cfg_drop_rate", "cfg/drop_rate")] == CFG_STOPS
 assert at[("grad_dead", "grad_norm/null_embedding")] == CFG_STOPS
-print("found at the planted steps:", {k[0]: v for k, v in at.items()
-                                       if k[0] in ("loss_spike", "cfg_drop_rate", "grad_dead")})
+print(
+    "found at the planted steps:",
+    {k[0]: v for k, v in at.items() if k[0] in ("loss_spike", "cfg_drop_rate", "grad_dead")},
+)
 
 # %% [markdown]
 # Both faults are found where they were planted. The spike shows in the loss one step after the
@@ -136,7 +150,7 @@ def plot(run: str, title: str) -> None:
     for ax, (tag, (steps, values)) in zip(axes, s.items()):
         ax.plot(steps, values, lw=1.2)
         ax.set_title(tag, fontsize=9)
-        if tag in ("train/lr", "grad_norm/total"):
+        if tag in ("train/loss", "train/lr", "grad_norm/total"):
             ax.set_yscale("log")
         if run == "faulty":
             ax.axvspan(*LR_SPIKE, color="tab:red", alpha=0.15)
@@ -148,8 +162,29 @@ def plot(run: str, title: str) -> None:
 
 plot("faulty", "faulty run (red: learning-rate spike; dashed: CFG dropout stops)")
 drop_steps, drop = scalars("faulty")["cfg/drop_rate"]
-print(f"logged drop rate: mean {sum(drop[:CFG_STOPS]) / CFG_STOPS:.3f} before step {CFG_STOPS}, "
-      f"max {max(drop[CFG_STOPS:])} after")
+print(
+    f"logged drop rate: mean {sum(drop[:CFG_STOPS]) / CFG_STOPS:.3f} before step {CFG_STOPS}, "
+    f"max {max(drop[CFG_STOPS:])} after"
+)
+mid = LOSS_SPLIT["faulty"][LR_SPIKE[1] : CFG_STOPS]  # after the spike, while dropout still runs
+dropped = [d for d, _ in mid if d == d]  # steps that dropped something (nan: none dropped)
+kept = [k for _, k in mid]
+print(
+    f"steps {LR_SPIKE[1]}-{CFG_STOPS - 1}: mean loss of dropped examples "
+    f"{sum(dropped) / len(dropped):.1f}, of conditioned ones {sum(kept) / len(kept):.1f}"
+)
+print(
+    f"mean loss steps {LR_SPIKE[1]}-{CFG_STOPS - 1}: {sum(faulty[LR_SPIKE[1] : CFG_STOPS]) / len(mid):.1f}, "
+    f"steps {CFG_STOPS}-{STEPS - 1}: {sum(faulty[CFG_STOPS:]) / (STEPS - CFG_STOPS):.1f}"
+)
+assert sum(dropped) / len(dropped) > 2 * sum(kept) / len(kept)
+
+# %% [markdown]
+# The two faults interact, and the curve alone would mislead. After the spike, the examples whose
+# condition was dropped (scored through the learned null embedding, which the spike threw far
+# off) carry several times the loss of the conditioned ones (printed above). When dropout stops
+# at step 45 they leave the batch, and the loss curve falls at once: a fault that *looks like a
+# recovery*. Only the drop-rate curve and the dead `null_embedding` gradient say what happened.
 
 # %% [markdown]
 # ## The fix, confirmed
@@ -189,8 +224,10 @@ for f in drifts:
     k = round(sum(rates) * 8)  # conditions dropped in it
     p = fixed_drop.p
     tail = sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k + 1))
-    print(f"window from step {f['step']}: {k} of {n} dropped; P(X <= {k}) = {tail:.3f} for one "
-          f"fixed window, X ~ Binomial({n}, {p})")
+    print(
+        f"window from step {f['step']}: {k} of {n} dropped; P(X <= {k}) = {tail:.3f} for one "
+        f"fixed window, X ~ Binomial({n}, {p})"
+    )
 if not drifts:
     print("no cfg_drop_rate finding in the fixed run")
 
@@ -200,15 +237,19 @@ if not drifts:
 # rates (each step draws its conditions from Binomial(batch, p) with p = 0.2, 60 steps), and
 # count how often a `cfg_drop_rate` finding appears, at this run's batch of 8 and at 32:
 
+
 # %%
 def false_alarm_rate(batch: int, runs: int = 1000, p: float = 0.2) -> float:
     g = torch.Generator().manual_seed(batch)
     hits = 0
     for _ in range(runs):
-        drops = torch.binomial(torch.full((STEPS,), float(batch)), torch.full((STEPS,), p),
-                               generator=g)  # (STEPS,) dropped conditions per step
-        series = {"cfg/drop_rate": [(i, float(d) / batch) for i, d in enumerate(drops)],
-                  "cfg/p": [(i, p) for i in range(STEPS)]}
+        drops = torch.binomial(
+            torch.full((STEPS,), float(batch)), torch.full((STEPS,), p), generator=g
+        )  # (STEPS,) dropped conditions per step
+        series = {
+            "cfg/drop_rate": [(i, float(d) / batch) for i, d in enumerate(drops)],
+            "cfg/p": [(i, p) for i in range(STEPS)],
+        }
         hits += any(f.kind == "cfg_drop_rate" for f in inspect_scalars(series))
     return hits / runs
 
@@ -237,5 +278,7 @@ assert alarm[8] > alarm[32]  # the rule's false alarms depend on the number of d
 # %%
 for f in fixed_findings:
     print(f"{f['kind']:18s} step {f['step']:3d}  {f['tag']}")
-assert any(f["kind"] == "update_ratio_low" and f["tag"] == "update_ratio/noise_encoder"
-           for f in fixed_findings)
+assert any(
+    f["kind"] == "update_ratio_low" and f["tag"] == "update_ratio/noise_encoder"
+    for f in fixed_findings
+)
