@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import diagnostics
+from diagnostics.inspect_run import inspect_logdir
 from models.audio import make_mixtures, stft
 from models.sgmse import ScoreModel, ScoreModelConfig
 
@@ -193,7 +194,10 @@ assert sum(dropped) / len(dropped) > 2 * sum(kept) / len(kept)
 
 # %%
 fixed, fixed_drop = train("fixed", faults=False)
-fixed_findings = inspect(LOGDIR / "fixed")
+# the same rules through the Python API of the command (no second interpreter start)
+fixed_findings = inspect_logdir(LOGDIR / "fixed")["findings"]
+for f in fixed_findings:
+    print(f"{f['kind']:18s} step {f['step']:3d}  {f['tag']}: {f['detail'][:90]}...")
 kinds = {f["kind"] for f in fixed_findings}
 for gone in ("loss_spike", "grad_exploding", "grad_dead", "divergence"):
     assert gone not in kinds, gone
@@ -276,9 +280,64 @@ assert alarm[8] > alarm[32]  # the rule's false alarms depend on the number of d
 # condition does not help.
 
 # %%
-for f in fixed_findings:
-    print(f"{f['kind']:18s} step {f['step']:3d}  {f['tag']}")
+low = sorted(f["tag"] for f in fixed_findings if f["kind"] == "update_ratio_low")
+print("groups that barely learn in the fixed run:", low)
 assert any(
     f["kind"] == "update_ratio_low" and f["tag"] == "update_ratio/noise_encoder"
     for f in fixed_findings
 )
+
+# %% [markdown]
+# ## The run in TensorBoard
+# The same event files in the real TensorBoard UI (both runs, Scalars dashboard, no smoothing),
+# captured with headless Chromium when it is installed (the matplotlib figures above show the
+# same scalars when it is not):
+
+# %%
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+from IPython.display import Image, display  # noqa: E402
+
+chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+if chromium is None:
+    print("Chromium is not installed: no TensorBoard screenshot")
+else:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(LOGDIR), "--host", "127.0.0.1",
+         "--port", str(port), "--load_fast", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # wait until TensorBoard serves both runs
+            try:
+                with urllib.request.urlopen(f"{base}/data/runs", timeout=5) as r:
+                    if len(json.loads(r.read())) == 2:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (
+                "TensorBoard did not start"
+            )
+            time.sleep(0.3)
+        shot = LOGDIR / "tensorboard_scalars.png"
+        tags = "train%2Floss%7Ccfg%2Fdrop_rate%7Ctrain%2Flr%7Cgrad_norm%2Ftotal"
+        subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1400,900", "--virtual-time-budget=10000", f"--screenshot={shot}",
+             f"{base}/#scalars&tagFilter={tags}&_smoothingWeight=0"],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    display(Image(filename=str(shot), width=900))
+shutil.rmtree(LOGDIR)  # the logs were written to a temporary folder
