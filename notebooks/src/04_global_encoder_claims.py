@@ -76,8 +76,29 @@ assert path > 0 and seed_added / SEED_ENCODER_PARAMS > 50  # the seed's +29.7 M 
 # %% [markdown]
 # The seeds' own figures disagree with each other: +29.7 M added parameters is ~54× the 549,280
 # they give for the encoder, so most of the cost must sit in the per-layer global path inside
-# the U-Net ("all 20+ SpatialTransformers"), which the "~2 MB" of seed 001 leaves out. Here the
-# split is printed above: the relative cost depends on the U-Net's width, not on the encoder.
+# the U-Net ("all 20+ SpatialTransformers"), which the "~2 MB" of seed 001 leaves out. In our
+# small default model the encoder is most of the added parameters; how does the split move with
+# the U-Net's width? Counted on the meta device (no memory, no compute):
+
+
+# %%
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+widths = {}
+for width in (32, 64, 128):
+    with torch.device("meta"):
+        base = AudioSR(AudioSRConfig(base_channels=width))
+        withenc = AudioSR(AudioSRConfig(base_channels=width, use_global_encoder=True))
+    extra, in_enc = n_params(withenc) - n_params(base), n_params(withenc.global_encoder)
+    widths[width] = (extra / n_params(base), (extra - in_enc) / extra)
+    print(
+        f"base_channels {width:3d}: {n_params(base):>11,} -> +{extra:>9,} (+{extra / n_params(base):.1%}); "
+        f"encoder {in_enc:,}, per-layer global path {extra - in_enc:,} ({(extra - in_enc) / extra:.0%})"
+    )
+rel, path_share = zip(*widths.values())
+assert list(rel) == sorted(rel, reverse=True) and list(path_share) == sorted(path_share)
 
 # %% [markdown]
 # ## 2. Scaling over duration and batch: `diagnostics.run_scaling`
@@ -157,9 +178,9 @@ claims += [
     ),
 ]
 assert memory_kind(dur) == "super-linear" and memory_kind(bat) == "linear"
-responsible = [f["module"] for f in dur["findings"] if f["kind"] == "responsible"]
-print("responsible for super-linear memory over duration:", responsible)
-assert responsible == ["transformer.layers.*"]
+responsible = {(f["metric"], f["module"]) for f in dur["findings"] if f["kind"] == "responsible"}
+print("named responsible for super-linear growth over duration:", sorted(responsible))
+assert ("memory", "transformer.layers.*") in responsible  # (time: only when timing is clear)
 
 # %% [markdown]
 # Batch scaling is linear, as claimed. Duration scaling is not: self-attention over all frames of
@@ -294,9 +315,10 @@ assert not verdict["global context changes the model's output"]
 
 # %% [markdown]
 # What holds: the encoder's size is of the order the seeds give, batch scaling is linear, and
-# no memory overhead shows up at these sizes. What does not: the added parameters and the forward
-# overhead depend on the U-Net's width and are far above the claimed figures for this small
-# model (the latency ratio is a measurement on a shared CPU and is printed, not assumed);
+# no memory overhead shows up at these sizes. What does not: the added parameters depend on the
+# U-Net's width (the relative cost falls and the per-layer path's share rises as it widens), so
+# "+11.5%" is a property of one configuration, not of the encoder; the forward overhead is the
+# ratio measured in this run (a timing on a shared CPU: the table's verdict is computed from it);
 # memory grows super-linearly with the clip's duration because of the transformer's attention;
 # at initialization no gradient reaches the encoder, and after a short training run its share is
 # tiny; the sequence-context head of the encoder is never trained; and the ablation finds the
