@@ -328,6 +328,6 @@ assert [h for _, h, _ in rows] == [True, False, False, False, True, False, False
 # Second, the encoder receives only a small share of the gradient, and using the condition does
 # not yet translate into better SI-SDR (guidance 1 vs 0 is within noise here): the condition is
 # read but contributes little that the noisy input does not already carry — the seed's
-# underfitting (B) and "information already in the input" (E, third point) remain the open
+# underfitting (B) and "information already in the input" (E, second point) remain the open
 # suspects. A full-size `python -m diagnostics.eval_audit --guidance 0,1` (more examples, N = 30)
 # is the run that settles the quality question; these tiny sizes only rank the suspects.
