@@ -413,17 +413,21 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
     :func:`check_inputs` (so a failure raises the very same :class:`Fail`) and remembered when it
     passes. Value constraints never come from the cache: in ``full`` mode they run every call,
     fused per device with one host read. Returns are cached the same way, per input signature, with the dims they bind.
-    Plans whose checks depend on more than classes (beartype hints, ranges on Python numbers)
-    always take the walk.
+    Ranges on Python numbers are checked every call in ``full`` mode. Plans whose checks depend
+    on more than classes (beartype hints, f-string dims) always take the walk.
     """
     params = plan.params
     has_self = plan.has_self
-    eligible = not plan.uses_args and all(
-        s.tensor is not None
-        or s.plain_tensor
-        or (s.pyrange is None and (s.pyhint is None or _plain_class(s.pyhint)))
-        for s in params + plan.returns
+    eligible = (
+        not plan.uses_args
+        and all(s.tensor is not None or s.plain_tensor or _plain_class(s.pyhint) for s in params)
+        and all(
+            s.tensor is not None or s.plain_tensor or (s.pyrange is None and _plain_class(s.pyhint))
+            for s in plan.returns
+        )
     )
+    # ranges on Python numbers depend on the value, not the class: checked every call (full)
+    py_ranges = tuple(s for s in params if s.tensor is None and s.pyrange is not None)
     slots = tuple(
         (s.position, s.name, s.default is not inspect.Parameter.empty, s.default, s.optional)
         for s in params
@@ -513,8 +517,15 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
             entry = cache[key] = (dict(b), {})
         else:
             b = entry[0].copy()
-        if level == FULL and value_slots:
-            judge(values_of(args, kwargs), b, self_obj)
+        if level == FULL:
+            if py_ranges:
+                nargs = len(args)
+                for slot in py_ranges:
+                    pos = slot.position
+                    x = args[pos] if 0 <= pos < nargs else kwargs.get(slot.name, slot.default)
+                    _check_pyrange(slot, x, b, self_obj)
+            if value_slots:
+                judge(values_of(args, kwargs), b, self_obj)
         return b, self_obj, entry
 
     def outputs(out: Any, b: dict, self_obj: Any, level: int, entry: Any) -> None:
@@ -617,4 +628,4 @@ def _positional_lane(plan: Plan) -> Callable | None:
 
 
 def _plain_class(hint: Any) -> bool:
-    return isinstance(hint, type) and typing.get_origin(hint) is None
+    return hint is None or (isinstance(hint, type) and typing.get_origin(hint) is None)
