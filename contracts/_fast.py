@@ -9,6 +9,7 @@ that both decide alike.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import typing
@@ -27,7 +28,7 @@ from ._check import (
     values_pending,
 )
 from ._config import FULL, SHAPES
-from ._plan import Plan, TensorSpec
+from ._plan import FLOAT_NAMES, Plan, TensorSpec
 from ._spec import Expr
 
 __all__ = ["compile_checker"]
@@ -76,6 +77,7 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
     single_values = single and plan.returns[0].tensor is not None
     single_values = single_values and plan.returns[0].tensor.has_values
     cache: dict[tuple, tuple[dict, dict]] = {}
+    cpu_ok: dict[str, Callable] = {}  # per slot: its CPU value check, specialised once
     tensor = torch.Tensor
 
     def signature(args: tuple, kwargs: dict) -> tuple | None:
@@ -123,7 +125,10 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
         # to the reference judge (which words the Fail); elsewhere fuse per device
         if all(x.is_cpu for _s, x in items):
             for slot, x in items:
-                if not _cpu_values_ok(slot.tensor, x, b, self_obj):
+                ok = cpu_ok.get(slot.name)
+                if ok is None:
+                    ok = cpu_ok[slot.name] = _cpu_checker(slot.tensor)
+                if not ok(x, b, self_obj):
                     pending: list = []
                     values_pending(slot, x, pending)
                     judge_values(pending, b, self_obj)
@@ -201,6 +206,30 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
             judge(values, b, self_obj)
 
     return inputs, outputs
+
+
+def _cpu_checker(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], bool]:
+    """A CPU value check specialised for one spec: the common float Range/Finite with number
+    bounds skips the general case's questions; everything else is :func:`_cpu_values_ok`."""
+    floats = spec.dtypes is not None and spec.dtypes <= FLOAT_NAMES
+    lo, hi = spec.lo, spec.hi
+    if spec.mask_axis is not None or not floats or isinstance(lo, Expr) or isinstance(hi, Expr):
+        return functools.partial(_cpu_values_ok, spec)
+    lo_v = -math.inf if lo is None else lo
+    hi_v = math.inf if hi is None else hi
+    aminmax = torch.aminmax
+
+    def ok(x: torch.Tensor, b: dict, self_obj: Any) -> bool:
+        if not x.numel():
+            return True
+        if x.requires_grad:
+            x = x.detach()
+        mn, mx = aminmax(x)
+        mn, mx = mn.item(), mx.item()
+        # NaN compares False; a value check also means finite: both fall to the reference
+        return lo_v <= mn and mx <= hi_v and -math.inf < mn and mx < math.inf
+
+    return ok
 
 
 def _cpu_values_ok(spec: TensorSpec, x: torch.Tensor, b: dict, self_obj: Any) -> bool:
