@@ -107,15 +107,13 @@ def _values(w: dict, spec: TensorSpec, x: torch.Tensor, b: dict, self_obj: Any) 
         x = torch.view_as_real(x)
     elif not x.is_floating_point() and spec.lo is None and spec.hi is None:
         return  # integers are always finite
-    if x.is_floating_point():
-        ok = torch.isfinite(x).all()
-    else:
-        ok = torch.ones((), dtype=torch.bool, device=x.device)
+    mn, mx = torch.aminmax(x)  # one pass: range and finiteness (NaN propagates into both)
+    ok = torch.isfinite(mn) & torch.isfinite(mx) if x.is_floating_point() else mn == mn
     lo, hi = _bound(spec.lo, b, self_obj), _bound(spec.hi, b, self_obj)
     if lo is not None:
-        ok = ok & (x >= lo).all()
+        ok = ok & (mn >= lo)
     if hi is not None:
-        ok = ok & (x <= hi).all()
+        ok = ok & (mx <= hi)
     torch._assert_async(ok, w["values"])
 
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from ._check import Fail, compile_checker
+from ._check import Fail
 from ._compiled import compiled_inputs, compiled_outputs
 from ._config import OFF, state
 from ._explain import compiled_words, explain
+from ._fast import compile_checker
 from ._inline import CALLS as calls
 from ._inline import TRACED as traced
 from ._plan import ContractOptions, Plan, build_plan

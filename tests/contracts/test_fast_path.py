@@ -147,3 +147,18 @@ def test_dims_bound_by_the_return_reach_value_checks_of_cached_calls():
 
     for _ in range(3):
         f(torch.zeros(2, 5))
+
+
+def test_ranges_on_python_numbers_are_checked_on_every_cached_call():
+    @contract
+    def f(x: Float[Tensor, "B T"], k: Annotated[int, Range(0, "T-1")]) -> None:
+        return None
+
+    for k in (0, 4, 2):
+        f(torch.zeros(2, 5), k)
+    with pytest.raises(
+        ContractError, match=r"argument 'k': expected a value in \[0, T-1=4\], got 5"
+    ):
+        f(torch.zeros(2, 5), 5)
+    with contracts.mode("shapes"):
+        f(torch.zeros(2, 5), 5)

@@ -6,7 +6,6 @@ the offending piece — never an ``AttributeError`` from deep inside, never sile
 the checker cannot check must at least warn (``ContractWarning``).
 """
 
-
 import warnings
 from typing import Annotated, Any
 
