@@ -17,10 +17,25 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["ArgumentParser", "fail", "short_name"]
+from ._errors import TorchdxError
+
+__all__ = [
+    "ArgumentParser",
+    "TargetSpecError",
+    "fail",
+    "import_factory",
+    "load_target",
+    "pick_threads",
+    "short_name",
+]
 
 
 def short_name(prog: str) -> str:
@@ -50,3 +65,137 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         fail(self, f"{message} (see --help)")
         raise SystemExit(2)
+
+
+class TargetSpecError(TorchdxError, ValueError):
+    """A ``--target MODULE:FACTORY`` spec that names nothing usable (the message is one line)."""
+
+    __module__ = "contracts.cli"
+
+
+def import_factory(spec: str, *, flag: str = "--target") -> Callable[..., Any]:
+    """The callable that ``MODULE:FACTORY`` or ``path/to/file.py:FACTORY`` names.
+
+    A file below the current directory whose folders are packages is imported under its dotted
+    name (so code generated from it can import what it defines); any other file is loaded by
+    path with its folder on ``sys.path`` while it runs.
+
+    Raises:
+        TargetSpecError: malformed spec, missing file, failed import, no such callable.
+    """
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise TargetSpecError(
+            f"{flag} {spec!r}: expected MODULE:FACTORY or path/to/file.py:FACTORY"
+        )
+    try:
+        if where.endswith(".py") or "/" in where or os.sep in where:
+            module = _import_file(spec, Path(where), flag)
+        else:
+            module = importlib.import_module(where)
+    except TargetSpecError:
+        raise
+    except Exception as e:
+        raise TargetSpecError(
+            f"{flag} {spec!r}: importing {where!r} failed: {type(e).__name__}: {e}"
+        ) from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        options = sorted(k for k, v in vars(module).items() if callable(v) and k[:1] != "_")
+        raise TargetSpecError(
+            f"{flag} {spec!r}: {where!r} has no callable {name!r} "
+            f"(callables there: {', '.join(options[:8]) or 'none'})"
+        )
+    return factory
+
+
+def load_target(
+    spec: str,
+    expected: type | tuple[type, ...],
+    *,
+    seed: int | None = None,
+    flag: str = "--target",
+) -> Any:
+    """Import ``spec``'s factory, call it with no arguments, check what it returned.
+
+    ``seed`` seeds torch's global generator first (a factory that builds a model then builds
+    the same one every time).
+
+    Raises:
+        TargetSpecError: as :func:`import_factory`; the factory raised; it returned something
+            that is not an ``expected``.
+
+    Example:
+        >>> from diagnostics import ScalingTarget
+        >>> target = load_target("mypkg.targets:make", ScalingTarget)  # doctest: +SKIP
+    """
+    factory = import_factory(spec, flag=flag)
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
+    try:
+        target = factory()
+    except TorchdxError as e:
+        raise TargetSpecError(f"{flag} {spec!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        raise TargetSpecError(
+            f"{flag} {spec!r}: the factory raised {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(target, expected):
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        names = " or ".join(f"{k.__module__.split('.')[0]}.{k.__name__}" for k in kinds)
+        raise TargetSpecError(
+            f"{flag} {spec!r}: the factory returned {type(target).__name__}, not a {names}"
+        )
+    return target
+
+
+def _import_file(spec: str, path: Path, flag: str) -> Any:
+    if not path.is_file():
+        raise TargetSpecError(f"{flag} {spec!r}: file {str(path)!r} not found")
+    full = path.resolve()
+    cwd = Path.cwd().resolve()
+    if full.is_relative_to(cwd):
+        rel = full.relative_to(cwd).with_suffix("")
+        pkg_ok = all(
+            (cwd.joinpath(*rel.parts[:i]) / "__init__.py").is_file()
+            for i in range(1, len(rel.parts))
+        )
+        if pkg_ok and all(p.isidentifier() for p in rel.parts):
+            if str(cwd) not in sys.path:
+                sys.path.insert(0, str(cwd))
+            return importlib.import_module(".".join(rel.parts))
+    mod_name = f"_torchdx_target_{path.stem}"
+    mspec = importlib.util.spec_from_file_location(mod_name, full)
+    assert mspec is not None and mspec.loader is not None, f"cannot load {full}"
+    module = importlib.util.module_from_spec(mspec)
+    sys.modules[mod_name] = module
+    sys.path.insert(0, str(full.parent))
+    try:
+        mspec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    return module
+
+
+def pick_threads(n: int | None) -> str:
+    """Set torch's intra-op threads for a CLI run and say why, in words for the report.
+
+    ``n`` given: use it. Otherwise keep torch's default unless the machine is already loaded
+    (load average above the core count), where one thread is faster than contending ones.
+    """
+    import torch
+
+    if n is not None:
+        torch.set_num_threads(max(1, n))
+        return f"{torch.get_num_threads()} (--threads)"
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    cores = os.cpu_count() or 1
+    if load > cores and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        return f"1 (load average {load:.1f} > {cores} cores)"
+    return str(torch.get_num_threads())

@@ -22,9 +22,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +33,7 @@ from ._infer_record import InferError, InferTarget, record, validate_target
 from ._infer_render import render_markdown, render_python
 from ._infer_types import ContractProposal, Inference, SlotProposal
 from ._infer_unify import unify
-from .cli import ArgumentParser, fail
+from .cli import ArgumentParser, TargetSpecError, fail, import_factory
 
 __all__ = [
     "ContractProposal",
@@ -150,58 +147,15 @@ def load_target(spec: str) -> InferTarget:
     Raises:
         InferError: the module, the factory or its result is wrong.
     """
-    if ":" not in spec:
-        raise InferError(f"--target {spec!r}: expected MODULE:FACTORY or path/to/file.py:FACTORY")
-    where, name = spec.rsplit(":", 1)
     try:
-        if where.endswith(".py") or "/" in where or os.sep in where:
-            module = _import_file(spec, Path(where))
-        else:
-            module = importlib.import_module(where)
-    except InferError:
-        raise
-    except Exception as e:
-        raise InferError(
-            f"--target {spec!r}: importing {where!r} failed: {type(e).__name__}: {e}"
-        ) from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        options = sorted(k for k, v in vars(module).items() if callable(v) and k[:1] != "_")
-        raise InferError(
-            f"--target {spec!r}: {where!r} has no callable {name!r} "
-            f"(callables there: {', '.join(options[:8]) or 'none'})"
-        )
+        factory = import_factory(spec)
+    except TargetSpecError as e:
+        raise InferError(str(e)) from None
     try:
         obj = factory()
     except Exception as e:
         raise InferError(f"--target {spec!r}: the factory raised {type(e).__name__}: {e}") from None
     return validate_target(obj, f"--target {spec!r}: the factory")
-
-
-def _import_file(spec: str, path: Path) -> Any:
-    if not path.is_file():
-        raise InferError(f"--target {spec!r}: file {str(path)!r} not found")
-    full = path.resolve()
-    cwd = Path.cwd().resolve()
-    if full.is_relative_to(cwd):
-        rel = full.relative_to(cwd).with_suffix("")
-        pkg_ok = all((cwd.joinpath(*rel.parts[:i]) / "__init__.py").is_file()
-                     for i in range(1, len(rel.parts)))  # fmt: skip
-        if pkg_ok and all(p.isidentifier() for p in rel.parts):
-            if str(cwd) not in sys.path:
-                sys.path.insert(0, str(cwd))
-            return importlib.import_module(".".join(rel.parts))
-    mod_name = f"_torchdx_infer_{path.stem}"
-    mspec = importlib.util.spec_from_file_location(mod_name, full)
-    assert mspec is not None and mspec.loader is not None, f"cannot load {full}"
-    module = importlib.util.module_from_spec(mspec)
-    sys.modules[mod_name] = module
-    sys.path.insert(0, str(full.parent))
-    try:
-        mspec.loader.exec_module(module)
-    finally:
-        sys.path.pop(0)
-    return module
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,43 +16,27 @@ Exit status: 0 when the comparison completed, 2 for bad arguments (one line on s
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from contracts.cli import ArgumentParser, TargetSpecError, import_factory
 from diagnostics._compare import CompareError, ModelComparison, compare_models
 
 __all__ = ["ModelComparison", "compare_models", "main"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"compare_models: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _factory(spec: str) -> Callable[[str], Any]:
-    where, _, name = spec.rpartition(":")
-    if not where or not name:
-        raise CompareError(f"compare_models: --factory {spec!r}: expected MODULE:FUNCTION")
     try:
-        module = importlib.import_module(where)
-    except Exception as e:
-        raise CompareError(
-            f"compare_models: --factory {spec!r}: importing {where!r} failed: {type(e).__name__}"
-        ) from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise CompareError(
-            f"compare_models: --factory {spec!r}: {where!r} has no callable {name!r}"
-        )
-    return fn
+        return import_factory(spec, flag="--factory")
+    except TargetSpecError as e:
+        raise CompareError(f"compare_models: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    p = _Parser(
+    p = ArgumentParser(
+        formatter_class=argparse.HelpFormatter,
         prog="python -m diagnostics.compare_models",
         description="Compare two variants of a model from one factory: parameters by "
         "submodule, forward latency, peak memory, and a zero-ablation of the added path. "

@@ -26,15 +26,15 @@ line on stderr naming what was wrong (the report of the sites completed before i
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from contracts.cli import ArgumentParser, TargetSpecError, pick_threads
+from contracts.cli import load_target as load_spec
 from diagnostics._ablation._types import TargetLoadError
 
 __all__ = ["TargetLoadError", "load_target", "main"]
@@ -42,16 +42,9 @@ __all__ = ["TargetLoadError", "load_target", "main"]
 _PROG = "python -m diagnostics.cond_ablation"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2
-        sys.stderr.write(f"cond_ablation: error: {message} (see --help)\n")
-        raise SystemExit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog=_PROG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""Does the model use the content of its condition?
 
 At each site (a module's output, or a forward argument) the condition is replaced and the
@@ -158,73 +151,10 @@ def load_target(spec: str | None, seed: int = 0) -> Any:
             return default_target()
         except AblationError as e:
             raise TargetLoadError(str(e)) from None
-    if ":" not in spec:
-        raise TargetLoadError(
-            f"--target {spec!r}: expected MODULE:FACTORY or path/to/file.py:FACTORY"
-        )
-    where, name = spec.rsplit(":", 1)
     try:
-        if where.endswith(".py") or os.sep in where or "/" in where:
-            path = Path(where)
-            if not path.is_file():
-                raise TargetLoadError(f"--target {spec!r}: file {where!r} not found")
-            mod_name = f"_torchdx_target_{path.stem}"
-            mspec = importlib.util.spec_from_file_location(mod_name, path)
-            assert mspec is not None and mspec.loader is not None
-            module = importlib.util.module_from_spec(mspec)
-            sys.modules[mod_name] = module
-            sys.path.insert(0, str(path.parent.resolve()))
-            try:
-                mspec.loader.exec_module(module)
-            finally:
-                sys.path.pop(0)
-        else:
-            module = importlib.import_module(where)
-    except TargetLoadError:
-        raise
-    except Exception as e:
-        raise TargetLoadError(
-            f"--target {spec!r}: importing {where!r} failed: {type(e).__name__}: {e}"
-        ) from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        options = sorted(
-            k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
-        )
-        raise TargetLoadError(
-            f"--target {spec!r}: {where!r} has no callable {name!r} "
-            f"(callables there: {', '.join(options[:8]) or 'none'})"
-        )
-    torch.manual_seed(seed)
-    try:
-        target = factory()
-    except Exception as e:
-        raise TargetLoadError(
-            f"--target {spec!r}: the factory raised {type(e).__name__}: {e}"
-        ) from None
-    if not isinstance(target, AblationTarget):
-        raise TargetLoadError(
-            f"--target {spec!r}: the factory returned {type(target).__name__}, not a "
-            "diagnostics.AblationTarget"
-        )
-    return target
-
-
-def _threads(n: int | None) -> str:
-    import torch
-
-    if n is not None:
-        torch.set_num_threads(max(1, n))
-        return f"{torch.get_num_threads()} (--threads)"
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    cores = os.cpu_count() or 1
-    if load > cores and torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-        return f"1 (load average {load:.1f} > {cores} cores)"
-    return str(torch.get_num_threads())
+        return load_spec(spec, AblationTarget, seed=seed)
+    except TargetSpecError as e:
+        raise TargetLoadError(str(e)) from None
 
 
 def _init_distributed(device: str | None) -> tuple[int, int]:
@@ -272,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(bad) or '(empty)'}; choose from {','.join(ABLATIONS)}\n"
         )
         return 2
-    threads = _threads(args.threads)
+    threads = pick_threads(args.threads)
     out = (
         Path(args.out) if args.out else Path("runs/cond_ablation") / time.strftime("%Y%m%d-%H%M%S")
     )

@@ -23,27 +23,24 @@ on stderr.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from contracts import TorchdxError
+from contracts.cli import ArgumentParser, TargetSpecError, pick_threads
+from contracts.cli import load_target as load_spec
 
 __all__ = ["load_target", "main"]
 
 _PROG = "python -m diagnostics.scaling"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2
-        sys.stderr.write(f"scaling: error: {message} (see --help)\n")
-        raise SystemExit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
+        formatter_class=argparse.HelpFormatter,
         prog=_PROG,
         description="How do time and peak memory grow with input size, and which module grows "
         "fastest? For each size: the median wall time over repeats (forward under no_grad, or "
@@ -106,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class TargetLoadError(Exception):
+class TargetLoadError(TorchdxError, ValueError):
     """The --target spec could not produce a ScalingTarget (message is the stderr line)."""
 
 
@@ -116,70 +113,12 @@ def load_target(spec: str) -> Any:
     Raises:
         TargetLoadError: the module, the factory or its result is wrong.
     """
-    from diagnostics._scaling import ScalingError, ScalingTarget
+    from diagnostics._scaling import ScalingTarget
 
-    if ":" not in spec:
-        raise TargetLoadError(
-            f"--target {spec!r}: expected MODULE:FACTORY or path/to/file.py:FACTORY"
-        )
-    where, name = spec.rsplit(":", 1)
     try:
-        if where.endswith(".py") or "/" in where or os.sep in where:
-            path = Path(where)
-            if not path.is_file():
-                raise TargetLoadError(f"--target {spec!r}: file {where!r} not found")
-            mod_name = f"_torchdx_scaling_target_{path.stem}"
-            mspec = importlib.util.spec_from_file_location(mod_name, path)
-            assert mspec is not None and mspec.loader is not None
-            module = importlib.util.module_from_spec(mspec)
-            sys.modules[mod_name] = module
-            sys.path.insert(0, str(path.parent.resolve()))
-            try:
-                mspec.loader.exec_module(module)
-            finally:
-                sys.path.pop(0)
-        else:
-            module = importlib.import_module(where)
-    except TargetLoadError:
-        raise
-    except Exception as e:
-        raise TargetLoadError(
-            f"--target {spec!r}: importing {where!r} failed: {type(e).__name__}: {e}"
-        ) from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise TargetLoadError(f"--target {spec!r}: {where!r} has no callable {name!r}")
-    try:
-        target = factory()
-    except ScalingError as e:
-        raise TargetLoadError(f"--target {spec!r}: {e}") from None
-    except Exception as e:
-        raise TargetLoadError(
-            f"--target {spec!r}: the factory raised {type(e).__name__}: {e}"
-        ) from None
-    if not isinstance(target, ScalingTarget):
-        raise TargetLoadError(
-            f"--target {spec!r}: the factory returned {type(target).__name__}, not a "
-            "diagnostics.ScalingTarget"
-        )
-    return target
-
-
-def _threads(n: int | None) -> str:
-    import torch
-
-    if n is not None:
-        torch.set_num_threads(max(1, n))
-        return f"{torch.get_num_threads()} (--threads)"
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    cores = os.cpu_count() or 1
-    if load > cores and torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-        return f"1 (load average {load:.1f} > {cores} cores)"
-    return str(torch.get_num_threads())
+        return load_spec(spec, ScalingTarget)
+    except TargetSpecError as e:
+        raise TargetLoadError(str(e)) from None
 
 
 def _device_memory(device: str) -> tuple[int | None, str]:
@@ -266,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = _plan(args)
     except (ScalingError, TargetLoadError) as e:
         return _fail(str(e))
-    threads = _threads(args.threads)
+    threads = pick_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs/scaling") / time.strftime("%Y%m%d-%H%M%S")
 
     from diagnostics._scaling._analyze import analyze

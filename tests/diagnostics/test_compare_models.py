@@ -51,7 +51,7 @@ def test_bad_flag_one_line_exit_2():
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2
     assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [
-        "compare_models: unrecognized arguments: --bogus"
+        "compare_models: error: unrecognized arguments: --bogus (see --help)"
     ]
 
 
@@ -108,4 +108,4 @@ def test_any_two_variants_from_one_factory(capsys):
     assert main(["--factory", factory, "--a", "16", "--b", "32+ctx", "--repeats", "1"]) == 0
     assert "mlp 32+ctx" in capsys.readouterr().out
     assert main(["--factory", "nocolon", "--a", "16"]) == 2
-    assert "expected MODULE:FUNCTION" in capsys.readouterr().err
+    assert "expected MODULE:FACTORY" in capsys.readouterr().err
