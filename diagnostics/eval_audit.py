@@ -21,15 +21,15 @@ unknown metric, a step count <= 0, a target without a sampler, ...) with one lin
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
-import os
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from contracts.cli import ArgumentParser, TargetSpecError, pick_threads
+from contracts.cli import load_target as load_spec
 
 __all__ = ["load_eval_target", "main"]
 
@@ -38,18 +38,13 @@ _PROG = "python -m diagnostics.eval_audit"
 _GRIDS: dict[str, str] = {"steps": "10,30,50", "corrector_steps": "0,1", "weights": "ema,raw"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2
-        sys.stderr.write(f"eval_audit: error: {message} (see --help)\n")
-        raise SystemExit(2)
-
-
 class _BadInput(Exception):
     """Bad arguments or target (message is the stderr line)."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
+        formatter_class=argparse.HelpFormatter,
         prog=_PROG,
         description="Audit an evaluation protocol before blaming the model. Runs a reference "
         "protocol and one-setting-at-a-time variants (sampler steps, corrector steps, corrector "
@@ -135,44 +130,12 @@ def load_eval_target(spec: str, seed: int = 0) -> Any:
     Raises:
         _BadInput: the module, the factory or its result is wrong (message = the stderr line).
     """
-    import torch
-
     from diagnostics._eval_audit import EvalTarget
 
-    if ":" not in spec:
-        raise _BadInput(f"--target {spec!r}: expected MODULE:FACTORY or path/to/file.py:FACTORY")
-    where, name = spec.rsplit(":", 1)
     try:
-        if where.endswith(".py") or "/" in where or os.sep in where:
-            path = Path(where)
-            if not path.is_file():
-                raise _BadInput(f"--target {spec!r}: file {where!r} not found")
-            mod_name = f"_torchdx_eval_target_{path.stem}"
-            mspec = importlib.util.spec_from_file_location(mod_name, path)
-            assert mspec is not None and mspec.loader is not None, f"cannot load {path}"
-            module = importlib.util.module_from_spec(mspec)
-            sys.modules[mod_name] = module
-            sys.path.insert(0, str(path.parent.resolve()))
-            try:
-                mspec.loader.exec_module(module)
-            finally:
-                sys.path.pop(0)
-        else:
-            module = importlib.import_module(where)
-    except _BadInput:
-        raise
-    except Exception as e:
-        raise _BadInput(
-            f"--target {spec!r}: importing {where!r} failed: {type(e).__name__}: {e}"
-        ) from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise _BadInput(f"--target {spec!r}: {where!r} has no callable {name!r}")
-    torch.manual_seed(seed)
-    try:
-        target = factory()
-    except Exception as e:
-        raise _BadInput(f"--target {spec!r}: the factory raised {type(e).__name__}: {e}") from None
+        target = load_spec(spec, object, seed=seed)
+    except TargetSpecError as e:
+        raise _BadInput(str(e)) from None
     if not isinstance(target, EvalTarget):
         hint = (
             " (an AblationTarget has no protocol sampler)"
@@ -253,25 +216,6 @@ def _reference_overrides(text: str | None, reference: dict[str, Any]) -> dict[st
     return out
 
 
-def _threads(n: int | None) -> str:
-    """--threads, else 1 thread when the load average exceeds the cores (spinning OpenMP
-    threads on an oversubscribed machine make every call several times slower)."""
-    import torch
-
-    if n is not None:
-        torch.set_num_threads(max(1, n))
-        return f"{torch.get_num_threads()} (--threads)"
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    cores = os.cpu_count() or 1
-    if load > cores and torch.get_num_threads() > 1:
-        torch.set_num_threads(1)
-        return f"1 (load average {load:.1f} > {cores} cores)"
-    return str(torch.get_num_threads())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 done, 2 bad input)."""
     args = _parser().parse_args(argv)
@@ -279,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        threads = _threads(args.threads)
+        threads = pick_threads(args.threads)
         from diagnostics._eval_audit import (
             EvalAuditError,
             make_variants,
