@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import contracts
 from diagnostics import TrainingMonitor
@@ -90,8 +91,6 @@ def test_cli_tensorboard_flag_and_checkpoint_metadata(tmp_path):
     assert {"train/loss", "grad_norm/global_encoder", "cond/encoder_grad_share"} <= set(s)
     model, report = load_checkpoint(tmp_path / "sr.pt")
     assert model.cfg.use_global_encoder and not report.missing
-    import torch
-
     ckpt = torch.load(tmp_path / "sr.pt", weights_only=True)
     assert ckpt["step"] == 2 and ckpt["format"] == "torchdx.audiosr/1"
     assert set(ckpt["metrics"]) == {"eval_before", "eval_after"}
