@@ -90,6 +90,17 @@ class MonitorConfig:
             )
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _group_of(name: str, depth: int) -> str:
     parts = name.split(".")
     return ".".join(parts[: min(depth, max(1, len(parts) - 1))])
@@ -156,7 +167,8 @@ class TrainingMonitor:
             )
         self.model, self.optimizer = model, optimizer
         self.nanwatch, self.cfg_monitor = nanwatch, cfg_monitor
-        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        inner = _unwrap(model)  # group names of the user's module, not "module." / "_orig_mod."
+        self._named = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
         if not self._named:
             raise TrainingMonitorError(
                 f"TrainingMonitor: {type(model).__name__} has no trainable parameters"

@@ -197,6 +197,13 @@ def test_cfg_drop_rate_and_nanwatch_status(tmp_path):
     assert [e.value for e in acc.Scalars("nanwatch/status")] == [0.0] * 3
 
 
+def test_wrapped_models_keep_their_group_names(tmp_path):
+    model = Toy()
+    mon = TrainingMonitor(torch.compile(model), tmp_path / "w", layout=False)
+    assert sorted(mon.groups) == ["cond", "dec", "enc", "null"]  # not "_orig_mod"
+    mon.close()
+
+
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(TrainingMonitorError, match="argument 'every' is 0; must be >= 1"):
         TrainingMonitor(Toy(), tmp_path, every=0)
