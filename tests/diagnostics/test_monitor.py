@@ -197,6 +197,7 @@ def test_cfg_drop_rate_and_nanwatch_status(tmp_path):
     assert [e.value for e in acc.Scalars("nanwatch/status")] == [0.0] * 3
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports
 def test_wrapped_models_keep_their_group_names(tmp_path):
     model = Toy()
     mon = TrainingMonitor(torch.compile(model), tmp_path / "w", layout=False)
