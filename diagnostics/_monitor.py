@@ -593,8 +593,11 @@ class TrainingMonitor:
         if hasattr(self.writer, "add_text"):
             self.writer.add_text("monitor/summary", self._summary_text(), at)
         if self._flow and hasattr(self.writer, "add_image"):
-            self.writer.add_image("monitor/grad_flow", self._grad_flow_image(), at,
-                                  dataformats="HWC")  # fmt: skip
+            try:  # matplotlib and PIL come with the `viz` extra; without them: no image
+                image = self._grad_flow_image()
+                self.writer.add_image("monitor/grad_flow", image, at, dataformats="HWC")
+            except ImportError:
+                pass
         if self._own_writer:
             self.writer.close()
         else:
