@@ -5,7 +5,8 @@ median of rounds) so machine load hits all alike:
   plain call | contracts off | contracts shapes | contracts full (no value constraints) |
   contracts full with three constraints (Range + Mask + Range on the return) |
   jaxtyping.jaxtyped + beartype (the hand-written alternative)
-plus the Paraformer training step with contracts full vs off.
+plus the Paraformer training step with contracts full vs off, and the Paraformer encoder
+compiled (torch.compile, aot_eager, fullgraph) with contracts shapes/full vs off.
 
 Writes docs/results/contracts.json.
 
@@ -112,12 +113,47 @@ def paraformer_step(rounds: int) -> dict[str, float]:
     return {"ms_full": ms["full"], "ms_off": ms["off"], "ratio_full_vs_off": ms["full"] / ms["off"]}
 
 
+def compiled_encoder(rounds: int) -> dict[str, float]:
+    """The Paraformer encoder compiled (aot_eager, fullgraph) with contracts vs without."""
+    import torch._dynamo
+
+    from models.paraformer import ParaformerConfig
+    from models.paraformer._model import Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder(ParaformerConfig.tiny()).eval()
+    x = torch.rand(4, 50, enc.cfg.n_feats) * 2 - 1
+    m = torch.ones(4, 50, dtype=torch.bool)
+    torch._dynamo.reset()
+    g = torch.compile(enc, backend="aot_eager", fullgraph=True)
+
+    def run(mode: str) -> Callable[[], float]:
+        def one() -> float:
+            with contracts.mode(mode), torch.no_grad():
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    g(x, m)
+                return (time.perf_counter() - t0) / 20 * 1e3
+
+        return one
+
+    ms = interleaved({k: run(k) for k in ("off", "shapes", "full")}, rounds)
+    return {
+        "ms_off": ms["off"],
+        "ms_shapes": ms["shapes"],
+        "ms_full": ms["full"],
+        "ratio_shapes_vs_off": ms["shapes"] / ms["off"],
+        "ratio_full_vs_off": ms["full"] / ms["off"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_contracts",
         description="Measure the per-call cost of @contract against a plain call and "
-        "jaxtyping+beartype (interleaved, one process) and the Paraformer training step with "
-        "contracts full vs off; write docs/results/contracts.json.",
+        "jaxtyping+beartype (interleaved, one process), the Paraformer training step with "
+        "contracts full vs off and the compiled encoder with contracts vs without; write "
+        "docs/results/contracts.json.",
     )
     p.add_argument("--rounds", type=int, default=15, help="round-robin rounds (median taken)")
     p.add_argument("--calls", type=int, default=4000, help="calls per case per round")
@@ -137,11 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         f"paraformer training step: full {step['ms_full']:.2f} ms, off {step['ms_off']:.2f} ms, "
         f"ratio {step['ratio_full_vs_off']:.3f}x"
     )
+    comp = compiled_encoder(args.step_rounds)
+    print(
+        f"compiled Paraformer encoder: off {comp['ms_off']:.3f} ms, shapes {comp['ms_shapes']:.3f}"
+        f" ms ({comp['ratio_shapes_vs_off']:.3f}x), full {comp['ms_full']:.3f} ms "
+        f"({comp['ratio_full_vs_off']:.3f}x)"
+    )
     figures = {
         "per_call_us": {k: round(v, 3) for k, v in us.items()},
         "overhead_us": {k: round(v - base, 3) for k, v in us.items() if k != "plain"},
         "vs_jaxtyping": {k: round(v / jt_us, 3) for k, v in us.items()},
         "paraformer_step": {k: round(v, 4) for k, v in step.items()},
+        "compiled_encoder": {k: round(v, 4) for k, v in comp.items()},
     }
     if not args.no_write:
         path = write_results("contracts", figures, command="python -m benchmarks.bench_contracts")

@@ -9,14 +9,15 @@
    seed; the ablation phase time from ``timing.json`` and the whole wall time, and the largest
    difference between any two numbers of the two ``report.json`` files.
 
-Run: ``python benchmarks/bench_ddp.py [--repeats 30] [--skip-ablation] [--target SPEC]``
+Figures go to ``docs/results/ddp.json``.
+
+Run: ``python -m benchmarks.bench_ddp [--repeats 30] [--skip-ablation] [--target SPEC]``
 (default ablation target: the embedded SGMSE+ default, without UMAP and guidance sweep).
 With CUDA and >= 2 GPUs, ``--device cuda`` runs part 1 with NCCL.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -32,6 +33,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+
+from benchmarks._results import load_results, write_results
+from contracts.cli import ArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +101,7 @@ def _worker(rank: int, world: int, init: str, shapes, repeats: int, device: str,
     dist.destroy_process_group()
 
 
-def bench_nanwatch(repeats: int, device: str) -> None:
+def bench_nanwatch(repeats: int, device: str) -> dict:
     shapes = [(4, 50, 64), (8, 100, 128)]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "res.json")
@@ -114,11 +118,19 @@ def bench_nanwatch(repeats: int, device: str) -> None:
     print(
         f"{'shape':<18}{'bare DDP step':>15}{'under NanWatch':>16}{'ratio':>8}{'flag all_reduce':>17}"
     )
+    figures = {}
     for shape, r in res.items():
         print(
             f"{shape:<18}{r['bare'] * 1e3:>12.2f} ms{r['nanwatch'] * 1e3:>13.2f} ms"
             f"{r['nanwatch'] / r['bare']:>7.3f}x{r['flag_allreduce'] * 1e6:>13.0f} us"
         )
+        figures[shape.replace(" ", "_")] = {
+            "bare_ms": r["bare"] * 1e3,
+            "nanwatch_ms": r["nanwatch"] * 1e3,
+            "ratio": r["nanwatch"] / r["bare"],
+            "flag_allreduce_ms": r["flag_allreduce"] * 1e3,
+        }
+    return {"repeats": repeats, "backend": "nccl" if device == "cuda" else "gloo", **figures}
 
 
 def _numbers(a, b, path=""):
@@ -141,7 +153,7 @@ def _numbers(a, b, path=""):
     )
 
 
-def bench_ablation(target: str | None) -> None:
+def bench_ablation(target: str | None) -> dict:
     args = ["--no-umap", "--no-guidance", "--quiet", "--threads", "1", "--seed", "0"]
     if target:
         args += ["--target", target]
@@ -171,23 +183,47 @@ def bench_ablation(target: str | None) -> None:
     print(f"  whole CLI   : {w1:7.2f} s vs {w2:7.2f} s  -> {w1 / w2:.2f}x (incl. start-up)")
     print(f"  report.json : {'bit-identical' if r1 == r2 else 'differs'}; largest difference "
           f"over {n} numbers: abs {dabs:.3g}, rel {drel:.3g}")  # fmt: skip
+    return {
+        "target": target or "embedded default",
+        "site_passes_s": {"one_process": sites1, "two_ranks": sites2, "speedup": sites1 / sites2},
+        "ablation_s": {
+            "one_process": t1["ablation_s"],
+            "two_ranks": t2["ablation_s"],
+            "speedup": t1["ablation_s"] / t2["ablation_s"],
+        },
+        "cli_s": {"one_process": w1, "two_ranks": w2, "speedup": w1 / w2},
+        "report": {
+            "bit_identical": r1 == r2,
+            "numbers": n,
+            "max_abs_diff": dabs,
+            "max_rel_diff": drel,
+        },
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = ArgumentParser(prog="python -m benchmarks.bench_ddp", description=__doc__)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--skip-ablation", action="store_true")
     ap.add_argument("--skip-nanwatch", action="store_true")
     ap.add_argument("--target", default=None)
+    ap.add_argument("--no-write", action="store_true", help="print only; no results file")
     a = ap.parse_args()
     if a.device == "cuda" and torch.cuda.device_count() < 2:
         print("--device cuda needs 2 GPUs; running on CPU")
         a.device = "cpu"
+    try:  # a partial run keeps the other part's figures
+        figures = load_results("ddp")["figures"]
+    except (OSError, KeyError, ValueError):
+        figures = {}
     if not a.skip_nanwatch:
-        bench_nanwatch(a.repeats, a.device)
+        figures["nanwatch"] = bench_nanwatch(a.repeats, a.device)
     if not a.skip_ablation:
-        bench_ablation(a.target)
+        figures["ablation"] = bench_ablation(a.target)
+    if not a.no_write:
+        path = write_results("ddp", figures, command="python -m benchmarks.bench_ddp")
+        print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Run: ``python -m benchmarks.bench_depth [--repeats 7] [--device cpu|cuda]``
 
 from __future__ import annotations
 
-import argparse
+import random
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from benchmarks._results import RESULTS_DIR, write_results
+from contracts.cli import ArgumentParser, fail
 from diagnostics import GradFlow, NanWatch
 
 TOOLS = ("nanwatch", "nanwatch_eager", "gradflow")
@@ -69,8 +70,11 @@ def measure(layers: int, batch: int, repeats: int, device: str) -> dict:
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn()
+    order = list(variants.items())
+    shuffle = random.Random(0).shuffle  # a new order each repeat: no variant always runs first
     for _ in range(repeats):
-        for k, fn in variants.items():
+        shuffle(order)
+        for k, fn in order:
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = clock()
@@ -115,12 +119,16 @@ def plot(figures: dict, path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m benchmarks.bench_depth", description=__doc__)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="print only; no results, no PNG")
     a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(fail(ap, "--device cuda: no CUDA device is available"))
     torch.set_num_threads(a.threads)
     from tqdm import tqdm
 

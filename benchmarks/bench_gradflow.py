@@ -4,7 +4,8 @@ Same models as bench_nanwatch (4-layer ``nn.TransformerEncoder`` at (B8, T200, D
 (B4, T50, D64)); the step is forward + MSE + backward. Also measured: ``record(optimizer=Adam)``
 (update/weight ratios) and a naive per-parameter ``p.grad.norm().item()`` loop.
 
-Ratios are of process CPU time on CPU (steadier on a shared machine) and wall time on CUDA;
+Ratios are of process CPU time on CPU (steadier on a shared machine) and wall time on CUDA, over
+repeats in a shuffled order;
 ``record()``'s own work is also timed alone (200 repeats). Figures go to
 ``docs/results/gradflow.json``.
 
@@ -13,7 +14,7 @@ Run: ``python -m benchmarks.bench_gradflow [--repeats 15]``
 
 from __future__ import annotations
 
-import argparse
+import random
 import statistics
 import time
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from benchmarks._results import write_results
+from contracts.cli import ArgumentParser, fail
 from diagnostics import GradFlow
 
 
@@ -65,8 +67,11 @@ def bench(B, T, D, repeats, device) -> dict:
     cpu = {k: [] for k in variants}
     for fn in variants.values():
         fn()
+    order = list(variants.items())
+    shuffle = random.Random(0).shuffle  # a new order each repeat: no variant always runs first
     for _ in range(repeats):
-        for k, fn in variants.items():
+        shuffle(order)
+        for k, fn in order:
             if device == "cuda":
                 torch.cuda.synchronize()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -113,12 +118,16 @@ def bench(B, T, D, repeats, device) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m benchmarks.bench_gradflow", description=__doc__)
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="print only; no results file")
     a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(fail(ap, "--device cuda: no CUDA device is available"))
     torch.set_num_threads(a.threads)
     figures = {
         f"B{B}_T{T}_D{D}": bench(B, T, D, a.repeats, a.device)

@@ -3,7 +3,7 @@
 For every model of the inference tests (tiny reference models, a TransformerEncoder, a tiny
 Wav2Vec2) plus the Paraformer at its default size: one pass of plain forwards over the sample
 batches (``torch.no_grad()``, as inference runs them) vs one ``contracts.infer.infer`` over the
-same batches, interleaved, repeated; the figure is the median ratio per model.
+same batches, interleaved, repeated; the figure is the median of the paired ratios.
 
 - ``record``: the hooked forwards with their value statistics (the "≤ 3× one forward per batch"
   budget of the issue).
@@ -21,9 +21,11 @@ Run: python -m benchmarks.bench_infer [--repeats N]  ->  docs/results/infer.json
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -54,6 +56,13 @@ TARGETS: dict[str, Callable[[], InferTarget]] = {
     "transformer_encoder": tg.transformer_target,
     "wav2vec2_tiny": tg.wav2vec2_target,
 }
+
+
+@contextlib.contextmanager
+def _clean() -> Iterator[None]:
+    """Each timed arm starts with no garbage left by the one before (the collector stays on)."""
+    gc.collect()
+    yield
 
 
 def measure(target: InferTarget, repeats: int) -> dict[str, Any]:
@@ -89,23 +98,32 @@ def measure(target: InferTarget, repeats: int) -> dict[str, Any]:
     unify(record(target))  # warm-up all three
     base, noop, rec_t, tot_t = [], [], [], []
     for _ in range(repeats):  # interleaved
-        base.append(plain())
-        noop.append(noop_hooks())
-        t0 = time.perf_counter()
-        rec = record(target)
-        t1 = time.perf_counter()
-        unify(rec)
-        t2 = time.perf_counter()
+        with _clean():
+            base.append(plain())
+        with _clean():
+            noop.append(noop_hooks())
+        with _clean():
+            t0 = time.perf_counter()
+            rec = record(target)
+            t1 = time.perf_counter()
+            unify(rec)
+            t2 = time.perf_counter()
         rec_t.append(t1 - t0)
         tot_t.append(t2 - t0)
+
+    # each run of the tool is compared with the baseline run just before it (the load of a
+    # shared machine drifts slowly), and the median of those paired ratios is the figure
+    def ratio(xs: list[float], ys: list[float]) -> float:
+        return statistics.median(x / y for x, y in zip(xs, ys, strict=True))
+
     return {
-        "record": statistics.median(r / b for r, b in zip(rec_t, base, strict=True)),
-        "total": statistics.median(t / b for t, b in zip(tot_t, base, strict=True)),
-        "noop_hooks": statistics.median(n / b for n, b in zip(noop, base, strict=True)),
-        "record_vs_noop_hooks": statistics.median(r / n for r, n in zip(rec_t, noop, strict=True)),
+        "record": ratio(rec_t, base),
+        "total": ratio(tot_t, base),
+        "noop_hooks": ratio(noop, base),
+        "record_vs_noop_hooks": ratio(rec_t, noop),
         "forward_ms_per_batch": 1e3 * statistics.median(base) / len(target.batches),
         "us_per_hooked_call": 1e6
-        * (statistics.median(rec_t) - statistics.median(base))
+        * statistics.median(r - b for r, b in zip(rec_t, base, strict=True))
         / sum(len(c) for c in rec.calls),
         "modules_hooked": len(rec.hooked),
         "batches": len(target.batches),

@@ -17,7 +17,7 @@ Run: ``python -m benchmarks.bench_nanwatch [--repeats 15] [--device cpu|cuda] [-
 
 from __future__ import annotations
 
-import argparse
+import random
 import statistics
 import time
 
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from benchmarks._results import write_results
+from contracts.cli import ArgumentParser, fail
 from diagnostics import NanWatch, NonFiniteError
 
 
@@ -66,8 +67,11 @@ def time_variants(variants, repeats, device):
     cpu = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn()
+    order = list(variants.items())
+    shuffle = random.Random(0).shuffle  # a new order each repeat: no variant always runs first
     for _ in range(repeats):
-        for k, fn in variants.items():
+        shuffle(order)
+        for k, fn in order:
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
@@ -304,13 +308,17 @@ def _print(key: str, r: dict, device: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m benchmarks.bench_nanwatch", description=__doc__)
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-compiled", action="store_true", help="skip the compiled-model variant")
     ap.add_argument("--no-write", action="store_true", help="print only; no results file")
     a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(fail(ap, "--device cuda: no CUDA device is available"))
     torch.set_num_threads(a.threads)
     figures = {}
     for B, T, D in ((8, 200, 256), (4, 50, 64)):

@@ -22,7 +22,7 @@ import torch
 
 from ._config import FULL, SHAPES
 from ._plan import Plan, Slot, TensorSpec
-from ._spec import EXPR, FIXED, NAME, VARIADIC, Expr
+from ._spec import ARGS, EXPR, FIXED, NAME, VARIADIC, Expr
 
 __all__ = ["Fail", "check_inputs", "check_outputs", "torch_dtypes"]
 
@@ -62,6 +62,8 @@ def _bind_axes(
     for axis, d in zip(axes, dims):
         s = shape[axis]
         kind, val, bc = d.kind, d.value, d.broadcast
+        if bc and s == 1:
+            continue  # "#name": size 1 broadcasts, and binds nothing (as in jaxtyping)
         if kind is NAME:
             have = b.get(val)
             if have is None:
@@ -107,10 +109,42 @@ def _check_shape(
         have = b.get(key)
         if have is None:
             b[key] = sub
+            if var.broadcast:
+                b["#" + key] = True
             if prov is not None:
                 prov[key] = f"{name}.shape[{nb}:{nd - na}]"
+        elif var.broadcast or ("#" + key) in b:
+            _broadcast_variadic(key, var.broadcast, have, sub, b, name, nb)
         elif have != sub:
             raise Fail("variadic", name, nb, dim=key, want=have, got=sub)
+
+
+def _broadcast(a: tuple, b: tuple) -> tuple | None:
+    """numpy's broadcast of two shapes, or None when they do not broadcast."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b):
+        if x != y and x != 1 and y != 1:
+            return None
+        out.append(max(x, y) if x != 1 and y != 1 else x * y)
+    return tuple(out)
+
+
+def _broadcast_variadic(key: str, bc: bool, have: tuple, sub: tuple, b: dict, name: str, nb: int):
+    """``*#name``: the axes must broadcast with those seen before (jaxtyping's rule)."""
+    prev_bc = b.get("#" + key, False)
+    both = _broadcast(sub, have)
+    if both is None:
+        raise Fail("variadic", name, nb, dim=key, want=have, got=sub, broadcast=True)
+    if prev_bc:
+        if not bc and both != sub:
+            raise Fail("variadic", name, nb, dim=key, want=have, got=sub, broadcast=True)
+        b[key] = both
+        if not bc:
+            b.pop("#" + key, None)
+    elif both != have:
+        raise Fail("variadic", name, nb, dim=key, want=have, got=sub, broadcast=True)
 
 
 def check_tensor(
@@ -299,6 +333,8 @@ def check_inputs(
     if b is None:
         b = {}
     self_obj = args[0] if plan.has_self and args else None
+    if plan.uses_args:  # f-string dims read the call's arguments
+        b[ARGS] = plan.bind_arguments(args, kwargs)
     for name, e in plan.self_dims:
         try:
             b[name] = e(b, self_obj)
@@ -382,7 +418,7 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable]:
     """
     params = plan.params
     has_self = plan.has_self
-    eligible = all(
+    eligible = not plan.uses_args and all(
         s.tensor is not None
         or s.plain_tensor
         or (s.pyrange is None and (s.pyhint is None or _plain_class(s.pyhint)))

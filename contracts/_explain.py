@@ -247,6 +247,12 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         n = spec.n_before + spec.n_after
         return f"at least {n} axes {spec.shape_words()}", f"{len(shape)} axes {list(shape)}", None
     if code == "variadic":
+        if d.get("broadcast"):
+            return (
+                f"axes that broadcast with {d['dim']}={list(d['want'])}",
+                f"{list(d['got'])}",
+                None,
+            )
         return f"axes {d['dim']}={list(d['want'])}", f"{list(d['got'])}", None
     if code == "expr":
         return f"size {d['expr'].source}={d['want']}", f"{d['got']}", None
@@ -485,3 +491,44 @@ def explain_check(
     except Fail as again:
         fail = again
     return _error(function, fail, call, prov, b)
+
+
+# --------------------------------------------------------------------------------------------
+# words for checks compiled into a graph (torch.compile): fixed while tracing, so no values
+# that are only known when the graph runs
+
+
+def compiled_words(plan: Plan) -> dict[str, dict[str, str]]:
+    """The fixed words of every slot's compiled checks, made once at decoration (so tracing
+    reads strings and never formats the plan's numbers, which Dynamo may make symbolic)."""
+    return {s.name: slot_words(plan.qualname, s) for s in plan.params + plan.returns}
+
+
+def slot_words(function: str, slot: Slot) -> dict[str, str]:
+    """The fixed words of one slot's compiled checks (see :func:`compiled_words`)."""
+    where = f"{function}(): {_slot_words(slot, slot.name)}"
+    w = {"where": where, "tensor": f"{where}: expected a torch.Tensor"}
+    spec = slot.tensor
+    if spec is not None:
+        n = len(spec.dims) if spec.var_at < 0 else spec.n_before + spec.n_after
+        least = "" if spec.var_at < 0 else "at least "
+        w["rank"] = f"{where}: expected {least}{n} axes {spec.shape_words()}"
+        w["tensor"] += f" {spec.shape_words()} {dtype_words(spec)}"
+        w["dtype"] = f"{where}: expected dtype {dtype_words(spec)}"
+        w["values"] = f"{where}: expected {_values_want(spec)} (checked on the device)"
+        n_dims = len(spec.dims)
+        for j, d in enumerate(spec.dims):  # axis from the end after a variadic entry
+            axis = j if spec.var_at < 0 or j < spec.var_at else j - n_dims
+            w[f"size{j}"] = f"{where}, axis {axis}: expected size {d}"
+            w[f"empty{j}"] = f"{where}, axis {axis}: expected a non-empty axis (size ≥ 1)"
+    return w
+
+
+def _values_want(spec: TensorSpec) -> str:
+    if spec.mask_axis is not None:
+        return f"at least one True (valid) position per row along axis {spec.mask_axis}"
+    if spec.lo is None and spec.hi is None:
+        return "finite values (no NaN/Inf)"
+    lo = "-∞" if spec.lo is None else getattr(spec.lo, "source", spec.lo)
+    hi = "∞" if spec.hi is None else getattr(spec.hi, "source", spec.hi)
+    return f"values in {'(' if spec.lo is None else '['}{lo}, {hi}{')' if spec.hi is None else ']'}"

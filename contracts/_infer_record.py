@@ -14,11 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import gc
 import inspect
 import math
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +127,7 @@ class Call:
     params: tuple[str, ...] = ()  # bound parameter names (in signature order)
     var_params: frozenset[str] = frozenset()  # *args / **kwargs parameter names
     done: bool = False
+    failed: bool = False  # its inputs could not be read: left out
 
 
 @dataclass
@@ -134,6 +137,7 @@ class Recording:
     calls: list[list[Call]]
     hooked: list[tuple[str, type]]
     seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)  # calls left out, with why
 
 
 def _kind(t: torch.Tensor) -> str:
@@ -166,15 +170,18 @@ class _Stats:
             return
         if t.numel() == 0 or t.is_meta:
             return
-        x = t.detach()  # no autograd graph, whatever the grad mode
-        if x.dtype == torch.bool:
-            lo = hi = x.any(-1).all() if x.dim() >= 1 else x  # every row has a True
-        else:
-            if x.is_complex():
-                x = torch.view_as_real(x)
-            if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
-                x = x.float()
-            lo, hi = torch.aminmax(x)
+        try:
+            x = t.detach()  # no autograd graph, whatever the grad mode
+            if x.dtype == torch.bool:
+                lo = hi = x.any(-1).all() if x.dim() >= 1 else x  # every row has a True
+            else:
+                if x.is_complex():
+                    x = torch.view_as_real(x)
+                if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
+                    x = x.float()
+                lo, hi = torch.aminmax(x)
+        except Exception:  # sparse, quantized, ...: shape and dtype only
+            return
         idx = len(self.lo)
         self.lo.append(lo)
         self.hi.append(hi)
@@ -205,7 +212,12 @@ class _Stats:
 
 def _leaves(value: Any, name: str, stats: _Stats, out: dict[str, Leaf], depth: int = 0) -> None:
     if isinstance(value, torch.Tensor):
-        leaf = Leaf(tuple(value.shape), value.dtype, _kind(value))
+        try:
+            shape = tuple(int(n) for n in value.shape)
+        except Exception:  # nested or otherwise shapeless tensors
+            out[name] = Leaf(None, None, "Tensor without a shape")
+            return
+        leaf = Leaf(shape, value.dtype, _kind(value))
         stats.add(value, leaf)
         out[name] = leaf
     elif depth < MAX_DEPTH and isinstance(value, (tuple, list)):
@@ -228,6 +240,7 @@ class _Sig:
     positional: tuple[str, ...]  # positional-or-keyword names after self
     keywords: frozenset[str]  # names that may be given by keyword
     var: frozenset[str]  # *args / **kwargs names
+    order: tuple[str, ...]  # every parameter name after self, in order
 
 
 def _signature(cls: type, cache: dict[type, _Sig | None]) -> _Sig | None:
@@ -246,17 +259,23 @@ def _signature(cls: type, cache: dict[type, _Sig | None]) -> _Sig | None:
                 p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)
             ),
             frozenset(p.name for p in params if p.kind in (P.VAR_POSITIONAL, P.VAR_KEYWORD)),
+            tuple(p.name for p in params),
         )
     return cache[cls]
 
 
 def _bind(sg: _Sig, mod: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
     """Arguments by parameter name (in signature order), or None when they don't fit."""
-    if len(args) <= len(sg.positional) and not (kwargs.keys() - sg.keywords):
+    if len(args) <= len(sg.positional):
         named = dict(zip(sg.positional, args))
-        if not (kwargs.keys() & named.keys()):
+        if not kwargs:
+            return named
+        for k in kwargs:
+            if k not in sg.keywords or k in named:
+                break
+        else:
             named.update(kwargs)
-            return {k: named[k] for k in sg.sig.parameters if k in named}
+            return {k: named[k] for k in sg.order if k in named}
     try:
         bound = sg.sig.bind(mod, *args, **kwargs)
     except TypeError:
@@ -270,6 +289,21 @@ def _matches(path: str, cls: type, patterns: Sequence[str] | None) -> bool:
     return any(
         fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(cls.__name__, p) for p in patterns
     )
+
+
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Inference allocates many small objects; without this the cycle collector would walk every
+    long-lived object (torch, the model) again and again. Objects made inside stay collectable;
+    a process that froze its own objects already is left as it is."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
@@ -304,23 +338,29 @@ def record(
             "matches (patterns match dotted paths like 'encoder.layers.0' or class names)"
         )
     state: dict[str, Any] = {"calls": [], "stats": None}
+    errors: list[str] = []  # calls the hooks could not read (left out, never raised)
     stack: list[Call] = []
 
     def pre(path: str) -> Callable:
         def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             call = Call(path, type(mod), mod)
-            sg = _signature(type(mod), sigs)
-            named = _bind(sg, mod, args, kwargs) if sg is not None else None
-            if named is not None:
-                call.var_params = sg.var  # type: ignore[union-attr]
-            else:
-                named = {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
-                call.var_params = frozenset(named)
-            call.params = tuple(named)
-            for k, v in named.items():
-                _leaves(v, k, state["stats"], call.inputs)
-            state["calls"].append(call)
             stack.append(call)
+            try:  # a hook never breaks the forward: a call it cannot read is left out
+                sg = _signature(type(mod), sigs)
+                named = _bind(sg, mod, args, kwargs) if sg is not None else None
+                if named is not None:
+                    call.var_params = sg.var  # type: ignore[union-attr]
+                else:
+                    named = {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
+                    call.var_params = frozenset(named)
+                call.params = tuple(named)
+                for k, v in named.items():
+                    _leaves(v, k, state["stats"], call.inputs)
+            except Exception as e:
+                call.failed = True
+                errors.append(f"{path or '(root)'} inputs: {type(e).__name__}: {e}")
+                return
+            state["calls"].append(call)
 
         return hook
 
@@ -331,46 +371,62 @@ def record(
                 break
         else:  # pragma: no cover - a hook pair always matches
             return
-        if isinstance(output, torch.Tensor):
-            call.out_kind = "single"
-        elif isinstance(output, tuple):
-            call.out_kind, call.out_keys = "tuple", tuple(range(len(output)))
-        elif isinstance(output, Mapping):
-            call.out_kind, call.out_keys = "dict", tuple(output.keys())
-        elif output is None:
-            call.out_kind = "none"
-        else:
-            call.out_kind = "other"
-        _leaves(output, "return", state["stats"], call.outputs)
-        call.done = True
+        if call.failed:
+            return
+        try:
+            if isinstance(output, torch.Tensor):
+                call.out_kind = "single"
+            elif isinstance(output, tuple):
+                call.out_kind, call.out_keys = "tuple", tuple(range(len(output)))
+            elif isinstance(output, Mapping):
+                call.out_kind, call.out_keys = "dict", tuple(output.keys())
+            elif output is None:
+                call.out_kind = "none"
+            else:
+                call.out_kind = "other"
+            _leaves(output, "return", state["stats"], call.outputs)
+            call.done = True
+        except Exception as e:
+            errors.append(f"{call.path or '(root)'} outputs: {type(e).__name__}: {e}")
 
     handles = []
     all_calls: list[list[Call]] = []
     t0 = time.perf_counter()
-    try:
-        for path, m in hooked:
-            handles.append(m.register_forward_pre_hook(pre(path), with_kwargs=True))
-            handles.append(m.register_forward_hook(post, with_kwargs=True))
-        items = progress(target.batches) if progress is not None else target.batches
-        for b, batch in enumerate(items):
-            state["calls"], state["stats"] = [], _Stats()
+    with frozen_gc():
+        try:
+            for path, m in hooked:
+                try:
+                    h = m.register_forward_pre_hook(pre(path), with_kwargs=True)
+                except Exception as e:  # e.g. a scripted module: not observable, left out
+                    errors.append(f"{path or '(root)'}: no hooks: {type(e).__name__}: {e}")
+                    continue
+                handles.append(h)
+                handles.append(m.register_forward_hook(post, with_kwargs=True))
+            items = progress(target.batches) if progress is not None else target.batches
+            for b, batch in enumerate(items):
+                state["calls"], state["stats"] = [], _Stats()
+                stack.clear()
+                try:
+                    with torch.no_grad():
+                        fwd(model, batch)
+                except Exception as e:
+                    where = ""
+                    if stack:
+                        inner = stack[-1]
+                        where = f" inside '{inner.path or '(root)'}' ({inner.cls.__name__})"
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    raise InferError(
+                        f"the model raised on batch {b}{where}: {type(e).__name__}: {msg}"
+                    ) from e
+                state["stats"].fetch()
+                all_calls.append([c for c in state["calls"] if c.done])
+        finally:
+            for h in handles:
+                h.remove()
             stack.clear()
-            try:
-                with torch.no_grad():
-                    fwd(model, batch)
-            except Exception as e:
-                where = ""
-                if stack:
-                    inner = stack[-1]
-                    where = f" inside '{inner.path or '(root)'}' ({inner.cls.__name__})"
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise InferError(
-                    f"the model raised on batch {b}{where}: {type(e).__name__}: {msg}"
-                ) from e
-            state["stats"].fetch()
-            all_calls.append([c for c in state["calls"] if c.done])
-    finally:
-        for h in handles:
-            h.remove()
-        stack.clear()
-    return Recording(all_calls, [(p, type(m)) for p, m in hooked], seconds=time.perf_counter() - t0)
+    return Recording(
+        all_calls,
+        [(p, type(m)) for p, m in hooked],
+        seconds=time.perf_counter() - t0,
+        errors=errors,
+    )

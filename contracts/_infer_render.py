@@ -13,7 +13,7 @@ import datetime as _dt
 import json
 import textwrap
 
-from ._infer_unify import ContractProposal, Inference, SlotProposal
+from ._infer_types import ContractProposal, Inference, SlotProposal
 
 __all__ = ["render_markdown", "render_python"]
 
@@ -56,6 +56,11 @@ def render_python(inf: Inference, *, target: str = "", command: str = "") -> str
         ins = _attachable_ins(c)
         ret = _returns_src(c)
         if not c.attachable or (not ins and ret is None):
+            continue
+        if "<locals>" in c.qualname:
+            blocks.append(
+                f"        # {c.qualname}: defined inside a function, cannot be imported; skipped"
+            )
             continue
         for s in ins + [s for s in c.outputs if s.tensor]:
             used_dtypes.add(s.dtype_cls)
@@ -130,7 +135,9 @@ def render_python(inf: Inference, *, target: str = "", command: str = "") -> str
         "    handles: list = []",
         "    try:",
     ]
-    body += blocks or ["        pass"]
+    body += blocks
+    if not any("contracts.attach(" in b for b in blocks):
+        body.append("        pass")
     body += [
         "    except BaseException:",
         "        for h in handles:",

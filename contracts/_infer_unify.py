@@ -18,237 +18,21 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import math
 import re
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
-from ._infer_record import Call, Leaf, Recording
+from ._infer_attrs import INDEX_ATTRS, PRIORITY, attr_dim_name, attr_rank, index_hi, int_attrs
+from ._infer_record import Call, Leaf, Recording, frozen_gc
+from ._infer_types import JT_DTYPE, JT_KIND, ContractProposal, Inference, SlotProposal
 
-__all__ = ["ContractProposal", "Inference", "SlotProposal", "unify"]
+__all__ = ["unify"]
 
 VARYING_NAMES = ["T", "S", "N", "U", "K", "P", "Q", "R", "W"]
 NOT_ATTACHABLE = {"returns", "dims"}  # keyword names of contracts.attach itself
-
-_JT_DTYPE = {
-    torch.float32: "Float32",
-    torch.float64: "Float64",
-    torch.float16: "Float16",
-    torch.bfloat16: "BFloat16",
-    torch.int64: "Int64",
-    torch.int32: "Int32",
-    torch.int16: "Int16",
-    torch.int8: "Int8",
-    torch.uint8: "UInt8",
-    torch.bool: "Bool",
-    torch.complex64: "Complex64",
-    torch.complex128: "Complex128",
-}
-_JT_KIND = {"float": "Float", "int": "Int", "bool": "Bool", "complex": "Complex"}
-
-# attribute names -> dim names (first match wins)
-_ATTR_NAMES = [
-    ("vocab", "V"),
-    ("num_embeddings", "V"),
-    ("n_tokens", "V"),
-    ("classes", "V"),
-    ("mel", "M"),
-    ("in_channels", "C_in"),
-    ("out_channels", "C_out"),
-    ("in_features", "F_in"),
-    ("out_features", "F_out"),
-    ("channel", "C"),
-    ("freq", "F"),
-    ("feat", "F"),
-    ("head", "H"),
-    ("d_model", "D"),
-    ("hidden", "D"),
-    ("embed_dim", "D"),
-    ("embedding_dim", "D"),
-    ("emb", "E"),
-]
-# preferred attributes when several hold the same value (earlier is better)
-_PRIORITY = [
-    "vocab",
-    "num_embeddings",
-    "d_model",
-    "hidden_size",
-    "embed_dim",
-    "embedding_dim",
-    "n_mels",
-    "n_feats",
-    "in_features",
-    "out_features",
-    "in_channels",
-    "out_channels",
-    "num_channels",
-    "num_features",
-    "channels",
-    "freq",
-    "dim",
-    "feat",
-    "mel",
-    "size",
-]
-# attributes that bound integer index tensors (vocabulary, number of steps, lengths)
-_INDEX_ATTRS = [
-    "vocab",
-    "num_embeddings",
-    "n_tokens",
-    "classes",
-    "timestep",
-    "n_steps",
-    "num_steps",
-    "max_len",
-    "max_position",
-    "n_positions",
-    "num_positions",
-]
-
-
-@dataclass
-class SlotProposal:
-    """The proposed annotation of one argument or return element."""
-
-    name: str  # "features", "return", "return[0]", "return['logits']"
-    role: str  # "in" or "out"
-    tensor: bool
-    dims: list[str] = field(default_factory=list)  # "B", "T", "6", "*b0"
-    dtype_cls: str = ""  # jaxtyping class: "Float32", "Int", ...
-    dtype_words: str = ""  # "float32"
-    constraint: str = ""  # Python source: "Finite()", "Mask()", "Range(0, 'V-1')"
-    constraint_words: str = "any"
-    optional: bool = False
-    observed: str = ""  # "[-1.98, 2.01]"
-    attachable: bool = True
-    note: str = ""
-    pytype: str = ""  # non-tensor: "int", "bool", "NoneType", ...
-    key: Any = None  # tuple index / dict key for return elements
-
-    def annotation(self) -> str:
-        """Python source of the annotation (``Annotated[Float32[Tensor, "B T"], Finite()]``)."""
-        if not self.tensor:
-            return "object"
-        shape = " ".join(self.dims)
-        if len(self.dims) == 1 and self.dims[0].isidentifier():
-            shape = " " + shape  # jaxtyping's convention: not a forward reference
-        ann = f'{self.dtype_cls}[Tensor, "{shape}"]'
-        if self.constraint:
-            ann = f"Annotated[{ann}, {self.constraint}]"
-        if self.optional:
-            ann = f"{ann} | None"
-        return ann
-
-    def shape_words(self) -> str:
-        if not self.tensor:
-            return "scalar" if self.pytype in ("int", "float", "bool", "complex") else "-"
-        return "[" + ", ".join(self.dims) + "]" if self.dims else "[] (scalar)"
-
-
-@dataclass
-class ContractProposal:
-    """The proposed contract of one class's ``forward``."""
-
-    cls: type
-    paths: list[str]
-    inputs: list[SlotProposal]
-    outputs: list[SlotProposal]
-    return_kind: str  # "single", "tuple", "dict", "none"
-    bound: dict[str, str]  # dim name -> "self.cfg.d_model"
-    notes: list[str] = field(default_factory=list)
-    attachable: bool = True  # False: shown in Markdown only
-
-    @property
-    def module(self) -> str:
-        return self.cls.__module__
-
-    @property
-    def qualname(self) -> str:
-        return self.cls.__qualname__
-
-
-@dataclass
-class Inference:
-    """What inference found: contracts, the dims (with sizes per batch), and warnings."""
-
-    contracts: list[ContractProposal]
-    dims: dict[str, list[int | None]]  # varying dim -> size per batch
-    dim_where: dict[str, str]  # varying dim -> first position it was seen at
-    warnings: list[str]
-    n_batches: int
-    hooked: int
-    seconds: float = 0.0
-    literals: list[str] = field(default_factory=list)  # "Cls.forward arg axis i = 12", all
-
-
-# --------------------------------------------------------------------------------------------
-# attributes
-
-
-def _config_like(v: Any) -> bool:
-    if isinstance(v, (nn.Module, torch.Tensor, type, str, bytes, int, float, bool)):
-        return False
-    if isinstance(v, (list, tuple, dict, set, frozenset)) or callable(v):
-        return False
-    return hasattr(v, "__dict__") or hasattr(v, "__dataclass_fields__")
-
-
-def _int_attrs(mod: nn.Module, cache: dict[int, dict[str, int]]) -> dict[str, int]:
-    """``{"self.d_model": 8, "self.cfg.n_feats": 6, ...}``: int attributes, one level into
-    config-like objects (dataclasses, plain objects; not submodules)."""
-    key = id(mod)
-    if key in cache:
-        return cache[key]
-    out: dict[str, int] = {}
-    for k, v in vars(mod).items():
-        if k.startswith("_"):
-            continue
-        if isinstance(v, int) and not isinstance(v, bool):
-            out[f"self.{k}"] = v
-        elif _config_like(v):
-            prev = logging.root.manager.disable
-            logging.disable(logging.ERROR)  # deprecated properties that log when read
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    _config_ints(v, f"self.{k}", out)
-            finally:
-                logging.disable(prev)
-    cache[key] = out
-    return out
-
-
-def _config_ints(v: Any, prefix: str, out: dict[str, int]) -> None:
-    for name in dir(v):
-        if name.startswith("_"):
-            continue
-        try:
-            w = getattr(v, name)
-        except Exception:
-            continue
-        if isinstance(w, int) and not isinstance(w, bool):
-            out[f"{prefix}.{name}"] = w
-
-
-def _attr_rank(path: str) -> tuple:
-    leaf = path.rsplit(".", 1)[-1].lower()
-    pri = next((i for i, w in enumerate(_PRIORITY) if w in leaf), len(_PRIORITY))
-    return (pri, path.count("."), len(path), path)
-
-
-def attr_dim_name(path: str) -> str:
-    """``self.cfg.d_model`` -> ``D``; ``self.vocab_size`` -> ``V``; ``self.global_dim`` -> ``G``."""
-    leaf = path.rsplit(".", 1)[-1].lower()
-    for word, name in _ATTR_NAMES:
-        if word in leaf:
-            return name
-    stripped = re.sub(r"^(n_|num_|d_|max_)", "", leaf)
-    return stripped[0].upper() if stripped[:1].isalpha() else "X"
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,9 +315,10 @@ class _Unifier:
                 s.dims[a] = names_for[gi]
         self.literals.extend(literal_notes)
         # --- value constraints
+        taken = used | reserved  # shared by every slot: two Range attributes get two names
         for s in slots_in + slots_out:
             if s.tensor:
-                self.constrain(cls, sis, s, groups, names_for, bound, used | reserved)
+                self.constrain(cls, sis, s, groups, names_for, bound, taken)
         for s in slots_in + slots_out:
             if s.tensor and "?" in s.dims:
                 s.attachable = False
@@ -575,27 +360,25 @@ class _Unifier:
             if axis >= len(leaf.shape):
                 return None
             lab = self.site_label(si, s.name, axis, leaf.shape[axis])
-            if si in labels and labels[si] != lab:
-                if lab[0] == "=" and labels[si][0] == "=":  # varies at one site, no vector
-                    return None
+            if labels.setdefault(si, lab) != lab:  # varies at one site without a vector
                 return None
-            labels[si] = lab
         return labels
 
     def find_attr(self, labels: dict[int, tuple[str, Any]]) -> tuple[str, list[str]] | None:
         """An attribute path holding the site's fixed size at every site (best first)."""
         common: set[str] | None = None
         for si, lab in labels.items():
-            attrs = _int_attrs(self.sites[si].module, self.attr_cache)
+            attrs = int_attrs(self.sites[si].module, self.attr_cache)
             here = {p for p, v in attrs.items() if v == lab[1]}
             common = here if common is None else common & here
             if not common:
                 return None
         if not common:
             return None
-        ranked = sorted(common, key=_attr_rank)
+        ranked = sorted(common, key=attr_rank)
         value = next(iter(labels.values()))[1]
-        if value <= 2 and _attr_rank(ranked[0])[0] == len(_PRIORITY):
+        rank = attr_rank(ranked[0])
+        if value <= 2 and (rank[0] or rank[1] == len(PRIORITY)):
             return None  # a tiny size matching an attribute of no dim-like name: coincidence
         return ranked[0], ranked[1:4]
 
@@ -628,10 +411,10 @@ class _Unifier:
         kinds = {t.kind for t in tensors}
         if len(dts) == 1:
             dt = next(iter(dts))
-            s.dtype_cls = _JT_DTYPE.get(dt, _JT_KIND.get(next(iter(kinds)), "Shaped"))
+            s.dtype_cls = JT_DTYPE.get(dt, JT_KIND.get(next(iter(kinds)), "Shaped"))
             s.dtype_words = str(dt).replace("torch.", "")
         else:
-            s.dtype_cls = _JT_KIND.get(next(iter(kinds)), "Shaped") if len(kinds) == 1 else "Shaped"
+            s.dtype_cls = JT_KIND.get(next(iter(kinds)), "Shaped") if len(kinds) == 1 else "Shaped"
             s.dtype_words = "/".join(sorted(str(d).replace("torch.", "") for d in dts))
         return s
 
@@ -669,38 +452,29 @@ class _Unifier:
         s.observed = f"[{_fmt(lo)}, {_fmt(hi)}]"
         if lo < 0 or len(stats) != len(obs):
             return
-        # a length (a 1-d or scalar int tensor): never above a non-batch dim of the same call,
-        # and equal to it somewhere
+        # lengths (a 1-d or scalar int tensor) whose largest value is a non-batch dim of the
+        # same call in every call: padded batches, the longest row fills the padding
         for gi, g in enumerate(groups if len(s.dims) <= 1 else []):
             name = names_for[gi]
             if name in (None, "B") or not name.isidentifier() or name in bound:
                 continue
-            ok, hit = True, False
-            for si, b, leaf in obs:
-                size = self.group_size(g, si, b)
-                if size is None or leaf.hi > size:
-                    ok = False
-                    break
-                hit = hit or leaf.hi == size
-            if ok and hit:
+            if all(self.group_size(g, si, b) == leaf.hi for si, b, leaf in obs):
                 s.constraint = f'Range(0, "{name}")'
                 s.constraint_words = f"[0, {name}]"
                 return
         # a vocabulary / steps / length attribute above every observed value
         common: set[str] | None = None
         for si in sorted({si for si, _, _ in obs}):
-            attrs = _int_attrs(self.sites[si].module, self.attr_cache)
-            here = {
-                p for p in attrs if any(w in p.rsplit(".", 1)[-1].lower() for w in _INDEX_ATTRS)
-            }
-            here = {p for p in here if _index_hi(p, attrs[p]) >= hi}
+            attrs = int_attrs(self.sites[si].module, self.attr_cache)
+            here = {p for p in attrs if any(w in p.rsplit(".", 1)[-1].lower() for w in INDEX_ATTRS)}
+            here = {p for p in here if index_hi(p, attrs[p]) >= hi}
             common = here if common is None else common & here
         if common:
             best = sorted(
                 common,
                 key=lambda p: (
-                    min(i for i, w in enumerate(_INDEX_ATTRS) if w in p.rsplit(".", 1)[-1].lower()),
-                    _attr_rank(p),
+                    min(i for i, w in enumerate(INDEX_ATTRS) if w in p.rsplit(".", 1)[-1].lower()),
+                    attr_rank(p),
                 ),
             )[0]
             n = next((k for k, v in bound.items() if v == best), None)
@@ -736,10 +510,6 @@ def _defining_class(cls: type) -> type:
     return cls
 
 
-def _index_hi(path: str, value: int) -> int:
-    return value if path.rsplit(".", 1)[-1].lower().startswith("max_") else value - 1
-
-
 def _fresh(base: str, used: set[str]) -> str:
     if base not in used:
         return base
@@ -760,8 +530,9 @@ def _join(a: str, b: str) -> str:
 def unify(rec: Recording) -> Inference:
     """Turn a :class:`Recording` into proposed contracts and warnings."""
     u = _Unifier(rec)
-    u.global_dims()
-    contracts = u.contracts()
+    with frozen_gc():
+        u.global_dims()
+        contracts = u.contracts()
     warns: list[str] = []
     if u.nb < 2:
         warns.append(
@@ -773,6 +544,11 @@ def unify(rec: Recording) -> Inference:
         warns.append(
             f"no size varied across the {u.nb} batches: batch and length dims could not be told "
             "apart from fixed sizes. Give batches with different batch sizes and lengths"
+        )
+    if rec.errors:
+        warns.append(
+            f"{len(rec.errors)} module call(s) or module(s) could not be observed and were left "
+            f"out (first: {rec.errors[0]})"
         )
     if u.literals:
         shown = ", ".join(u.literals[:8])

@@ -12,10 +12,15 @@ import inspect
 import threading
 from typing import Any
 
+import torch
+
 from ._check import Fail, check_slot, finish
+from ._compiled import compiled_slot
 from ._config import OFF, state
-from ._explain import explain_check
-from ._plan import CHECKED, Plan, Slot, make_slot
+from ._explain import explain_check, slot_words
+from ._plan import CHECKED, Plan, Slot, make_slot, unwrap
+
+_is_compiling = torch.compiler.is_compiling
 
 __all__ = ["CALLS", "check"]
 
@@ -29,6 +34,7 @@ class _Calls(threading.local):
 
 
 CALLS = _Calls()
+TRACED: list[dict] = []  # bindings of the contracted calls Dynamo is tracing, innermost last
 
 _SLOTS: dict[Any, Slot] = {}
 
@@ -38,9 +44,24 @@ def _label(annotation: Any) -> str:
     return str(getattr(inner, "__name__", inner)).replace("typing.", "")
 
 
+def _key(annotation: Any, name: str | None) -> Any:
+    """A cache key that is equal for equal annotations: jaxtyping builds a new class at every
+    ``Float[Tensor, "B T"]``, so the class itself would miss the cache on every call."""
+    inner, meta, optional = unwrap(annotation)
+    if hasattr(inner, "dim_str") and hasattr(inner, "dtypes"):
+        dts = inner.dtypes
+        inner = (
+            getattr(getattr(inner, "dtype", None), "__name__", None),
+            inner.dim_str,
+            tuple(dts) if isinstance(dts, (list, tuple)) else dts,
+            getattr(inner, "array_type", None),
+        )
+    return (inner, meta, optional, name)
+
+
 def _slot(annotation: Any, name: str | None) -> Slot:
-    key = (annotation, name)
     try:
+        key = _key(annotation, name)
         slot = _SLOTS.get(key)
     except TypeError:  # an unhashable annotation: parse every time
         key, slot = None, None
@@ -56,8 +77,33 @@ def _slot(annotation: Any, name: str | None) -> Slot:
                 "(use a jaxtyping annotation like Float[Tensor, 'B T'], optionally in Annotated)"
             )
         if key is not None:
+            if len(_SLOTS) >= 4096:  # annotations built in a loop: do not grow without bound
+                _SLOTS.clear()
             _SLOTS[key] = slot
     return slot
+
+
+class _Store:
+    """Parsed checks for compiled code, one attribute each (see :func:`_prime`)."""
+
+
+_STORE = _Store()
+_STORE_KEYS: dict[Any, str] = {}
+
+
+@torch._dynamo.assume_constant_result
+def _prime(annotation: Any, name: str | None) -> str:
+    """Parse an annotation for a check in compiled code, outside the traced graph: Dynamo runs
+    this while tracing and keeps its result, the name of the ``_STORE`` attribute holding
+    ``(slot, words)``. One attribute per check, so Dynamo reads each fresh (a dict it had read
+    before would be stale)."""
+    key = _key(annotation, name)
+    attr = _STORE_KEYS.get(key)
+    if attr is None:
+        slot = _slot(annotation, name)
+        attr = _STORE_KEYS[key] = f"c{len(_STORE_KEYS)}"
+        setattr(_STORE, attr, (slot, slot_words("contracts.check", slot)))
+    return attr
 
 
 def check(value: Any, annotation: Any, *, name: str | None = None, bindings: dict | None = None):
@@ -87,6 +133,11 @@ def check(value: Any, annotation: Any, *, name: str | None = None, bindings: dic
     __tracebackhide__ = True
     level = state.level
     if level == OFF:
+        return value
+    if _is_compiling():  # traced by torch.compile: fresh bindings, checks the graph keeps
+        slot, words = getattr(_STORE, _prime(annotation, name))
+        b = bindings if bindings is not None else (TRACED[-1] if TRACED else {})
+        compiled_slot(words, slot, value, b, None, level, False)
         return value
     slot = _slot(annotation, name)
     stack = CALLS.stack

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _spec
 from ._constraints import Constraint, Finite, Mask, Range
-from ._spec import ELLIPSIS, VARIADIC, Expr
+from ._spec import ELLIPSIS, EXPR, VARIADIC, Expr
 
 __all__ = [
     "ContractOptions",
@@ -196,6 +196,25 @@ class Plan:
         parts = self.qualname.split(".")
         return ".".join(parts[:-1]) if self.has_self and len(parts) > 1 else None
 
+    @property
+    def uses_args(self) -> bool:
+        """Whether a dim is an f-string over the call's arguments (``"{size}"``)."""
+        return any(
+            d.kind == EXPR and d.value.uses_args
+            for s in self.params + self.returns
+            if s.tensor is not None
+            for d in s.tensor.dims
+        )
+
+    def bind_arguments(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The call's arguments by name, defaults applied (for f-string dims)."""
+        try:
+            bound = inspect.signature(self.fn).bind_partial(*args, **kwargs)
+        except (TypeError, ValueError):
+            return dict(kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
     def slot(self, name: str) -> Slot | None:
         """The argument or return slot called ``name``."""
         for s in self.params + self.returns:
@@ -287,6 +306,12 @@ def _apply_constraints(where: str, spec: TensorSpec, meta: tuple) -> None:
 
 def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> Slot | None:
     inner, meta, optional = unwrap(hint)
+    for m in meta:
+        if not isinstance(m, Constraint):
+            _warn(
+                f"{where}: Annotated metadata {m!r} is not a contracts constraint (Range, "
+                "Finite, Mask, Probability); it is left unchecked"
+            )
     if default is None:
         optional = True
     tensor_t, param_t = _torch_types()
@@ -447,7 +472,17 @@ def build_plan(
     for k, src in (options.dims or {}).items():
         if not str(k).isidentifier():
             raise TypeError(f"{where}: dims= key {k!r} is not a dim name")
-        e = _spec.compile_expr(src)
+        if isinstance(src, int) and not isinstance(src, bool):
+            src = str(src)
+        if not isinstance(src, str):
+            raise TypeError(
+                f"{where}: dims={{{k!r}: {src!r}}}: a bound dim is a string expression like "
+                f"'self.vocab_size', not {type(src).__name__}"
+            )
+        try:
+            e = _spec.compile_expr(src)
+        except TypeError as err:
+            raise TypeError(f"{where}: dims={{{k!r}: {src!r}}}: {err}") from None
         if not has_self and e.uses_self:
             raise TypeError(f"{where}: dims={{{k!r}: {src!r}}} reads self, but there is no self")
         self_dims.append((k, e))

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import os
@@ -33,8 +34,9 @@ from typing import Any
 
 from ._infer_record import InferError, InferTarget, record, validate_target
 from ._infer_render import render_markdown, render_python
-from ._infer_unify import ContractProposal, Inference, SlotProposal, unify
-from .cli import ArgumentParser
+from ._infer_types import ContractProposal, Inference, SlotProposal
+from ._infer_unify import unify
+from .cli import ArgumentParser, fail
 
 __all__ = [
     "ContractProposal",
@@ -46,6 +48,9 @@ __all__ = [
     "load_target",
     "main",
 ]
+
+
+PROG = "python -m contracts.infer"
 
 
 @dataclass
@@ -124,7 +129,11 @@ def infer(
         from tqdm import tqdm
 
         def bar(items: Sequence[Any]) -> Any:
-            return tqdm(items, desc="contracts.infer", unit="batch", file=sys.stderr)
+            # off when stderr is not a terminal; cleared when done, so an error stays one line
+            return tqdm(
+                items, desc="contracts.infer", unit="batch", file=sys.stderr, leave=False,
+                disable=None,
+            )  # fmt: skip
 
     t0 = time.perf_counter()
     rec = record(target, modules=modules, progress=bar)
@@ -195,22 +204,26 @@ def _import_file(spec: str, path: Path) -> Any:
     return module
 
 
-def _parser() -> ArgumentParser:
+def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
-        prog="python -m contracts.infer",
+        prog=PROG,
         description=(
-            "Propose tensor contracts from a running model. The factory (no arguments) returns "
-            "contracts.InferTarget(model, batches, forward=None); the model runs on every batch "
-            "with hooks on its modules, and every tensor in their inputs and outputs gets a "
-            "dtype, a shape in named dims (sizes that co-vary across batches share one name "
-            "across arguments and modules; fixed sizes become literals or are bound to a module "
-            "attribute holding them) and a value constraint (Range for integer indices bounded "
-            "by a vocabulary/length attribute, Mask for boolean masks, Finite for floats). "
-            "Give at least two batches that differ in batch size and lengths."
+            "Propose tensor contracts from a running model.\n\n"
+            "The factory (no arguments) returns contracts.InferTarget(model, batches,\n"
+            "forward=None). The model runs on every batch with hooks on its modules; every\n"
+            "tensor in their inputs and outputs gets a dtype, a shape in named dims and a value\n"
+            "constraint:\n"
+            "  - sizes that co-vary across the batches share one name across arguments and\n"
+            "    modules (B everywhere, T for features, mask and encoder output);\n"
+            "  - fixed sizes are bound to a module attribute holding them (dims=) or literals;\n"
+            "  - Range(0, 'V-1') for integer indices under a vocabulary/steps attribute,\n"
+            "    Range(0, 'T') for lengths, Mask() for boolean masks with a True in every row,\n"
+            "    Finite() for floats (observed ranges are reported, not imposed).\n"
+            "Give at least two batches that differ in batch size and in every length."
         ),
         epilog=(
-            "Exit status: 0 when the contracts were written (warnings included), 2 for a bad "
-            "target, no batches, or a model that raised."
+            "Exit status: 0 when the contracts were written (warnings included); 2 for a bad\n"
+            "target, no batches, or a model that raised, with one line on stderr."
         ),
     )
     p.add_argument(
@@ -245,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         target = load_target(args.target)
         res = infer(target, modules=args.modules, progress=not args.quiet, name=args.target)
     except InferError as e:
-        print(f"contracts.infer: {e}", file=sys.stderr, flush=True)
-        return 2
+        return fail(PROG, str(e))
     cmd = "python -m contracts.infer " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         if args.out:
@@ -254,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.markdown:
             Path(args.markdown).write_text(res.markdown())
     except OSError as e:
-        print(f"contracts.infer: cannot write output: {e}", file=sys.stderr, flush=True)
-        return 2
+        return fail(PROG, f"cannot write the output: {e}")
     if not args.out and not args.markdown:
         sys.stdout.write(res.python(command=cmd))
     if not args.quiet:

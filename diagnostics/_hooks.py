@@ -101,8 +101,8 @@ _F32_MAX = torch.finfo(torch.float32).max
 def amax_abs(t: Tensor) -> Tensor:
     """max|x| of one floating/complex tensor as a float32 scalar on its device (no sync).
 
-    ``torch.aminmax`` reads the tensor once and propagates NaN; on CPU it is ~20-40x faster
-    than ``vector_norm(ord=inf)``. A float64 value beyond float32's range is clamped to its max
+    ``torch.aminmax`` reads the tensor once and propagates NaN; on CPU it is much cheaper than
+    ``vector_norm(ord=inf)`` (see docs/DIAGNOSTICS.md, "Where the time went"). A float64 value beyond float32's range is clamped to its max
     (a finite value stays finite).
     """
     t = t.detach()

@@ -70,11 +70,15 @@ With a sampler (the default target has one): quality-level metric deltas of the 
 shuffle ablations and a guidance-scale sweep paired against scale 0.
 With no arguments: the embedded default (the shipped noise-conditioned SGMSE+ on held-out
 synthetic noisy speech), with effect curves over diffusion time and an embedding analysis.""",
-        epilog="Outputs under --out: report.json, report.md, PNG figures, TensorBoard logs, "
-        "timing.json. Exit status: 0 when the run completed (whatever it found); 2 for bad "
-        "arguments or input, with one line on stderr (completed sites are still written). "
-        "Examples: %(prog)s | %(prog)s --target mypkg.targets:make_target --site encoder.proj "
-        "| torchrun --nproc_per_node=2 -m diagnostics.cond_ablation",
+        epilog="""Outputs under --out: report.json (schema 2), report.md, PNG figures, TensorBoard
+logs, timing.json. Exit status: 0 when the run completed (whatever it found); 2 for bad
+arguments or input, with one line on stderr (completed sites are still written).
+
+Examples:
+  %(prog)s
+  %(prog)s --target diagnostics.ablation_example:healthy_target
+  %(prog)s --target mypkg.targets:make_target --site encoder.proj --min-effect 0.02
+  torchrun --nproc_per_node=2 -m diagnostics.cond_ablation""",
     )
     p.add_argument(
         "--target",

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Audit an evaluation protocol before blaming the model. Runs a reference "
         "protocol and one-setting-at-a-time variants (sampler steps, corrector steps, corrector "
         "snr, guidance scale, EMA vs raw weights) on the same examples with the same sampler "
-        "noise, and reports each variant's metrics (mean, bootstrap 95%% CI, n), its paired "
+        "noise, and reports each variant's metrics (mean, bootstrap 95% CI, n), its paired "
         "delta to the reference with a bootstrap CI, and seconds per example. Also checks the "
         "evaluation itself: metrics of the unprocessed input (floor), of the clean reference "
         "against itself (ceiling), and agreement of the metric functions with reference "
@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated metrics (default: the target's, or si_sdr,pesq,estoi); the first "
         "one drives the findings",
     )
-    p.add_argument("--examples", type=int, help="embedded target: number of examples (default 12)")
+    p.add_argument("--device", help="embedded target: torch device, e.g. cuda (default cpu)")
+    p.add_argument("--examples", type=int, help="embedded target: number of examples (default 6)")
     p.add_argument("--seconds", type=float, help="embedded target: clip seconds (default 1.0)")
     p.add_argument(
         "--agreement-n",
@@ -113,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE.md",
         help="also write the findings into FILE.md between <!-- eval_audit:begin --> and "
         "<!-- eval_audit:end --> (appended when absent)",
+    )
+    p.add_argument(
+        "--doc-results",
+        default="eval_audit_doc",
+        metavar="NAME",
+        help="results file (FILE.md's folder/results/NAME.json) holding the block's figures, "
+        "which the block quotes through <!-- fig --> markers (default eval_audit_doc)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler noise (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -245,6 +253,25 @@ def _reference_overrides(text: str | None, reference: dict[str, Any]) -> dict[st
     return out
 
 
+def _threads(n: int | None) -> str:
+    """--threads, else 1 thread when the load average exceeds the cores (spinning OpenMP
+    threads on an oversubscribed machine make every call several times slower)."""
+    import torch
+
+    if n is not None:
+        torch.set_num_threads(max(1, n))
+        return f"{torch.get_num_threads()} (--threads)"
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    cores = os.cpu_count() or 1
+    if load > cores and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+        return f"1 (load average {load:.1f} > {cores} cores)"
+    return str(torch.get_num_threads())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 done, 2 bad input)."""
     args = _parser().parse_args(argv)
@@ -252,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        if args.threads is not None:
-            torch.set_num_threads(max(1, args.threads))
+        threads = _threads(args.threads)
         from diagnostics._eval_audit import (
             EvalAuditError,
             make_variants,
@@ -284,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{','.join(BUILTIN_METRICS)}"
                 )
         if args.target is not None:
-            if args.checkpoint or args.examples or args.seconds:
+            if args.checkpoint or args.examples or args.seconds or args.device:
                 raise _BadInput(
-                    "--checkpoint/--examples/--seconds apply to the embedded target only"
+                    "--checkpoint/--examples/--seconds/--device apply to the embedded target only"
                 )
             target = load_eval_target(args.target, args.seed)
         else:
@@ -299,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
                 if args.seconds < 0.25:
                     raise _BadInput(f"--seconds {args.seconds:g}: need at least 0.25 s (PESQ)")
                 over["seconds"] = args.seconds
+            if args.device is not None:
+                try:
+                    torch.empty(0, device=args.device)
+                except (RuntimeError, ValueError) as e:
+                    raise _BadInput(f"--device {args.device!r}: {str(e).splitlines()[0]}") from None
+                over["device"] = args.device
             torch.manual_seed(args.seed)
             target = sgmse_eval_target(args.checkpoint or "cond", **over)
         target.reference = _reference_overrides(args.reference, dict(target.reference))
@@ -323,12 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         ["python -m diagnostics.eval_audit", *map(shlex.quote, argv or sys.argv[1:])]
     )
     if args.doc:
-        write_doc_block(report, args.doc, command=command)
+        write_doc_block(report, args.doc, command=command, results_name=args.doc_results)
     timing = {
         "load_s": round(t_loaded - t0, 2),
         "audit_s": round(t_run - t_loaded, 2),
         "write_s": round(time.perf_counter() - t_run, 2),
-        "threads": torch.get_num_threads(),
+        "threads": threads,
+        "n_examples": report.n_examples,
+        "protocols": 1 + len(report.variants),
     }
     (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     from diagnostics._eval_audit._writers import findings_list, protocol_table

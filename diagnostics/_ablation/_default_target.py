@@ -177,7 +177,8 @@ def sgmse_target(model: nn.Module, **overrides: Any) -> AblationTarget:
         embedding_site="noise_encoder",
         embedding_batches=emb_batches,
         # measured (benchmarks/bench_cond_ablation.py): on CPU this conv net runs 6 forwards of
-        # B rows faster than one of 6B rows; on a GPU the tiled forward wins
+        # B rows faster than one of 6B rows; on a GPU one larger forward is expected to win
+        # (not measured: no GPU here)
         batch_variants=next(model.parameters()).is_cuda,
         embedding_labels=emb_labels,
         name=f"SGMSE+ noise-conditioned ({getattr(model, 'weights_used', '?')} weights), "

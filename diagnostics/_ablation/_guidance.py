@@ -28,7 +28,8 @@ from diagnostics._ablation._stats import bootstrap_ci
 from diagnostics._ablation._types import MetricDelta
 
 if TYPE_CHECKING:
-    from diagnostics._ablation._engine import _Run, _SitePass
+    from diagnostics._ablation._run import Run
+    from diagnostics._ablation._site import SitePass
 
 __all__ = ["QUALITY_ABLATIONS", "QUALITY_SCALE", "quality_deltas", "run_guidance"]
 
@@ -48,13 +49,13 @@ def _arrays(metrics: Any) -> dict[str, np.ndarray]:
     }
 
 
-def _sample_batches(run: _Run) -> list[Any]:
+def _sample_batches(run: Run) -> list[Any]:
     t = run.target
     batches = t.sample_batches if t.sample_batches is not None else t.batches
     return list(itertools.islice(iter(batches), max(1, int(t.guidance_batches))))
 
 
-def _sample(run: _Run, batch: Any, bi: int, scale: float) -> dict[str, np.ndarray]:
+def _sample(run: Run, batch: Any, bi: int, scale: float) -> dict[str, np.ndarray]:
     """The sampler on ``batch`` with this batch's RNG and sampler seed."""
     runner, target = run.runner, run.target
     assert target.sample is not None, "_sample: the target has no sample()"
@@ -64,7 +65,7 @@ def _sample(run: _Run, batch: Any, bi: int, scale: float) -> dict[str, np.ndarra
     return _arrays(metrics)
 
 
-def _mean_ci(values: np.ndarray, run: _Run, key: int) -> dict[str, Any]:
+def _mean_ci(values: np.ndarray, run: Run, key: int) -> dict[str, Any]:
     ok = values[np.isfinite(values)]
     if ok.size == 0:
         return {"mean": None, "ci95": [None, None], "n": 0, "failures": int(values.size)}
@@ -89,7 +90,7 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts if k in p]) for k in names}
 
 
-def quality_deltas(run: _Run, site_pass: _SitePass) -> dict[str, dict[str, MetricDelta]]:
+def quality_deltas(run: Run, site_pass: SitePass) -> dict[str, dict[str, MetricDelta]]:
     """``{ablation: {metric: MetricDelta}}`` for the quality ablations run at the site."""
     names = [a for a in QUALITY_ABLATIONS if a in site_pass.todo]
     if not names:
@@ -104,15 +105,21 @@ def quality_deltas(run: _Run, site_pass: _SitePass) -> dict[str, dict[str, Metri
     intact = _concat(intact_parts)
     out: dict[str, dict[str, MetricDelta]] = {}
     for a in names:
-        parts = []
+        parts, reached = [], False
         for bi, batch in enumerate(run.bar(batches, f"{site_pass.site.text}: quality {a}")):
             batch = run.runner.to_device(batch)
 
             def swap(c: Tensor, a: str = a, bi: int = bi) -> Any:
                 return site_pass.replacement(a, c, bi, _TI)
 
-            with run.runner.replaced(site_pass.site, swap, lenient=True):
+            with run.runner.replaced(site_pass.site, swap, lenient=True) as fired:
                 parts.append(_sample(run, batch, bi, QUALITY_SCALE))
+            reached = reached or fired[0] > 0
+        if not reached:  # the deltas would be 0 by construction: say so instead
+            site_pass.notes.append(
+                f"quality deltas skipped: the sampler never reached {site_pass.site.text!r}"
+            )
+            return {}
         ablated = _concat(parts)
         out[a] = {
             m: paired_delta(
@@ -124,7 +131,7 @@ def quality_deltas(run: _Run, site_pass: _SitePass) -> dict[str, dict[str, Metri
     return out
 
 
-def run_guidance(run: _Run) -> dict[str, Any]:
+def run_guidance(run: Run) -> dict[str, Any]:
     """The guidance sweep: per scale mean/CI/n/failures and the paired delta vs the first
     scale, plus the unprocessed input's metrics (when the target gives ``unprocessed``)."""
     target = run.target

@@ -109,9 +109,12 @@ def tile(batch: Any, n: int, b: int) -> Any:
 
 
 def describe(x: Any) -> str:
-    """``Tensor[2, 3] float32`` or the type name."""
+    """A tensor as torchdx's one-line summary (``tensor[2, 3] f32 cpu ...``), else the type
+    name."""
     if isinstance(x, Tensor):
-        return f"Tensor{list(x.shape)} {str(x.dtype).replace('torch.', '')}"
+        from diagnostics._summary import summarize
+
+        return summarize(x)
     return type(x).__name__
 
 

@@ -221,17 +221,18 @@ class SiteResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """This site as it stands in ``report.json``."""
+        """This site as it appears in ``report.json``."""
         from diagnostics._ablation._writers import site_json
 
         return site_json(self)
 
     def __getitem__(self, key: str) -> Any:
-        """``report.sites[0]["verdict"]`` reads the field as ``report.json`` holds it."""
+        """``site["verdict"]``, ``site["ablations"]["shuffle"]["ci95"]``: the JSON view, for
+        scripts written against the report's dictionaries."""
         return self.to_dict()[key]
 
     def get(self, key: str, default: Any = None) -> Any:
-        """Like ``dict.get`` over :meth:`to_dict`."""
+        """``dict.get`` on the JSON view."""
         return self.to_dict().get(key, default)
 
 

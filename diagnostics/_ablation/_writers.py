@@ -4,8 +4,8 @@
   timings, so the same seed gives the same file);
 * :func:`render_markdown`: ``report.md``;
 * :func:`render_table`: the verdict table printed by the CLI;
-* :func:`write_tensorboard`: TensorBoard event files;
-* :func:`write_figures`: the PNG figures;
+* :func:`~diagnostics._ablation._visual.write_tensorboard`: TensorBoard event files;
+* :func:`~diagnostics._ablation._visual.write_figures`: the PNG figures;
 * :func:`write_report`: all of them under one folder.
 
 Every renderer reads the :class:`~diagnostics.AblationReport` (the types), never the engine.
@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,7 @@ from typing import Any
 from diagnostics._ablation._types import ABLATIONS, AblationReport, Effect, SiteResult, Test
 from diagnostics._ablation._verdict import MIN_EXAMPLES, RULE
 
-__all__ = [
-    "SCHEMA",
-    "render_markdown",
-    "render_table",
-    "report_json",
-    "write_figures",
-    "write_report",
-    "write_tensorboard",
-]
+__all__ = ["SCHEMA", "render_markdown", "render_table", "report_json", "site_json", "write_report"]
 
 SCHEMA = 2  # 2: verdict/reason/floor/channel/content/by_label, metrics, paired sweep
 
@@ -406,122 +397,6 @@ def _embedding_lines(emb: dict[str, Any] | None) -> list[str]:
     return lines + [f"- {n}" for n in emb["notes"]]
 
 
-# ----------------------------------------------------------------------------- figures
-
-
-def _mpl() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_effects(report: AblationReport, path: Path) -> bool:
-    sites = [s for s in report.sites if s.ablations]
-    if not sites:
-        return False
-    plt = _mpl()
-    curves = report.times is not None
-    fig, axes = plt.subplots(1, len(sites), figsize=(4.8 * len(sites), 3.8), squeeze=False)
-    for ax, s in zip(axes[0], sites, strict=True):
-        for k, (name, r) in enumerate([*s.ablations.items(), ("floor", s.floor)]):
-            color = "gray" if name == "floor" else plt.cm.tab10(k % 10)
-            if curves and r.curve is not None:
-                c = r.curve
-                ax.plot(c.t, c.effect, marker="o", ms=3, color=color, label=name)
-                ax.fill_between(
-                    c.t, [v[0] for v in c.ci95], [v[1] for v in c.ci95], color=color, alpha=0.2
-                )
-            else:
-                err = [[r.effect - r.ci95[0]], [r.ci95[1] - r.effect]]
-                ax.bar(k, r.effect, color=color, label=name)
-                ax.errorbar(k, r.effect, yerr=err, color="black", capsize=3)
-        ax.axhline(report.min_effect, color="gray", ls="--", lw=0.8, label="min_effect")
-        ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set_title(f"{s.site}: {s.verdict}", fontsize=9)
-        ax.set_xlabel("diffusion time t" if curves else "ablation")
-        ax.set_ylabel("relative change ||f(c)-f(a)||/||f(c)||")
-        if not curves:
-            ax.set_xticks(range(len(s.ablations) + 1), [*s.ablations, "floor"], fontsize=8)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _plot_guidance(sweep: dict[str, Any], path: Path) -> bool:
-    metrics = sweep["metrics"]
-    if not metrics:
-        return False
-    plt = _mpl()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], metrics.items(), strict=True):
-        xs = [x for x, v in zip(sweep["scales"], m["mean"], strict=True) if v is not None]
-        ys = [v for v in m["mean"] if v is not None]
-        lo = [c[0] for c in m["ci95"] if c[0] is not None]
-        hi = [c[1] for c in m["ci95"] if c[1] is not None]
-        ax.plot(xs, ys, marker="o")
-        ax.fill_between(xs, lo, hi, alpha=0.2)
-        ax.set_xlabel("guidance scale")
-        ax.set_ylabel(name)
-        un = (sweep.get("unprocessed") or {}).get(name)
-        if un and un["mean"] is not None:
-            ax.axhline(un["mean"], color="gray", ls=":", lw=0.8, label="unprocessed")
-            ax.legend(fontsize=7)
-        ax.set_title(f"{name} vs guidance scale (n={max(m['n'])})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def write_figures(report: AblationReport, out: Path) -> list[str]:
-    """The PNG figures under ``out``; returns their file names (also kept in the report)."""
-    figs: list[str] = []
-    name = "effect_vs_t.png" if report.times else "effects.png"
-    if _plot_effects(report, out / name):
-        figs.append(name)
-    if report.embedding is not None and report.embedding.plot_umap(out / "umap.png"):
-        figs.append("umap.png")
-    if report.guidance_sweep and _plot_guidance(report.guidance_sweep, out / "guidance_sweep.png"):
-        figs.append("guidance_sweep.png")
-    return figs
-
-
-# ----------------------------------------------------------------------------- TensorBoard
-
-
-def _tb_tag(text: str) -> str:
-    return re.sub(r"[^\w.\-/]", "_", text)
-
-
-def write_tensorboard(report: AblationReport, tb_dir: Path) -> None:
-    """Effect curves as scalars, the sweep, the report as text, embeddings in the projector."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(log_dir=str(tb_dir)) as w:
-        for s in report.sites:
-            for a, r in s.ablations.items():
-                tag = f"ablation/{_tb_tag(s.site)}/{a}"
-                if r.curve is not None:  # step = time index (t in the report)
-                    for k, e in enumerate(r.curve.effect):
-                        w.add_scalar(tag, e, k)
-                else:
-                    w.add_scalar(tag, r.effect, 0)
-        sw = report.guidance_sweep
-        if sw:
-            for name, m in sw["metrics"].items():
-                for k, v in enumerate(m["mean"]):
-                    if v is not None:
-                        w.add_scalar(f"guidance/{_tb_tag(name)}", v, k)
-        w.add_text("cond_ablation/report", render_markdown(report))
-        if report.embedding is not None and report.embedding.embeddings is not None:
-            report.embedding.add_to_tensorboard(w, tag="condition_embedding")
-
-
 def write_report(
     report: AblationReport,
     out: str | Path,
@@ -544,6 +419,8 @@ def write_report(
         >>> write_report(run_ablation(target), "runs/x")["report.json"]  # doctest: +SKIP
         PosixPath('runs/x/report.json')
     """
+    from diagnostics._ablation._visual import write_figures, write_tensorboard
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report.figures = write_figures(report, out) if figures else []
@@ -554,6 +431,6 @@ def write_report(
     written["report.md"] = out / "report.md"
     if tensorboard is not False:
         tb = Path(tensorboard) if isinstance(tensorboard, (str, Path)) else out / "tensorboard"
-        write_tensorboard(report, tb)
+        write_tensorboard(report, tb, out if figures else None)
         written["tensorboard"] = tb
     return written

@@ -88,8 +88,8 @@ def _cost(v: dict[str, Any], ref: dict[str, Any]) -> str:
     a, b = v.get("seconds_per_example"), ref.get("seconds_per_example")
     if not a or not b:
         return ""
-    ca, cb = v.get("model_calls"), ref.get("model_calls")
-    calls = f"{ca / cb:.2f}× the model calls, " if ca and cb else ""
+    ca, cb = v.get("network_evals"), ref.get("network_evals")
+    calls = f"{ca / cb:.2f}× the network evaluations, " if ca and cb else ""
     return f", at {calls}{a / b:.2f}× the seconds ({a:.2f} vs {b:.2f} s per example)"
 
 
@@ -220,6 +220,8 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
                 elif verdict == "better":
                     add("fewer_steps_better", "problem", f"fewer steps are better: {change}{tail}",
                         **nums)  # fmt: skip
+                elif verdict == "unclear":
+                    add("steps_unclear", "info", f"unclear (CI too wide): {change}{tail}", **nums)
                 else:
                     add("fewer_steps_suffice", "info", f"fewer steps suffice: {change}{tail}",
                         **nums)  # fmt: skip
@@ -234,8 +236,8 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
                     **nums,
                 )
             else:
-                add("corrector_neutral", "info", f"corrector makes no clear difference: {change}"
-                    f"{tail}", **nums)  # fmt: skip
+                what = "unclear (CI too wide)" if verdict == "unclear" else "no meaningful effect"
+                add("corrector_neutral", "info", f"corrector: {what}: {change}{tail}", **nums)
         elif key == "weights":
             d_abs = abs(d["delta"])
             sig = d["ci95"][0] > 0 or d["ci95"][1] < 0
@@ -254,7 +256,10 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
                     **nums,
                 )
             else:
-                add("ema_raw_close", "info", f"EMA and raw weights are close: {change}{tail}",
+                what = {"same": "close", "unclear": "not clearly different (CI too wide)"}.get(
+                    verdict, f"different, below the {LARGE_GAP.get(primary, 0):g} gap flagged"
+                )
+                add("ema_raw_close", "info", f"EMA and raw weights are {what}: {change}{tail}",
                     **nums)  # fmt: skip
         else:
             if verdict == "better":
@@ -264,7 +269,8 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
                 add("setting_worse", "info", f"the reference setting is better: {change}{tail}",
                     **nums)  # fmt: skip
             else:
-                add("setting_neutral", "info", f"no clear difference: {change}{tail}", **nums)
+                what = "unclear (CI too wide)" if verdict == "unclear" else "no meaningful effect"
+                add("setting_neutral", "info", f"{what}: {change}{tail}", **nums)
     for v in report.variants:
         if v.get("skipped"):
             add("variant_skipped", "info", f"{v['label']} not run: {v['skipped']}",

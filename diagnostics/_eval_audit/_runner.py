@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -114,7 +115,9 @@ def check_weights(target: EvalTarget, original: Mapping[str, Tensor]) -> dict[st
     out: dict[str, Any] = {"available": sorted(k for k, v in w.items() if v is not None)}
     out["evaluated_claimed"] = target.evaluated
     ema, raw = w.get("ema"), w.get("raw")
-    out["ema_in_checkpoint"] = None if "ema" not in w else ema is not None
+    # EMA asked for (or offered) but absent: the checkpoint has none
+    asked = "ema" in w or target.evaluated == "ema"
+    out["ema_in_checkpoint"] = ema is not None if asked else None
     if ema is not None and raw is not None:
         identical, max_diff = _state_equal(ema, raw)
         out["ema_identical_to_raw"] = identical
@@ -126,6 +129,12 @@ def check_weights(target: EvalTarget, original: Mapping[str, Tensor]) -> dict[st
             holds.append(name)
     out["model_holds"] = holds
     return out
+
+
+def _count(counter: list[int], module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+    counter[0] += 1
+    first = next((a for a in args if isinstance(a, Tensor)), None)
+    counter[1] += int(first.shape[0]) if first is not None and first.ndim > 0 else 1
 
 
 class _Swap:
@@ -278,15 +287,14 @@ def run_audit(
                 continue
             swap.use(wname)
             values: dict[str, list[np.ndarray]] = {m: [] for m in fns}
-            calls = [0]
+            calls = [0, 0]  # forward calls, network evaluations (calls x batch rows)
             seconds = 0.0
             nonfinite = 0
             for bi, batch in enumerate(target.batches):
                 gen = torch.Generator().manual_seed(seed * 100003 + bi)
-                # counts forward calls of the model (a cost measure that contention cannot blur)
-                hook = model.register_forward_pre_hook(
-                    lambda *_, c=calls: c.__setitem__(0, c[0] + 1)
-                )
+                # counts the model's forward calls and rows: a cost measure that contention on a
+                # shared machine cannot blur (a CFG step with w != 1 runs 2B rows in one call)
+                hook = model.register_forward_pre_hook(partial(_count, calls))
                 try:
                     t0 = time.perf_counter()
                     est = target.sample(model, batch, gen, **_sampler_kwargs(target, p))
@@ -315,6 +323,7 @@ def run_audit(
                     "values": {m: np.concatenate(v) for m, v in values.items()},
                     "seconds_per_example": seconds / n_total,
                     "model_calls": calls[0],
+                    "network_evals": calls[1],
                     "nonfinite": nonfinite,
                     "weights_loaded": swap.current or "as given",
                 }
@@ -330,6 +339,7 @@ def run_audit(
         "metrics": {m: _stat(v, seed) for m, v in ref["values"].items()},
         "seconds_per_example": ref["seconds_per_example"],
         "model_calls": ref["model_calls"],
+        "network_evals": ref["network_evals"],
         "nonfinite": ref["nonfinite"],
         "weights_loaded": ref["weights_loaded"],
     }
@@ -343,6 +353,7 @@ def run_audit(
             item["delta"] = {m: _delta(v, ref["values"][m], seed) for m, v in r["values"].items()}
             item["seconds_per_example"] = r["seconds_per_example"]
             item["model_calls"] = r["model_calls"]
+            item["network_evals"] = r["network_evals"]
             item["nonfinite"] = r["nonfinite"]
             item["weights_loaded"] = r["weights_loaded"]
         variants_json.append(item)

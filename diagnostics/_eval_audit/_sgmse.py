@@ -24,10 +24,11 @@ __all__ = ["SGMSE_DEFAULTS", "default_eval_target", "sgmse_eval_target"]
 # sized so that the default audit (5 protocols, 270 network calls per example) fits in ~3 min
 # on 2 shared CPU cores (benchmarks/bench_eval_audit.py)
 SGMSE_DEFAULTS: dict[str, Any] = {
-    "n_examples": 12,  # held-out mixtures (2 per noise type)
+    "n_examples": 6,  # held-out mixtures (one per noise type)
     "seconds": 1.0,  # clip length
-    "batch_size": 12,  # mixtures per sampler call
+    "batch_size": 6,  # mixtures per sampler call
     "data_seed": 0,  # seed of the held-out mixture stream
+    "device": "cpu",  # where the model runs (the sampler follows the model)
 }
 
 
@@ -75,6 +76,7 @@ def sgmse_eval_target(checkpoint: str | Path = "cond", **overrides: Any) -> Eval
         raise EvalAuditError(
             f"sgmse_eval_target: could not load {str(checkpoint)!r}: {e}"
         ) from None
+    model.to(o["device"])
     path = Path(model.checkpoint["path"])
     weights = _file_weights(path, model)
     conditioned = float(model.cfg.p_uncond) < 1.0

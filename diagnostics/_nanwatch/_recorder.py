@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._hooks import HookSet, amax_abs, max_abs, tensors_in
+from .._hooks import HookSet, amax_abs, tensors_in
 from ._compiled import clean_name, is_compile_wrapper
 from ._numerics import RngState, is_producer
 
@@ -34,11 +34,30 @@ class Call:
     grad_input: Any = None
 
 
+_Pair = tuple[Tensor, Tensor]  # (min, max) of a set of tensors, float32 scalars, NaN-propagating
+
+
+def _lohi(t: Tensor) -> _Pair:
+    """(min, max) of one floating/complex tensor as float32 scalars (one ``aminmax``)."""
+    t = t.detach()
+    if t.is_complex():
+        t = t.abs()
+    if t.dtype == torch.float64:  # beyond float32's range: clamp the finite, keep the rest
+        v = amax_abs(t)
+        return v.neg(), v
+    lo, hi = torch.aminmax(t)
+    if t.dtype != torch.float32:
+        lo, hi = lo.float(), hi.float()
+    return lo, hi
+
+
 class Recorder:
     """Hooks on every module (+ parameters) recording max|x| of inputs/outputs/grads on device.
 
-    Nothing is synced while the step runs; ``values()`` stacks everything for one host read.
-    Event kinds: ``fwd`` (in, out), ``gout`` (grad_output), ``gin`` (grad_input), ``gparam``.
+    Each value is kept as the (min, max) pair ``torch.aminmax`` gives (one read of the tensor,
+    NaN-propagating); max|x| = max(-min, max) is formed for all events at once in
+    :meth:`stacked`, which also makes the step's one host read possible. Event kinds: ``fwd``
+    (in, out), ``gout`` (grad_output), ``gin`` (grad_input), ``gparam``.
     """
 
     def __init__(
@@ -49,20 +68,22 @@ class Recorder:
         self.backward = backward
         self.params = params
         self.events: list[tuple[str, Call, str]] = []  # (kind, call, detail)
-        self._values: list[Tensor] = []  # two float32 scalars per event, stacked once at the end
+        self._values: list[Tensor] = []  # four float32 scalars per event (in lo/hi, out lo/hi)
         self.device: torch.device | None = None
         self._zero: Tensor | None = None
-        self._stack: dict[int, list[tuple[Call, Tensor]]] = {}
-        self._bstack: dict[int, list[tuple[Call, Tensor]]] = {}
+        self._stack: dict[int, list[tuple[Call | None, _Pair]]] = {}
+        self._bstack: dict[int, list[tuple[Call, _Pair]]] = {}
         self._last_call: dict[int, Call] = {}
-        self._last_gout: dict[int, Tensor] = {}
+        self._last_gout: dict[int, _Pair] = {}
+        self._calls: dict[int, Call] = {}  # without keep_refs: one Call per module, reused
+        self._plan: list[tuple[Any, ...]] | None = None
         # the last few module outputs and their values: a module's input is usually the output
         # of the module called just before it, so its value is known without a reduction.
         # (tensor, version) are kept so that an id reused by a new tensor or an in-place change
         # is never mistaken for a hit; a handful of references, freed with the recorder
-        self._recent: dict[int, tuple[Tensor, int, Tensor]] = {}
+        self._recent: dict[int, tuple[Tensor, int, _Pair]] = {}
 
-    def _remember(self, tensors: list[Tensor], value: Tensor) -> None:
+    def _remember(self, tensors: list[Tensor], value: _Pair) -> None:
         if len(tensors) != 1:
             return
         t = tensors[0]
@@ -70,59 +91,97 @@ class Recorder:
             del self._recent[next(iter(self._recent))]  # oldest first (insertion order)
         self._recent[id(t)] = (t, t._version, value)
 
-    def _input_value(self, tensors: list[Tensor]) -> Tensor:
-        if len(tensors) >= 1:
-            hit = self._recent.get(id(tensors[0]))
+    def _input_value(self, tensors: list[Tensor]) -> _Pair:
+        if tensors:
             t = tensors[0]
+            hit = self._recent.get(id(t))
             if hit is not None and hit[0] is t and hit[1] == t._version:
-                if len(tensors) == 1:
-                    return hit[2]
-                rest = [x for x in tensors[1:] if x is not t]
-                if not rest:
+                if len(tensors) == 1 or all(x is t for x in tensors[1:]):
                     return hit[2]
         return self._value(tensors)
-
-    def _value(self, tensors: list[Tensor]) -> Tensor:
-        if len(tensors) == 1 and self.device is not None:  # the common case, fewest ops
-            t = tensors[0]
-            if (t.is_floating_point() or t.is_complex()) and t.numel() and t.device == self.device:
-                return amax_abs(t)
-        v = max_abs(tensors, self.device)
-        if self.device is None:
-            self.device = v.device
-        return v
-
-    def _event(self, kind: str, call: Call, detail: str, a: Tensor, b: Tensor) -> None:
-        self.events.append((kind, call, detail))
-        self._values += (a, b)
 
     def _zero_on(self, device: torch.device) -> Tensor:
         if self._zero is None or self._zero.device != device:
             self._zero = torch.zeros((), device=device)
         return self._zero
 
-    def install(self, hooks: HookSet) -> None:
+    def _value(self, tensors: list[Tensor]) -> _Pair:
+        """(min, max) over the floating/complex tensors, on the recorder's device (no sync)."""
+        fl = [t for t in tensors if (t.is_floating_point() or t.is_complex()) and t.numel()]
+        if not fl:  # (the device is learned from the first floating tensor)
+            z = self._zero_on(self.device or torch.device("cpu"))
+            return z, z
+        if self.device is None:
+            self.device = fl[0].device
+        dev = self.device
+        if len(fl) == 1:
+            lo, hi = _lohi(fl[0])
+        else:
+            pairs = [_lohi(t) for t in fl]
+            lo = torch.stack([p[0].to(dev) for p in pairs]).amin()
+            hi = torch.stack([p[1].to(dev) for p in pairs]).amax()
+        if lo.device != dev:
+            lo, hi = lo.to(dev, non_blocking=True), hi.to(dev, non_blocking=True)
+        return lo, hi
+
+    def _event(self, kind: str, call: Call, detail: str, a: _Pair, b: _Pair) -> None:
+        self.events.append((kind, call, detail))
+        self._values += (a[0], a[1], b[0], b[1])
+
+    def reset(self) -> None:
+        """Forget the events of the last step (the hooks' plan is kept for the next install)."""
+        self.events, self._values = [], []
+        self._stack.clear()
+        self._bstack.clear()
+        self._last_call.clear()
+        self._last_gout.clear()
+        self._recent.clear()
+
+    def release(self) -> None:
+        """Drop the references to recent module outputs (call when the step is over)."""
+        self._recent.clear()
+        self._stack.clear()
+
+    def _build_plan(self) -> list[tuple[Any, ...]]:
+        plan = []
         for name, mod in self.model.named_modules():
             if is_compile_wrapper(mod):  # its original module (hooked below) does the work
                 continue
             name = clean_name(name)
-            hooks.add(mod.register_forward_pre_hook(self._pre(name), with_kwargs=True), "fwd-pre")
-            hooks.add(mod.register_forward_hook(self._post(name), with_kwargs=True), "fwd")
-            if self.backward:
-                hooks.add(mod.register_full_backward_pre_hook(self._bpre(mod)), "bwd-pre")
-                hooks.add(mod.register_full_backward_hook(self._bpost(mod)), "bwd")
-            if not self.params:
-                continue
-            for pname, p in mod.named_parameters(prefix=name, recurse=False):
-                if p.requires_grad:
-                    hooks.add(p.register_hook(self._phook(mod, pname)), "param")
+            if not self.keep_refs:
+                self._calls[id(mod)] = Call(name, mod)
+            bwd = (self._bpre(mod), self._bpost(mod)) if self.backward else None
+            params = []
+            if self.params:
+                for pname, p in mod.named_parameters(prefix=name, recurse=False):
+                    if p.requires_grad:
+                        params.append((p, self._phook(mod, pname)))
+            plan.append((mod, self._pre(name), self._post(name), bwd, params))
+        return plan
+
+    def install(self, hooks: HookSet) -> None:
+        """Register every hook into ``hooks`` (the closures are built once per recorder)."""
+        if self._plan is None:
+            self._plan = self._build_plan()
+        for mod, pre, post, bwd, params in self._plan:
+            hooks.add(mod.register_forward_pre_hook(pre, with_kwargs=True), "fwd-pre")
+            hooks.add(mod.register_forward_hook(post, with_kwargs=True), "fwd")
+            if bwd is not None:
+                hooks.add(mod.register_full_backward_pre_hook(bwd[0]), "bwd-pre")
+                hooks.add(mod.register_full_backward_hook(bwd[1]), "bwd")
+            for p, fn in params:
+                hooks.add(p.register_hook(fn), "param")
 
     def _pre(self, name: str):
         def hook(mod: nn.Module, args: Any, kwargs: Any) -> None:
-            call = Call(name, mod, grad_enabled=torch.is_grad_enabled())
-            tin = tensors_in(args) + tensors_in(kwargs) if kwargs else tensors_in(args)
+            if type(args) is tuple and len(args) == 1 and not kwargs and type(args[0]) is Tensor:
+                tin = [args[0]]  # the common case, without walking containers
+            else:
+                tin = tensors_in(args) + tensors_in(kwargs) if kwargs else tensors_in(args)
             in_m = self._input_value(tin)
+            call = None
             if self.keep_refs:
+                call = Call(name, mod, grad_enabled=torch.is_grad_enabled())
                 call.args, call.kwargs, call.rng = args, kwargs, RngState()
             self._stack.setdefault(id(mod), []).append((call, in_m))
             return None
@@ -135,7 +194,12 @@ class Recorder:
             if not stack:
                 return None
             call, in_m = stack.pop()
-            touts = [t for t in tensors_in(output) if t.is_floating_point() or t.is_complex()]
+            if call is None:
+                call = self._calls[id(mod)]
+            if type(output) is Tensor:
+                touts = [output] if output.is_floating_point() or output.is_complex() else []
+            else:
+                touts = [t for t in tensors_in(output) if t.is_floating_point() or t.is_complex()]
             call.out_dtype = touts[0].dtype if touts else None
             if self.keep_refs:
                 call.outputs = output
@@ -173,7 +237,10 @@ class Recorder:
             v = self._value([g for g in grad_input if isinstance(g, Tensor)])
             if self.keep_refs:
                 call.grad_input = grad_input
-            self._event("gin", call, "", gout if gout is not None else self._zero_on(v.device), v)
+            if gout is None:
+                z = self._zero_on(v[0].device)
+                gout = (z, z)
+            self._event("gin", call, "", gout, v)
             return None
 
         return hook
@@ -184,19 +251,21 @@ class Recorder:
             v = self._value([grad])
             gout = self._last_gout.get(id(mod))
             if gout is None:  # no backward pre-hook ran (backward hooks off): assume finite
-                gout = self._zero_on(v.device)
+                z = self._zero_on(v[0].device)
+                gout = (z, z)
             self._event("gparam", call, pname, gout, v)
             return None
 
         return hook
 
     def stacked(self) -> Tensor | None:
-        """Every event's two values as one ``(E, 2)`` float32 tensor (one op; no sync)."""
+        """Every event's two max|x| values as one ``(E, 2)`` float32 tensor (no sync)."""
         if not self.events:
             return None
-        dev = self.device
+        dev = self.device or torch.device("cpu")
         vals = [v if v.device == dev else v.to(dev) for v in self._values]
-        return torch.stack(vals).reshape(-1, 2)  # (E, 2)
+        v = torch.stack(vals).reshape(-1, 2, 2)  # (E, in/out, lo/hi)
+        return torch.maximum(v[..., 0].neg(), v[..., 1])  # (E, 2); NaN propagates
 
     def backward_from_grads(self, bad_params: list[str]) -> list[tuple[Call, str, float, float]]:
         """Backward candidates without backward hooks: the owners of the parameters whose

@@ -14,6 +14,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["ModuleAttrs", "ObjectStates", "check_stateful"]
@@ -69,6 +70,22 @@ class ObjectStates:
             obj.load_state_dict(copy.deepcopy(state))  # load_state_dict may keep references
 
 
+_MAX_COPY = 1000  # containers larger than this are compared by identity, not copied
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of a small attribute value (so in-place changes show); big or uncopyable values
+    are kept by reference (identity comparison only)."""
+    if isinstance(value, (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)):
+        return value
+    try:
+        if hasattr(value, "__len__") and len(value) > _MAX_COPY:
+            return value
+        return copy.deepcopy(value)
+    except Exception:  # not copyable
+        return value
+
+
 def _same(a: Any, b: Any) -> bool:
     if a is b:
         return True
@@ -89,11 +106,7 @@ class ModuleAttrs:
                     continue
                 if isinstance(value, (Tensor, nn.Module)):
                     continue
-                try:
-                    value = copy.deepcopy(value)
-                except Exception:  # not copyable: compare by identity
-                    pass
-                self.values[(name, key)] = (mod, value)
+                self.values[(name, key)] = (mod, _snapshot(value))
         self.model = model
 
     def restore_and_describe(self) -> list[str]:

@@ -152,6 +152,7 @@ class NanWatch:
         self.last_status = "none"
         self._params = [p for _, p in self._named]
         self._mutated_buffers: list[Tensor] | None = None  # None: snapshot all (first step)
+        self._eager_rec: Recorder | None = None
 
     def __repr__(self) -> str:
         return (
@@ -388,10 +389,16 @@ class NanWatch:
     # -- eager ----------------------------------------------------------------------------
     def _run_eager(self, st: StepState) -> Any:
         bwd = self.backward_hooks
-        rec = Recorder(self.model, keep_refs=False, backward=bwd, params=bwd)
-        with HookSet() as hooks, quiet_hooks():
-            rec.install(hooks)
-            result = self._call(st)
+        if self._eager_rec is None:  # kept across steps: its hook closures are built once
+            self._eager_rec = Recorder(self.model, keep_refs=False, backward=bwd, params=bwd)
+        rec = self._eager_rec
+        rec.reset()
+        try:
+            with HookSet() as hooks, quiet_hooks():
+                rec.install(hooks)
+                result = self._call(st)
+        finally:
+            rec.release()  # no activation stays referenced between steps
         loss = find_loss(result)
         grads = [p.grad for p in self._params if p.grad is not None]
         lm = loss.detach().reshape(()).abs().float()

@@ -126,3 +126,13 @@ def test_threads_do_not_share_bindings():
 def test_not_an_annotation():
     with pytest.raises(TypeError, match=r"contracts.check\('x'\): .* is not a checkable"):
         check(torch.zeros(1), "B T", name="x")
+
+
+def test_annotations_built_at_each_call_are_parsed_once():
+    from contracts._inline import _SLOTS
+
+    check(torch.zeros(2, 3), Float[Tensor, "B Tq"], name="q")
+    n = len(_SLOTS)
+    for _ in range(5):  # jaxtyping builds a new class at every subscription
+        check(torch.zeros(2, 3), Float[Tensor, "B Tq"], name="q")
+    assert len(_SLOTS) == n

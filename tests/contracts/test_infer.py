@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from torch import nn
 import contracts
 from contracts import InferTarget
 from contracts.infer import InferError, infer, main
+
+from .test_infer_models import _keep_contract_registry  # noqa: F401 (an autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,12 +228,14 @@ def test_outputs_identical_and_hooks_removed() -> None:
         assert torch.equal(x, y) and torch.equal(x, z)
     for m in target.model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
+    assert gc.get_freeze_count() == 0  # the collector is left as it was
 
 
 def test_model_raising_names_batch_and_module_and_removes_hooks() -> None:
     target = raising_target()
     with pytest.raises(InferError, match=r"batch 1 inside '\(root\)' \(Tagger\): TypeError"):
         infer(target)
+    assert gc.get_freeze_count() == 0
     for m in target.model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
 
@@ -269,6 +274,20 @@ def test_cli_writes_module_and_markdown(tmp_path: Path, monkeypatch: pytest.Monk
     assert "### Tagger" in md.read_text()
     # the module imports the classes the file defines under its dotted name
     assert '_cls("tests.contracts.test_infer", "Tagger")' in out.read_text()
+    # and works in a fresh process: attaches, accepts a new batch, refuses a wrong one
+    code = (
+        "import sys, contracts; sys.path.insert(0, sys.argv[1]); import c\n"
+        "from tests.contracts.test_infer import Tagger, tagger_batch\n"
+        "hs = c.attach_all(); m = Tagger(); m(**tagger_batch(6, 11))\n"
+        "b = tagger_batch(6, 11)\n"
+        "try:\n    m(b['tokens'], b['mask'][:, :4])\nexcept contracts.ContractError as e:\n"
+        "    print(len(hs), e.function)\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                       text=True, cwd=ROOT, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["4", "Tagger.forward"], r.stdout  # Tagger, Embedding, Pool, Linear
 
 
 @pytest.mark.parametrize(
@@ -306,3 +325,75 @@ def test_cli_subprocess_help_and_stdout() -> None:
                          capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "Traceback" not in bad.stderr
+    # the model raises half-way, progress bar allowed (not --quiet): still one line
+    mid = subprocess.run([py, "-m", "contracts.infer", "--target", f"{T}:raising_target"],
+                         capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
+    assert mid.returncode == 2, mid.stderr
+    assert mid.stderr.strip().splitlines() == [mid.stderr.strip()]
+    assert "infer: error: the model raised on batch 1" in mid.stderr
+
+
+def test_tensors_without_statistics_and_unreadable_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Dense(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.to_dense()
+
+    sparse = [torch.eye(n).to_sparse() for n in (3, 5)]
+    res = infer(InferTarget(Dense(), sparse))
+    src = res.python()  # a class defined in a function cannot be imported: named, skipped
+    assert "Dense: defined inside a function, cannot be imported; skipped" in src
+    compile(src, "inferred.py", "exec")
+    s = res.contract_for(Dense).inputs[0]
+    assert s.dims == ["B", "B"] and s.constraint == ""  # no min/max on a sparse tensor
+    assert res.contract_for(Dense).outputs[0].constraint == "Finite()"
+
+    # a call the hooks cannot read is left out with a warning; the forward is untouched
+    import contracts._infer_record as rec
+
+    def broken(*a: Any, **k: Any) -> None:
+        raise RuntimeError("cannot bind")
+
+    monkeypatch.setattr(rec, "_bind", broken)
+    target = tagger_target()
+    res = infer(target)
+    assert any("could not be observed" in w and "cannot bind" in w for w in res.warnings)
+    assert res.contracts == []
+
+
+def test_module_refusing_hooks_is_left_out_with_a_warning() -> None:
+    class NoHooks(nn.Linear):  # as a scripted module does
+        def register_forward_pre_hook(self, *a: Any, **k: Any) -> Any:
+            raise RuntimeError("register_forward_pre_hook is not supported on ScriptModules")
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = NoHooks(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x)
+
+    res = infer(InferTarget(M(), [torch.randn(2, 4), torch.randn(3, 4)]))
+    assert [c.qualname for c in res.contracts] == [M.__qualname__]
+    assert any("lin: no hooks" in w for w in res.warnings)
+
+
+def test_two_index_attributes_get_two_names() -> None:
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vocab_size, self.n_timesteps = 13, 60
+
+        def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return tokens.float().mean(1) + t.float()
+
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randint(0, 13, (b, n), generator=g), torch.randint(20, 60, (b,), generator=g))
+        for b, n in [(2, 7), (3, 4), (5, 6)]
+    ]
+    c = infer(InferTarget(Pair(), batches)).contract_for(Pair)
+    tokens, t = c.inputs
+    assert tokens.constraint == 'Range(0, "V-1")'  # a vocabulary wins when both fit
+    assert t.constraint == 'Range(0, "T2-1")'  # T is the global length dim: T2
+    assert c.bound == {"V": "self.vocab_size", "T2": "self.n_timesteps"}

@@ -197,3 +197,45 @@ def test_factories_return_targets() -> None:
     for make in (paraformer_target, transformer_target):
         t = make()
         assert isinstance(t, contracts.InferTarget) and len(t.batches) == len(SIZES)
+
+
+# --- a second third-party model: a tiny Whisper (encoder-decoder, token ids) -------------------
+
+
+def whisper_model() -> torch.nn.Module:
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(
+        vocab_size=40,
+        num_mel_bins=12,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=24,
+        decoder_ffn_dim=24,
+        d_model=16,
+        max_source_positions=10,  # the encoder takes exactly 2 * 10 frames
+        max_target_positions=48,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    )
+    return WhisperModel(cfg).eval()
+
+
+def whisper_batch(model: Any, B: int, T: int, S: int) -> dict[str, torch.Tensor]:
+    g = _gen(B, T, S)
+    cfg = model.config
+    frames = 2 * cfg.max_source_positions
+    return dict(
+        input_features=torch.randn(B, cfg.num_mel_bins, frames, generator=g),  # (B, M, 20)
+        decoder_input_ids=torch.randint(0, cfg.vocab_size, (B, S), generator=g),  # (B, S)
+    )
+
+
+def whisper_target() -> contracts.InferTarget:
+    m = whisper_model()
+    return contracts.InferTarget(m, [whisper_batch(m, *s) for s in SIZES])

@@ -199,8 +199,8 @@ def test_tuple_site_needs_an_index_and_index_works():
     tgt = F.tuple_target()
     with pytest.raises(
         AblationError,
-        match=r"site 'pair' returns a tuple \(\[0\] Tensor\[6, 16\] "
-        r"float32, \[1\] Tensor\[6\] float32\); say which element, e\.g\. 'pair\[0\]'",
+        match=r"site 'pair' returns a tuple \(\[0\] tensor\[6, 16\] f32 cpu .*, "
+        r"\[1\] tensor\[6\] f32 cpu .*\); say which element, e\.g\. 'pair\[0\]'",
     ):
         run_ablation(tgt, ablations=["zero"], **FAST)
     rep = run_ablation(tgt, sites=["pair[0]", "pair[1]"], ablations=["zero", "shuffle"], **FAST)
@@ -349,6 +349,9 @@ def test_report_fields_of_the_public_surface(healthy_report):
             assert set(r) >= {"effect", "ci95"}
     site = healthy_report.sites[0]  # the same fields on the report object
     assert site.verdict == d["sites"][0]["verdict"] and site.content.ablation in ("shuffle", "mean")
+    # and the JSON view by key, for scripts written against the dictionaries
+    assert site["verdict"] == site.verdict and site.get("reason") == site.reason
+    assert site["ablations"]["shuffle"]["ci95"] == site.ablations["shuffle"].ci95
 
 
 def test_quality_deltas_where_the_target_samples(healthy):
@@ -379,3 +382,40 @@ def test_failed_metric_values_are_counted_not_dropped(healthy):
     assert m["n"] == [13, 13] and m["failures"] == [3, 3] and m["delta_n"] == [13, 13]
     q = rep.sites[0].ablations["shuffle"].metrics["neg_mse"]
     assert q.n == 13 and q.failures == 3
+
+
+def test_quality_deltas_skipped_when_the_sampler_bypasses_the_site(healthy):
+    def bypass(model, batch, scale, seed):  # never calls the model: nothing to ablate
+        return {"neg_mse": -batch["x0"].square().mean(dim=1)}
+
+    tgt = S.make_static_target(healthy, n_batches=1)
+    tgt.sample, tgt.guidance_scales = bypass, (0.0,)
+    tgt.sample_batches = S.make_target(healthy, n_batches=1, times=False).batches
+    rep = run_ablation(tgt, sites=["cond_encoder"], ablations=["shuffle"], guidance=False, **FAST)
+    site = rep.sites[0]
+    assert site.ablations["shuffle"].metrics == {}
+    assert "quality deltas skipped: the sampler never reached 'cond_encoder'" in site.notes
+
+
+@pytest.mark.slow
+def test_memory_flat_in_the_number_of_examples():
+    """A DataLoader of 64 batches whose outputs would take 1.8 GiB if kept: the peak RSS of a
+    fresh process stays that of 4 batches (streamed; the heap is returned after each item)."""
+    from benchmarks.bench_cond_ablation import bench_memory
+
+    mem = bench_memory()
+    assert mem["outputs_if_kept_mib"] > 1500
+    assert mem["growth_mib"] < 200, mem
+
+
+def test_min_effect_validated_and_errors_in_the_hierarchy(healthy):
+    from contracts import TorchdxError
+    from diagnostics import TargetLoadError
+    from diagnostics.cond_ablation import load_target
+
+    for bad in (-0.1, float("nan"), "0.05"):
+        with pytest.raises(AblationError, match=r"min_effect is .*; give a number >= 0"):
+            run_ablation(S.make_static_target(healthy, n_batches=1), min_effect=bad, **FAST)
+    assert issubclass(AblationError, TorchdxError) and issubclass(TargetLoadError, AblationError)
+    with pytest.raises(TargetLoadError, match=r"--target 'nocolon': expected MODULE:FACTORY"):
+        load_target("nocolon")

@@ -151,6 +151,7 @@ def test_dropout_left_on_gives_a_floor_and_a_tiny_effect_is_not_used():
     assert s.floor.effect > 0.1, s.floor  # the model's own randomness, measured
     assert s.verdict != "used", s.reason
     assert s.verdict == "ignored", s.reason
+    assert any("the forward is random" in n for n in s.notes), s.notes
     assert model.training  # observed, not changed
 
 

@@ -41,6 +41,7 @@ def test_under_converged_sampler_is_flagged_with_its_numbers():
     v = report.variants[0]
     assert v["protocol"] == {"steps": 256, "weights": "ema"}
     assert v["model_calls"] == 16 * report.reference["model_calls"]
+    assert v["network_evals"] == 4 * v["model_calls"]  # one batch of 4 examples per call
     assert "converged" not in _kinds(report)
 
 
@@ -77,6 +78,10 @@ def test_checkpoint_without_ema_is_flagged():
     assert kinds["ema_not_loaded"]["severity"] == "problem"
     assert "checkpoint has no EMA" in kinds["ema_not_loaded"]["text"]
     assert report.reference["weights_loaded"] == "as given"
+    # the same when the target leaves the "ema" entry out altogether
+    target = _si_sdr_only(gain_raw=0.9, gain_ema=None)
+    target.weights = {"raw": target.weights["raw"]}
+    assert "ema_not_loaded" in _kinds(run_audit(target, []))
 
 
 def test_loader_that_kept_the_raw_weights_is_flagged():
@@ -242,3 +247,85 @@ def test_sgmse_loader_bug_is_caught(tmp_path, monkeypatch):
     monkeypatch.setattr(sg, "load_checkpoint", buggy_loader)
     f = _kinds(_tiny_audit(path))["ema_not_loaded"]
     assert "holds the raw weights" in f["text"]
+
+
+# --- finding rules on hand-made measurements ---------------------------------------------------
+
+
+def _report(variants, metrics=("si_sdr",)):
+    from diagnostics._eval_audit import AuditReport
+
+    ref_p = {"steps": 30, "corrector_steps": 1, "weights": "ema"}
+    stat = {"mean": 5.0, "ci95": [4.0, 6.0], "n": 12}
+    vs = []
+    for change, delta, ci in variants:
+        vs.append(
+            {
+                "protocol": {**ref_p, **change},
+                "label": str(change),
+                "metrics": {m: dict(stat) for m in metrics},
+                "delta": {m: {"delta": delta, "ci95": ci, "n": 12} for m in metrics},
+                "seconds_per_example": 2.0,
+                "network_evals": 30,
+            }
+        )
+    checks = {
+        "floor": {"metrics": {m: dict(stat) for m in metrics}, "delta_reference": {}},
+        "ceiling": {},
+        "agreement": {},
+    }
+    report = AuditReport("t", 12, 0, list(metrics),
+                         {"protocol": ref_p, "label": "ref", "metrics": {m: stat for m in metrics},
+                          "seconds_per_example": 4.0, "network_evals": 60},
+                         vs, checks, {})  # fmt: skip
+    from diagnostics._eval_audit._findings import make_findings
+
+    return {f["kind"]: f for f in make_findings(report)}
+
+
+def test_corrector_rules_and_wording():
+    k = _report([({"corrector_steps": 0}, 0.5, [0.3, 0.7])])
+    assert k["corrector_hurts"]["text"].startswith(
+        "corrector hurts: corrector steps = 1 → 0 changes SI-SDR by +0.50 dB [+0.30, +0.70], at "
+        "0.50× the network evaluations, 0.50× the seconds"
+    )
+    assert "corrector_helps" in _report([({"corrector_steps": 0}, -0.5, [-0.7, -0.3])])
+    wide = _report([({"corrector_steps": 0}, 0.5, [-0.4, 1.4])])["corrector_neutral"]
+    assert "unclear (CI too wide)" in wide["text"]
+    tiny = _report([({"corrector_steps": 2}, 0.05, [0.01, 0.09])])["corrector_neutral"]
+    assert "no meaningful effect" in tiny["text"]
+
+
+def test_steps_rules():
+    assert "under_converged" in _report([({"steps": 50}, 0.41, [0.22, 0.63])])
+    assert "converged" in _report([({"steps": 50}, 0.05, [-0.1, 0.15])])
+    assert "steps_unclear" in _report([({"steps": 50}, 0.3, [-0.5, 1.1])])
+    assert "fewer_steps_cost" in _report([({"steps": 10}, -1.0, [-1.5, -0.5])])
+    assert "fewer_steps_suffice" in _report([({"steps": 10}, 0.0, [-0.1, 0.1])])
+    assert "steps_unclear" in _report([({"steps": 10}, 0.6, [-0.1, 1.3])])
+
+
+def test_pareto_front():
+    from diagnostics._eval_audit._findings import pareto_front
+
+    pts = [("a", 1.0, 5.0), ("b", 2.0, 6.0), ("c", 3.0, 5.5), ("d", 1.0, 4.0)]
+    assert pareto_front(pts) == ["a", "b"]
+
+
+def test_sgmse_sampler_takes_every_protocol_setting(tmp_path):
+    path = _tiny_checkpoint(tmp_path, "updated")
+    target = sgmse_eval_target(path, n_examples=2, seconds=0.25, batch_size=2)
+    target.metrics = builtin_metrics(16000, ["si_sdr"])
+    target.reference = {**target.reference, "steps": 2, "corrector_steps": 0}
+    grids = dict(steps=[1], corrector_steps=[1], snr=[0.2], guidance=[2.0])
+    report = run_audit(target, make_variants(target.reference, **grids), agreement_n=1)
+    by = {v["label"]: v for v in report.variants}
+    ref = report.reference
+    assert ref["model_calls"] == 2 and ref["network_evals"] == 4  # N=2, B=2, no corrector
+    assert by["N=1 corrector=0 snr=0.5 w=1 ema"]["model_calls"] == 1
+    assert by["N=2 corrector=1 snr=0.5 w=1 ema"]["model_calls"] == 4
+    # CFG with w != 1: one call of 2B rows per step
+    assert by["N=2 corrector=0 snr=0.5 w=2 ema"]["model_calls"] == 2
+    assert by["N=2 corrector=0 snr=0.5 w=2 ema"]["network_evals"] == 8
+    # snr only acts through the corrector, which is off in the reference: same estimate
+    assert by["N=2 corrector=0 snr=0.2 w=1 ema"]["delta"]["si_sdr"]["delta"] == 0.0

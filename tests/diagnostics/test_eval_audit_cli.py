@@ -80,6 +80,12 @@ def test_target_run_writes_every_output_and_the_doc_block(tmp_path, capsys):
     assert text2.count("<!-- eval_audit:begin -->") == 1 and text2.count("eval_audit:end") == 1
     assert "hand-written text" in text2 and "N=4 " not in text2.split("eval_audit:begin")[1]
     assert "under-converged" in capsys.readouterr().out
+    # every figure of the block is quoted from its results file: the project's figure check
+    # finds nothing typed by hand and nothing stale
+    from benchmarks.render_figures import check
+
+    assert (tmp_path / "results" / "eval_audit_doc.json").is_file()
+    assert [str(p) for p in check([doc], results_dir=tmp_path / "results")] == []
 
 
 def test_help_and_module_entry_point():
