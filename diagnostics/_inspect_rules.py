@@ -166,6 +166,27 @@ def _spikes(tag: str, s: Series, cfg: RuleConfig) -> list[Finding]:
     return out
 
 
+def _two_lines(ys: list[float], lo: int) -> int:
+    """Index k in [lo, n-3] that best splits ``ys`` into two independent straight lines
+    (least squares, prefix sums): where a curve turns (a step up, or a fall turning into a
+    rise)."""
+    n = len(ys)
+    acc = [(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)]  # prefix sums of 1, x, y, xx, xy, yy (x: index)
+    for x, y in enumerate(ys):
+        c, sx, sy, sxx, sxy, syy = acc[-1]
+        acc.append((c + 1, sx + x, sy + y, sxx + x * x, sxy + x * y, syy + y * y))
+
+    def sse(a: int, b: int) -> float:
+        c, sx, sy, sxx, sxy, syy = (u - v for u, v in zip(acc[b], acc[a], strict=True))
+        if c < 2:
+            return 0.0
+        vxx, vxy, vyy = sxx - sx * sx / c, sxy - sx * sy / c, syy - sy * sy / c
+        return max(0.0, vyy - (vxy * vxy / vxx if vxx > 0 else 0.0))
+
+    ks = range(max(2, lo), n - 2)
+    return min(ks, key=lambda k: sse(0, k) + sse(k, n)) if ks else lo
+
+
 def _divergence(tag: str, s: Series, cfg: RuleConfig) -> list[Finding]:
     s = _finite(s)
     if len(s) < cfg.min_points:
@@ -175,13 +196,14 @@ def _divergence(tag: str, s: Series, cfg: RuleConfig) -> list[Finding]:
     lo, end = sm[i_min], sm[-1]
     if lo <= 0 or end < cfg.diverge_factor * lo or i_min >= len(s) - 3:
         return []
-    # where it begins: the last point after the minimum still within 10% of it
-    k = max(j for j in range(i_min, len(sm)) if sm[j] <= 1.1 * lo)
-    st = s[min(k + 1, len(s) - 1)][0]
-    return [Finding("divergence", tag, st, s[min(k + 1, len(s) - 1)][1],
+    # where it begins: the turn of the log-loss into its rise (two-line fit), not before the
+    # smoothed minimum's neighbourhood
+    logs = [math.log(max(v, 1e-30)) for _, v in s]
+    k = _two_lines(logs, max(0, i_min - 4))
+    return [Finding("divergence", tag, s[k][0], s[k][1],
                     f"{tag} (smoothed) rises from its minimum {lo:.4g} at step {s[i_min][0]} to "
-                    f"{end:.4g} at the end ({end / lo:.1f}x): the run diverges; learning rate too "
-                    "high, no warm-up or clipping?")]  # fmt: skip
+                    f"{end:.4g} at the end ({end / lo:.1f}x), turning upward at step {s[k][0]}: "
+                    "the run diverges; learning rate too high, no warm-up or clipping?")]  # fmt: skip
 
 
 def _plateau(tag: str, s: Series, cfg: RuleConfig) -> list[Finding]:

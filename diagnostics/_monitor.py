@@ -45,6 +45,8 @@ from torch import Tensor, nn
 from contracts import TorchdxError
 
 from ._gradflow import _fused_norms
+from ._monitor_grads import adam_second_moments, histogram_payload, write_histograms
+from ._monitor_render import custom_scalars_layout, grad_flow_image, summary_markdown
 
 __all__ = ["MonitorConfig", "TrainingMonitor", "TrainingMonitorError"]
 
@@ -88,6 +90,17 @@ class MonitorConfig:
                 f"TrainingMonitor: argument 'hist_every' is {self.hist_every}; must be >= 0 "
                 "(0: no histograms)"
             )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _group_of(name: str, depth: int) -> str:
@@ -156,7 +169,8 @@ class TrainingMonitor:
             )
         self.model, self.optimizer = model, optimizer
         self.nanwatch, self.cfg_monitor = nanwatch, cfg_monitor
-        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        inner = _unwrap(model)  # group names of the user's module, not "module." / "_orig_mod."
+        self._named = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
         if not self._named:
             raise TrainingMonitorError(
                 f"TrainingMonitor: {type(model).__name__} has no trainable parameters"
@@ -292,7 +306,7 @@ class TrainingMonitor:
             out += self._cfg_pairs()
         self._emit(step, out)
         if hist_step:
-            self._hist_write(step, host[n_values:], spans)
+            write_histograms(self.writer, step, host[n_values:], spans)
         if self.cfg.layout and (
             not self._layout_written or self._extra_prefixes != self._layout_prefixes
         ):
@@ -334,7 +348,7 @@ class TrainingMonitor:
         gsq = zeros.index_add(0, gi, gn.square())  # (G,) squared group grad norms
         psq = zeros.index_add(0, gi, pn.square())  # (G,)
         out = [gsq.sqrt(), psq.sqrt(), gsq.sum().sqrt().reshape(1)]
-        adaptive = self._adaptive(params, grads) if directions else []
+        adaptive = adam_second_moments(self.optimizer, params, grads) if directions else []
         if adaptive:
             idx, vs, scale, eps = zip(*adaptive, strict=True)
             den = torch._foreach_sqrt(list(vs))
@@ -346,31 +360,6 @@ class TrainingMonitor:
             un = _fused_norms(dirs).to(dev)  # (P,)
             out.append(zeros.index_add(0, gi, un.square()).sqrt())  # (G,)
         return out, len(adaptive)
-
-    def _adaptive(
-        self, params: list[Tensor], grads: list[Tensor]
-    ) -> list[tuple[int, Tensor, float, float]]:
-        """``(position, exp_avg_sq, 1/sqrt(1 - beta2**t), eps)`` of the parameters an adaptive
-        optimizer keeps a second moment for (Adam, AdamW, ...)."""
-        opt = self.optimizer
-        if opt is None or not getattr(opt, "state", None):
-            return []
-        group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
-        out = []
-        for k, (p, g) in enumerate(zip(params, grads, strict=True)):
-            st = opt.state.get(p, {})
-            v = st.get("exp_avg_sq")
-            if not isinstance(v, Tensor) or v.shape != g.shape or g.is_sparse:
-                continue
-            hp = group_of.get(id(p), {})
-            beta2 = float(hp.get("betas", (0.9, 0.999))[1])
-            t = st.get("step", 0)
-            if isinstance(t, Tensor):  # on the host by default; on a device: no correction
-                t = float(t) if t.device.type == "cpu" else math.inf
-            corr = 1.0 - beta2 ** float(t) if t else 1.0
-            scale = 1.0 / math.sqrt(corr) if corr > 0 else 1.0
-            out.append((k, v, scale, float(hp.get("eps", 1e-8))))
-        return out
 
     def _emit(self, step: int, pairs: list[tuple[str, float]]) -> None:
         """Write the scalars of one step: as ONE event through a SummaryWriter's file writer
@@ -434,114 +423,36 @@ class TrainingMonitor:
         return [("cfg/drop_rate", rate), ("cfg/p", float(mon.p)), ("cfg/drop_n", float(total))]
 
     def _hist_payload(self, have: list[int]) -> tuple[list[Tensor], list[tuple[str, int]]]:
-        """Flattened weights and gradients per group, and ``(tag, length)`` of each piece."""
-        by_group: dict[int, list[int]] = {}
+        by_group: dict[int, list[tuple[Tensor, Tensor]]] = {}
         for i in have:
-            by_group.setdefault(self._gidx[i], []).append(i)
-        pieces: list[Tensor] = []
-        spans: list[tuple[str, int]] = []
-        for j, idx in by_group.items():
-            for kind in ("weights", "grads"):
-                ts = [
-                    (self._named[i][1] if kind == "weights" else self._named[i][1].grad)
-                    .detach()
-                    .reshape(-1)  # (numel,)
-                    .float()
-                    for i in idx
-                ]
-                flat = torch.cat(ts)  # (group numel,)
-                pieces.append(flat)
-                spans.append((f"{kind}/{self.groups[j]}", flat.numel()))
-        return pieces, spans
-
-    def _hist_write(self, step: int, host: Tensor, spans: list[tuple[str, int]]) -> None:
-        """NaN-safe histograms per group (finite values; non-finite counts as scalars)."""
-        off = 0
-        for tag, n in spans:
-            x = host[off : off + n]
-            off += n
-            finite = torch.isfinite(x)
-            self.writer.add_scalar(f"nonfinite/{tag}", float(n - int(finite.sum())), step)
-            if bool(finite.any()):
-                self.writer.add_histogram(tag, x[finite], step)
+            p = self._named[i][1]
+            by_group.setdefault(self._gidx[i], []).append((p, p.grad))
+        return histogram_payload({self.groups[j]: pg for j, pg in by_group.items()})
 
     def _write_layout(self) -> None:
-        """The custom-scalars layout: loss, this model's own signals, CFG, gradients, health.
-
-        Rewritten when a new tag prefix appears (TensorBoard shows the latest layout)."""
-        layout: dict[str, dict[str, list[Any]]] = {
-            "Loss": {
-                "train vs validation loss": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
-                "other training scalars": ["Multiline", [r"^train/(?!loss$).*"]],
-                "validation metrics": ["Multiline", [r"^val/.*"]],
-            }
-        }
-        extra = sorted(self._extra_prefixes - {"cfg", "train", "val"})
-        if extra:
-            layout["Model signals"] = {f"{p}/*": ["Multiline", [f"^{p}/.*"]] for p in extra}
-        if self.cfg_monitor is not None or "cfg" in self._extra_prefixes:
-            layout["Conditioning (CFG)"] = {
-                "drop rate vs configured p": [
-                    "Multiline",
-                    [r"^cfg/(drop_rate|p|drop_fraction|p_uncond)$"],
-                ],
-                "loss of conditioned vs dropped examples": ["Multiline", [r"^cfg/loss_.*"]],
-            }
-        layout["Gradients"] = {
-            "gradient norm per module group": ["Multiline", [r"^grad_norm/.*"]],
-            "update ratio lr*|grad|/|param| per group (healthy ~1e-3)": [
-                "Multiline",
-                [r"^update_ratio/.*"],
-            ],
-            "parameter norm per group": ["Multiline", [r"^param_norm/.*"]],
-        }
-        layout["Health"] = {
-            "non-finite values in histograms": ["Multiline", [r"^nonfinite/.*"]],
-            "NanWatch status (0 ok, 1 scaler overflow, 2 non-finite)": [
-                "Multiline",
-                [r"^nanwatch/.*"],
-            ],
-        }
+        """Write the custom-scalars layout; rewritten when a new tag prefix appears."""
+        layout = custom_scalars_layout(
+            self._extra_prefixes, cfg=self.cfg_monitor is not None or "cfg" in self._extra_prefixes
+        )
         if hasattr(self.writer, "add_custom_scalars"):
             self.writer.add_custom_scalars(layout)
         self._layout_written = True
         self._layout_prefixes = set(self._extra_prefixes)
 
     def _summary_text(self) -> str:
-        rows = ["| group | parameters | last grad norm |", "| --- | --- | --- |"]
         counts = [0] * len(self.groups)
         for (_, p), j in zip(self._named, self._gidx, strict=True):
             counts[j] += p.numel()
         last = self._flow[-1] if self._flow else [math.nan] * len(self.groups)
-        for j, g in enumerate(self.groups):
-            rows.append(f"| {g} | {counts[j]:,} | {last[j]:.4g} |")
         head = (
             f"TrainingMonitor over {type(self.model).__name__}: {self.logged_steps} logged steps "
             f"(every={self.cfg.every}, hist_every={self.cfg.hist_every}), last step "
             f"{self.last_step}. Read the run back with `python -m diagnostics.inspect_run`."
         )
-        return head + "\n\n" + "\n".join(rows)
+        return summary_markdown(head, self.groups, counts, last)
 
     def _grad_flow_image(self) -> Any:
-        """HWC uint8 heat map: log10 gradient norm per group (rows) over logged steps."""
-        import numpy as np
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: lazily
-        from matplotlib.figure import Figure
-
-        data = np.log10(np.clip(np.array(self._flow, dtype=float).T, 1e-12, None))  # (G, S)
-        fig = Figure(figsize=(8, 1.2 + 0.35 * len(self.groups)), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
-        steps = self._flow_steps
-        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap="viridis",
-                       extent=(steps[0] - 0.5, steps[-1] + 0.5, len(self.groups) - 0.5, -0.5))  # fmt: skip
-        ax.set_yticks(range(len(self.groups)), self.groups)
-        ax.set_xlabel("step")
-        ax.set_title("gradient flow: log10 gradient norm per module group (dark = vanishing)")
-        fig.colorbar(im, ax=ax, label="log10 |grad|")
-        fig.tight_layout()
-        fig.canvas.draw()
-        return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
+        return grad_flow_image(self.groups, self._flow_steps, self._flow)
 
     # ------------------------------------------------------------------ lifetime
     def log_exception(self, exc: BaseException, step: int | None = None) -> None:
@@ -581,8 +492,11 @@ class TrainingMonitor:
         if hasattr(self.writer, "add_text"):
             self.writer.add_text("monitor/summary", self._summary_text(), at)
         if self._flow and hasattr(self.writer, "add_image"):
-            self.writer.add_image("monitor/grad_flow", self._grad_flow_image(), at,
-                                  dataformats="HWC")  # fmt: skip
+            try:  # matplotlib and PIL come with the `viz` extra; without them: no image
+                image = self._grad_flow_image()
+                self.writer.add_image("monitor/grad_flow", image, at, dataformats="HWC")
+            except ImportError:
+                pass
         if self._own_writer:
             self.writer.close()
         else:

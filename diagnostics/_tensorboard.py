@@ -32,6 +32,8 @@ class TensorBoardLogger:
         writer: an existing ``SummaryWriter`` to write through.
         prefix: tag prefix (``"torchdx"`` gives ``torchdx/grad_norm/total``).
         depth: module depth for per-module scalars (1 = top-level submodules).
+        layout: write a custom-scalars layout for this logger's tags on the first log (False
+            when the caller writes its own layout to the same run).
 
     Example:
         >>> tb = TensorBoardLogger("runs/exp1")
@@ -48,6 +50,7 @@ class TensorBoardLogger:
         writer: Any = None,
         prefix: str = "torchdx",
         depth: int = 1,
+        layout: bool = True,
     ) -> None:
         if writer is None:
             from torch.utils.tensorboard import SummaryWriter  # heavy: imported lazily
@@ -56,7 +59,7 @@ class TensorBoardLogger:
         self.writer = writer
         self.prefix = prefix.rstrip("/")
         self.depth = depth
-        self._layout_written = False
+        self._layout_written = not layout
 
     def _tag(self, *parts: str) -> str:
         return "/".join([self.prefix, *parts]) if self.prefix else "/".join(parts)

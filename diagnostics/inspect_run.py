@@ -102,8 +102,11 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    parts = __doc__.split("\n\n")
     p = ArgumentParser(
-        prog="python -m diagnostics.inspect_run", description=__doc__.split("\n\n")[1]
+        prog="python -m diagnostics.inspect_run",
+        description=parts[1],
+        epilog="\n\n".join(parts[2:]),
     )
     p.add_argument("logdir", metavar="LOGDIR", help="a run folder or a tree of runs")
     p.add_argument("--json", metavar="FILE", help="also write the findings as JSON here")

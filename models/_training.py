@@ -80,16 +80,20 @@ class TrainSpec:
 
 
 @torch.no_grad()
-def eval_loss(model: nn.Module, tensors: Sequence[torch.Tensor], reps: int = 4) -> float:
-    """Mean of ``model(*tensors)`` over ``reps`` fixed-seed draws (RNG state restored).
+def eval_loss(
+    model: nn.Module, tensors: torch.Tensor | Sequence[torch.Tensor], reps: int = 4
+) -> float:
+    """Mean of ``model(*tensors)`` (or ``model(tensor)``) over ``reps`` fixed-seed draws (RNG
+    state restored).
 
     Example:
         >>> eval_loss(model, (noisy, clean))  # doctest: +SKIP
         0.41
     """
+    args = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
     state = torch.get_rng_state()
     torch.manual_seed(1234)
-    out = sum(model(*tensors).item() for _ in range(reps)) / reps
+    out = sum(model(*args).item() for _ in range(reps)) / reps
     torch.set_rng_state(state)
     return out
 

@@ -31,7 +31,9 @@ class Toy(nn.Module):
         return (self.dec(self.enc(x) + e).squeeze(-1) - y).square().mean()
 
 
-def write_run(logdir, steps=60, spike_at=None, nan_at=None, dead_from=None, drop_stops_at=None):
+def write_run(
+    logdir, steps=60, spike_at=None, nan_at=None, dead_from=None, drop_stops_at=None, lr_fn=None
+):
     """A real training run written by TrainingMonitor, with the faults asked for."""
     torch.manual_seed(0)
     model = Toy()
@@ -51,6 +53,9 @@ def write_run(logdir, steps=60, spike_at=None, nan_at=None, dead_from=None, drop
             drop = torch.rand(32) < 0.3
             if drop_stops_at is not None and step >= drop_stops_at:
                 drop = torch.zeros(32, dtype=torch.bool)
+            if lr_fn is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr_fn(step)
             opt.zero_grad()
             loss = model(x, c, y, drop)
             loss.backward()
@@ -92,6 +97,18 @@ def test_each_fault_alone_gives_only_its_own_finding(tmp_path):
         ("cfg_drop_rate", "cfg/drop_rate", 45),
         ("grad_dead", "grad_norm/null", 45),
     }
+
+
+def test_learning_rate_faults_in_real_runs(tmp_path):
+    def saw(step):  # two schedulers fighting from step 20
+        return 3e-3 if step < 20 or ((step - 20) // 3) % 2 else 1e-3
+
+    write_run(tmp_path / "saw", lr_fn=saw)
+    assert ("lr_oscillation", "train/lr", 20) in _found(inspect_logdir(tmp_path / "saw"))
+
+    write_run(tmp_path / "boom", lr_fn=lambda step: 3e-3 if step < 30 else 1.0)
+    div = [f for f in inspect_logdir(tmp_path / "boom")["findings"] if f["kind"] == "divergence"]
+    assert div and 30 <= div[0]["step"] <= 32, div  # lr=1 acts from the step-30 update
 
 
 def test_cli_table_json_strict_and_bad_input(tmp_path, capsys):

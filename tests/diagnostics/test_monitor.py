@@ -197,6 +197,28 @@ def test_cfg_drop_rate_and_nanwatch_status(tmp_path):
     assert [e.value for e in acc.Scalars("nanwatch/status")] == [0.0] * 3
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's own imports
+def test_wrapped_models_keep_their_group_names(tmp_path):
+    model = Toy()
+    mon = TrainingMonitor(torch.compile(model), tmp_path / "w", layout=False)
+    assert sorted(mon.groups) == ["cond", "dec", "enc", "null"]  # not "_orig_mod"
+    mon.close()
+
+
+def test_close_without_matplotlib_writes_no_image(tmp_path, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    model = Toy()
+    model(torch.randn(2, 4)).backward()
+    with TrainingMonitor(model, tmp_path / "r") as mon:
+        mon.step(0, loss=1.0)
+    acc = _events(tmp_path / "r")
+    assert acc.Tags()["images"] == [] and "train/loss" in acc.Tags()["scalars"]
+
+
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(TrainingMonitorError, match="argument 'every' is 0; must be >= 1"):
         TrainingMonitor(Toy(), tmp_path, every=0)

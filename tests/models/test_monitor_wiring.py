@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import contracts
 from diagnostics import TrainingMonitor
@@ -76,3 +77,20 @@ def test_sgmse_logs_drop_rate_and_cond_uncond_loss(tmp_path):
     assert [st for st, _ in s["cfg/drop_fraction"]] == [0, 2]
     assert {v for _, v in s["cfg/p_uncond"]} == {0.5}
     assert "cfg/loss_cond" in s and "cfg/loss_uncond" in s and "grad_norm/noise_encoder" in s
+
+
+def test_cli_tensorboard_flag_and_checkpoint_metadata(tmp_path):
+    from models.audiosr import load_checkpoint
+    from models.audiosr.train import main
+
+    rc = main(["--tiny", "--global-encoder", "--steps", "2", "--batch", "2", "--seconds", "0.25",
+               "--logdir", str(tmp_path / "plain"), "--tensorboard", str(tmp_path / "mon"),
+               "--out", str(tmp_path / "sr.pt")])  # fmt: skip
+    assert rc == 0
+    s = _scalars(tmp_path / "mon")
+    assert {"train/loss", "grad_norm/global_encoder", "cond/encoder_grad_share"} <= set(s)
+    model, report = load_checkpoint(tmp_path / "sr.pt")
+    assert model.cfg.use_global_encoder and not report.missing
+    ckpt = torch.load(tmp_path / "sr.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["format"] == "torchdx.audiosr/1"
+    assert set(ckpt["metrics"]) == {"eval_before", "eval_after"}
