@@ -223,7 +223,8 @@ def values_pending(slot: Slot, x: torch.Tensor, pending: list) -> None:
     if x.numel() == 0:
         return
     if spec.mask_axis is not None:
-        pending.append((slot, x, x.any(dim=spec.mask_axis).all()))
+        valid = ~x if spec.mask_padding else x
+        pending.append((slot, x, valid.any(dim=spec.mask_axis).all()))
         return
     if not x.is_floating_point() and not x.is_complex():
         if spec.lo is None and spec.hi is None:
@@ -272,7 +273,9 @@ def judge_values(pending: list, b: dict, self_obj: Any) -> None:
         spec = slot.tensor
         if spec.mask_axis is not None:
             if not got:
-                raise Fail("mask", slot.name, spec.mask_axis % x.ndim, value=x)
+                raise Fail(
+                    "mask", slot.name, spec.mask_axis % x.ndim, value=x, padding=spec.mask_padding
+                )
             continue
         mn, mx = got
         lo = bound_value(spec.lo, b, self_obj, slot.name)

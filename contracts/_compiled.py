@@ -100,7 +100,7 @@ def _values(w: dict, spec: TensorSpec, x: torch.Tensor, b: dict, self_obj: Any) 
     """One device-side assert per tensor, on one fused reduction: no host read."""
     x = x.detach()
     if spec.mask_axis is not None:
-        ok = x.any(dim=spec.mask_axis).all()
+        ok = (~x if spec.mask_padding else x).any(dim=spec.mask_axis).all()
         torch._assert_async(ok, w["values"])
         return
     if x.is_complex():

@@ -94,15 +94,23 @@ class Finite(Constraint):
 
 @dataclass(frozen=True)
 class Mask(Constraint):
-    """A boolean mask, True for valid positions, with at least one True along ``axis`` per row.
+    """A boolean mask with at least one valid position along ``axis`` per row.
+
+    By default True marks the valid positions (torchdx's convention). ``padding=True`` states
+    PyTorch's ``key_padding_mask`` convention instead: True marks the *padded* positions, so
+    every row needs at least one False.
 
     Example:
         >>> mask: Annotated[Bool[Tensor, "B T"], Mask()]  # every sequence has a valid frame
+        >>> key_padding_mask: Annotated[Bool[Tensor, "B S"], Mask(padding=True)]
     """
 
     axis: int = -1
+    padding: bool = False
 
     def describe(self) -> str:
+        if self.padding:
+            return "{0, 1}, True = padded, ≥1 valid (False) per row"
         return "{0, 1}, ≥1 valid per row"
 
 

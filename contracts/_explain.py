@@ -181,20 +181,33 @@ def permutation_hint(
 # a Fail in words: (expected, actual, hint)
 
 
+def _mask_want(axis: int, padding: bool) -> str:
+    if padding:
+        return f"at least one False (valid) position per row along axis {axis} (True = padded)"
+    return f"at least one True (valid) position per row along axis {axis}"
+
+
 def _mask_words(f: Fail) -> tuple[str, str, str]:
     x, axis = f.data["value"], f.axis
-    empty_rows = (~x.any(dim=axis)).nonzero()
-    rows = int(x.any(dim=axis).numel())
+    padding = f.data.get("padding", False)
+    valid = ~x if padding else x
+    empty_rows = (~valid.any(dim=axis)).nonzero()
+    rows = int(valid.any(dim=axis).numel())
     first = tuple(int(i) for i in empty_rows[0])
-    inverted = bool((~x).any(dim=axis).all())
+    inverted = bool((~valid).any(dim=axis).all())
+    convention = (
+        "key padding masks are True for padded positions"
+        if padding
+        else "masks are True for valid positions"
+    )
     hint = (
-        f"masks are True for valid positions; this one looks inverted — pass ~{f.slot}?"
-        if inverted and x.any()
+        f"{convention}; this one looks inverted — pass ~{f.slot}?"
+        if inverted and valid.any()
         else "every row needs at least one valid position (a fully masked row makes "
         "softmax return NaN)"
     )
     return (
-        f"at least one True (valid) position per row along axis {axis}",
+        _mask_want(axis, padding),
         f"{len(empty_rows)} of {rows} rows have none; first at row {first}",
         hint,
     )
@@ -526,7 +539,7 @@ def slot_words(function: str, slot: Slot) -> dict[str, str]:
 
 def _values_want(spec: TensorSpec) -> str:
     if spec.mask_axis is not None:
-        return f"at least one True (valid) position per row along axis {spec.mask_axis}"
+        return _mask_want(spec.mask_axis, spec.mask_padding)
     if spec.lo is None and spec.hi is None:
         return "finite values (no NaN/Inf)"
     lo = "-∞" if spec.lo is None else getattr(spec.lo, "source", spec.lo)

@@ -240,7 +240,7 @@ def _cpu_values_ok(spec: TensorSpec, x: torch.Tensor, b: dict, self_obj: Any) ->
     if x.requires_grad:
         x = x.detach()
     if spec.mask_axis is not None:
-        return bool(x.any(dim=spec.mask_axis).all())
+        return bool((~x if spec.mask_padding else x).any(dim=spec.mask_axis).all())
     floating = x.is_floating_point()
     if not floating:
         if x.is_complex():

@@ -105,6 +105,7 @@ class TensorSpec:
     hi: float | Expr | None = None
     finite: bool = False
     mask_axis: int | None = None
+    mask_padding: bool = False  # True marks padded positions (key_padding_mask convention)
     constraints: tuple[Constraint, ...] = ()
     var_at: int = field(default=-1, init=False)  # index of the variadic entry, -1 when none
     n_before: int = field(default=0, init=False)  # entries before the variadic one
@@ -301,6 +302,7 @@ def _apply_constraints(where: str, spec: TensorSpec, meta: tuple) -> None:
             if len(spec.dims) == 0:
                 raise TypeError(f"{where}: Mask() needs at least one axis")
             spec.mask_axis = c.axis
+            spec.mask_padding = c.padding
     spec.constraints = tuple(cons)
 
 

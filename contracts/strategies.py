@@ -93,6 +93,8 @@ def _make_tensor(
             n = shape[axis]
             pick = torch.randint(0, n, shape[:axis] + shape[axis + 1 :], generator=gen)
             x |= torch.nn.functional.one_hot(pick, n).movedim(-1, axis).bool()
+            if spec.mask_padding:
+                x = ~x  # True marks padding: the guaranteed position is the valid False
         return x
     if dts is not None and all(d.is_complex for d in dts):
         dt = torch.complex64 if torch.complex64 in dts else sorted(dts, key=str)[0]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from contracts import Range
+from contracts import Mask, Range
 
 from .._cases import Annot, StepCase, fault
 from ._common import paraformer_batch, tiny_whisper, whisper_batch
@@ -334,7 +334,10 @@ def _padding_mask_len(faulty: bool):
     ann = Annot(
         MaskedTransformer,
         "forward",
-        {"x": Float[Tensor, "B T D"], "padding_mask": Bool[Tensor, "B T"]},
+        {
+            "x": Float[Tensor, "B T D"],
+            "padding_mask": Annotated[Bool[Tensor, "B T"], Mask(padding=True)],
+        },
     )
     return StepCase(model, step, [ann])
 
@@ -345,9 +348,9 @@ def _padding_mask_len(faulty: bool):
     "torch",
     "nn.TransformerEncoder given a valid mask (True = valid) as src_key_padding_mask",
     {"argument": "padding_mask"},
-    note="contracts.Mask() states the True = valid convention only; there is no constraint for "
-    "a key padding mask (True = padded, at least one False per row), so the user can annotate "
-    "the shape but not the polarity, and the fully masked rows give zeros, not NaN",
+    note="the key padding mask is annotated as such (contracts.Mask(padding=True): True = "
+    "padded, at least one False per row); jaxtyping can state the shape only, and the fully "
+    "masked rows give zeros, not NaN, so no NaN tool sees it",
 )
 def _padding_polarity(faulty: bool):
     model = MaskedTransformer()
@@ -365,7 +368,10 @@ def _padding_polarity(faulty: bool):
     ann = Annot(
         MaskedTransformer,
         "forward",
-        {"x": Float[Tensor, "B T D"], "padding_mask": Bool[Tensor, "B T"]},
+        {
+            "x": Float[Tensor, "B T D"],
+            "padding_mask": Annotated[Bool[Tensor, "B T"], Mask(padding=True)],
+        },
     )
     return StepCase(model, step, [ann])
 
