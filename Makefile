@@ -41,6 +41,7 @@ gpu-check: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+	$(PY) -m benchmarks.fault_zoo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis runs

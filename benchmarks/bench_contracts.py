@@ -1,16 +1,24 @@
-"""Per-call overhead of @contract, as ratios against a plain call in the same process.
+"""Per-call cost of @contract, as ratios against a plain call and jaxtyping in one process.
 
-Compares, on two [8, 16] float tensors plus the return:
-  plain call | contracts off | contracts shapes | contracts full (with Range + Mask) |
+Cases, on two [8, 16] tensors plus the return, timed interleaved (round-robin over the cases,
+median of rounds) so machine load hits all alike:
+  plain call | contracts off | contracts shapes | contracts full (no value constraints) |
+  contracts full with three constraints (Range + Mask + Range on the return) |
   jaxtyping.jaxtyped + beartype (the hand-written alternative)
+plus the Paraformer training step with contracts full vs off, and the Paraformer encoder
+compiled (torch.compile, aot_eager, fullgraph) with contracts shapes/full vs off.
 
-Run: python benchmarks/bench_contracts.py
+Writes docs/results/contracts.json.
+
+Run: python -m benchmarks.bench_contracts [--rounds 15] [--calls 4000] [--no-write]
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import timeit
+import time
+from collections.abc import Callable
 from typing import Annotated
 
 import torch
@@ -19,6 +27,7 @@ from jaxtyping import Bool, Float, jaxtyped
 from torch import Tensor
 
 import contracts
+from benchmarks._results import write_results
 from contracts import Mask, Range, contract
 
 
@@ -44,33 +53,144 @@ def jt(a: Float[Tensor, "B T"], b: Float[Tensor, "B T"]) -> Float[Tensor, "B T"]
     return a
 
 
-def per_call_us(fn, *args, n=20000, repeat=7) -> float:
-    times = timeit.repeat(lambda: fn(*args), number=n, repeat=repeat)
-    return statistics.median(times) / n * 1e6
+def _timer(fn: Callable, args: tuple, mode: str, n: int) -> Callable[[], float]:
+    def run() -> float:
+        with contracts.mode(mode):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn(*args)
+            return (time.perf_counter() - t0) / n * 1e6
+
+    return run
 
 
-def main() -> None:
-    torch.set_num_threads(1)
+def interleaved(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Median of ``rounds`` round-robin timings of every case (one warm-up round first)."""
+    for run in cases.values():
+        run()
+    got: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, run in cases.items():
+            got[k].append(run())
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+def per_call(rounds: int, n: int) -> dict[str, float]:
     a, b = torch.randn(8, 16), torch.randn(8, 16)
     m = torch.ones(8, 16, dtype=torch.bool)
-    rows = []
-    base = per_call_us(plain, a, b)
-    rows.append(("plain call", base))
-    with contracts.mode("off"):
-        rows.append(("contract, mode off", per_call_us(checked, a, b)))
-    with contracts.mode("shapes"):
-        rows.append(("contract, mode shapes", per_call_us(checked, a, b)))
-    with contracts.mode("full"):
-        rows.append(("contract, mode full (no value constraints)", per_call_us(checked, a, b)))
-        rows.append(
-            ("contract, mode full (Range + Mask + Range)", per_call_us(checked_values, a, m))
-        )
-    rows.append(("jaxtyping + beartype", per_call_us(jt, a, b)))
-    jt_us = rows[-1][1]
-    print(f"{'case':48s} {'µs/call':>9s} {'overhead µs':>12s} {'vs jaxtyping':>13s}")
-    for name, us in rows:
-        print(f"{name:48s} {us:9.2f} {us - base:12.2f} {us / jt_us:12.2f}x")
+    cases = {
+        "plain": _timer(plain, (a, b), "full", n),
+        "off": _timer(checked, (a, b), "off", n),
+        "shapes": _timer(checked, (a, b), "shapes", n),
+        "full_no_constraints": _timer(checked, (a, b), "full", n),
+        "full_three_constraints": _timer(checked_values, (a, m), "full", n),
+        "jaxtyping_beartype": _timer(jt, (a, b), "off", n),
+    }
+    return interleaved(cases, rounds)
+
+
+def paraformer_step(rounds: int) -> dict[str, float]:
+    from models.paraformer import Paraformer, ParaformerConfig, ToySeq2SeqDataset, collate_fn
+    from models.paraformer._train import train_step
+
+    cfg = ParaformerConfig()
+    torch.manual_seed(0)
+    ds = ToySeq2SeqDataset(cfg, num_samples=cfg.batch_size)
+    batch = collate_fn([ds[i] for i in range(cfg.batch_size)])
+    model = Paraformer(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the same step every time
+
+    def step(mode: str) -> Callable[[], float]:
+        def run() -> float:
+            with contracts.mode(mode):
+                t0 = time.perf_counter()
+                train_step(model, batch, opt)
+                return (time.perf_counter() - t0) * 1e3
+
+        return run
+
+    ms = interleaved({"full": step("full"), "off": step("off")}, rounds)
+    return {"ms_full": ms["full"], "ms_off": ms["off"], "ratio_full_vs_off": ms["full"] / ms["off"]}
+
+
+def compiled_encoder(rounds: int) -> dict[str, float]:
+    """The Paraformer encoder compiled (aot_eager, fullgraph) with contracts vs without."""
+    import torch._dynamo
+
+    from models.paraformer import ParaformerConfig
+    from models.paraformer._model import Encoder
+
+    torch.manual_seed(0)
+    enc = Encoder(ParaformerConfig.tiny()).eval()
+    x = torch.rand(4, 50, enc.cfg.n_feats) * 2 - 1
+    m = torch.ones(4, 50, dtype=torch.bool)
+    torch._dynamo.reset()
+    g = torch.compile(enc, backend="aot_eager", fullgraph=True)
+
+    def run(mode: str) -> Callable[[], float]:
+        def one() -> float:
+            with contracts.mode(mode), torch.no_grad():
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    g(x, m)
+                return (time.perf_counter() - t0) / 20 * 1e3
+
+        return one
+
+    ms = interleaved({k: run(k) for k in ("off", "shapes", "full")}, rounds)
+    return {
+        "ms_off": ms["off"],
+        "ms_shapes": ms["shapes"],
+        "ms_full": ms["full"],
+        "ratio_shapes_vs_off": ms["shapes"] / ms["off"],
+        "ratio_full_vs_off": ms["full"] / ms["off"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_contracts",
+        description="Measure the per-call cost of @contract against a plain call and "
+        "jaxtyping+beartype (interleaved, one process), the Paraformer training step with "
+        "contracts full vs off and the compiled encoder with contracts vs without; write "
+        "docs/results/contracts.json.",
+    )
+    p.add_argument("--rounds", type=int, default=15, help="round-robin rounds (median taken)")
+    p.add_argument("--calls", type=int, default=4000, help="calls per case per round")
+    p.add_argument("--step-rounds", type=int, default=20, help="rounds for the training step")
+    p.add_argument("--no-write", action="store_true", help="print only, do not write results")
+    args = p.parse_args(argv)
+    if min(args.rounds, args.calls, args.step_rounds) < 1:
+        p.error("--rounds, --calls and --step-rounds must be >= 1")
+    torch.set_num_threads(1)
+    us = per_call(args.rounds, args.calls)
+    base, jt_us = us["plain"], us["jaxtyping_beartype"]
+    print(f"{'case':28s} {'µs/call':>9s} {'overhead µs':>12s} {'vs jaxtyping':>13s}")
+    for k, v in us.items():
+        print(f"{k:28s} {v:9.2f} {v - base:12.2f} {v / jt_us:12.2f}x")
+    step = paraformer_step(args.step_rounds)
+    print(
+        f"paraformer training step: full {step['ms_full']:.2f} ms, off {step['ms_off']:.2f} ms, "
+        f"ratio {step['ratio_full_vs_off']:.3f}x"
+    )
+    comp = compiled_encoder(args.step_rounds)
+    print(
+        f"compiled Paraformer encoder: off {comp['ms_off']:.3f} ms, shapes {comp['ms_shapes']:.3f}"
+        f" ms ({comp['ratio_shapes_vs_off']:.3f}x), full {comp['ms_full']:.3f} ms "
+        f"({comp['ratio_full_vs_off']:.3f}x)"
+    )
+    figures = {
+        "per_call_us": {k: round(v, 3) for k, v in us.items()},
+        "overhead_us": {k: round(v - base, 3) for k, v in us.items() if k != "plain"},
+        "vs_jaxtyping": {k: round(v / jt_us, 3) for k, v in us.items()},
+        "paraformer_step": {k: round(v, 4) for k, v in step.items()},
+        "compiled_encoder": {k: round(v, 4) for k, v in comp.items()},
+    }
+    if not args.no_write:
+        path = write_results("contracts", figures, command="python -m benchmarks.bench_contracts")
+        print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

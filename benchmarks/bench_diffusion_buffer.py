@@ -2,13 +2,15 @@
 
 Baseline measured in the same process: the frame hop (hop / sample_rate), i.e. real time.
 Also the contract overhead on the streaming path (contracts full vs off). Median of repeats.
-Run: ``python benchmarks/bench_diffusion_buffer.py [--buffer-size 16] [--frames 60]``.
+Run: ``python -m benchmarks.bench_diffusion_buffer [--buffer-size 16] [--frames 60]``
+(writes docs/results/diffusion_buffer.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -32,13 +34,16 @@ def ms_per_frame(model: DiffusionBuffer, frames: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_diffusion_buffer", description=__doc__
+    )
     p.add_argument("--buffer-size", type=int, default=16)
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args()
+    p.add_argument("--no-write", action="store_true", help="print only (no results file)")
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = DiffusionBuffer(DiffusionBufferConfig(buffer_size=a.buffer_size)).eval()
@@ -62,7 +67,35 @@ def main() -> None:
             f"({'faster' if ms < hop_ms else 'slower'} than real time)"
         )
     print(f"contract overhead on the streaming path: {full / off:.3f}x")
+    figures = {
+        "setup": {
+            "n_fft": cfg.n_fft,
+            "hop": cfg.hop,
+            "buffer_size": cfg.buffer_size,
+            "window_frames": model.window,
+            "parameters": n_params,
+            "threads": a.threads,
+            "frames": a.frames,
+            "repeats": a.repeats,
+        },
+        "hop_ms": round(hop_ms, 3),
+        "latency_ms": round(latency_ms, 1),
+        "ms_per_frame": {"contracts_full": round(full, 2), "contracts_off": round(off, 2)},
+        "real_time_factor": {
+            "contracts_full": round(full / hop_ms, 3),
+            "contracts_off": round(off / hop_ms, 3),
+        },
+        "contract_overhead": round(full / off, 4),
+    }
+    if not a.no_write:
+        from benchmarks._results import write_results
+
+        cmd = "python -m benchmarks.bench_diffusion_buffer " + " ".join(
+            sys.argv[1:] if argv is None else argv
+        )
+        print(f"wrote {write_results('diffusion_buffer', figures, command=cmd.strip())}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

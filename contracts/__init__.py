@@ -37,6 +37,9 @@ from ._constraints import Range as Range
 from ._decorator import contract as contract
 from ._errors import ContractError as ContractError
 from ._errors import TorchdxError as TorchdxError
+from ._infer_record import InferTarget as InferTarget
+from ._inline import check as check
+from ._plan import ContractWarning as ContractWarning
 from ._registry import example as example
 from ._summary import SummaryError as SummaryError
 from ._summary import summarize as summarize
@@ -46,7 +49,9 @@ __all__ = [
     "Attachment",
     "Constraint",
     "ContractError",
+    "ContractWarning",
     "Finite",
+    "InferTarget",
     "Mask",
     "ModeError",
     "Probability",
@@ -54,6 +59,7 @@ __all__ = [
     "SummaryError",
     "TorchdxError",
     "attach",
+    "check",
     "contract",
     "example",
     "get_mode",

@@ -13,9 +13,12 @@ from typing import Any
 
 import torch
 
-from ._check import Fail, check_inputs, check_outputs
+from ._check import Fail, compile_checker
+from ._compiled import compiled_inputs, compiled_outputs
 from ._config import OFF, state
-from ._explain import explain
+from ._explain import compiled_words, explain
+from ._inline import CALLS as calls
+from ._inline import TRACED as traced
 from ._plan import ContractOptions, Plan, build_plan
 from ._registry import register
 
@@ -28,21 +31,36 @@ def wrap(plan: Plan) -> Callable:
     """The checking wrapper of ``plan.fn``."""
     fn = plan.fn
     has_returns = plan.return_kind != "none"
+    check_in, check_out = compile_checker(plan)
+    words = compiled_words(plan)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         level = state.level
-        if level == OFF or _is_compiling():
+        if level == OFF:
             return fn(*args, **kwargs)
+        if _is_compiling():  # traced by torch.compile: checks the graph keeps
+            b, self_obj = compiled_inputs(plan, words, args, kwargs, level)
+            traced.append(b)  # for contracts.check inside fn
+            out = fn(*args, **kwargs)
+            traced.pop()
+            if has_returns:
+                compiled_outputs(plan, words, out, b, self_obj, level)
+            return out
         try:
-            b, self_obj = check_inputs(plan, args, kwargs, level, None)
+            b, self_obj, entry = check_in(args, kwargs, level)
         except Fail as f:
             raise explain(plan, f, args, kwargs) from None
-        out = fn(*args, **kwargs)
+        stack = calls.stack
+        stack.append((plan, b, self_obj, args, kwargs))  # for contracts.check inside fn
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            stack.pop()
         if has_returns:
             try:
-                check_outputs(plan, out, b, self_obj, level, None)
+                check_out(out, b, self_obj, level, entry)
             except Fail as f:
                 raise explain(plan, f, args, kwargs, out, phase="outputs") from None
         return out

@@ -18,11 +18,11 @@ from . import _check
 from ._check import Fail
 from ._config import FULL
 from ._errors import ContractError
-from ._plan import FLOAT_NAMES, Plan, TensorSpec
+from ._plan import CHECKED, FLOAT_NAMES, Plan, Slot, TensorSpec
 from ._spec import FIXED, NAME, Expr
 from ._summary import summarize
 
-__all__ = ["describe_value", "explain", "permutation_hint", "value_details"]
+__all__ = ["describe_value", "explain", "explain_check", "permutation_hint", "value_details"]
 
 _MISSING = object()
 
@@ -247,6 +247,12 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         n = spec.n_before + spec.n_after
         return f"at least {n} axes {spec.shape_words()}", f"{len(shape)} axes {list(shape)}", None
     if code == "variadic":
+        if d.get("broadcast"):
+            return (
+                f"axes that broadcast with {d['dim']}={list(d['want'])}",
+                f"{list(d['got'])}",
+                None,
+            )
         return f"axes {d['dim']}={list(d['want'])}", f"{list(d['got'])}", None
     if code == "expr":
         return f"size {d['expr'].source}={d['want']}", f"{d['got']}", None
@@ -319,15 +325,23 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
 
 
 class _Call:
-    """The values of one call, looked up by slot name (for descriptions and bindings)."""
+    """What a message needs from the failing call: its slots and their values by name."""
 
-    def __init__(self, plan: Plan, args: tuple, kwargs: dict, out: Any) -> None:
+    def __init__(self, plan: Plan | None, args: tuple, kwargs: dict, out: Any) -> None:
         self.plan, self.args, self.kwargs, self.out = plan, args, kwargs, out
+        self.extra: dict[str, tuple[Slot, Any]] = {}  # checked intermediates
+
+    def slot(self, name: str) -> Slot | None:
+        if name in self.extra:
+            return self.extra[name][0]
+        return self.plan.slot(name) if self.plan is not None else None
 
     def value(self, name: str) -> Any:
+        if name in self.extra:
+            return self.extra[name][1]
         plan = self.plan
-        slot = plan.slot(name)
-        if slot is None:
+        slot = self.slot(name)
+        if slot is None or plan is None:
             return _MISSING
         out = self.out
         if name.startswith("return"):
@@ -342,33 +356,14 @@ class _Call:
             return self.args[slot.position]
         return self.kwargs.get(name, _MISSING)
 
-    def binding(self, k: str, prov: dict) -> Any:
-        src = prov[k]
-        if ".shape[" not in src:
-            # from self dims: evaluate again
-            for name, e in self.plan.self_dims:
-                if name == k:
-                    try:
-                        return e({}, self.args[0] if self.args else None)
-                    except Exception:
-                        return "?"
-            return "?"
-        argname, rest = src.split(".shape[", 1)
-        value = self.value(argname)
-        if not isinstance(value, torch.Tensor):
-            return "?"
-        idx = rest.rstrip("]")
-        if ":" in idx:
-            a, z = idx.split(":")
-            return list(value.shape[int(a) : int(z)])
-        return value.shape[int(idx)]
 
-
-def _slot_words(name: str) -> str:
+def _slot_words(slot: Slot | None, name: str) -> str:
+    if slot is not None and slot.position == CHECKED:
+        return f"checked value {name!r}"
     return name if name.startswith("return") or name == "self" else f"argument {name!r}"
 
 
-def _swap_hint(call: _Call, f: Fail, actual: str, prov: dict) -> str | None:
+def _swap_hint(call: _Call, f: Fail, actual: str, prov: dict, b: dict) -> str | None:
     """A dim bound by an earlier argument clashes, and the clashing size is another axis of that
     same argument: the earlier argument is probably the transposed one."""
     dim = f.data.get("dim")
@@ -381,8 +376,8 @@ def _swap_hint(call: _Call, f: Fail, actual: str, prov: dict) -> str | None:
         if k == dim or not other.startswith(arg + ".shape[") or ":" in other:
             continue
         j = int(other.split(".shape[")[1].rstrip("]"))
-        if str(call.binding(k, prov)) == actual:
-            slot = call.plan.slot(arg)
+        if str(b.get(k)) == actual:
+            slot = call.slot(arg)
             if slot is None or slot.tensor is None:
                 return None
             names = [str(d) for d in slot.tensor.dims]
@@ -397,8 +392,8 @@ def _swap_hint(call: _Call, f: Fail, actual: str, prov: dict) -> str | None:
     return None
 
 
-def _transpose_hint(call: _Call, f: Fail, value: Any, prov: dict) -> str | None:
-    slot = call.plan.slot(f.slot)
+def _transpose_hint(call: _Call, f: Fail, value: Any, prov: dict, b: dict) -> str | None:
+    slot = call.slot(f.slot)
     if slot is None or slot.tensor is None or slot.tensor.var_at >= 0:
         return None
     names = [str(d) for d in slot.tensor.dims]
@@ -407,31 +402,19 @@ def _transpose_hint(call: _Call, f: Fail, value: Any, prov: dict) -> str | None:
         if d.kind == FIXED:
             known.append(d.value)
         elif d.kind == NAME and d.value in prov and not prov[d.value].startswith(f.slot + "."):
-            known.append(call.binding(d.value, prov))
+            known.append(b.get(d.value))
         else:
             known.append(None)
     return permutation_hint(f.slot, tuple(value.shape), names, known)
 
 
-def explain(
-    plan: Plan, fail: Fail, args: tuple, kwargs: dict, out: Any = None, phase: str = "inputs"
-) -> ContractError:
-    """Re-run the checks with provenance tracking and turn ``fail`` into a ContractError."""
-    prov: dict = {}
-    try:
-        b, self_obj = _check.check_inputs(plan, args, kwargs, FULL, prov)
-        if phase == "outputs":
-            _check.check_outputs(plan, out, b, self_obj, FULL, prov)
-    except Fail as again:
-        fail = again  # the explain pass sees the same first failure, now with provenance
-    except Exception:
-        pass
-    call = _Call(plan, args, kwargs, out)
+def _error(function: str, fail: Fail, call: _Call, prov: dict, b: dict) -> ContractError:
+    """The worded ContractError of ``fail``, given the provenance of the bindings ``b``."""
     expected, actual, hint = words(fail, prov)
-    bindings = {k: call.binding(k, prov) for k in prov}
+    bindings = {k: list(b[k]) if isinstance(b.get(k), tuple) else b.get(k, "?") for k in prov}
     bindings_words = ", ".join(f"{k}={bindings[k]} ({prov[k]})" for k in prov) or "(none yet)"
     value = call.value(fail.slot)
-    head = f"{plan.qualname}(): {_slot_words(fail.slot)}"
+    head = f"{function}(): {_slot_words(call.slot(fail.slot), fail.slot)}"
     if fail.axis is not None:
         head += f", axis {fail.axis}"
     lines = [head + f": expected {expected}, got {actual}"]
@@ -444,17 +427,108 @@ def explain(
         lines.append(f"  {fail.slot}: {describe_value(value)}")
     lines.append(f"  bindings: {bindings_words}")
     if hint is None and isinstance(value, torch.Tensor):
-        hint = _transpose_hint(call, fail, value, prov)
+        hint = _transpose_hint(call, fail, value, prov, b)
     if hint is None and dim is not None:
-        hint = _swap_hint(call, fail, actual, prov)
+        hint = _swap_hint(call, fail, actual, prov, b)
     if hint:
         lines.append(f"  hint: {hint}")
     return ContractError(
         "\n".join(lines),
-        function=plan.qualname,
+        function=function,
         argument=fail.slot,
         axis=fail.axis,
         expected=expected,
         actual=actual,
         bindings=bindings,
     )
+
+
+def explain(
+    plan: Plan, fail: Fail, args: tuple, kwargs: dict, out: Any = None, phase: str = "inputs"
+) -> ContractError:
+    """Re-run the checks with provenance tracking and turn ``fail`` into a ContractError."""
+    prov: dict = {}
+    b: dict = {}
+    try:
+        self_obj = _check.check_inputs(plan, args, kwargs, FULL, prov, b)[1]
+        if phase == "outputs":
+            _check.check_outputs(plan, out, b, self_obj, FULL, prov)
+    except Fail as again:
+        fail = again  # the explain pass sees the same first failure, now with provenance
+    except Exception:
+        pass
+    return _error(plan.qualname, fail, _Call(plan, args, kwargs, out), prov, b)
+
+
+def explain_check(
+    fail: Fail, slot: Slot, value: Any, ctx: tuple | None, given: dict | None
+) -> ContractError:
+    """The ContractError of a failed ``contracts.check`` (inside the call ``ctx`` or alone)."""
+    prov: dict = {}
+    b: dict = {}
+    self_obj = None
+    if ctx is not None:
+        plan, b_now, self_obj, args, kwargs = ctx
+        try:
+            _check.check_inputs(plan, args, kwargs, FULL, prov, b)
+        except Exception:
+            pass
+        for k, v in b_now.items():  # bound by earlier checks in this call
+            if k not in b:
+                b[k], prov[k] = v, "an earlier contracts.check"
+        call, function = _Call(plan, args, kwargs, None), plan.qualname
+    else:
+        for k, v in (given or {}).items():
+            b[k], prov[k] = v, "bindings="
+        call, function = _Call(None, (), {}, None), "contracts.check"
+    call.extra[slot.name] = (slot, value)
+    try:
+        deferred: list = []
+        pending: list = []
+        allow_empty = ctx[0].allow_empty if ctx is not None else False
+        _check.check_slot(slot, value, b, prov, deferred, pending, FULL, self_obj, allow_empty)
+        _check.finish(deferred, pending, b, self_obj)
+    except Fail as again:
+        fail = again
+    return _error(function, fail, call, prov, b)
+
+
+# --------------------------------------------------------------------------------------------
+# words for checks compiled into a graph (torch.compile): fixed while tracing, so no values
+# that are only known when the graph runs
+
+
+def compiled_words(plan: Plan) -> dict[str, dict[str, str]]:
+    """The fixed words of every slot's compiled checks, made once at decoration (so tracing
+    reads strings and never formats the plan's numbers, which Dynamo may make symbolic)."""
+    return {s.name: slot_words(plan.qualname, s) for s in plan.params + plan.returns}
+
+
+def slot_words(function: str, slot: Slot) -> dict[str, str]:
+    """The fixed words of one slot's compiled checks (see :func:`compiled_words`)."""
+    where = f"{function}(): {_slot_words(slot, slot.name)}"
+    w = {"where": where, "tensor": f"{where}: expected a torch.Tensor"}
+    spec = slot.tensor
+    if spec is not None:
+        n = len(spec.dims) if spec.var_at < 0 else spec.n_before + spec.n_after
+        least = "" if spec.var_at < 0 else "at least "
+        w["rank"] = f"{where}: expected {least}{n} axes {spec.shape_words()}"
+        w["tensor"] += f" {spec.shape_words()} {dtype_words(spec)}"
+        w["dtype"] = f"{where}: expected dtype {dtype_words(spec)}"
+        w["values"] = f"{where}: expected {_values_want(spec)} (checked on the device)"
+        n_dims = len(spec.dims)
+        for j, d in enumerate(spec.dims):  # axis from the end after a variadic entry
+            axis = j if spec.var_at < 0 or j < spec.var_at else j - n_dims
+            w[f"size{j}"] = f"{where}, axis {axis}: expected size {d}"
+            w[f"empty{j}"] = f"{where}, axis {axis}: expected a non-empty axis (size ≥ 1)"
+    return w
+
+
+def _values_want(spec: TensorSpec) -> str:
+    if spec.mask_axis is not None:
+        return f"at least one True (valid) position per row along axis {spec.mask_axis}"
+    if spec.lo is None and spec.hi is None:
+        return "finite values (no NaN/Inf)"
+    lo = "-∞" if spec.lo is None else getattr(spec.lo, "source", spec.lo)
+    hi = "∞" if spec.hi is None else getattr(spec.hi, "source", spec.hi)
+    return f"values in {'(' if spec.lo is None else '['}{lo}, {hi}{')' if spec.hi is None else ']'}"

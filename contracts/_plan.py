@@ -25,7 +25,7 @@ from typing import Any
 
 from . import _spec
 from ._constraints import Constraint, Finite, Mask, Range
-from ._spec import ELLIPSIS, VARIADIC, Expr
+from ._spec import ELLIPSIS, EXPR, VARIADIC, Expr
 
 __all__ = [
     "ContractOptions",
@@ -34,7 +34,10 @@ __all__ = [
     "Slot",
     "TensorSpec",
     "build_plan",
+    "make_slot",
 ]
+
+CHECKED = -3  # Slot.position of a value checked by contracts.check
 
 FLOAT_NAMES = frozenset({"float16", "bfloat16", "float32", "float64"})
 # the dtype names jaxtyping may list that torch has (others, like numpy's "bool_", are dropped)
@@ -193,6 +196,25 @@ class Plan:
         parts = self.qualname.split(".")
         return ".".join(parts[:-1]) if self.has_self and len(parts) > 1 else None
 
+    @property
+    def uses_args(self) -> bool:
+        """Whether a dim is an f-string over the call's arguments (``"{size}"``)."""
+        return any(
+            d.kind == EXPR and d.value.uses_args
+            for s in self.params + self.returns
+            if s.tensor is not None
+            for d in s.tensor.dims
+        )
+
+    def bind_arguments(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The call's arguments by name, defaults applied (for f-string dims)."""
+        try:
+            bound = inspect.signature(self.fn).bind_partial(*args, **kwargs)
+        except (TypeError, ValueError):
+            return dict(kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
     def slot(self, name: str) -> Slot | None:
         """The argument or return slot called ``name``."""
         for s in self.params + self.returns:
@@ -282,8 +304,14 @@ def _apply_constraints(where: str, spec: TensorSpec, meta: tuple) -> None:
     spec.constraints = tuple(cons)
 
 
-def _make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> Slot | None:
+def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> Slot | None:
     inner, meta, optional = unwrap(hint)
+    for m in meta:
+        if not isinstance(m, Constraint):
+            _warn(
+                f"{where}: Annotated metadata {m!r} is not a contracts constraint (Range, "
+                "Finite, Mask, Probability); it is left unchecked"
+            )
     if default is None:
         optional = True
     tensor_t, param_t = _torch_types()
@@ -306,7 +334,7 @@ def _make_slot(where: str, name: str, position: int, default: Any, hint: Any) ->
     ranges = [m for m in meta if isinstance(m, Range)]
     if any(isinstance(m, Mask) for m in meta) and not ranges:
         raise TypeError(f"{where}: Mask() applies to Bool tensors only")
-    pass  # _warn_if_uncheckable(where, inner)
+    _warn_if_uncheckable(where, inner)
     return Slot(
         name, position, default, optional, None, pyhint=inner, pyrange=ranges[0] if ranges else None
     )
@@ -318,16 +346,22 @@ def _warn_if_uncheckable(where: str, hint: Any) -> None:
     if isinstance(hint, type) and typing.get_origin(hint) is None:
         return
     try:
-        from beartype.door import TypeHint
+        from beartype.door import is_bearable
 
-        TypeHint(hint)
+        is_bearable(None, hint)
     except Exception as e:
-        warnings.warn(
-            f"{where}: the hint {hint!r} cannot be checked ({type(e).__name__}); this argument "
-            "is left unchecked",
-            ContractWarning,
-            stacklevel=5,
+        _warn(
+            f"{where}: the hint {hint!r} cannot be checked ({type(e).__name__}: {e}); it is left unchecked"
         )
+
+
+def _warn(message: str) -> None:
+    """A ContractWarning attributed to the user's line (the first frame outside contracts), so
+    ``filterwarnings("error::contracts.ContractWarning:models")`` can target a package."""
+    frame, level = sys._getframe(1), 2  # level 1 is this function's own frame
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "contracts":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ContractWarning, stacklevel=level)
 
 
 def _return_slots(
@@ -338,7 +372,7 @@ def _return_slots(
             raise TypeError(f"{where}: returns= must map dict keys to annotations")
         slots = []
         for k, h in returns.items():
-            s = _make_slot(
+            s = make_slot(
                 f"{where} return[{k!r}]", f"return[{k!r}]", -1, inspect.Parameter.empty, h
             )
             if s is not None:
@@ -355,10 +389,10 @@ def _return_slots(
             return "none", []
         slots = []
         for i, a in enumerate(args):
-            s = _make_slot(f"{where} return[{i}]", f"return[{i}]", -1, inspect.Parameter.empty, a)
+            s = make_slot(f"{where} return[{i}]", f"return[{i}]", -1, inspect.Parameter.empty, a)
             slots.append((i, s))
         return "tuple", slots
-    s = _make_slot(f"{where} return", "return", -1, inspect.Parameter.empty, hint)
+    s = make_slot(f"{where} return", "return", -1, inspect.Parameter.empty, hint)
     return ("single", [(None, s)]) if s is not None else ("none", [])
 
 
@@ -373,8 +407,13 @@ def _resolve_hints(fn: Callable, where: str) -> dict[str, Any]:
             if isinstance(v, str):
                 try:
                     v = eval(v, glb)
-                except NameError:
-                    continue  # a forward reference: leave that argument unchecked
+                except NameError as e:
+                    what = "the return value" if k == "return" else f"argument {k!r}"
+                    _warn(
+                        f"{where}: the annotation of {what} ({v!r}) cannot be resolved ({e}); "
+                        f"{what} is left unchecked"
+                    )
+                    continue
                 except Exception as e:
                     raise TypeError(
                         f"{where}: malformed annotation of {k!r} ({v}): {type(e).__name__}: {e}"
@@ -415,7 +454,7 @@ def build_plan(
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name not in hints:
                 continue
             pos = i if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else -1
-            slot = _make_slot(f"{where} argument {name!r}", name, pos, p.default, hints[name])
+            slot = make_slot(f"{where} argument {name!r}", name, pos, p.default, hints[name])
             if slot is not None:
                 params.append(slot)
         unknown = set(hints) - set(sig.parameters) - {"return"}
@@ -425,7 +464,7 @@ def build_plan(
         for name, h in hints.items():
             if name == "return":
                 continue
-            slot = _make_slot(f"{where} argument {name!r}", name, -1, inspect.Parameter.empty, h)
+            slot = make_slot(f"{where} argument {name!r}", name, -1, inspect.Parameter.empty, h)
             if slot is not None:
                 params.append(slot)
     kind, rslots = _return_slots(where, return_hint, options.returns)
@@ -433,7 +472,17 @@ def build_plan(
     for k, src in (options.dims or {}).items():
         if not str(k).isidentifier():
             raise TypeError(f"{where}: dims= key {k!r} is not a dim name")
-        e = _spec.compile_expr(src)
+        if isinstance(src, int) and not isinstance(src, bool):
+            src = str(src)
+        if not isinstance(src, str):
+            raise TypeError(
+                f"{where}: dims={{{k!r}: {src!r}}}: a bound dim is a string expression like "
+                f"'self.vocab_size', not {type(src).__name__}"
+            )
+        try:
+            e = _spec.compile_expr(src)
+        except TypeError as err:
+            raise TypeError(f"{where}: dims={{{k!r}: {src!r}}}: {err}") from None
         if not has_self and e.uses_self:
             raise TypeError(f"{where}: dims={{{k!r}: {src!r}}} reads self, but there is no self")
         self_dims.append((k, e))

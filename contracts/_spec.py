@@ -46,6 +46,7 @@ class Expr:
     names: frozenset[str]
     uses_self: bool
     fn: Callable[[dict[str, Any], Any], Any] = field(compare=False, repr=False)
+    uses_args: bool = False  # an f-string dim ("{size}"): reads the call's arguments
 
     def __call__(self, bindings: dict[str, Any], self_obj: Any = None) -> Any:
         return self.fn(bindings, self_obj)
@@ -188,8 +189,94 @@ def compile_expr(source: str) -> Expr:
     return Expr(source.strip(), frozenset(comp.names), comp.uses_self, fn)
 
 
+ARGS = "{args}"  # bindings key of the call's arguments, for f-string dims
+
+
+def compile_fstring(source: str) -> Expr:
+    """Compile a jaxtyping f-string dim (``"{size}"``, ``"{self.n}+3"``) once.
+
+    At call time the braces are filled from the call's arguments (``str.format``: names and
+    attribute access), then the result is read as a size or as an expression over dims.
+    """
+    import string
+
+    fields = [f for _, f, _, _ in string.Formatter().parse(source) if f is not None]
+    if not fields or any(not f.split(".")[0].isidentifier() for f in fields):
+        raise TypeError(
+            f"malformed contract expression {source!r}: braces must hold an argument name or "
+            'attribute ("{size}", "{self.n}")'
+        )
+    cache: dict[str, Expr] = {}
+
+    def fn(b: dict[str, Any], self_obj: Any) -> Any:
+        args = dict(b.get(ARGS, ()))
+        if self_obj is not None:
+            args.setdefault("self", self_obj)
+        try:
+            text = source.format(**args)
+        except (KeyError, AttributeError, IndexError) as e:
+            raise KeyError(str(e).strip("'")) from None
+        if text.isdigit():
+            return int(text)
+        expr = cache.get(text)
+        if expr is None:
+            expr = cache[text] = compile_expr(text)
+        return expr(b, self_obj)
+
+    uses_self = any(f.split(".")[0] == "self" for f in fields)
+    return Expr(source, frozenset(), uses_self, fn, uses_args=True)
+
+
 def _is_identifier(tok: str) -> bool:
     return tok.isidentifier()
+
+
+def _token(dim_str: str, tok: str) -> Dim:
+    """One token, with jaxtyping's modifiers in any order: ``#`` broadcastable, ``*`` several
+    axes, ``_`` anonymous, and ``doc=`` a documentation name (``rows=4`` is ``4``)."""
+    if tok == "...":
+        return Dim(ELLIPSIS, None)
+    elem, broadcast, variadic, anonymous = tok, False, False, False
+
+    def bad(why: str) -> TypeError:
+        return TypeError(f"malformed shape {dim_str!r}: {tok!r} {why}")
+
+    while elem:
+        c = elem[0]
+        if c == "#":
+            if broadcast:
+                raise bad("uses # twice")
+            broadcast, elem = True, elem[1:]
+        elif c == "*":
+            if variadic:
+                raise bad("uses * twice")
+            variadic, elem = True, elem[1:]
+        elif c == "_":
+            if anonymous:
+                raise bad("uses _ twice")
+            anonymous, elem = True, elem[1:]
+        elif c == "?":
+            raise bad("depends on a PyTree path (?), which tensors do not have")
+        elif elem.count("=") == 1 and "{" not in elem:
+            elem = elem.split("=")[1]
+        else:
+            break
+    if not elem or elem.isidentifier():
+        if anonymous:
+            if broadcast:
+                raise bad("is both anonymous and broadcastable")
+            return Dim(ELLIPSIS, None) if variadic else Dim(ANY, None)
+        if not elem:
+            raise bad("needs a name")
+        return Dim(VARIADIC if variadic else NAME, elem, broadcast)
+    if elem.isdigit():
+        if variadic or anonymous:
+            raise bad("is a fixed size, which cannot be variadic or anonymous")
+        return Dim(FIXED, int(elem), broadcast)
+    if variadic or anonymous:
+        raise bad("is an expression, which cannot be variadic or anonymous")
+    expr = compile_fstring(elem) if "{" in elem else compile_expr(elem)
+    return Dim(EXPR, expr, broadcast)
 
 
 def parse_shape(dim_str: str) -> tuple[Dim, ...]:
@@ -197,29 +284,10 @@ def parse_shape(dim_str: str) -> tuple[Dim, ...]:
 
     Raises:
         TypeError: more than one variadic entry, or a token that is neither a number, a name,
-            ``_``, ``...``, ``*name``, ``#name`` nor an expression.
+            ``_``, ``_name``, ``...``, ``*name``, ``*_``, ``#name``, ``*#name``, ``doc=size``,
+            an expression (``T-1``) nor an f-string (``{size}``, ``{self.n}+3``).
     """
-    dims: list[Dim] = []
-    for tok in dim_str.split():
-        broadcast = False
-        if tok.startswith("#"):
-            broadcast, tok = True, tok[1:]
-        if tok == "...":
-            dims.append(Dim(ELLIPSIS, None))
-        elif tok.startswith("*"):
-            name = tok[1:]
-            if not _is_identifier(name):
-                raise TypeError(f"malformed shape {dim_str!r}: variadic {tok!r} needs a name")
-            dims.append(Dim(VARIADIC, name))
-        elif tok == "_" or (tok.startswith("_") and tok[1:].isidentifier() and tok != "_"):
-            dims.append(Dim(ANY, None))
-        elif tok.isdigit():
-            dims.append(Dim(FIXED, int(tok), broadcast))
-        elif _is_identifier(tok):
-            dims.append(Dim(NAME, tok, broadcast))
-        else:
-            # jaxtyping-style symbolic dim (no spaces): "T-1", "2*C"
-            dims.append(Dim(EXPR, compile_expr(tok), broadcast))
+    dims = [_token(dim_str, tok) for tok in dim_str.split()]
     n_var = sum(d.kind in (VARIADIC, ELLIPSIS) for d in dims)
     if n_var > 1:
         raise TypeError(

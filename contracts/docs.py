@@ -12,11 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import sys
 from pathlib import Path
 from typing import Any
+
+from .cli import ArgumentParser
 
 __all__ = ["main", "render"]
 
@@ -28,6 +29,57 @@ HEADER = (
     "`V` vocabulary, …); a dim bound from the model is listed under its table. Masks are True for "
     "valid positions. Ranges are closed and imply finite values.\n"
 )
+
+GUIDE = """
+## How contracts are checked
+
+- **Layout.** `contracts/_plan.py` parses annotations once into a torch-free `Plan` (what the
+  strategies and these tables read); `_check.py` is the checker, `_explain.py` holds every word
+  of a failure, `_decorator.py` joins them, `_compiled.py` is the checker written for
+  `torch.compile`, `_inline.py` is `contracts.check`. Tensors in messages are described by
+  `contracts.summarize`, the project's one formatter (also `diagnostics.summarize`).
+- **Fast path.** A call whose argument shapes, dtypes and classes were seen before (with the
+  same dims bound from `self`) reuses the bindings of the first walk; a new signature is walked
+  in full, so a failure raises exactly the error the walk raises. Value constraints run on
+  every call in `full` mode: one fused reduction per tensor (`aminmax`; `any(...).all()` for
+  masks), read at once on the CPU and fused into one host read per device elsewhere.
+  Contracts with f-string dims, beartype-checked hints or ranges on Python numbers always walk.
+- **Intermediate values.** `contracts.check(value, annotation, *, name=None)` returns `value`;
+  inside a contracted call its dims must agree with that call's bindings (and a dim it binds is
+  seen by later checks and by the return check); outside one it binds fresh, or into
+  `bindings=` (a dict updated in place). Mode `off` makes it free.
+- **Compiled code.** Under `torch.compile` (also `fullgraph=True`, static or `dynamic=True`)
+  the same contract is traced into the graph: shape relations become `torch._check` (with
+  static sizes a violation fails while tracing; with symbolic sizes it becomes a guard, and a
+  violating call is traced again and fails then), value constraints become one
+  `torch._assert_async` per tensor (a device-side assert, no host read), and nothing breaks the
+  graph. The messages carry the eager words (function, argument, axis, expected); the actual
+  size is left out because sizes are symbols while tracing. Where torch lets the exception
+  through (`fullgraph=False`: Dynamo falls back to eager for the frame) it is the eager
+  `ContractError`; with `fullgraph=True` a shape violation reaches the caller as Dynamo's error
+  (`Unsupported` / `TorchRuntimeError`) carrying those words, and a value violation as the
+  `RuntimeError` of the device assert. Mode `off` compiles to nothing and `shapes` adds no op
+  to the graph (guards only). `*#name` broadcast variadics and f-string dims are checked in
+  eager only.
+- **jaxtyping's syntax.** Every documented shape form: `3`, `name`, `_`, `_name`, `...`,
+  `*name`, `*_`, `#name` (size 1 broadcasts and binds nothing), `*#name` (axes that broadcast
+  with those seen before), `doc=4` (a documentation name for a fixed size), expressions
+  (`T-1`, `2*C`; a safe subset: dims, numbers, `self.attr`, `+ - * / // %`, `len min max`),
+  and f-strings over the call's arguments (`"{size}"`, `"{self.n}+3"`; braces hold a name or an
+  attribute path). Every dtype class (`Shaped`, `Bool`, `Num`, `Inexact`, `Float*`,
+  `BFloat16`, `Complex*`, `Integer`, `UInt*`, `Int*`, `Real`) means what it means to
+  jaxtyping. `tests/contracts/test_jaxtyping_conformance.py` runs each form through
+  jaxtyping + beartype and `contract` and asserts they agree. Refused, with the reason: `?name`
+  (PyTree-path dims: tensors have no PyTree path) and arbitrary Python inside braces.
+- **Nothing unchecked without a word.** An annotation that cannot be resolved (NameError), a
+  hint beartype cannot check, or `Annotated` metadata that is not a constraint raises
+  `contracts.ContractWarning` at decoration, naming function and argument; the suite makes it
+  an error for `models`.
+- **Property tests.** Every contract gets one: generated from its annotations by the pytest
+  plugin, or, for the contracts marked `generate=False` (inputs strategies cannot derive:
+  lists of tensors, value relations between arguments, models as arguments), hand-written in
+  `tests/contracts/test_generate_false.py`, which also fails when one is missing.
+"""
 
 
 def _dtype(slot: Any) -> str:
@@ -110,7 +162,7 @@ def render(modules: list[str]) -> str:
         owner = plan.owner_qualname or "(functions)"
         public_mod = plan.module.split("._")[0]
         groups.setdefault((public_mod, owner), []).append(plan)
-    out = [HEADER]
+    out = [HEADER, GUIDE]
     last_mod = None
     for (mod, owner), plans in sorted(groups.items()):
         if mod != last_mod:
@@ -137,7 +189,7 @@ def render(modules: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m contracts.docs",
         description="Write Markdown tensor-contract tables generated from the code's @contract "
         "annotations (shapes, dtypes, ranges, masks), or check that the committed ones are "

@@ -61,6 +61,12 @@ _LAZY: dict[str, str] = {
     "check_padding_leak": "diagnostics._training_checks",
     "TrainingMonitor": "diagnostics._monitor",
     "TrainingMonitorError": "diagnostics._monitor",
+    "ScalingTarget": "diagnostics._scaling",
+    "ScalingError": "diagnostics._scaling",
+    "ScalingConfig": "diagnostics._scaling",
+    "run_scaling": "diagnostics._scaling",
+    "EvalTarget": "diagnostics._eval_audit",
+    "EvalAuditError": "diagnostics._eval_audit",
 }
 
 __all__ = sorted(_LAZY)

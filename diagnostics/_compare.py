@@ -1,25 +1,38 @@
-"""Measure two model configurations against each other in one run (claims -> figures).
+"""Measure two variants of a model against each other in one run (claims -> figures).
 
-Parameter counts by submodule and their delta, forward latency ratio (median of interleaved
-repeats), peak-memory delta of one forward, and a zero-ablation of the added global context.
-Targets the AudioSR-style model (``models.audiosr``); a model is given as a checkpoint
-(``.pt``), a JSON config, or a preset with overrides (``default,use_global_encoder=true``).
+Any two variants from one *factory*: ``factory(spec) -> Variant`` builds a model from a spec
+string and says how to make its inputs, run its forward, and (optionally) run it with the added
+path ablated. Figures: parameter counts by submodule and their delta, forward latency ratio
+(median of interleaved repeats), peak-memory delta of one forward, and the zero-ablation of the
+added path (``||f - f_ablated|| / ||f||``). The default factory is the AudioSR global-encoder
+toggle (:mod:`diagnostics._compare_audiosr`); ``--factory MODULE:FUNCTION`` names another.
+
+Example:
+    >>> rep = compare_models("tiny", "tiny,use_global_encoder=true", repeats=3)
+    >>> print(rep.to_text())  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from contracts import TorchdxError
 
-__all__ = ["CompareError", "ModelComparison", "build_model", "compare_models"]
+__all__ = [
+    "CompareError",
+    "ModelComparison",
+    "Variant",
+    "build_model",
+    "compare_models",
+    "module_groups",
+    "param_groups",
+]
 
 
 class CompareError(TorchdxError, ValueError):
@@ -28,100 +41,51 @@ class CompareError(TorchdxError, ValueError):
     __module__ = "diagnostics"
 
 
-PRESETS = ("tiny", "default")
+@dataclass
+class Variant:
+    """One side of a comparison, as a factory builds it from a spec string.
 
-
-def _parse_value(raw: str) -> Any:
-    low = raw.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def build_model(spec: str) -> tuple[Any, str]:
-    """``spec`` -> (AudioSR model, description). Checkpoint ``.pt``, ``.json`` config, or preset.
-
-    Example:
-        >>> model, desc = build_model("tiny,use_global_encoder=true")
+    Attributes:
+        model: the model (put in eval mode for the measurement).
+        description: what was built, for the report.
+        inputs: ``inputs(batch, seconds, seed) -> inputs`` of one forward.
+        forward: ``forward(model, inputs) -> Tensor``: what is timed and compared.
+        ablate: ``ablate(model, inputs) -> Tensor``: the forward with the added path zeroed, or
+            ``None`` when this variant has no such path.
+        ablated: the added path in words ("the global context").
+        groups: ``groups(model) -> {name: parameter count}`` (default: top-level submodules).
     """
-    from models.audiosr import AudioSR, AudioSRConfig, load_checkpoint
 
-    path = Path(spec)
-    if spec.endswith(".pt"):
-        if not path.is_file():
-            raise CompareError(f"compare_models: checkpoint {spec!r} does not exist")
-        model, report = load_checkpoint(path)
-        return model, f"checkpoint {spec} ({report.loaded} tensors)"
-    if spec.endswith(".json"):
-        if not path.is_file():
-            raise CompareError(f"compare_models: config {spec!r} does not exist")
-        try:
-            return AudioSR(AudioSRConfig.from_dict(json.loads(path.read_text()))), f"config {spec}"
-        except (TypeError, ValueError) as e:
-            raise CompareError(f"compare_models: config {spec!r}: {e}") from None
-    preset, *pairs = spec.split(",")
-    if preset not in PRESETS:
-        raise CompareError(
-            f"compare_models: unknown model spec {spec!r}; give a .pt checkpoint, a .json config "
-            f"or a preset {PRESETS} with key=value overrides"
-        )
-    overrides = {}
-    for pair in pairs:
-        key, eq, val = pair.partition("=")
-        if not eq:
-            raise CompareError(f"compare_models: override {pair!r} in {spec!r} is not key=value")
-        overrides[key.strip()] = _parse_value(val.strip())
-    make = AudioSRConfig.tiny if preset == "tiny" else AudioSRConfig
-    try:
-        cfg = make(**overrides)
-    except TypeError as e:
-        raise CompareError(f"compare_models: bad override in {spec!r}: {e}") from None
-    except ValueError as e:
-        raise CompareError(f"compare_models: {e}") from None
-    return AudioSR(cfg), f"preset {spec}"
+    model: torch.nn.Module
+    description: str
+    inputs: Callable[[int, float, int], Any]
+    forward: Callable[[torch.nn.Module, Any], torch.Tensor]
+    ablate: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None
+    ablated: str = "the added path"
+    groups: Callable[[torch.nn.Module], dict[str, int]] | None = None
 
 
-def param_groups(model: torch.nn.Module) -> dict[str, int]:
-    """Parameter counts by submodule: ``mel``, ``global_encoder``, ``unet.<part>``, and the
-    global path inside the U-Net (``unet[global path]``, the ``global_*`` layers)."""
+def module_groups(model: torch.nn.Module) -> dict[str, int]:
+    """Parameter counts by top-level submodule."""
     out: dict[str, int] = {}
     for name, p in model.named_parameters():
-        parts = name.split(".")
-        if parts[0] == "unet":
-            key = (
-                "unet[global path]"
-                if any(s.startswith("global_") for s in parts)
-                else ("unet." + parts[1])
-            )
-        else:
-            key = parts[0]
+        key = name.split(".")[0]
         out[key] = out.get(key, 0) + p.numel()
     return out
 
 
-def _inputs(model: Any, batch: int, seconds: float, seed: int) -> dict[str, torch.Tensor]:
-    cfg = model.cfg
-    g = torch.Generator().manual_seed(seed)
-    n = int(seconds * cfg.sample_rate)
-    wave = (torch.rand(batch, n, generator=g) - 0.5) * 1.8
-    with torch.no_grad():
-        hi, lo = model.mels(wave)
-        x0 = model.to_latent(model._pad_frames(hi))
-        cond = model.to_latent(model._pad_frames(lo))
-    t = torch.full((batch,), cfg.n_timesteps // 2, dtype=torch.long)
-    noise = torch.randn(x0.shape, generator=g)
-    a, s = model.sqrt_ab[t][:, None, None, None], model.sqrt_1mab[t][:, None, None, None]
-    return {"lo": lo, "x_t": a * x0 + s * noise, "t": t, "cond": cond}
+def param_groups(model: torch.nn.Module) -> dict[str, int]:
+    """AudioSR parameter groups (see :func:`diagnostics._compare_audiosr.param_groups`)."""
+    from diagnostics._compare_audiosr import param_groups as groups
+
+    return groups(model)
 
 
-def _forward(model: Any, inp: dict[str, torch.Tensor], zero_context: bool = False) -> torch.Tensor:
-    g = model.global_context(inp["lo"])  # the encoder runs inside the timed forward
-    if g is not None and zero_context:
-        g = torch.zeros_like(g)
-    return model.unet(inp["x_t"], inp["t"], inp["cond"], g)
+def build_model(spec: str) -> tuple[Any, str]:
+    """An AudioSR model from a spec (see :func:`diagnostics._compare_audiosr.build_model`)."""
+    from diagnostics._compare_audiosr import build_model as build
+
+    return build(spec)
 
 
 def _peak_bytes(fn: Any) -> int:
@@ -160,6 +124,7 @@ class ModelComparison:
     memory_method: str
     ablation: dict[str, float | None] = field(default_factory=dict)
     output_norms: dict[str, float] = field(default_factory=dict)
+    ablated: str = "the global context"
 
     @property
     def total_a(self) -> int:
@@ -192,17 +157,17 @@ class ModelComparison:
         ]
         for name, eff in self.ablation.items():
             if eff is None:
-                lines.append(f"zero-ablation of the global context ({name}): n/a (no encoder)")
+                lines.append(f"zero-ablation of {self.ablated} ({name}): n/a (no such path)")
             elif self.output_norms.get(name, 1.0) == 0.0:
                 lines.append(
-                    f"zero-ablation of the global context ({name}): uninformative -- the output is "
+                    f"zero-ablation of {self.ablated} ({name}): uninformative -- the output is "
                     "identically zero (zero-initialized output layer of an untrained model); "
                     "compare trained checkpoints"
                 )
             else:
                 verdict = "CHANGES the output" if eff > 1e-6 else "does NOT change the output"
                 lines.append(
-                    f"zero-ablation of the global context ({name}): ||f(g)-f(0)||/||f(g)|| = "
+                    f"zero-ablation of {self.ablated} ({name}): ||f(g)-f(0)||/||f(g)|| = "
                     f"{eff:.3g} -> {verdict}"
                 )
         return "\n".join(lines)
@@ -212,59 +177,69 @@ def compare_models(
     spec_a: str,
     spec_b: str,
     *,
+    factory: Callable[[str], Variant] | None = None,
     batch: int = 1,
     seconds: float = 1.0,
     repeats: int = 7,
     seed: int = 0,
     threads: int = 1,
 ) -> ModelComparison:
-    """Build both models and measure them in this process.
+    """Build both variants with ``factory`` (default: the AudioSR one) and measure them in this
+    process, interleaved.
 
     Example:
         >>> rep = compare_models("tiny", "tiny,use_global_encoder=true", repeats=3)
-        >>> print(rep.to_text())
+        >>> print(rep.to_text())  # doctest: +SKIP
     """
     if repeats < 1 or batch < 1 or seconds <= 0:
         raise CompareError(
             f"compare_models: repeats={repeats}, batch={batch} must be >= 1 and "
             f"seconds={seconds} > 0"
         )
+    if factory is None:
+        from diagnostics._compare_audiosr import audiosr_variant as factory
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(seed)
-        ma, da = build_model(spec_a)
-        mb, db = build_model(spec_b)
-        ma.eval(), mb.eval()
-        ia, ib = _inputs(ma, batch, seconds, seed), _inputs(mb, batch, seconds, seed)
+        va, vb = factory(spec_a), factory(spec_b)
+        for v in (va, vb):
+            if not isinstance(v, Variant):
+                raise CompareError(
+                    f"compare_models: the factory returned {type(v).__name__}, not a Variant"
+                )
+            v.model.eval()
+        ia, ib = va.inputs(batch, seconds, seed), vb.inputs(batch, seconds, seed)
         times: dict[str, list[float]] = {"a": [], "b": []}
         with torch.no_grad():
-            _forward(ma, ia), _forward(mb, ib)  # warm-up
+            va.forward(va.model, ia), vb.forward(vb.model, ib)  # warm-up
             for _ in range(repeats):  # interleaved, so drift hits both
-                for key, m, inp in (("a", ma, ia), ("b", mb, ib)):
+                for key, v, inp in (("a", va, ia), ("b", vb, ib)):
                     t0 = time.perf_counter()
-                    _forward(m, inp)
+                    v.forward(v.model, inp)
                     times[key].append(time.perf_counter() - t0)
-            peak_a = _peak_bytes(lambda: _forward(ma, ia))
-            peak_b = _peak_bytes(lambda: _forward(mb, ib))
+            peak_a = _peak_bytes(lambda: va.forward(va.model, ia))
+            peak_b = _peak_bytes(lambda: vb.forward(vb.model, ib))
             ablation: dict[str, float | None] = {}
             norms: dict[str, float] = {}
-            for name, m, inp in (("A", ma, ia), ("B", mb, ib)):
-                norms[name] = _forward(m, inp).norm().item()
-                if m.global_encoder is None:
+            for name, v, inp in (("A", va, ia), ("B", vb, ib)):
+                full = v.forward(v.model, inp)
+                norms[name] = full.norm().item()
+                if v.ablate is None:
                     ablation[name] = None
                     continue
-                full, zero = _forward(m, inp), _forward(m, inp, zero_context=True)
+                zero = v.ablate(v.model, inp)
                 ablation[name] = ((full - zero).norm() / full.norm().clamp(min=1e-12)).item()
         method = (
             "torch.cuda.max_memory_allocated"
             if torch.cuda.is_available()
             else "CPU: torch.profiler allocation/free events, peak of the running sum"
         )
+        groups_a, groups_b = (v.groups or module_groups for v in (va, vb))
         return ModelComparison(
-            da, db, param_groups(ma), param_groups(mb),
+            va.description, vb.description, groups_a(va.model), groups_b(vb.model),
             1e3 * statistics.median(times["a"]), 1e3 * statistics.median(times["b"]),
-            peak_a, peak_b, method, ablation, norms,
+            peak_a, peak_b, method, ablation, norms, vb.ablated,
         )  # fmt: skip
     finally:
         torch.set_num_threads(old_threads)

@@ -118,11 +118,25 @@ class EmbeddingReport:
         return path
 
     def add_to_tensorboard(self, writer: Any, tag: str = "condition_embedding") -> None:
-        """Export to TensorBoard's projector (labels as metadata) via ``writer.add_embedding``."""
+        """Export to TensorBoard's projector via ``writer.add_embedding``: the labels as the
+        metadata column, and a solid-colour sprite per point (one colour per label, the
+        palette of ``plot_umap``), so the points show coloured by label without choosing
+        "color by" (the projector has no setting to preselect it)."""
         assert self.embeddings is not None, "EmbeddingReport: raw embeddings were not kept"
+        sprites = None
+        if self.labels is not None:
+            import matplotlib
+
+            names = sorted(set(self.labels))
+            cmap = matplotlib.colormaps["tab10"]
+            rgb = torch.tensor(
+                [cmap(names.index(x) % 10)[:3] for x in self.labels], dtype=torch.float32
+            )  # (N, 3)
+            sprites = rgb[:, :, None, None].expand(-1, -1, 8, 8)  # (N, 3, 8, 8)
         writer.add_embedding(
             torch.from_numpy(self.embeddings),
             metadata=list(self.labels) if self.labels is not None else None,
+            label_img=sprites,
             tag=tag,
         )
 

@@ -15,16 +15,16 @@ values only, the non-finite count as a scalar). A custom-scalars layout groups r
 
 Cost and guarantees: the norms are computed on the device with ``torch._foreach_norm`` (as
 :class:`~diagnostics.GradFlow` does) and every number of a logged step reaches the host in ONE
-transfer (one host sync per logged step; histogram steps add one more for the values). Nothing
-observed is written to: training with the monitor is bit-identical to training without it. On
-an exception inside a ``with`` block (or :meth:`guard`) the exception is written as text and the
+transfer: one host sync per logged step, histogram steps included (their values travel in the
+same transfer). Nothing observed is written to: training with the monitor is bit-identical to
+training without it. On an exception inside a ``with`` block (or :meth:`guard`) the exception is written as text and the
 writer flushed before it propagates.
 
 Tag layout (what ``python -m diagnostics.inspect_run`` reads):
 ``train/loss``, ``train/<name>`` (extra scalars without a ``/``), ``val/<name>`` (extra scalars
 named ``val_<name>``), verbatim ``<prefix>/<name>`` for extra names with a ``/``,
 ``grad_norm/<group>`` and ``grad_norm/total``, ``param_norm/<group>``,
-``update_ratio/<group>``, ``train/lr``, ``nanwatch/status`` (0 ok, 1 scaler overflow,
+``update_ratio/<group>``, ``param_count/<group>`` (once), ``train/lr``, ``nanwatch/status`` (0 ok, 1 scaler overflow,
 2 non-finite), ``cfg/drop_rate`` and ``cfg/p``, histograms ``weights/<group>`` and
 ``grads/<group>`` with ``nonfinite/weights/<group>`` and ``nonfinite/grads/<group>`` counts.
 """
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -65,15 +66,19 @@ class MonitorConfig:
         hist_every: histograms every this many steps (0: never).
         depth: module depth of a parameter group (1: ``encoder``, 2: ``encoder.blocks``).
         layout: write a custom-scalars layout.
+        ratio_every: with an adaptive optimizer (Adam), update ratios every this many logged
+            steps (the normalized direction costs a few passes over the gradients; with SGD
+            the ratio is free and logged at every logged step).
     """
 
     every: int = 1
     hist_every: int = 100
+    ratio_every: int = 10
     depth: int = 1
     layout: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("every", "depth"):
+        for name in ("every", "depth", "ratio_every"):
             if getattr(self, name) < 1:
                 raise TrainingMonitorError(
                     f"TrainingMonitor: argument {name!r} is {getattr(self, name)}; must be >= 1"
@@ -104,6 +109,7 @@ class TrainingMonitor:
         nanwatch: a :class:`~diagnostics.NanWatch` whose ``last_status`` is logged.
         cfg_monitor: a :class:`~diagnostics.CFGDropoutMonitor` whose drop rate is logged.
         layout: write a custom-scalars layout (default True).
+        ratio_every: update ratios every this many logged steps under an adaptive optimizer.
 
     Example:
         >>> with TrainingMonitor(model, "runs/exp1", every=10, optimizer=opt) as mon:
@@ -125,13 +131,16 @@ class TrainingMonitor:
         nanwatch: Any = None,
         cfg_monitor: Any = None,
         layout: bool = True,
+        ratio_every: int = 10,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TrainingMonitorError(
                 f"TrainingMonitor: argument 'model' is a {type(model).__name__}, expected an "
                 "nn.Module"
             )
-        self.cfg = MonitorConfig(every=every, hist_every=hist_every, depth=depth, layout=layout)
+        self.cfg = MonitorConfig(
+            every=every, hist_every=hist_every, depth=depth, layout=layout, ratio_every=ratio_every
+        )
         if isinstance(logdir_or_writer, (str, os.PathLike)):
             from torch.utils.tensorboard import SummaryWriter  # heavy: imported lazily
 
@@ -162,11 +171,20 @@ class TrainingMonitor:
                 self.groups.append(g)
             self._gidx.append(index[g])
         self._gi_cache: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
+        self._gi_all = torch.tensor(self._gidx, device=self._named[0][1].device)  # (P,)
         self._cfg_seen = 0  # CFGDropoutMonitor.history entries already logged
         self._layout_written = False
+        self._counts_written = False
+        self._grad_logs = 0  # logged steps with gradients (update-ratio cadence)
+        self._adaptive_seen = False
+        self._layout_prefixes: set[str] = set()
         self._extra_prefixes: set[str] = set()
         self.logged_steps = 0
         self.last_step: int | None = None
+        self._pending: list[tuple[Any, int]] = []  # step events not yet handed to the writer
+        self._pushed_at = time.monotonic()
+        self._flow_steps: list[int] = []  # grad-norm history for the closing figure
+        self._flow: list[list[float]] = []  # per logged step: grad norm per group (nan: none)
         self.closed = False
 
     def __repr__(self) -> str:
@@ -216,58 +234,171 @@ class TrainingMonitor:
         have: list[int] = []
         if train:
             have = [i for i, (_, p) in enumerate(self._named) if p.grad is not None]
+        n_upd, adaptive_opt = 0, False
         if have:
             grads_stats = True
-            dev = self._named[have[0]][1].grad.device
-            gn = _fused_norms([self._named[i][1].grad for i in have]).to(dev)  # (P,)
-            pn = _fused_norms([self._named[i][1].detach() for i in have]).to(dev)  # (P,)
-            key = (dev, tuple(have))
-            gi = self._gi_cache.get(key)
-            if gi is None:  # built once per (device, set of parameters with a gradient)
-                gi = torch.tensor([self._gidx[i] for i in have], device=dev)  # (P,)
-                self._gi_cache[key] = gi
-            zeros = torch.zeros(len(self.groups), device=dev)
-            gsq = zeros.index_add(0, gi, gn.square())  # (G,) squared group grad norms
-            psq = zeros.index_add(0, gi, pn.square())  # (G,)
-            tensors += [gsq.sqrt(), psq.sqrt(), gsq.sum().sqrt().reshape(1)]
+            adaptive_opt = self._is_adaptive()
+            ratio_step = self._grad_logs % self.cfg.ratio_every == 0
+            self._grad_logs += 1
+            grad_t, n_upd = self._grad_tensors(have, directions=adaptive_opt and ratio_step)
+            tensors += grad_t
+        hist_step = bool(train and have and self.cfg.hist_every and step % self.cfg.hist_every == 0)
+        spans: list[tuple[str, int]] = []
+        n_values = sum(t.numel() for t in tensors)
+        if hist_step:  # the histogram values travel in the same transfer
+            pieces, spans = self._hist_payload(have)
+            tensors += pieces
         values: list[float] = []
+        host = torch.zeros(0)
         if tensors:
             dev = tensors[-1].device
-            values = torch.cat([t.to(dev) for t in tensors]).cpu().tolist()  # the one host sync
-        w = self.writer
-        for tag, v in zip(names, values[:n_scalars], strict=True):
-            w.add_scalar(tag, v, step)
-        for tag, v in floats.items():
-            w.add_scalar(tag, v, step)
+            host = torch.cat([t.to(dev) for t in tensors]).cpu()  # the one host sync
+            values = host[:n_values].tolist()
+        out: list[tuple[str, float]] = list(zip(names, values[:n_scalars], strict=True))
+        out += floats.items()
         if grads_stats:
             G = len(self.groups)
-            gnorm, pnorm = (
-                values[n_scalars : n_scalars + G],
-                values[n_scalars + G : n_scalars + 2 * G],
-            )
-            present = sorted({self._gidx[i] for i in have})
+            gnorm = values[n_scalars : n_scalars + G]
+            pnorm = values[n_scalars + G : n_scalars + 2 * G]
+            total = values[n_scalars + 2 * G]
+            unorm = values[n_scalars + 2 * G + 1 : n_scalars + 3 * G + 1] if n_upd else gnorm
             lrs = self._group_lrs()
-            for j in present:
+            for j in sorted({self._gidx[i] for i in have}):
                 g = self.groups[j]
-                w.add_scalar(f"grad_norm/{g}", gnorm[j], step)
-                w.add_scalar(f"param_norm/{g}", pnorm[j], step)
-                if lrs is not None and lrs[j] is not None:
-                    ratio = lrs[j] * gnorm[j] / pnorm[j] if pnorm[j] > 0 else math.inf
-                    w.add_scalar(f"update_ratio/{g}", ratio, step)
-            w.add_scalar("grad_norm/total", values[-1], step)
+                out += [(f"grad_norm/{g}", gnorm[j]), (f"param_norm/{g}", pnorm[j])]
+                ratio_now = not adaptive_opt or n_upd > 0
+                if ratio_now and lrs is not None and lrs[j] is not None and pnorm[j] > 0:
+                    out.append((f"update_ratio/{g}", lrs[j] * unorm[j] / pnorm[j]))
+            out.append(("grad_norm/total", total))
+            if not self._counts_written:  # once: the size of each group (inspect_run reads it)
+                counts = [0] * G
+                for (_, prm), j in zip(self._named, self._gidx, strict=True):
+                    counts[j] += prm.numel()
+                out += [
+                    (f"param_count/{g}", float(n)) for g, n in zip(self.groups, counts, strict=True)
+                ]
+                self._counts_written = True
+            if len(self._flow) < 5000:
+                present_set = {self._gidx[i] for i in have}
+                self._flow_steps.append(step)
+                self._flow.append([gnorm[j] if j in present_set else math.nan for j in range(G)])
         if train and self.optimizer is not None:
-            w.add_scalar("train/lr", float(self.optimizer.param_groups[0]["lr"]), step)
+            out.append(("train/lr", float(self.optimizer.param_groups[0]["lr"])))
         if self.nanwatch is not None:
             status = getattr(self.nanwatch, "last_status", "none")
             if status in NANWATCH_CODES:
-                w.add_scalar("nanwatch/status", NANWATCH_CODES[status], step)
+                out.append(("nanwatch/status", NANWATCH_CODES[status]))
         if self.cfg_monitor is not None:
-            self._log_cfg(step)
-        if train and self.cfg.hist_every and step % self.cfg.hist_every == 0 and have:
-            self._histograms(step, have)
-        if not self._layout_written and self.cfg.layout:
+            out += self._cfg_pairs()
+        self._emit(step, out)
+        if hist_step:
+            self._hist_write(step, host[n_values:], spans)
+        if self.cfg.layout and (
+            not self._layout_written or self._extra_prefixes != self._layout_prefixes
+        ):
             self._write_layout()
         self.logged_steps += 1
+
+    def _is_adaptive(self) -> bool:
+        """Does the optimizer keep Adam's second moment (for any parameter yet)?"""
+        if not self._adaptive_seen:  # checked until it is (it stays adaptive)
+            state = getattr(self.optimizer, "state", None)
+            self._adaptive_seen = bool(state) and any("exp_avg_sq" in st for st in state.values())
+        return self._adaptive_seen
+
+    def _grad_tensors(self, have: list[int], directions: bool) -> tuple[list[Tensor], int]:
+        """Device tensors: group gradient norms (G), parameter norms (G), the total norm (1)
+        and, when the optimizer is adaptive, group norms of the update direction (G).
+
+        The update direction of a parameter is its gradient, or ``grad / (sqrt(v_hat) + eps)``
+        when the optimizer keeps Adam's second moment ``v`` (``exp_avg_sq``; ``v_hat`` its
+        bias-corrected value) for it, so
+        ``update_ratio = lr * |direction| / |param|`` estimates |Δθ|/|θ| for SGD and Adam
+        alike (as GradFlow's update ratios do). Returns the tensors and how many parameters
+        had an adaptive direction (0: the fourth block is absent).
+        """
+        params = [self._named[i][1] for i in have]
+        grads = [p.grad for p in params]
+        dev = grads[0].device
+        gn = _fused_norms(grads).to(dev)  # (P,)
+        pn = _fused_norms([p.detach() for p in params]).to(dev)  # (P,)
+        key = (dev, tuple(have))
+        if len(have) == len(self._named) and key not in self._gi_cache:
+            if self._gi_all.device == dev:
+                self._gi_cache[key] = self._gi_all  # built in __init__: no copy in a step
+        gi = self._gi_cache.get(key)
+        if gi is None:  # built once per (device, set of parameters with a gradient)
+            gi = torch.tensor([self._gidx[i] for i in have], device=dev)  # (P,)
+            self._gi_cache[key] = gi
+        zeros = torch.zeros(len(self.groups), device=dev)
+        gsq = zeros.index_add(0, gi, gn.square())  # (G,) squared group grad norms
+        psq = zeros.index_add(0, gi, pn.square())  # (G,)
+        out = [gsq.sqrt(), psq.sqrt(), gsq.sum().sqrt().reshape(1)]
+        adaptive = self._adaptive(params, grads) if directions else []
+        if adaptive:
+            idx, vs, scale, eps = zip(*adaptive, strict=True)
+            den = torch._foreach_sqrt(list(vs))
+            torch._foreach_mul_(den, list(scale))  # Adam's bias correction of v
+            torch._foreach_add_(den, list(eps))
+            dirs = list(grads)
+            for k, u in zip(idx, torch._foreach_div([grads[k] for k in idx], den), strict=True):
+                dirs[k] = u
+            un = _fused_norms(dirs).to(dev)  # (P,)
+            out.append(zeros.index_add(0, gi, un.square()).sqrt())  # (G,)
+        return out, len(adaptive)
+
+    def _adaptive(
+        self, params: list[Tensor], grads: list[Tensor]
+    ) -> list[tuple[int, Tensor, float, float]]:
+        """``(position, exp_avg_sq, 1/sqrt(1 - beta2**t), eps)`` of the parameters an adaptive
+        optimizer keeps a second moment for (Adam, AdamW, ...)."""
+        opt = self.optimizer
+        if opt is None or not getattr(opt, "state", None):
+            return []
+        group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+        out = []
+        for k, (p, g) in enumerate(zip(params, grads, strict=True)):
+            st = opt.state.get(p, {})
+            v = st.get("exp_avg_sq")
+            if not isinstance(v, Tensor) or v.shape != g.shape or g.is_sparse:
+                continue
+            hp = group_of.get(id(p), {})
+            beta2 = float(hp.get("betas", (0.9, 0.999))[1])
+            t = st.get("step", 0)
+            if isinstance(t, Tensor):  # on the host by default; on a device: no correction
+                t = float(t) if t.device.type == "cpu" else math.inf
+            corr = 1.0 - beta2 ** float(t) if t else 1.0
+            scale = 1.0 / math.sqrt(corr) if corr > 0 else 1.0
+            out.append((k, v, scale, float(hp.get("eps", 1e-8))))
+        return out
+
+    def _emit(self, step: int, pairs: list[tuple[str, float]]) -> None:
+        """Write the scalars of one step: as ONE event through a SummaryWriter's file writer
+        (one queue hand-off to its writer thread instead of one per tag), else one by one."""
+        get = getattr(self.writer, "_get_file_writer", None)
+        if get is None:
+            for tag, v in pairs:
+                self.writer.add_scalar(tag, v, step)
+            return
+        from torch.utils.tensorboard.summary import scalar
+
+        values = [scalar(tag, v).value[0] for tag, v in pairs]
+        self._pending.append((type(scalar("x", 0.0))(value=values), step))
+        now = time.monotonic()
+        if len(self._pending) >= 256 or now - self._pushed_at > 2.0:
+            self._push()
+
+    def _push(self) -> None:
+        """Hand the buffered step events to the writer's thread in one go (waking it once per
+        batch, not once per step: on a busy machine each wake-up costs the training thread a
+        GIL hand-off of several milliseconds)."""
+        self._pushed_at = time.monotonic()
+        if not self._pending:
+            return
+        fw = self.writer._get_file_writer()
+        for summary, step in self._pending:
+            fw.add_summary(summary, step)
+        self._pending.clear()
 
     def _tag(self, key: str) -> str:
         if "/" in key:
@@ -289,7 +420,7 @@ class TrainingMonitor:
                 out[j] = lr_of[id(p)]
         return out
 
-    def _log_cfg(self, step: int) -> None:
+    def _cfg_pairs(self) -> list[tuple[str, float]]:
         mon = self.cfg_monitor
         hist = list(mon.history[self._cfg_seen :])
         self._cfg_seen = len(mon.history)
@@ -297,12 +428,13 @@ class TrainingMonitor:
         if pending[1]:
             hist.append((pending[0], pending[1]))
         total = sum(n for _, n in hist)
-        if total:
-            self.writer.add_scalar("cfg/drop_rate", sum(d for d, _ in hist) / total, step)
-            self.writer.add_scalar("cfg/p", float(mon.p), step)
+        if not total:
+            return []
+        rate = sum(d for d, _ in hist) / total
+        return [("cfg/drop_rate", rate), ("cfg/p", float(mon.p)), ("cfg/drop_n", float(total))]
 
-    def _histograms(self, step: int, have: list[int]) -> None:
-        """NaN-safe histograms per group (finite values; non-finite counts as scalars)."""
+    def _hist_payload(self, have: list[int]) -> tuple[list[Tensor], list[tuple[str, int]]]:
+        """Flattened weights and gradients per group, and ``(tag, length)`` of each piece."""
         by_group: dict[int, list[int]] = {}
         for i in have:
             by_group.setdefault(self._gidx[i], []).append(i)
@@ -320,8 +452,10 @@ class TrainingMonitor:
                 flat = torch.cat(ts)  # (group numel,)
                 pieces.append(flat)
                 spans.append((f"{kind}/{self.groups[j]}", flat.numel()))
-        dev = pieces[0].device
-        host = torch.cat([p.to(dev) for p in pieces]).cpu()  # one transfer for all values
+        return pieces, spans
+
+    def _hist_write(self, step: int, host: Tensor, spans: list[tuple[str, int]]) -> None:
+        """NaN-safe histograms per group (finite values; non-finite counts as scalars)."""
         off = 0
         for tag, n in spans:
             x = host[off : off + n]
@@ -332,28 +466,19 @@ class TrainingMonitor:
                 self.writer.add_histogram(tag, x[finite], step)
 
     def _write_layout(self) -> None:
+        """The custom-scalars layout: loss, this model's own signals, CFG, gradients, health.
+
+        Rewritten when a new tag prefix appears (TensorBoard shows the latest layout)."""
         layout: dict[str, dict[str, list[Any]]] = {
             "Loss": {
                 "train vs validation loss": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
                 "other training scalars": ["Multiline", [r"^train/(?!loss$).*"]],
                 "validation metrics": ["Multiline", [r"^val/.*"]],
-            },
-            "Gradients": {
-                "gradient norm per module group": ["Multiline", [r"^grad_norm/.*"]],
-                "update ratio lr*|grad|/|param| per group (healthy ~1e-3)": [
-                    "Multiline",
-                    [r"^update_ratio/.*"],
-                ],
-                "parameter norm per group": ["Multiline", [r"^param_norm/.*"]],
-            },
-            "Health": {
-                "non-finite values in histograms": ["Multiline", [r"^nonfinite/.*"]],
-                "NanWatch status (0 ok, 1 scaler overflow, 2 non-finite)": [
-                    "Multiline",
-                    [r"^nanwatch/.*"],
-                ],
-            },
+            }
         }
+        extra = sorted(self._extra_prefixes - {"cfg", "train", "val"})
+        if extra:
+            layout["Model signals"] = {f"{p}/*": ["Multiline", [f"^{p}/.*"]] for p in extra}
         if self.cfg_monitor is not None or "cfg" in self._extra_prefixes:
             layout["Conditioning (CFG)"] = {
                 "drop rate vs configured p": [
@@ -362,12 +487,61 @@ class TrainingMonitor:
                 ],
                 "loss of conditioned vs dropped examples": ["Multiline", [r"^cfg/loss_.*"]],
             }
-        extra = sorted(self._extra_prefixes - {"cfg", "train", "val"})
-        if extra:
-            layout["Model signals"] = {f"{p}/*": ["Multiline", [f"^{p}/.*"]] for p in extra}
+        layout["Gradients"] = {
+            "gradient norm per module group": ["Multiline", [r"^grad_norm/.*"]],
+            "update ratio lr*|grad|/|param| per group (healthy ~1e-3)": [
+                "Multiline",
+                [r"^update_ratio/.*"],
+            ],
+            "parameter norm per group": ["Multiline", [r"^param_norm/.*"]],
+        }
+        layout["Health"] = {
+            "non-finite values in histograms": ["Multiline", [r"^nonfinite/.*"]],
+            "NanWatch status (0 ok, 1 scaler overflow, 2 non-finite)": [
+                "Multiline",
+                [r"^nanwatch/.*"],
+            ],
+        }
         if hasattr(self.writer, "add_custom_scalars"):
             self.writer.add_custom_scalars(layout)
         self._layout_written = True
+        self._layout_prefixes = set(self._extra_prefixes)
+
+    def _summary_text(self) -> str:
+        rows = ["| group | parameters | last grad norm |", "| --- | --- | --- |"]
+        counts = [0] * len(self.groups)
+        for (_, p), j in zip(self._named, self._gidx, strict=True):
+            counts[j] += p.numel()
+        last = self._flow[-1] if self._flow else [math.nan] * len(self.groups)
+        for j, g in enumerate(self.groups):
+            rows.append(f"| {g} | {counts[j]:,} | {last[j]:.4g} |")
+        head = (
+            f"TrainingMonitor over {type(self.model).__name__}: {self.logged_steps} logged steps "
+            f"(every={self.cfg.every}, hist_every={self.cfg.hist_every}), last step "
+            f"{self.last_step}. Read the run back with `python -m diagnostics.inspect_run`."
+        )
+        return head + "\n\n" + "\n".join(rows)
+
+    def _grad_flow_image(self) -> Any:
+        """HWC uint8 heat map: log10 gradient norm per group (rows) over logged steps."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: lazily
+        from matplotlib.figure import Figure
+
+        data = np.log10(np.clip(np.array(self._flow, dtype=float).T, 1e-12, None))  # (G, S)
+        fig = Figure(figsize=(8, 1.2 + 0.35 * len(self.groups)), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        steps = self._flow_steps
+        im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap="viridis",
+                       extent=(steps[0] - 0.5, steps[-1] + 0.5, len(self.groups) - 0.5, -0.5))  # fmt: skip
+        ax.set_yticks(range(len(self.groups)), self.groups)
+        ax.set_xlabel("step")
+        ax.set_title("gradient flow: log10 gradient norm per module group (dark = vanishing)")
+        fig.colorbar(im, ax=ax, label="log10 |grad|")
+        fig.tight_layout()
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
 
     # ------------------------------------------------------------------ lifetime
     def log_exception(self, exc: BaseException, step: int | None = None) -> None:
@@ -391,14 +565,24 @@ class TrainingMonitor:
             raise
 
     def flush(self) -> None:
+        """Hand buffered events to the writer and flush it to disk."""
+        self._push()
         if hasattr(self.writer, "flush"):
             self.writer.flush()
 
     def close(self) -> None:
-        """Flush; close the writer when the monitor opened it. Idempotent."""
+        """Write the run's summary (text) and gradient-flow heat map (image), flush, and close
+        the writer when the monitor opened it. Idempotent."""
         if self.closed:
             return
         self.closed = True
+        at = self.last_step or 0
+        self._push()
+        if hasattr(self.writer, "add_text"):
+            self.writer.add_text("monitor/summary", self._summary_text(), at)
+        if self._flow and hasattr(self.writer, "add_image"):
+            self.writer.add_image("monitor/grad_flow", self._grad_flow_image(), at,
+                                  dataformats="HWC")  # fmt: skip
         if self._own_writer:
             self.writer.close()
         else:

@@ -3,13 +3,15 @@
 Gradient norms and shares become scalars, histograms log their non-finite counts as separate
 scalars (TensorBoard's own histogram code would raise or silently drop them), and a
 :class:`~diagnostics.NonFiniteError` report becomes a text entry that is flushed to disk before
-the error propagates. TensorBoard is imported only when a logger is created.
+the error propagates. A custom-scalars layout groups these curves. TensorBoard is imported only
+when a logger is created.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,12 +56,39 @@ class TensorBoardLogger:
         self.writer = writer
         self.prefix = prefix.rstrip("/")
         self.depth = depth
+        self._layout_written = False
 
     def _tag(self, *parts: str) -> str:
         return "/".join([self.prefix, *parts]) if self.prefix else "/".join(parts)
 
+    def write_layout(self) -> None:
+        """A custom-scalars layout for this logger's tags (written once, on the first log):
+        gradient norms, shares, update ratios, parameter counts and non-finite events."""
+        if self._layout_written or not hasattr(self.writer, "add_custom_scalars"):
+            return
+        t = re.escape(self._tag(""))
+        self.writer.add_custom_scalars(
+            {
+                "torchdx gradients": {
+                    "gradient norm (total and per module)": ["Multiline", [f"^{t}grad_norm/.*"]],
+                    "share of the gradient norm per module": ["Multiline", [f"^{t}grad_share/.*"]],
+                    "update ratio (max, median)": ["Multiline", [f"^{t}update_ratio/.*"]],
+                    "unused / zero / non-finite parameters, flags": ["Multiline", [f"^{t}grad/.*"]],
+                },
+                "torchdx health": {
+                    "non-finite events (NanWatch)": ["Multiline", [f"^{t}nonfinite/.*"]],
+                    "non-finite values in histograms": [
+                        "Multiline",
+                        [f"^{t}.*/(nan|posinf|neginf)$"],
+                    ],
+                },
+            }
+        )
+        self._layout_written = True
+
     def log_gradflow(self, report: GradFlowReport, step: int) -> None:
         """Total and per-module gradient norms, shares, counts of unused/zero parameters."""
+        self.write_layout()
         w = self.writer
         w.add_scalar(self._tag("grad_norm", "total"), report.total_norm, step)
         for name, v in report.module_norms.items():
@@ -85,6 +114,7 @@ class TensorBoardLogger:
         Returns:
             ``{"nan": n, "posinf": n, "neginf": n}`` (also written as ``TAG/nan`` etc.).
         """
+        self.write_layout()
         x = tensor.detach()
         if x.is_complex():
             x = x.abs()
@@ -106,6 +136,7 @@ class TensorBoardLogger:
     def log_nonfinite(self, error: NonFiniteError | NonFiniteReport, step: int) -> None:
         """Write a NonFiniteError report as a text entry and flush the writer at once."""
         rep = error.report if isinstance(error, NonFiniteError) else error
+        self.write_layout()
         self.writer.add_text(self._tag("nonfinite"), rep.to_markdown(), step)
         self.writer.add_scalar(self._tag("nonfinite", "events"), 1.0, step)
         self.writer.flush()

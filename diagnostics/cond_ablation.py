@@ -51,19 +51,34 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=_PROG,
-        description="Does the model use its condition? Replaces the conditioning at each site "
-        "(a module's output, or a forward argument) with zero / mean / random / shuffled / null "
-        "values, measures the relative output change ||f(c) - f(a)|| / ||f(c)|| per example on the "
-        "same inputs and noise, and gives a verdict per site from the bootstrap 95% CI of its "
-        "mean: 'used' (some ablation's CI low >= 0.05), 'ignored' (every CI high < 0.01), "
-        "otherwise 'weak'. With no arguments: the embedded default (the reference "
-        "noise-conditioned SGMSE+ on held-out synthetic noisy speech), with effect curves over "
-        "diffusion time, a guidance-scale sweep and an embedding analysis.",
-        epilog="Outputs under --out: report.json, report.md, PNG figures, TensorBoard logs, "
-        "timing.json. Exit status: 0 when the run completed (whatever it found); 2 for bad "
-        "arguments or input, with one line on stderr (completed sites are still written). "
-        "Examples: %(prog)s | %(prog)s --target mypkg.targets:make_target --site encoder.proj "
-        "| torchrun --nproc_per_node=2 -m diagnostics.cond_ablation",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Does the model use the content of its condition?
+
+At each site (a module's output, or a forward argument) the condition is replaced and the
+relative output change ||f(c) - f(a)|| / ||f(c)|| is measured per example, on the same inputs
+and noise, with a paired bootstrap 95% CI:
+  floor    the site's own value through the same hook path (round-off, the model's randomness)
+  channel  zero / random / null: does replacing the condition at all change the output?
+  content  shuffle (another example's condition) / mean: is the content used?
+Verdict per site (and per label):
+  used          content above the floor, CI low >= --min-effect
+  weak          content above the floor, CI high < --min-effect
+  constant      channel above the floor, content not (a fixed bias; e.g. a collapsed encoder)
+  ignored       nothing above the floor
+  inconclusive  fewer than 6 examples, identical conditions, or CIs too wide to decide
+With a sampler (the default target has one): quality-level metric deltas of the null and
+shuffle ablations and a guidance-scale sweep paired against scale 0.
+With no arguments: the embedded default (the shipped noise-conditioned SGMSE+ on held-out
+synthetic noisy speech), with effect curves over diffusion time and an embedding analysis.""",
+        epilog="""Outputs under --out: report.json (schema 2), report.md, PNG figures, TensorBoard
+logs, timing.json. Exit status: 0 when the run completed (whatever it found); 2 for bad
+arguments or input, with one line on stderr (completed sites are still written).
+
+Examples:
+  %(prog)s
+  %(prog)s --target diagnostics.ablation_example:healthy_target
+  %(prog)s --target mypkg.targets:make_target --site encoder.proj --min-effect 0.02
+  torchrun --nproc_per_node=2 -m diagnostics.cond_ablation""",
     )
     p.add_argument(
         "--target",
@@ -87,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tensorboard", metavar="DIR", help="TensorBoard log folder (default OUT/tensorboard)"
     )
+    p.add_argument(
+        "--min-effect",
+        type=_min_effect,
+        default=None,
+        metavar="X",
+        help="content effect (CI low) at or above which a site is 'used' "
+        "(default 0.05: 5%% of the output norm)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
     p.add_argument("--device", default=None, help="torch device for the model, e.g. cpu, cuda")
     p.add_argument(
@@ -97,9 +120,23 @@ def _parser() -> argparse.ArgumentParser:
         "average exceeds its cores: oversubscribed OpenMP threads spin)",
     )
     p.add_argument("--no-umap", action="store_true", help="skip the UMAP projection")
-    p.add_argument("--no-guidance", action="store_true", help="skip the guidance-scale sweep")
+    p.add_argument(
+        "--no-guidance",
+        action="store_true",
+        help="skip the sampler: no guidance-scale sweep, no quality-level deltas",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def _min_effect(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0 (e.g. 0.05)")
+    return value
 
 
 def load_target(spec: str | None, seed: int = 0) -> Any:
@@ -209,7 +246,10 @@ def _init_distributed(device: str | None) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 done, 2 bad input)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, its line already written)
+        return int(e.code or 0)
     t_start = time.perf_counter()
     from diagnostics._distributed import DistributedError
 
@@ -253,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             umap=not args.no_umap,
             guidance=not args.no_guidance,
+            quality=not args.no_guidance,
             progress=not args.quiet,
+            **({} if args.min_effect is None else {"min_effect": args.min_effect}),
         )
     except AblationError as e:
         err, report = e, e.report

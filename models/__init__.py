@@ -5,6 +5,14 @@ Subpackages: ``models.audio`` (STFT front end, synthetic noisy speech, metrics),
 (noise-conditioned score model with classifier-free guidance), ``models.diffusion_buffer``
 (online BBED diffusion buffer) and ``models.audiosr`` (latent-diffusion U-Net with a global
 encoder). Import the subpackage you need; this package imports nothing heavy.
+
+Every model package has the same layout: ``_config.py`` (a config dataclass with ``to_dict`` /
+``from_dict``, and the package's errors, rooted at ``contracts.TorchdxError``), the model, a
+``train`` module (``train(...)`` + ``main(argv)`` behind ``python -m models.NAME.train``, with
+``--tensorboard DIR`` for a training monitor), and ``save_checkpoint`` / ``load_checkpoint`` in
+the one format of :mod:`models._checkpoint` (config, weights, step, metrics, torch version).
+The AudioSR and diffusion-buffer loops are one loop (:mod:`models._training`). Models never
+import ``diagnostics`` in library code; a training function takes a monitor from its caller.
 """
 
 __all__: list[str] = []

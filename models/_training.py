@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from contracts.cli import ArgumentParser
+
 __all__ = [
     "Monitor",
     "TrainResult",
@@ -123,6 +125,8 @@ def run_training(
     res = TrainResult(model, eval_before=eval_loss(model, eval_t))
     if monitor is not None and not hasattr(monitor, "step"):
         monitor = monitor(model, opt)
+    if monitor is not None:
+        monitor.step(0, val_loss=res.eval_before)
     writer = None
     if logdir:
         from torch.utils.tensorboard import SummaryWriter  # heavy: lazily
@@ -184,7 +188,7 @@ def open_loss_watch(**kwargs: Any) -> Callable[[Any], Any]:
     return make
 
 
-def add_common_arguments(p: argparse.ArgumentParser, logdir: str) -> None:
+def add_common_arguments(p: ArgumentParser, logdir: str) -> None:
     """The flags both short-training CLIs share."""
     p.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
     p.add_argument("--batch", type=int, default=8, help="clips per step (default 8)")

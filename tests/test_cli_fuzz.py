@@ -31,14 +31,12 @@ def _entry_points() -> dict[str, str]:
     found = {}
     for pkg in PACKAGES:
         for path in sorted((ROOT / pkg).rglob("*.py")):
-            if path.name.startswith("bench_") or path.name == "__init__.py":
+            if path.name.startswith(("bench_", "_")) and path.name != "__main__.py":
                 continue
             text = path.read_text()
             if "main" in text and '__name__ == "__main__"' in text:
-                module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-                if path.name == "__main__.py":
-                    module = module.removesuffix(".__main__")
-                found[module] = text
+                # the module to import (a package's CLI lives in its __main__)
+                found[".".join(path.relative_to(ROOT).with_suffix("").parts)] = text
     return found
 
 

@@ -4,9 +4,12 @@ One private package, one room per responsibility:
 
 * ``_types``: the target, the errors and the report records (what writers and the CLI use);
 * ``_runner``: site parsing and the scoped hooks that replace a site's value;
-* ``_engine``: :func:`run_ablation` (the passes over the batches);
-* ``_stats``: per-example effects, bootstrap CIs, the verdict rule;
-* ``_guidance``: the sampler sweep;
+* ``_run``: the state of one run and the streamed batches;
+* ``_site``: one site's pass (statistics, variants incl. the floor, summary);
+* ``_engine``: :func:`run_ablation` (sites, embeddings, sampler);
+* ``_stats``: per-example effects, bootstrap CIs, site statistics;
+* ``_verdict``: the rule (floor, channel, content -> verdict and reason);
+* ``_guidance``: quality-level deltas and the paired guidance sweep;
 * ``_writers``: one renderer per output format (JSON, Markdown, table, TensorBoard, PNG);
 * ``_default_target``: the embedded SGMSE+ target of ``python -m diagnostics.cond_ablation``.
 

@@ -9,8 +9,9 @@ noise-conditioned SGMSE+ (shipped checkpoint, EMA weights) on held-out synthetic
 * sites: ``noise_encoder`` (its output is the condition embedding ``[B, E]``; null = the learned
   ``null_embedding``) and ``arg:noise_ref`` (null = ``None``: the model's unconditional path);
 * labels: the noise type of each mixture (embedding clusters, silhouette, UMAP);
-* guidance sweep: ``models.sgmse.enhance_batch`` at each scale, scored with SI-SDR and PESQ
-  against the clean clip.
+* sampler: ``models.sgmse.enhance_batch``, scored with SI-SDR and PESQ against the clean clip,
+  for the quality-level deltas of the ablations (scale 1) and the guidance sweep; the noisy
+  mixture's own scores are the sweep's baseline row.
 
 Example:
     >>> from diagnostics._default_target import default_target
@@ -31,7 +32,7 @@ __all__ = ["DEFAULTS", "default_target", "sgmse_target"]
 
 # sized so that the whole default run fits in ~90 s on 2 CPU cores (see docs/COND_ABLATION.md)
 DEFAULTS: dict[str, Any] = {
-    "n_mixtures": 18,  # held-out mixtures ablated (3 per noise type)
+    "n_mixtures": 36,  # held-out mixtures ablated (6 per noise type: a verdict per label)
     "batch_size": 6,  # mixtures per batch (x 6 variants per tiled forward)
     "seconds": 0.5,  # clip length (noise reference and sweep clips)
     "frames": 16,  # STFT frames (from the clip's middle) of the ablated score; multiple of 8
@@ -107,41 +108,49 @@ def sgmse_target(model: nn.Module, **overrides: Any) -> AblationTarget:
             "noise_ref": batch["noise_ref"],
         }
 
-    # the guidance sweep uses one example per noise type from the first mixtures
+    # the sampler (quality deltas, guidance sweep) runs on one example per noise type
     n_g = int(o["guidance_n"])
     sweep_mix = mixes[:n_g]
     sweep = {
-        "clean": torch.stack([m.clean for m in sweep_mix]),
-        "noisy": torch.stack([m.noisy for m in sweep_mix]),
-        "noise_ref": torch.stack([m.noise_ref for m in sweep_mix]),
+        "clean": torch.stack([m.clean for m in sweep_mix]),  # (G, L)
+        "noisy": torch.stack([m.noisy for m in sweep_mix]),  # (G, L)
+        "noise_ref": torch.stack([m.noise_ref for m in sweep_mix]),  # (G, L_ref)
     }
     n_steps = int(o["sampler_steps"])
 
-    def sample(model_: nn.Module, batch: Any, scale: float, seed: int) -> dict[str, Tensor]:
-        import contracts
-        from models.sgmse import enhance_batch
-
-        # scale 0 is the unconditional score: one network call (null embedding) per step
-        ref = None if float(scale) == 0.0 else sweep["noise_ref"]
-        # value checks of the score model's contract are skipped inside the sampler (speed:
-        # every step would re-check t in [t_eps, 1] and finiteness); shapes stay checked
-        with contracts.mode("shapes"):
-            est = enhance_batch(
-                model_, sweep["noisy"], ref, N=n_steps, guidance_scale=float(scale), seed=seed
-            )  # (B, L)
-        out = {"si_sdr": si_sdr(est, sweep["clean"])}
+    def score(est: Tensor, clean: Tensor) -> dict[str, Tensor]:
+        """SI-SDR and (when the pesq package is installed) PESQ per example; NaN where PESQ
+        refuses a clip (counted as a failure by the engine)."""
+        out = {"si_sdr": si_sdr(est, clean)}
         try:
             import pesq  # noqa: F401
         except ImportError:
             return out
         vals = []
-        for e, c in zip(est, sweep["clean"], strict=True):
+        for e, c in zip(est, clean, strict=True):
             try:
                 vals.append(pesq_score(e, c, 16000))
             except Exception:  # PESQ refuses silent/too-short clips
                 vals.append(float("nan"))
         out["pesq"] = torch.tensor(vals)
         return out
+
+    def sample(model_: nn.Module, batch: Any, scale: float, seed: int) -> dict[str, Tensor]:
+        import contracts
+        from models.sgmse import enhance_batch
+
+        # scale 0 is the unconditional score: one network call (null embedding) per step
+        ref = None if float(scale) == 0.0 else batch["noise_ref"]
+        # value checks of the score model's contract are skipped inside the sampler (speed:
+        # every step would re-check t in [t_eps, 1] and finiteness); shapes stay checked
+        with contracts.mode("shapes"):
+            est = enhance_batch(
+                model_, batch["noisy"], ref, N=n_steps, guidance_scale=float(scale), seed=seed
+            )  # (B, L)
+        return score(est, batch["clean"])
+
+    def unprocessed(batch: Any) -> dict[str, Tensor]:
+        return score(batch["noisy"], batch["clean"])
 
     def forward(model_: nn.Module, batch: dict[str, Any]) -> Tensor:
         import contracts
@@ -161,12 +170,15 @@ def sgmse_target(model: nn.Module, **overrides: Any) -> AblationTarget:
         times=times,
         at_time=at_time,
         sample=sample,
+        sample_batches=[sweep],
+        unprocessed=unprocessed,
         guidance_scales=tuple(o["guidance_scales"]),
         guidance_batches=1,
         embedding_site="noise_encoder",
         embedding_batches=emb_batches,
         # measured (benchmarks/bench_cond_ablation.py): on CPU this conv net runs 6 forwards of
-        # B rows faster than one of 6B rows; on a GPU the tiled forward wins
+        # B rows faster than one of 6B rows; on a GPU one larger forward is expected to win
+        # (not measured: no GPU here)
         batch_variants=next(model.parameters()).is_cuda,
         embedding_labels=emb_labels,
         name=f"SGMSE+ noise-conditioned ({getattr(model, 'weights_used', '?')} weights), "

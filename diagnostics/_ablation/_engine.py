@@ -9,10 +9,16 @@ Ablations (each compared with the intact run on the same inputs and the same noi
   example's condition; the mismatched-reference test).
 * ``null``: the model's own unconditional input, given by ``AblationTarget.null``.
 
+Beside them every site runs the *identity* replacement (its own value through the same hook
+path and tiling): the measured **floor** the verdict compares against
+(``diagnostics._ablation._verdict``). Every variant's forward gets its own seeded draw of the
+model's RNG, so a model that is random in its forward (dropout left on) shows that randomness in
+the floor instead of hiding it; inputs and ``x_t`` noise are the same for every variant.
+
 The intact run and the ablated runs are batched together (the batch is tiled, the hook replaces
 the copies) when the model is batch-independent; the engine checks that on the first batch and
-falls back to one forward per variant otherwise. Batches are streamed: only per-example numbers
-are kept, never activations.
+falls back to one forward per variant otherwise. Batches are streamed (any re-iterable: a list,
+a ``DataLoader``): only per-example numbers are kept, never activations.
 
 Under torch.distributed (``torchrun --nproc_per_node=N -m diagnostics.cond_ablation``) the
 ablation passes are sharded: rank ``r`` runs the items ``k % N == r`` (every item's noise and
@@ -24,103 +30,31 @@ unsharded (the last two on rank 0 only). See ``docs/DDP.md``.
 Example:
     >>> target = AblationTarget(model=net, batches=[{"x": x, "cond": c}], sites=["arg:cond"])
     >>> report = run_ablation(target, seed=0)
-    >>> report.sites[0].verdict
-    'used'
+    >>> report.sites[0].verdict, report.sites[0].reason  # doctest: +SKIP
+    ('used', "giving each example another example's condition changes the output by ...")
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diagnostics._ablation._guidance import run_guidance
-from diagnostics._ablation._runner import (
-    Runner,
-    Site,
-    derangement,
-    describe,
-    first_dim,
-    parse_site,
-    seed_of,
-    tile,
-)
-from diagnostics._ablation._stats import (
-    N_BOOT,
-    SiteStats,
-    bootstrap_ci,
-    example_effects,
-    site_verdict,
-    verdict_from_ci,
-)
-from diagnostics._ablation._types import (
-    ABLATIONS,
-    AblationError,
-    AblationReport,
-    AblationTarget,
-    Curve,
-    Effect,
-    SiteResult,
-)
+from diagnostics._ablation._guidance import quality_deltas, run_guidance
+from diagnostics._ablation._run import Run, flat_labels, iter_batches, r6
+from diagnostics._ablation._runner import Runner, parse_site, seed_of
+from diagnostics._ablation._site import SitePass
+from diagnostics._ablation._stats import N_BOOT
+from diagnostics._ablation._types import ABLATIONS, AblationError, AblationReport, AblationTarget
+from diagnostics._ablation._verdict import MIN_EFFECT
 
 __all__ = ["run_ablation"]
 
 _MAX_EMBEDDINGS = 4096  # embeddings kept for the embedding analysis (bounded memory)
-_KINDS = ("rel", "cos", "abs")  # per-example numbers kept per ablation
-
-
-class _Unbatchable(Exception):
-    """An ablation's replacement cannot be concatenated with the tiled batch."""
-
-
-def r6(x: float) -> float:
-    """Round for the report (6 significant digits)."""
-    return float(f"{x:.6g}")
-
-
-def _summary(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, list[float]]:
-    mean, lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
-    return mean, [lo, hi]
-
-
-@dataclass
-class _Run:
-    """The state shared by every pass of one :func:`run_ablation` call."""
-
-    runner: Runner
-    target: AblationTarget
-    seed: int
-    n_boot: int
-    times: list[Any]
-    batch_variants: bool
-    progress: bool
-    sharding: tuple[int, int]  # (rank, world size)
-
-    @property
-    def items(self) -> list[tuple[int, int]]:
-        return [(bi, ti) for bi in range(len(self.target.batches)) for ti in range(len(self.times))]
-
-    def model_input(self, bi: int, ti: int, batches: Sequence[Any] | None = None) -> Any:
-        """Batch ``bi`` as the model sees it at time index ``ti`` (device, ``x_t`` noise)."""
-        batch = self.runner.to_device((self.target.batches if batches is None else batches)[bi])
-        if self.target.at_time is None:
-            return batch
-        gen = torch.Generator().manual_seed(seed_of(self.seed, 1, bi, ti))
-        return self.runner.to_device(self.target.at_time(batch, float(self.times[ti]), gen))
-
-    def bar(self, iterable: Iterable[Any], desc: str, *, show: bool = True) -> Iterable[Any]:
-        """A tqdm progress bar over ``iterable`` when progress is on."""
-        if not (self.progress and show):
-            return iterable
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, desc=desc, leave=False)
 
 
 def _check_target(target: Any) -> AblationTarget:
@@ -133,12 +67,10 @@ def _check_target(target: Any) -> AblationTarget:
         raise AblationError(
             f"AblationTarget.model is {type(target.model).__name__}, not a torch.nn.Module"
         )
-    if not isinstance(target.batches, (list, tuple)) or len(target.batches) == 0:
-        raise AblationError(
-            "AblationTarget.batches is empty: give at least one batch of inputs "
-            f"(got {type(target.batches).__name__} of length "
-            f"{len(target.batches) if hasattr(target.batches, '__len__') else '?'})"
-        )
+    iter_batches(target.batches, "AblationTarget.batches")
+    for name in ("embedding_batches", "sample_batches"):
+        if getattr(target, name) is not None:
+            iter_batches(getattr(target, name), f"AblationTarget.{name}")
     if (target.times is None) != (target.at_time is None):
         raise AblationError(
             "AblationTarget.times and AblationTarget.at_time go together: give both or neither"
@@ -146,26 +78,6 @@ def _check_target(target: Any) -> AblationTarget:
     if target.times is not None and len(target.times) == 0:
         raise AblationError("AblationTarget.times is empty: give the diffusion times to probe")
     return target
-
-
-def flat_labels(given: list[Any] | None, sizes: list[int]) -> list[str] | None:
-    """One string label per example from per-batch sequences or a flat list."""
-    if given is None:
-        return None
-    labels = list(given)
-    n = sum(sizes)
-    if len(labels) == len(sizes) and all(
-        isinstance(x, (list, tuple)) or (isinstance(x, Tensor) and x.dim() == 1) for x in labels
-    ):
-        flat = [str(v.item() if isinstance(v, Tensor) else v) for seq in labels for v in seq]
-    else:
-        flat = [str(v.item() if isinstance(v, Tensor) else v) for v in labels]
-    if len(flat) != n:
-        raise AblationError(
-            f"AblationTarget.labels has {len(flat)} labels for {n} examples "
-            "(give one label per batch item)"
-        )
-    return flat
 
 
 def run_ablation(
@@ -177,50 +89,57 @@ def run_ablation(
     device: str | torch.device | None = None,
     batch_variants: bool | None = None,
     n_boot: int = N_BOOT,
+    min_effect: float = MIN_EFFECT,
     embeddings: bool = True,
     umap: bool = True,
     guidance: bool = True,
+    quality: bool = True,
     progress: bool = False,
     shard: bool = True,
 ) -> AblationReport:
-    """Ablate the condition at each site and measure how much the output changes.
+    """Ablate the condition at each site, measure the output change, and give a verdict.
 
     Args:
         target: the model, its batches and the optional diffusion/sampler hooks.
         sites: module paths or ``arg:NAME``; default ``target.sites``.
-        ablations: any of ``zero, mean, random, shuffle, null``.
+        ablations: any of ``zero, mean, random, shuffle, null`` (the floor always runs).
         seed: everything random (``x_t`` noise, random conditions, shuffles, bootstrap, the
-            model's own RNG, forked per batch) derives from it; same seed, same report.
+            model's own RNG, per variant) derives from it; same seed, same report.
         device: move the model and the batches there (default: leave them).
         batch_variants: run the intact and ablated variants as one tiled forward when the
             model is batch-independent (checked on the first batch); default
             ``target.batch_variants``.
         n_boot: bootstrap resamples for the 95% CIs.
+        min_effect: content effect (CI low) at or above which a site is ``used`` (>= 0).
         embeddings: run the embedding analysis on ``target.embedding_site``.
         umap: include a UMAP projection in the embedding analysis.
         guidance: run the guidance-scale sweep when ``target.sample`` is given.
+        quality: quality-level deltas of each ablation when ``target.sample`` is given.
         progress: show tqdm progress bars.
         shard: under torch.distributed with several ranks, split the ablation passes across
             the ranks and gather the per-example effects (call on every rank). The embedding
-            analysis and guidance sweep then run on rank 0 only; rank 0's report is complete.
+            analysis, quality deltas and guidance sweep then run on rank 0 only.
 
     Returns:
-        An :class:`AblationReport`.
+        An :class:`AblationReport`; each site has ``verdict``, ``reason``, ``floor``,
+        ``channel``, ``content``, ``ablations`` and ``by_label``.
 
     Raises:
         AblationError: bad input; ``err.report`` holds the sites completed before it.
 
     Example:
         >>> rep = run_ablation(target, sites=["arg:cond"], ablations=["zero", "shuffle"])
-        >>> print(rep.verdict_table())
+        >>> print(rep.verdict_table())  # doctest: +SKIP
     """
     from diagnostics._distributed import check_launch, note_failure
 
+    if not isinstance(min_effect, (int, float)) or not min_effect >= 0:
+        raise AblationError(f"min_effect is {min_effect!r}; give a number >= 0 (e.g. 0.05)")
     target = _check_target(target)
     info = check_launch("run_ablation")
     sharding = (info.rank, info.world_size) if shard and info.distributed else (0, 1)
     if sharding[1] > 1 and sharding[0] != 0:
-        embeddings = guidance = False  # rank 0 writes the one report
+        embeddings = guidance = quality = False  # rank 0 writes the one report
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown or not ablations:
         raise AblationError(
@@ -236,11 +155,12 @@ def run_ablation(
     dev = torch.device(device) if device is not None else None
     if dev is not None:
         target.model.to(dev)
-    run = _Run(
+    run = Run(
         runner=Runner(target, dev),
         target=target,
         seed=seed,
         n_boot=n_boot,
+        min_effect=float(min_effect),
         times=list(target.times) if target.times is not None else [None],
         batch_variants=target.batch_variants if batch_variants is None else batch_variants,
         progress=progress,
@@ -249,6 +169,7 @@ def run_ablation(
     report = AblationReport(
         target=target.name or type(target.model).__name__,
         seed=seed,
+        min_effect=float(min_effect),
         times=[r6(float(t)) for t in target.times] if target.times is not None else None,
         ablations=list(ablations),
         n_boot=n_boot,
@@ -266,8 +187,13 @@ def run_ablation(
             try:
                 site = parse_site(text)
                 run.runner.check_site(site)
-                site_pass = _SitePass(run, site, si, list(ablations))
+                site_pass = SitePass(run, site, si, list(ablations))
                 result = site_pass.run()
+                if quality and target.sample is not None:
+                    t1 = time.perf_counter()
+                    for a, deltas in quality_deltas(run, site_pass).items():
+                        result.ablations[a].metrics = deltas
+                    report.timing[f"quality:{text}"] = time.perf_counter() - t1
             except AblationError as err:
                 if err.site is None:
                     err.site = text
@@ -322,275 +248,8 @@ def run_ablation(
     return report
 
 
-class _SitePass:
-    """All ablations at one site: statistics pass, then one pass over the (sharded) items."""
-
-    def __init__(self, run: _Run, site: Site, si: int, ablations: list[str]) -> None:
-        self.run_ = run
-        self.site = site
-        self.si = si
-        self.ablations = ablations
-        self.notes: list[str] = []
-        self.mean: Tensor | None = None
-        self.std: Tensor | None = None
-        self.null_spec: Any = None
-        self.todo: list[str] = []
-        self.batched = False
-        self.seq_only: set[str] = set()
-        self.n_examples = 0
-
-    # -- set-up
-    def _statistics(self) -> Tensor:
-        """Pass 1: the site's data statistics (forward stopped at the site); the first value."""
-        run, site = self.run_, self.site
-        stats = SiteStats()
-        need = any(a in ("mean", "random") for a in self.ablations)
-        first: Tensor | None = None
-        for bi, ti in run.bar(run.items, f"{site.text}: stats", show=need):
-            v = run.runner.capture(site, run.model_input(bi, ti), seed_of(run.seed, 2, bi, ti))
-            first = v if first is None else first
-            stats.add(v)
-            if not need:
-                break
-        assert first is not None, "_SitePass: no items"
-        self.mean, self.std = stats.mean_std()
-        if stats.scalar and need:
-            self.notes.append(
-                "site value shape varies across batches: mean/random use scalar statistics"
-            )
-        return first
-
-    def _plan(self, first: Tensor) -> None:
-        """Which ablations apply here, and batched or one forward per variant."""
-        site, run = self.site, self.run_
-        spec = run.target.null
-        if isinstance(spec, Mapping):
-            spec = spec.get(site.text, spec.get(site.path))
-        self.null_spec = spec
-        self.todo = list(self.ablations)
-        if "null" in self.todo and spec is None:
-            self.todo.remove("null")
-            self.notes.append(
-                "null skipped: the target defines no null (unconditional) input for this site"
-            )
-        if "shuffle" in self.todo and first.shape[0] < 2:
-            self.todo.remove("shuffle")
-            self.notes.append("shuffle skipped: batches of one example cannot be permuted")
-        if not self.todo:
-            raise AblationError(
-                f"site {site.text!r}: none of the ablations {', '.join(self.ablations)} applies",
-                site=site.text,
-            )
-        self.batched = bool(run.batch_variants)
-        if self.batched:
-            item = run.items[0]
-            self.batched, why = self._batchable(
-                run.model_input(*item), len(self.todo) + 1, seed_of(run.seed, 5, *item)
-            )
-            if not self.batched:
-                self.notes.append(f"variants run one forward each ({why})")
-
-    # -- replacements
-    def replacement(self, name: str, c: Tensor, bi: int, ti: int) -> Any:
-        """The ablated value of ``c`` (the site's value on item ``(bi, ti)``)."""
-        seed, si = self.run_.seed, self.si
-        if name == "zero":
-            return torch.zeros_like(c)
-        if name == "mean":
-            return self.mean.to(device=c.device, dtype=c.dtype).expand_as(c).clone()
-        if name == "random":
-            gen = torch.Generator().manual_seed(seed_of(seed, 3, si, bi, ti))
-            zt = torch.complex128 if c.is_complex() else torch.float64
-            z = torch.randn(c.shape, generator=gen, dtype=zt)  # complex: E|z|^2 = 1
-            return (self.mean + self.std * z).to(device=c.device, dtype=c.dtype)
-        if name == "shuffle":
-            gen = torch.Generator().manual_seed(seed_of(seed, 4, si, bi, ti))
-            return c[derangement(c.shape[0], gen).to(c.device)]
-        return self._null(c)
-
-    def _null(self, c: Tensor) -> Any:
-        site, spec = self.site, self.null_spec
-        out = spec(c) if callable(spec) and not isinstance(spec, Tensor) else spec
-        if out is None:
-            if site.kind == "module":
-                raise AblationError(
-                    f"site {site.text!r}: the null input is None; a module output needs a tensor",
-                    site=site.text,
-                )
-            return None
-        if not isinstance(out, Tensor):
-            raise AblationError(
-                f"site {site.text!r}: AblationTarget.null gave {describe(out)}; need a Tensor",
-                site=site.text,
-            )
-        out = out.detach().to(device=c.device, dtype=c.dtype)
-        try:
-            return out.expand_as(c).clone() if out.shape != c.shape else out
-        except RuntimeError:
-            raise AblationError(
-                f"site {site.text!r}: the null input {list(out.shape)} does not broadcast to the "
-                f"site's value {list(c.shape)}",
-                site=site.text,
-            ) from None
-
-    # -- forwards
-    def _batchable(self, batch: Any, n: int, seed: int) -> tuple[bool, str]:
-        """Is a tiled forward equal, chunk by chunk, to the plain forward (batch-independent)?"""
-        runner = self.run_.runner
-        b = first_dim(batch)
-        if b is None:
-            return False, "no batched tensor in the inputs"
-        try:
-            ref = runner.call_seeded(batch, seed)
-            out = runner.call_seeded(tile(batch, n, b), seed)
-        except AblationError:
-            raise
-        except Exception as e:  # the model may not accept a larger batch
-            return False, f"tiled forward failed: {type(e).__name__}"
-        if out.shape[0] != n * ref.shape[0] or ref.shape[0] != b:
-            return False, "output's leading dim does not follow the batch"
-        chunks = out.reshape(n, *ref.shape)  # (n, B, ...)
-        scale = ref.abs().max().clamp_min(1e-12)
-        if not all(
-            torch.allclose(chunks[k], ref, atol=1e-5 * float(scale), rtol=1e-4) for k in range(n)
-        ):
-            return False, "the model is not batch-independent (tiled copies disagree)"
-        return True, ""
-
-    def _tiled(
-        self, batch: Any, names: list[str], seed: int, bi: int, ti: int
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """One forward over [intact, ablation_1, ...] copies of the batch."""
-        b = first_dim(batch)
-        assert b is not None, "_tiled: no batched tensor"
-        n = len(names) + 1
-
-        def replace(v: Tensor) -> Tensor:
-            if v.shape[0] != n * b:
-                raise _Unbatchable("*")
-            c = v[:b]
-            parts = [c]
-            for a in names:
-                r = self.replacement(a, c, bi, ti)
-                if r is None or not isinstance(r, Tensor) or r.shape != c.shape:
-                    raise _Unbatchable(a)
-                parts.append(r)
-            return torch.cat(parts, 0)  # (n*B, ...)
-
-        out = self.run_.runner.call_replaced(self.site, tile(batch, n, b), seed, replace)
-        chunks = out.reshape(n, out.shape[0] // n, *out.shape[1:])  # (n, B, ...)
-        return chunks[0], {a: chunks[k + 1] for k, a in enumerate(names)}
-
-    def _item(self, bi: int, ti: int) -> tuple[dict[str, dict[str, np.ndarray]], int]:
-        """Per-example effects of every ablation on item ``(bi, ti)``, and its batch size."""
-        run, site = self.run_, self.site
-        batch = run.model_input(bi, ti)
-        s = seed_of(run.seed, 6, bi, ti)
-        outs: dict[str, Tensor] = {}
-        intact: Tensor | None = None
-        group = [a for a in self.todo if a not in self.seq_only] if self.batched else []
-        while group:
-            try:
-                intact, got = self._tiled(batch, group, s, bi, ti)
-                outs.update(got)
-                break
-            except _Unbatchable as e:
-                if str(e) == "*":
-                    self.seq_only.update(group)
-                    self.notes.append(
-                        "site value does not follow the tiled batch: one forward each"
-                    )
-                    break
-                self.seq_only.add(str(e))
-                self.notes.append(f"{e} runs one forward (its replacement cannot be batched)")
-                group = [a for a in group if a != str(e)]
-        rest = [a for a in self.todo if a not in outs]
-        if rest:
-            kept: list[Tensor] = []
-            intact_seq = run.runner.call_replaced(site, batch, s, lambda v: kept.append(v) or v)
-            intact = intact_seq if intact is None else intact
-            c = kept[0].detach()
-            for a in rest:
-                rep = self.replacement(a, c, bi, ti)
-                outs[a] = run.runner.call_replaced(site, batch, s, lambda v, rep=rep: rep)
-        assert intact is not None, "_item: no intact output"
-        return {a: example_effects(intact, outs[a]) for a in self.todo}, intact.shape[0]
-
-    # -- the pass
-    def run(self) -> SiteResult:
-        run, site = self.run_, self.site
-        self._plan(self._statistics())
-        rank, world = run.sharding
-        items = run.items
-        mine = [it for k, it in enumerate(items) if k % world == rank]  # this rank's shard
-        done = {it: self._item(*it) for it in run.bar(mine, site.text)}
-        if world > 1:  # every rank's per-example effects, in item order on every rank
-            from diagnostics._distributed import all_gather_objects
-
-            parts = all_gather_objects(
-                (done, self.notes),
-                tag=f"ablation/site{self.si}",
-                what=f"ablation site {site.text!r} gather",
-            )
-            done = {}
-            for part, part_notes in parts:
-                done.update(part)
-                self.notes.extend(n for n in part_notes if n not in self.notes)
-        n_t = len(run.times)
-        per = {a: {k: [[] for _ in range(n_t)] for k in _KINDS} for a in self.todo}
-        for bi, ti in items:
-            effs, b = done[(bi, ti)]
-            for a in self.todo:
-                for k in _KINDS:
-                    per[a][k][ti].append(effs[a][k])
-            if ti == 0:
-                self.n_examples += b
-        results = {a: self._summarise(a, per[a]) for a in self.todo}
-        return SiteResult(
-            site=site.text,
-            kind=site.kind,
-            verdict=site_verdict([tuple(r.ci95) for r in results.values()]),
-            batched=self.batched and not self.seq_only,
-            ablations=results,
-            notes=self.notes,
-        )
-
-    def _summarise(self, a: str, per: dict[str, list[list[np.ndarray]]]) -> Effect:
-        run = self.run_
-        mats = {
-            k: np.stack([np.concatenate(per[k][ti]) for ti in range(len(run.times))], axis=1)
-            for k in _KINDS
-        }  # (N, T) each
-        bseed = seed_of(run.seed, 7, self.si, ABLATIONS.index(a))
-        eff, ci = _summary(mats["rel"].mean(axis=1), run.n_boot, bseed)
-        cos, cos_ci = _summary(mats["cos"].mean(axis=1), run.n_boot, bseed + 1)
-        curve = None
-        if run.target.times is not None:
-            pts = [
-                _summary(mats["rel"][:, ti], run.n_boot, bseed + 10 + ti)
-                for ti in range(len(run.times))
-            ]
-            curve = Curve(
-                t=[r6(float(t)) for t in run.times],
-                effect=[r6(m) for m, _ in pts],
-                ci95=[[r6(c[0]), r6(c[1])] for _, c in pts],
-                cosine=[r6(float(mats["cos"][:, ti].mean())) for ti in range(len(run.times))],
-                abs_change=[r6(float(mats["abs"][:, ti].mean())) for ti in range(len(run.times))],
-            )
-        return Effect(
-            effect=r6(eff),
-            ci95=[r6(ci[0]), r6(ci[1])],
-            verdict=verdict_from_ci(ci[0], ci[1]),
-            cosine=r6(cos),
-            cosine_ci95=[r6(cos_ci[0]), r6(cos_ci[1])],
-            abs_change=r6(float(mats["abs"].mean())),
-            n=int(mats["rel"].shape[0]),
-            curve=curve,
-        )
-
-
 def _capture_embeddings(
-    run: _Run, report: AblationReport, site_texts: list[str], umap: bool
+    run: Run, report: AblationReport, site_texts: list[str], umap: bool
 ) -> Callable[[], None] | None:
     """Capture the embeddings (model forwards, main thread); returns the analysis to run."""
     from diagnostics._embeddings import analyze_embeddings
@@ -610,8 +269,8 @@ def _capture_embeddings(
     embs: list[Tensor] = []
     sizes: list[int] = []
     n = 0
-    for bi in range(len(batches)):
-        v = run.runner.capture(site, run.model_input(bi, 0, batches), seed_of(run.seed, 2, bi, 0))
+    for _, bi, ti, raw in run.items(batches, times=False):
+        v, _ = run.runner.capture(site, run.model_input(raw, bi, ti), seed_of(run.seed, 2, bi, ti))
         sizes.append(v.shape[0])
         if n < _MAX_EMBEDDINGS:
             v = v.reshape(v.shape[0], -1)  # (B, E)

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from diagnostics._ablation._stats import varies
 from diagnostics._ablation._types import AblationError, AblationTarget
-from diagnostics._hooks import HookSet
+from diagnostics._hooks import HookSet, tensors_in
 
 __all__ = ["Runner", "Site", "derangement", "describe", "first_dim", "parse_site", "seed_of"]
 
@@ -108,9 +109,12 @@ def tile(batch: Any, n: int, b: int) -> Any:
 
 
 def describe(x: Any) -> str:
-    """``Tensor[2, 3] float32`` or the type name."""
+    """A tensor as torchdx's one-line summary (``tensor[2, 3] f32 cpu ...``), else the type
+    name."""
     if isinstance(x, Tensor):
-        return f"Tensor{list(x.shape)} {str(x.dtype).replace('torch.', '')}"
+        from diagnostics._summary import summarize
+
+        return summarize(x)
     return type(x).__name__
 
 
@@ -201,9 +205,13 @@ class Runner:
             )
 
     @contextlib.contextmanager
-    def replaced(self, site: Site, fn: Callable[[Tensor], Any]) -> Iterator[list[int]]:
+    def replaced(
+        self, site: Site, fn: Callable[[Tensor], Any], *, lenient: bool = False
+    ) -> Iterator[list[int]]:
         """Install ``fn(value) -> replacement`` at ``site`` for the ``with`` block; yields a
-        one-element fire counter. The hook is removed on exit, also when the block raises."""
+        one-element fire counter. The hook is removed on exit, also when the block raises.
+        ``lenient``: an ``arg:`` site that a call leaves out or passes as None is left alone
+        (a sampler's unconditional calls)."""
         fired = [0]
         with HookSet() as hooks:
             if site.kind == "module":
@@ -212,13 +220,23 @@ class Runner:
                     "fwd",
                 )
             else:
-                hook = _arg_hook(site, fn, fired, inspect.signature(self.model.forward))
+                sig = inspect.signature(self.model.forward)
+                hook = _arg_hook(site, fn, fired, sig, lenient)
                 hooks.add(self.model.register_forward_pre_hook(hook, with_kwargs=True), "pre")
             yield fired
 
-    def capture(self, site: Site, batch: Any, seed: int, *, abort: bool = True) -> Tensor:
-        """The site's (first) value on ``batch``; stops the forward there when ``abort``."""
+    def capture(
+        self, site: Site, batch: Any, seed: int, *, abort: bool = True, inputs: bool = False
+    ) -> tuple[Tensor, bool | None]:
+        """The site's (first) value on ``batch`` (the forward stops there when ``abort``), and
+        with ``inputs`` whether a module site's tensor inputs differ between examples (None
+        for an ``arg:`` site or without ``inputs``)."""
         got: list[Tensor] = []
+        inputs_vary: list[bool] = []
+
+        def look(mod: nn.Module, args: tuple) -> None:
+            if not inputs_vary:
+                inputs_vary.append(any(varies(t) for t in tensors_in(args) if t.dim() > 0))
 
         def grab(v: Tensor) -> Tensor:
             if not got:
@@ -227,7 +245,9 @@ class Runner:
                     raise _Abort
             return v
 
-        with self.replaced(site, grab) as fired:
+        with HookSet() as hooks, self.replaced(site, grab) as fired:
+            if inputs and site.kind == "module":
+                hooks.add(self.modules[site.path].register_forward_pre_hook(look), "pre")
             try:
                 self.call_seeded(batch, seed)
             except _Abort:
@@ -238,7 +258,7 @@ class Runner:
                 "times); is it on the path the forward takes?",
                 site=site.text,
             )
-        return got[0]
+        return got[0], (inputs_vary[0] if inputs_vary else None)
 
 
 def _output_hook(site: Site, fn: Callable[[Tensor], Any], fired: list[int]) -> Callable[..., Any]:
@@ -288,7 +308,11 @@ def _output_hook(site: Site, fn: Callable[[Tensor], Any], fired: list[int]) -> C
 
 
 def _arg_hook(
-    site: Site, fn: Callable[[Tensor], Any], fired: list[int], sig: inspect.Signature
+    site: Site,
+    fn: Callable[[Tensor], Any],
+    fired: list[int],
+    sig: inspect.Signature,
+    lenient: bool = False,
 ) -> Callable[..., Any]:
     def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
         fired[0] += 1
@@ -306,6 +330,8 @@ def _arg_hook(
             ]
             if var_kw and site.path in arguments.get(var_kw[0], {}):
                 container = arguments[var_kw[0]]
+            elif lenient:
+                return None
             else:
                 raise AblationError(
                     f"site {site.text!r}: {type(mod).__name__}.forward was called without "
@@ -314,6 +340,8 @@ def _arg_hook(
                     site=site.text,
                 )
         value = container[site.path]
+        if value is None and lenient:
+            return None
         if not isinstance(value, Tensor):
             raise AblationError(
                 f"site {site.text!r}: argument {site.path!r} is {describe(value)}, not a "

@@ -1,46 +1,27 @@
-"""Statistics for conditioning ablations: per-example effects, bootstrap CIs and the verdict.
+"""Statistics for conditioning ablations: per-example effects, bootstrap CIs, site statistics.
 
-The verdict is taken from the 95% bootstrap confidence interval of the mean relative change
-``||f(c) - f(a)|| / ||f(c)||`` over examples, never from a single number:
-
-=========  ==========================================================================
-verdict    rule (``lo``, ``hi`` = bounds of the 95% CI of the mean relative change)
-=========  ==========================================================================
-used       some ablation of the site has ``lo >= USED_MIN`` (0.05: a change of at least 5%
-           of the output norm, with confidence)
-ignored    every ablation of the site has ``hi < IGNORED_MAX`` (0.01: under 1% with
-           confidence; float round-off gives ~1e-7)
-weak       anything else (an effect that is small, or too noisy to call)
-=========  ==========================================================================
+Every number the verdict uses (``diagnostics._ablation._verdict``) is a mean over examples of a
+per-example quantity, with a percentile bootstrap 95% confidence interval in which the examples
+are resampled (paired: one index set for every quantity of an example).
 
 Example:
     >>> mean, lo, hi = bootstrap_ci([0.2, 0.3, 0.25], seed=0)
-    >>> verdict_from_ci(lo, hi)
-    'used'
+    >>> round(mean, 2)
+    0.25
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = [
-    "IGNORED_MAX",
-    "N_BOOT",
-    "USED_MIN",
-    "SiteStats",
-    "bootstrap_ci",
-    "example_effects",
-    "site_verdict",
-    "verdict_from_ci",
-]
+__all__ = ["N_BOOT", "SiteStats", "bootstrap_ci", "example_effects", "varies"]
 
-USED_MIN = 0.05  # CI lower bound of the mean relative change at or above this -> "used"
-IGNORED_MAX = 0.01  # CI upper bound below this (for every ablation) -> "ignored"
 N_BOOT = 1000  # bootstrap resamples
+VARY_TOL = 1e-6  # rows closer than this (relative) count as the same condition
 _EPS = 1e-12  # guards the division by ||f(c)|| for an all-zero output
 
 
@@ -115,25 +96,19 @@ def bootstrap_ci(
     return mean, float(min(lo, mean)), float(max(hi, mean))
 
 
-def verdict_from_ci(lo: float, hi: float) -> str:
-    """Verdict of one ablation from the CI of its mean relative change (see module doc)."""
-    if lo >= USED_MIN:
-        return "used"
-    if hi < IGNORED_MAX:
-        return "ignored"
-    return "weak"
+def varies(v: Tensor, rel_tol: float = VARY_TOL) -> bool:
+    """Do the examples of ``v`` ``(B, ...)`` differ (any row farther than ``rel_tol`` times the
+    largest row norm from the first row)?
 
-
-def site_verdict(cis: Iterable[tuple[float, float]]) -> str:
-    """Verdict of a site from the CIs of all its ablations: ``used`` if any ablation is used,
-    ``ignored`` if all are ignored, else ``weak``."""
-    verdicts = [verdict_from_ci(lo, hi) for lo, hi in cis]
-    assert verdicts, "site_verdict: no ablation results"
-    if "used" in verdicts:
-        return "used"
-    if all(v == "ignored" for v in verdicts):
-        return "ignored"
-    return "weak"
+    Example:
+        >>> varies(torch.ones(3, 2)), varies(torch.eye(2))
+        (False, True)
+    """
+    if v.dim() == 0 or v.shape[0] < 2:
+        return False
+    x = _flat_real(v)  # (B, D)
+    scale = float(x.norm(dim=1).max().clamp_min(_EPS))
+    return float((x - x[:1]).norm(dim=1).max()) > rel_tol * scale
 
 
 class SiteStats:

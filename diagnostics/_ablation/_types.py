@@ -20,8 +20,11 @@ __all__ = [
     "AblationTarget",
     "Curve",
     "Effect",
+    "LabelResult",
+    "MetricDelta",
     "SiteResult",
     "TargetLoadError",
+    "Test",
 ]
 
 ABLATIONS: tuple[str, ...] = ("zero", "mean", "random", "shuffle", "null")
@@ -74,10 +77,17 @@ class AblationTarget:
         at_time: ``at_time(batch, t, generator) -> batch`` draws the model input at time
             ``t`` (e.g. ``x_t`` from the SDE marginal) using only ``generator`` for noise.
         sample: optional ``sample(model, batch, guidance_scale, seed) -> {metric: Tensor[B]}``
-            that runs the sampler and scores it against the clean reference (for the
-            guidance-scale sweep).
-        guidance_scales: scales of the sweep.
-        guidance_batches: how many batches the sweep uses (the sampler is slow).
+            that runs the sampler and scores it against the clean reference (a metric value
+            may be NaN where the metric failed; it is counted, not dropped silently). With it,
+            the ``null`` and ``shuffle`` ablations (and any other) get quality-level deltas
+            (the sampler at scale 1 with the ablated condition vs the intact one, same
+            examples and noise), and the guidance-scale sweep runs.
+        sample_batches: the batches ``sample`` runs on (default: ``batches``).
+        unprocessed: optional ``unprocessed(batch) -> {metric: Tensor[B]}``: the metrics of
+            the unprocessed input (the sweep's baseline row).
+        guidance_scales: scales of the sweep (deltas are paired against the first one).
+        guidance_batches: how many batches the sweep and the quality deltas use (the sampler
+            is slow).
         embedding_site: the module path whose output is the condition embedding (for the
             embedding analysis); default: the first module site.
         embedding_batches: batches for the embedding analysis only (it stops each forward at
@@ -98,6 +108,8 @@ class AblationTarget:
     times: Sequence[float] | None = None
     at_time: Callable[[Any, float, Any], Any] | None = None
     sample: Callable[[nn.Module, Any, float, int], Mapping[str, Any]] | None = None
+    sample_batches: Iterable[Any] | None = None
+    unprocessed: Callable[[Any], Mapping[str, Any]] | None = None
     guidance_scales: Sequence[float] = (0.0, 1.0, 2.0)
     guidance_batches: int = 1
     embedding_site: str | None = None
@@ -129,6 +141,7 @@ class Effect:
         abs_change: mean ``||f(c) - f(a)||``.
         n: examples.
         curve: the same over the diffusion times (diffusion targets only).
+        metrics: quality-level deltas (where the target samples): metric -> MetricDelta.
     """
 
     effect: float
@@ -137,20 +150,90 @@ class Effect:
     cosine_ci95: list[float]
     abs_change: float
     n: int
-    verdict: str = ""
     curve: Curve | None = None
+    metrics: dict[str, MetricDelta] = field(default_factory=dict)
+
+
+@dataclass
+class MetricDelta:
+    """Paired change of a task metric (ablated minus intact) with its bootstrap CI.
+
+    ``n`` counts the examples where both runs produced a value; ``failures`` the others."""
+
+    delta: float | None
+    ci95: list[float | None]
+    n: int
+    failures: int = 0
+
+
+@dataclass
+class Test:
+    """The channel or content test of a site: the deciding ablation's effect and its excess
+    over the floor (paired per example), each with a 95% CI."""
+
+    effect: float
+    ci95: list[float]
+    ablation: str
+    excess: float
+    excess_ci95: list[float]
+    above_floor: bool
+
+
+@dataclass
+class LabelResult:
+    """The verdict on the examples of one label."""
+
+    n: int
+    verdict: str
+    reason: str
+    floor: list[float]  # [effect, ci low, ci high]
+    channel: Test | None
+    content: Test | None
 
 
 @dataclass
 class SiteResult:
-    """The result at one site; ``ablations`` maps each ablation name to its :class:`Effect`."""
+    """The result at one site.
+
+    Attributes:
+        site, kind: the site and ``"module"`` or ``"arg"``.
+        verdict: ``used | weak | constant | ignored | inconclusive`` (see
+            ``docs/COND_ABLATION.md``); ``reason``: one sentence saying why.
+        floor: the identity replacement's :class:`Effect` (round-off and the model's own
+            randomness).
+        channel, content: the two :class:`Test` s (``None`` when no ablation of that kind ran).
+        ablations: ablation name -> :class:`Effect`.
+        by_label: label -> :class:`LabelResult` (where the target has labels).
+        batched: the variants ran as one tiled forward.
+        notes: what the engine skipped or changed, in words.
+    """
 
     site: str
     kind: str
     verdict: str
-    batched: bool
+    reason: str
+    floor: Effect
+    channel: Test | None
+    content: Test | None
     ablations: dict[str, Effect]
+    by_label: dict[str, LabelResult] = field(default_factory=dict)
+    batched: bool = False
     notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """This site as it appears in ``report.json``."""
+        from diagnostics._ablation._writers import site_json
+
+        return site_json(self)
+
+    def __getitem__(self, key: str) -> Any:
+        """``site["verdict"]``, ``site["ablations"]["shuffle"]["ci95"]``: the JSON view, for
+        scripts written against the report's dictionaries."""
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``dict.get`` on the JSON view."""
+        return self.to_dict().get(key, default)
 
 
 @dataclass
@@ -160,6 +243,7 @@ class AblationReport:
     Attributes:
         target: the target's name.
         seed: the run's seed.
+        min_effect: the content effect at or above which a site is ``used``.
         times: the diffusion times (or ``None``).
         ablations: the ablations asked for.
         n_boot: bootstrap resamples.
@@ -175,6 +259,7 @@ class AblationReport:
 
     target: str
     seed: int
+    min_effect: float
     times: list[float] | None
     ablations: list[str]
     n_boot: int

@@ -4,8 +4,8 @@
   timings, so the same seed gives the same file);
 * :func:`render_markdown`: ``report.md``;
 * :func:`render_table`: the verdict table printed by the CLI;
-* :func:`write_tensorboard`: TensorBoard event files;
-* :func:`write_figures`: the PNG figures;
+* :func:`~diagnostics._ablation._visual.write_tensorboard`: TensorBoard event files;
+* :func:`~diagnostics._ablation._visual.write_figures`: the PNG figures;
 * :func:`write_report`: all of them under one folder.
 
 Every renderer reads the :class:`~diagnostics.AblationReport` (the types), never the engine.
@@ -19,24 +19,16 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from diagnostics._ablation._stats import IGNORED_MAX, USED_MIN
-from diagnostics._ablation._types import ABLATIONS, AblationReport, Effect, SiteResult
+from diagnostics._ablation._types import ABLATIONS, AblationReport, Effect, SiteResult, Test
+from diagnostics._ablation._verdict import MIN_EXAMPLES, RULE
 
-__all__ = [
-    "render_markdown",
-    "render_table",
-    "report_json",
-    "write_figures",
-    "write_report",
-    "write_tensorboard",
-]
+__all__ = ["SCHEMA", "render_markdown", "render_table", "report_json", "site_json", "write_report"]
 
-SCHEMA = 1
+SCHEMA = 2  # 2: verdict/reason/floor/channel/content/by_label, metrics, paired sweep
 
 
 # ----------------------------------------------------------------------------- JSON
@@ -46,7 +38,6 @@ def _effect_json(e: Effect) -> dict[str, Any]:
     d: dict[str, Any] = {
         "effect": e.effect,
         "ci95": list(e.ci95),
-        "verdict": e.verdict,
         "cosine": e.cosine,
         "cosine_ci95": list(e.cosine_ci95),
         "abs_change": e.abs_change,
@@ -54,14 +45,35 @@ def _effect_json(e: Effect) -> dict[str, Any]:
     }
     if e.curve is not None:
         d["curve"] = asdict(e.curve)
+    if e.metrics:
+        d["metrics"] = {m: asdict(v) for m, v in e.metrics.items()}
     return d
 
 
-def _site_json(s: SiteResult) -> dict[str, Any]:
+def _test_json(t: Test | None) -> dict[str, Any] | None:
+    return None if t is None else asdict(t)
+
+
+def site_json(s: SiteResult) -> dict[str, Any]:
     return {
         "site": s.site,
         "kind": s.kind,
         "verdict": s.verdict,
+        "reason": s.reason,
+        "floor": _effect_json(s.floor),
+        "channel": _test_json(s.channel),
+        "content": _test_json(s.content),
+        "by_label": {
+            k: {
+                "n": v.n,
+                "verdict": v.verdict,
+                "reason": v.reason,
+                "floor": {"effect": v.floor[0], "ci95": v.floor[1:]},
+                "channel": _test_json(v.channel),
+                "content": _test_json(v.content),
+            }
+            for k, v in s.by_label.items()
+        },
         "batched": s.batched,
         "ablations": {a: _effect_json(e) for a, e in s.ablations.items()},
         "notes": list(s.notes),
@@ -102,18 +114,15 @@ def report_json(report: AblationReport) -> dict[str, Any]:
         "schema": SCHEMA,
         "target": report.target,
         "seed": report.seed,
+        "min_effect": report.min_effect,
+        "min_examples": MIN_EXAMPLES,
+        "level": 0.95,
+        "n_boot": report.n_boot,
+        "rule": RULE,
         "times": report.times,
         "ablations": list(report.ablations),
-        "thresholds": {
-            "used_min": USED_MIN,
-            "ignored_max": IGNORED_MAX,
-            "level": 0.95,
-            "n_boot": report.n_boot,
-            "rule": "used: some ablation has CI lo >= used_min; ignored: every ablation has "
-            "CI hi < ignored_max; weak: otherwise",
-        },
         "n_examples": report.n_examples,
-        "sites": [_site_json(s) for s in report.sites],
+        "sites": [site_json(s) for s in report.sites],
         "errors": list(report.errors),
         "cond_vs_uncond": _cond_vs_uncond(report),
         "guidance_sweep": report.guidance_sweep,
@@ -125,25 +134,51 @@ def report_json(report: AblationReport) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- text
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.3g}%"
+
+
 def _fmt_ci(r: dict[str, Any]) -> str:
-    return f"{r['effect']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+    return f"{r['effect']:.3g} [{r['ci95'][0]:.3g}, {r['ci95'][1]:.3g}]"
+
+
+def _fmt_test(t: dict[str, Any] | None) -> str:
+    if t is None:
+        return "-"
+    mark = "" if t["above_floor"] else " (floor)"
+    return f"{t['ablation']} {_fmt_ci(t)}{mark}"
+
+
+def _fmt_delta(d: dict[str, Any]) -> str:
+    if d["delta"] is None:
+        return f"n/a (0 of {d['failures']} examples scored)"
+    fails = f", {d['failures']} failed" if d["failures"] else ""
+    return f"{d['delta']:+.3g} [{d['ci95'][0]:+.3g}, {d['ci95'][1]:+.3g}] (n={d['n']}{fails})"
+
+
+def _grid(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def render_table(report: AblationReport, *, details: bool = False) -> str:
-    """Plain-text table: site, verdict, effect [CI] per ablation; with ``details`` also the
-    cond-vs-uncond line, the guidance sweep and the embedding numbers (what the CLI prints)."""
+    """Plain-text verdict table (site, verdict, floor, channel, content) with each site's
+    reason; with ``details`` also the effects per ablation, the per-label verdicts, the quality
+    deltas, the sweep and the embedding numbers (what the CLI prints)."""
     data = report_json(report)
-    names = [a for a in ABLATIONS if any(a in s["ablations"] for s in data["sites"])]
-    rows = [["site", "verdict", *names]]
+    rows = [["site", "verdict", "floor", "channel", "content"]]
     for s in data["sites"]:
-        cells = [s["site"], s["verdict"]]
-        cells += [_fmt_ci(s["ablations"][a]) if a in s["ablations"] else "-" for a in names]
-        rows.append(cells)
+        rows.append(
+            [s["site"], s["verdict"], _fmt_ci(s["floor"]), _fmt_test(s["channel"]),
+             _fmt_test(s["content"])]
+        )  # fmt: skip
     for e in data["errors"]:
-        rows.append([e["site"] or "-", "error", *(["-"] * len(names))])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+        rows.append([e["site"] or "-", "error", "-", "-", "-"])
+    lines = _grid(rows)
+    lines += [f"  {s['site']}: {s['reason']}" for s in data["sites"]]
+    lines.append(f"  (min_effect {data['min_effect']:g}; effect = mean ||f(c)-f(a)||/||f(c)||)")
     if details:
         lines += _detail_lines(data)
     return "\n".join(lines)
@@ -151,27 +186,38 @@ def render_table(report: AblationReport, *, details: bool = False) -> str:
 
 def _detail_lines(data: dict[str, Any]) -> list[str]:
     lines: list[str] = []
-    cvu = data["cond_vs_uncond"]
-    if cvu:
-        lines += [
-            "",
-            f"cond vs uncond ({cvu['site']} null): relative difference {cvu['rel_diff']:.3f} "
-            f"[{cvu['ci95'][0]:.3f}, {cvu['ci95'][1]:.3f}]",
-        ]
-        if "curve" in cvu:
-            c = cvu["curve"]
-            pts = ", ".join(
-                f"t={t:.2f}: {e:.3f}" for t, e in zip(c["t"], c["rel_diff"], strict=True)
-            )
-            lines.append(f"  over t: {pts}")
+    names = [a for a in ABLATIONS if any(a in s["ablations"] for s in data["sites"])]
+    if names:
+        rows = [["site", *names]]
+        for s in data["sites"]:
+            rows.append(
+                [s["site"], *(_fmt_ci(s["ablations"][a]) if a in s["ablations"] else "-"
+                              for a in names)]
+            )  # fmt: skip
+        lines += ["", "effect per ablation [95% CI]:", *_grid(rows)]
+    for s in data["sites"]:
+        if s["by_label"]:
+            parts = ", ".join(f"{k} {v['verdict']} (n={v['n']})" for k, v in s["by_label"].items())
+            lines.append(f"by label at {s['site']}: {parts}")
+    for s in data["sites"]:
+        for a, r in s["ablations"].items():
+            for m, d in r.get("metrics", {}).items():
+                lines.append(f"quality {s['site']} {a}: {m} {_fmt_delta(d)}")
     sw = data["guidance_sweep"]
     if sw:
+        ref = sw["reference_scale"]
         for name, m in sw["metrics"].items():
             vals = ", ".join(
-                f"w={s:g}: {'n/a' if v is None else f'{v:.2f}'}"
-                for s, v in zip(sw["scales"], m["mean"], strict=True)
+                f"w={sc:g}: {'n/a' if v is None else f'{v:.3g}'}"
+                + ("" if sc == ref or d is None else f" ({d:+.3g} vs w={ref:g})")
+                for sc, v, d in zip(sw["scales"], m["mean"], m["delta"], strict=True)
             )
-            lines.append(f"guidance sweep {name}: {vals}")
+            un = (sw.get("unprocessed") or {}).get(name)
+            base = "" if not un or un["mean"] is None else f"; unprocessed {un['mean']:.3g}"
+            fails = sum(m["failures"])
+            lines.append(
+                f"guidance sweep {name}: {vals}{base}" + (f"; {fails} failed" if fails else "")
+            )
     emb = data["embeddings"]
     if emb:
         sil = "n/a" if emb["silhouette"] is None else f"{emb['silhouette']:.2f}"
@@ -187,34 +233,48 @@ def _detail_lines(data: dict[str, Any]) -> list[str]:
 def render_markdown(report: AblationReport) -> str:
     """The report as Markdown (deterministic: no timings)."""
     data = report_json(report)
-    th = data["thresholds"]
     lines = [
         f"# Conditioning ablation: {data['target']}",
         "",
         f"seed {data['seed']}, {data['n_examples']} examples"
         + (f", {len(data['times'])} diffusion times" if data.get("times") else "")
-        + f". Effect = mean over examples of `||f(c) - f(a)|| / ||f(c)||` with a bootstrap "
-        f"95% CI ({th['n_boot']} resamples). Verdict: {th['rule']} "
-        f"(used_min = {th['used_min']}, ignored_max = {th['ignored_max']}).",
+        + f". Effect = mean over examples of `||f(c) - f(a)|| / ||f(c)||` with a paired bootstrap "
+        f"95% CI ({data['n_boot']} resamples); min_effect = {data['min_effect']:g}.",
+        "",
+        f"Rule: {data['rule']}",
         "",
     ]
-    names = list(dict.fromkeys(a for s in data["sites"] for a in s["ablations"]))
     if data["sites"]:
         lines += [
             "## Verdicts",
             "",
-            "| site | verdict | " + " | ".join(names) + " |",
-            "| --- | --- | " + " | ".join("---" for _ in names) + " |",
+            "| site | verdict | floor | channel | content | reason |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for s in data["sites"]:
+            lines.append(
+                f"| `{s['site']}` | **{s['verdict']}** | {_fmt_ci(s['floor'])} | "
+                f"{_fmt_test(s['channel'])} | {_fmt_test(s['content'])} | {s['reason']} |"
+            )
+        names = list(dict.fromkeys(a for s in data["sites"] for a in s["ablations"]))
+        lines += [
+            "",
+            "## Effect per ablation",
+            "",
+            "| site | " + " | ".join(names) + " |",
+            "| --- | " + " | ".join("---" for _ in names) + " |",
         ]
         for s in data["sites"]:
             cells = [_fmt_ci(s["ablations"][a]) if a in s["ablations"] else "-" for a in names]
-            lines.append(f"| `{s['site']}` | **{s['verdict']}** | " + " | ".join(cells) + " |")
+            lines.append(f"| `{s['site']}` | " + " | ".join(cells) + " |")
         lines += ["", "Cosine similarity f(c)·f(a) (mean):", ""]
         for s in data["sites"]:
             cos = ", ".join(f"{a} {r['cosine']:.3f}" for a, r in s["ablations"].items())
             note = "" if not s["notes"] else " — " + "; ".join(s["notes"])
             lines.append(f"- `{s['site']}`: {cos}{note}")
         lines.append("")
+        lines += _label_lines(data)
+        lines += _quality_lines(data)
     for e in data["errors"]:
         lines += [f"**Error** at `{e['site']}`: {e['message']}", ""]
     cvu = data["cond_vs_uncond"]
@@ -233,25 +293,85 @@ def render_markdown(report: AblationReport) -> str:
             for t, e, ci, a in zip(c["t"], c["rel_diff"], c["ci95"], c["abs_diff"], strict=True):
                 lines.append(f"| {t:.3f} | {e:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | {a:.4g} |")
             lines.append("")
-    sw = data["guidance_sweep"]
-    if sw:
-        lines += [
-            "## Guidance-scale sweep",
-            "",
-            "| scale | " + " | ".join(sw["metrics"]) + " |",
-            "| --- | " + " | ".join("---" for _ in sw["metrics"]) + " |",
-        ]
-        for k, sc in enumerate(sw["scales"]):
-            cells = []
-            for m in sw["metrics"].values():
-                v, ci = m["mean"][k], m["ci95"][k]
-                cells.append("n/a" if v is None else f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
-            lines.append(f"| {sc:g} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += _sweep_lines(data["guidance_sweep"])
     lines += _embedding_lines(data["embeddings"])
     if data["figures"]:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in data["figures"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _label_lines(data: dict[str, Any]) -> list[str]:
+    sites = [s for s in data["sites"] if s["by_label"]]
+    if not sites:
+        return []
+    lines = ["## By label", "", "| site | label | n | verdict | content | reason |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for s in sites:
+        for k, v in s["by_label"].items():
+            lines.append(
+                f"| `{s['site']}` | {k} | {v['n']} | {v['verdict']} | "
+                f"{_fmt_test(v['content'])} | {v['reason']} |"
+            )
+    return [*lines, ""]
+
+
+def _quality_lines(data: dict[str, Any]) -> list[str]:
+    rows = [
+        (s["site"], a, m, d)
+        for s in data["sites"]
+        for a, r in s["ablations"].items()
+        for m, d in r.get("metrics", {}).items()
+    ]
+    if not rows:
+        return []
+    lines = [
+        "## Quality-level effects",
+        "",
+        "The sampler with the ablated condition minus the intact one (same examples, same "
+        "sampler noise), paired per example.",
+        "",
+        "| site | ablation | metric | delta [95% CI] |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| `{s}` | {a} | {m} | {_fmt_delta(d)} |" for s, a, m, d in rows]
+    return [*lines, ""]
+
+
+def _sweep_lines(sw: dict[str, Any] | None) -> list[str]:
+    if not sw:
+        return []
+    ref = sw["reference_scale"]
+    lines = [
+        "## Guidance-scale sweep",
+        "",
+        f"Mean [95% CI] per scale; Δ is the paired change against scale {ref:g} (same examples, "
+        "same sampler noise).",
+        "",
+        "| scale | " + " | ".join(f"{m} | Δ {m}" for m in sw["metrics"]) + " |",
+        "| --- | " + " | ".join("--- | ---" for _ in sw["metrics"]) + " |",
+    ]
+    for k, sc in enumerate(sw["scales"]):
+        cells = []
+        for m in sw["metrics"].values():
+            v, ci, n, f = m["mean"][k], m["ci95"][k], m["n"][k], m["failures"][k]
+            fails = f", {f} failed" if f else ""
+            cells.append(
+                "n/a" if v is None else f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (n={n}{fails})"
+            )
+            d, dci = m["delta"][k], m["delta_ci95"][k]
+            cells.append(
+                "-" if sc == ref or d is None else f"{d:+.3f} [{dci[0]:+.3f}, {dci[1]:+.3f}]"
+            )
+        lines.append(f"| {sc:g} | " + " | ".join(cells) + " |")
+    un = sw.get("unprocessed")
+    if un:
+        cells = []
+        for name in sw["metrics"]:
+            u = un.get(name)
+            cells += ["n/a" if not u or u["mean"] is None else
+                      f"{u['mean']:.3f} [{u['ci95'][0]:.3f}, {u['ci95'][1]:.3f}] (n={u['n']})", "-"]  # fmt: skip
+        lines.append("| unprocessed | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _embedding_lines(emb: dict[str, Any] | None) -> list[str]:
@@ -277,118 +397,6 @@ def _embedding_lines(emb: dict[str, Any] | None) -> list[str]:
     return lines + [f"- {n}" for n in emb["notes"]]
 
 
-# ----------------------------------------------------------------------------- figures
-
-
-def _mpl() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_effects(report: AblationReport, path: Path) -> bool:
-    sites = [s for s in report.sites if s.ablations]
-    if not sites:
-        return False
-    plt = _mpl()
-    curves = report.times is not None
-    fig, axes = plt.subplots(1, len(sites), figsize=(4.8 * len(sites), 3.8), squeeze=False)
-    for ax, s in zip(axes[0], sites, strict=True):
-        for k, (name, r) in enumerate(s.ablations.items()):
-            color = plt.cm.tab10(k % 10)
-            if curves and r.curve is not None:
-                c = r.curve
-                ax.plot(c.t, c.effect, marker="o", ms=3, color=color, label=name)
-                ax.fill_between(
-                    c.t, [v[0] for v in c.ci95], [v[1] for v in c.ci95], color=color, alpha=0.2
-                )
-            else:
-                err = [[r.effect - r.ci95[0]], [r.ci95[1] - r.effect]]
-                ax.bar(k, r.effect, color=color, label=name)
-                ax.errorbar(k, r.effect, yerr=err, color="black", capsize=3)
-        ax.axhline(USED_MIN, color="gray", ls="--", lw=0.8)
-        ax.axhline(IGNORED_MAX, color="gray", ls=":", lw=0.8)
-        ax.set_title(f"{s.site}: {s.verdict}", fontsize=9)
-        ax.set_xlabel("diffusion time t" if curves else "ablation")
-        ax.set_ylabel("relative change ||f(c)-f(a)||/||f(c)||")
-        if not curves:
-            ax.set_xticks(range(len(s.ablations)), list(s.ablations), fontsize=8)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _plot_guidance(sweep: dict[str, Any], path: Path) -> bool:
-    metrics = sweep["metrics"]
-    if not metrics:
-        return False
-    plt = _mpl()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], metrics.items(), strict=True):
-        xs = [x for x, v in zip(sweep["scales"], m["mean"], strict=True) if v is not None]
-        ys = [v for v in m["mean"] if v is not None]
-        lo = [c[0] for c in m["ci95"] if c[0] is not None]
-        hi = [c[1] for c in m["ci95"] if c[1] is not None]
-        ax.plot(xs, ys, marker="o")
-        ax.fill_between(xs, lo, hi, alpha=0.2)
-        ax.set_xlabel("guidance scale")
-        ax.set_ylabel(name)
-        ax.set_title(f"{name} vs guidance scale (n={m['n']})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def write_figures(report: AblationReport, out: Path) -> list[str]:
-    """The PNG figures under ``out``; returns their file names (also kept in the report)."""
-    figs: list[str] = []
-    name = "effect_vs_t.png" if report.times else "effects.png"
-    if _plot_effects(report, out / name):
-        figs.append(name)
-    if report.embedding is not None and report.embedding.plot_umap(out / "umap.png"):
-        figs.append("umap.png")
-    if report.guidance_sweep and _plot_guidance(report.guidance_sweep, out / "guidance_sweep.png"):
-        figs.append("guidance_sweep.png")
-    return figs
-
-
-# ----------------------------------------------------------------------------- TensorBoard
-
-
-def _tb_tag(text: str) -> str:
-    return re.sub(r"[^\w.\-/]", "_", text)
-
-
-def write_tensorboard(report: AblationReport, tb_dir: Path) -> None:
-    """Effect curves as scalars, the sweep, the report as text, embeddings in the projector."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(log_dir=str(tb_dir)) as w:
-        for s in report.sites:
-            for a, r in s.ablations.items():
-                tag = f"ablation/{_tb_tag(s.site)}/{a}"
-                if r.curve is not None:  # step = time index (t in the report)
-                    for k, e in enumerate(r.curve.effect):
-                        w.add_scalar(tag, e, k)
-                else:
-                    w.add_scalar(tag, r.effect, 0)
-        sw = report.guidance_sweep
-        if sw:
-            for name, m in sw["metrics"].items():
-                for k, v in enumerate(m["mean"]):
-                    if v is not None:
-                        w.add_scalar(f"guidance/{_tb_tag(name)}", v, k)
-        w.add_text("cond_ablation/report", render_markdown(report))
-        if report.embedding is not None and report.embedding.embeddings is not None:
-            report.embedding.add_to_tensorboard(w, tag="condition_embedding")
-
-
 def write_report(
     report: AblationReport,
     out: str | Path,
@@ -411,6 +419,8 @@ def write_report(
         >>> write_report(run_ablation(target), "runs/x")["report.json"]  # doctest: +SKIP
         PosixPath('runs/x/report.json')
     """
+    from diagnostics._ablation._visual import write_figures, write_tensorboard
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report.figures = write_figures(report, out) if figures else []
@@ -421,6 +431,6 @@ def write_report(
     written["report.md"] = out / "report.md"
     if tensorboard is not False:
         tb = Path(tensorboard) if isinstance(tensorboard, (str, Path)) else out / "tensorboard"
-        write_tensorboard(report, tb)
+        write_tensorboard(report, tb, out if figures else None)
         written["tensorboard"] = tb
     return written

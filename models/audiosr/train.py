@@ -7,12 +7,12 @@ Run: ``python -m models.audiosr.train --steps 200 --global-encoder --out runs/au
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
 import torch
 
+from contracts.cli import ArgumentParser
 from models._training import (
     TrainResult,
     TrainSpec,
@@ -79,7 +79,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m models.audiosr.train", description=__doc__)
+    p = ArgumentParser(prog="python -m models.audiosr.train", description=__doc__)
     add_common_arguments(p, "runs/audiosr")
     p.add_argument("--global-encoder", action="store_true", help="use_global_encoder=True")
     a = p.parse_args(argv)

@@ -7,12 +7,12 @@ Run: ``python -m models.diffusion_buffer.train --steps 200 --out runs/db.pt``
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
 import torch
 
+from contracts.cli import ArgumentParser
 from models._training import (
     TrainResult,
     TrainSpec,
@@ -77,7 +77,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m models.diffusion_buffer.train", description=__doc__)
+    p = ArgumentParser(prog="python -m models.diffusion_buffer.train", description=__doc__)
     add_common_arguments(p, "runs/diffusion_buffer")
     p.add_argument("--buffer-size", type=int, default=8, help="frames in the buffer")
     p.add_argument("--amp", action="store_true", help="autocast the backbone")

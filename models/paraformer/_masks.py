@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
-from contracts import ContractError, Mask, Range, contract
+from contracts import Mask, Range, check, contract
 
 from ._config import BatchError
 
@@ -90,48 +90,13 @@ def assert_shape(
 
     ``expected`` is a pattern like ``"B,T,D"`` or ``"B T 80"``: names bind to sizes (shared
     through ``bindings`` across calls, which is updated in place), integers must match, ``_``
-    matches anything.
+    matches anything. A thin spelling of :func:`contracts.check` (inside a contracted call
+    without ``bindings``, the names share that call's bindings).
 
     Example:
         >>> dims = {}
         >>> assert_shape(torch.zeros(2, 5, 8), "B,T,D", "x", dims); dims
         {'B': 2, 'T': 5, 'D': 8}
     """
-    names = [s for s in expected.replace(",", " ").split() if s]
-    shape = tuple(tensor.shape)
-    dims = bindings if bindings is not None else {}
-    fn = "assert_shape"
-    if len(names) != len(shape):
-        raise ContractError(
-            f"{fn}: {name} should have {len(names)} dims [{', '.join(names)}] but has shape "
-            f"{list(shape)} ({len(shape)} dims)",
-            function=fn,
-            argument=name,
-            axis=None,
-            expected=expected,
-            actual=shape,
-            bindings=dims,
-        )
-    for axis, (sym, size) in enumerate(zip(names, shape, strict=True)):
-        if sym == "_":
-            continue
-        want = int(sym) if sym.isdigit() else dims.get(sym)
-        if want is None:
-            dims[sym] = size
-        elif want != size:
-            hint = ""
-            swapped = sorted(
-                (i for i, s in enumerate(names) if s in dims and dims[s] == size and i != axis)
-            )
-            if swapped:
-                hint = f"; looks like axes {swapped[0]} and {axis} are swapped (transpose?)"
-            raise ContractError(
-                f"{fn}: {name} axis {axis} ({sym}) should be {want} but is {size}; "
-                f"shape {list(shape)} vs [{', '.join(names)}] with {dims}{hint}",
-                function=fn,
-                argument=name,
-                axis=axis,
-                expected=want,
-                actual=size,
-                bindings=dims,
-            )
+    pattern = " ".join(expected.replace(",", " ").split())
+    check(tensor, Shaped[Tensor, pattern], name=name, bindings=bindings)

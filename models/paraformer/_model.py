@@ -201,6 +201,7 @@ class Paraformer(nn.Module):
         acoustic = acoustic[:, : tokens.shape[1]]  # (B, N, D); N = max target length
         if acoustic.shape[1] < tokens.shape[1]:  # token_mask shorter than tokens' padding
             acoustic = nn.functional.pad(acoustic, (0, 0, 0, tokens.shape[1] - acoustic.shape[1]))
+        contracts.check(acoustic, Float[Tensor, "B T_token D"], name="acoustic")
         if self.training and self.cfg.sampling_ratio > 0:
             acoustic = self._sample(enc, acoustic, feat_mask, tokens, token_mask)
         logits = self.decoder(enc, acoustic, feat_mask, token_mask)  # (B, N, V)

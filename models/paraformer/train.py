@@ -11,17 +11,18 @@ Exit status: 0 when training completed, 2 for bad arguments (one line on stderr)
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from contracts.cli import ArgumentParser
+
 from ._config import ConfigError, ParaformerConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m models.paraformer.train",
         description=(
             "Train the torchdx reference Paraformer (encoder -> CIF predictor -> "

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from contracts.cli import ArgumentParser
 from models.audio import AudioError, read_wav
 
 from ._checkpoint import PRETRAINED, load_checkpoint, load_pretrained
@@ -18,8 +18,8 @@ from ._sampling import enhance
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m models.sgmse.enhance",
         description="Enhance a noisy mono WAV with the (noise-conditioned) SGMSE+ score model.",
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from contracts.cli import ArgumentParser
 from models.audio import make_mixtures, stft
 
 from ._checkpoint import save_checkpoint
@@ -20,8 +21,8 @@ from ._model import EMA, ScoreModel
 __all__ = ["build_parser", "main", "make_pool", "train"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="python -m models.sgmse.train",
         description="Train the noise-conditioned SGMSE+ score model on synthetic noisy speech "
         "(models.audio.make_mixtures, training split) and save raw + EMA weights + config.",
@@ -128,7 +129,8 @@ def train(args: argparse.Namespace) -> Path:
         from models._training import open_monitor
 
         monitor = open_monitor(args.tensorboard, every=args.log_every)(model, opt)
-    acc = torch.zeros(4)  # loss sum / count of conditioned, then of dropped examples since last log
+    # since the last logged step: loss sum and count of conditioned, then of dropped examples
+    acc = torch.zeros(4)
     from tqdm import tqdm
 
     bar = tqdm(range(args.steps), desc="sgmse", disable=args.no_progress, dynamic_ncols=True)
@@ -159,7 +161,8 @@ def train(args: argparse.Namespace) -> Path:
                 if step % args.log_every == 0:
                     monitor.step(
                         start + step, loss=loss, loss_smooth=smooth if smooth is not None else loss,
-                        **{"cfg/drop_fraction": drop.mean(), "cfg/p_uncond": cfg.p_uncond,
+                        **{"cfg/drop_fraction": acc[3] / (acc[1] + acc[3]).clamp_min(1),
+                       "cfg/drop_n": acc[1] + acc[3], "cfg/p_uncond": cfg.p_uncond,
                            "cfg/loss_cond": acc[0] / acc[1].clamp_min(1),
                            "cfg/loss_uncond": acc[2] / acc[3].clamp_min(1)},
                     )  # fmt: skip

@@ -49,7 +49,12 @@ def test_str_round_trips_the_tokens():
     [
         ("*a *b", "at most one variadic"),
         ("... *b", "at most one variadic"),
-        ("*", "variadic '\\*' needs a name"),
+        ("*", "'\\*' needs a name"),
+        ("##B", "uses # twice"),
+        ("#_", "both anonymous and broadcastable"),
+        ("*4", "cannot be variadic"),
+        ("?B", "PyTree path"),
+        ("{1+1}", "braces must hold an argument name"),
         ("B T+", "malformed contract expression 'T\\+'"),
         ("lambda:1", "malformed contract expression"),
     ],

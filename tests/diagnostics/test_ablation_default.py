@@ -1,4 +1,5 @@
-"""The embedded default target (SGMSE+) wired to models.sgmse / models.audio."""
+"""The embedded default target (SGMSE+) wired to models.sgmse / models.audio, and the shipped
+checkpoint's real verdict (a missing or broken checkpoint fails here: no skip)."""
 
 import pytest
 import torch
@@ -26,46 +27,46 @@ def test_sgmse_target_wiring_on_a_tiny_model():
     tgt = sgmse_target(model, **TINY)
     assert tgt.sites == ["noise_encoder", "arg:noise_ref"] and len(tgt.times) == 8
     rep = run_ablation(tgt, seed=0, umap=False, n_boot=200)
-    assert [s["site"] for s in rep.data["sites"]] == ["noise_encoder", "arg:noise_ref"]
-    assert rep.data["cond_vs_uncond"]["site"] == "noise_encoder"
-    sw = rep.data["guidance_sweep"]
+    d = rep.to_dict()
+    assert [s["site"] for s in d["sites"]] == ["noise_encoder", "arg:noise_ref"]
+    assert d["cond_vs_uncond"]["site"] == "noise_encoder"
+    sw = d["guidance_sweep"]
     assert sw["scales"] == [0.0, 1.0] and "si_sdr" in sw["metrics"]
-    assert rep.data["embeddings"]["n"] == 6 and rep.data["embeddings"]["n_labels"] == 6
+    assert sw["unprocessed"]["si_sdr"]["n"] == 2  # the noisy mixture's own score
+    assert sw["metrics"]["si_sdr"]["delta"][0] == 0.0  # paired against scale 0
+    for s in d["sites"]:
+        assert s["verdict"] == "inconclusive" and s["reason"].startswith("only 4 examples")
+        for a in ("null", "shuffle"):
+            assert s["ablations"][a]["metrics"]["si_sdr"]["n"] == 2
+    assert d["embeddings"]["n"] == 6 and d["embeddings"]["n_labels"] == 6
 
 
 @pytest.mark.slow
-def test_reference_model_used_and_severed_ignored():
-    """Validity on the shipped checkpoint: used; with the embedding multiplied by 0: ignored."""
-    try:
-        tgt = default_target(n_mixtures=6, batch_size=6, n_embed=6)
-    except Exception as e:  # the checkpoint is built by the models.sgmse issue
-        pytest.skip(f"shipped SGMSE+ checkpoint unavailable: {e}")
+def test_shipped_checkpoint_uses_the_noise_reference_and_severed_is_ignored():
+    """The shipped checkpoint's verdict on the default data (docs/COND_ABLATION.md has the full
+    run): the content of the noise reference is used at both sites; with the embedding the
+    network receives multiplied by 0, nothing is above the floor."""
+    tgt = default_target(n_mixtures=12, batch_size=6, n_embed=12)
     kw = dict(
-        sites=["noise_encoder"],
         ablations=["zero", "shuffle", "null"],
         seed=0,
         embeddings=False,
         guidance=False,
+        quality=False,
         n_boot=300,
     )
     rep = run_ablation(tgt, **kw)
-    assert rep.data["sites"][0]["verdict"] == "used", rep.verdict_table()
+    for s in rep.sites:
+        assert s.verdict == "used", s.reason
+        assert s.content.ablation == "shuffle" and s.content.ci95[0] > 0.1, s.content
+        assert s.floor.effect < 1e-5  # eval mode: round-off only
     # sever downstream of the site: the condition embedding the network receives is x 0, so
     # whatever the ablation puts at noise_encoder's output cannot reach the score
     model = tgt.model
     orig = model.condition
     model.condition = lambda *a: orig(*a) * 0.0
     try:
-        rep0 = run_ablation(
-            tgt,
-            **{
-                **kw,
-                "sites": ["noise_encoder", "arg:noise_ref"],
-                "ablations": ["zero", "shuffle", "random"],
-            },
-        )
+        rep0 = run_ablation(tgt, **kw)
     finally:
         del model.condition
-    assert [s["verdict"] for s in rep0.data["sites"]] == ["ignored", "ignored"], (
-        rep0.verdict_table()
-    )
+    assert [s.verdict for s in rep0.sites] == ["ignored", "ignored"], rep0.verdict_table()

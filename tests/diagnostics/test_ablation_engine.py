@@ -62,8 +62,12 @@ def test_untrained_null_embedding_gives_large_null_effect(healthy_report):
     )
     null0 = rep.data["sites"][0]["ablations"]["null"]
     null_healthy = healthy_report.data["sites"][0]["ablations"]["null"]
-    assert null0["verdict"] == "used"
+    assert null0["ci95"][0] >= 0.05
     assert null0["ci95"][0] > 2 * null_healthy["ci95"][1], (null0, null_healthy)
+    # the channel test alone cannot tell used from constant: said, not guessed
+    site = rep.sites[0]
+    assert site.verdict == "inconclusive" and "no content ablation" in site.reason
+    assert site.channel.ablation == "null" and site.channel.above_floor and site.content is None
 
 
 def test_curves_over_times_and_cond_vs_uncond(healthy_report):
@@ -176,8 +180,13 @@ def test_guidance_sweep(healthy):
     sw = rep.data["guidance_sweep"]
     assert sw["scales"] == [0.0, 1.0, 3.0]
     m = sw["metrics"]["neg_mse"]
-    assert m["n"] == 32 and len(m["mean"]) == 3
+    assert m["n"] == [32, 32, 32] and m["failures"] == [0, 0, 0] and len(m["mean"]) == 3
     assert m["mean"][1] > m["mean"][0]  # conditioning helps this toy denoiser
+    # paired against scale 0: the delta is the difference of the means, with a CI above 0
+    assert m["delta"][0] == 0.0 and np.isclose(
+        m["delta"][1], m["mean"][1] - m["mean"][0], rtol=1e-4
+    )
+    assert m["delta_ci95"][1][0] > 0
 
 
 # ---- bad input: one clear message each
@@ -190,8 +199,8 @@ def test_tuple_site_needs_an_index_and_index_works():
     tgt = F.tuple_target()
     with pytest.raises(
         AblationError,
-        match=r"site 'pair' returns a tuple \(\[0\] Tensor\[6, 16\] "
-        r"float32, \[1\] Tensor\[6\] float32\); say which element, e\.g\. 'pair\[0\]'",
+        match=r"site 'pair' returns a tuple \(\[0\] tensor\[6, 16\] f32 cpu .*, "
+        r"\[1\] tensor\[6\] f32 cpu .*\); say which element, e\.g\. 'pair\[0\]'",
     ):
         run_ablation(tgt, ablations=["zero"], **FAST)
     rep = run_ablation(tgt, sites=["pair[0]", "pair[1]"], ablations=["zero", "shuffle"], **FAST)
@@ -278,3 +287,135 @@ def test_site_parsing():
     assert parse_site("a.b[1]").index == 1 and parse_site("arg:cond").kind == "arg"
     with pytest.raises(AblationError, match=r"bad site 'a b'"):
         parse_site("a b")
+
+
+# ---- batches as users hold them
+class _Examples(torch.utils.data.Dataset):
+    def __init__(self, batches):
+        self.rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(len(b["t"]))]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def test_dataloader_is_streamed_like_a_list(healthy):
+    tgt = S.make_static_target(healthy, n_batches=3, b=8)
+    kw = dict(seed=2, embeddings=False, **FAST)
+    as_list = run_ablation(tgt, **kw)
+    loader = torch.utils.data.DataLoader(_Examples(tgt.batches), batch_size=8)
+    tgt.batches = loader
+    from_loader = run_ablation(tgt, **kw)
+    assert from_loader.data["sites"] == as_list.data["sites"]
+    assert from_loader.n_examples == 24
+
+
+def test_generator_and_shuffled_loader_are_refused(healthy):
+    tgt = S.make_static_target(healthy, n_batches=2, b=8)
+    batches = list(tgt.batches)
+    tgt.batches = (b for b in batches)
+    with pytest.raises(
+        AblationError,
+        match=r"AblationTarget.batches is a one-shot iterator \(generator\): the ablation reads "
+        r"the batches several times .* give a list or a DataLoader",
+    ):
+        run_ablation(tgt, **FAST)
+    tgt.batches = torch.utils.data.DataLoader(_Examples(batches), batch_size=8, shuffle=True)
+    with pytest.raises(AblationError, match=r"DataLoader with shuffle=True.*use shuffle=False"):
+        run_ablation(tgt, **FAST)
+    tgt.batches = torch.utils.data.DataLoader(_Examples(batches[:0]), batch_size=8)
+    with pytest.raises(
+        AblationError,
+        match=r"AblationTarget.batches is empty: .*\(got a DataLoader with 0 batches\)",
+    ):
+        run_ablation(tgt, **FAST)
+
+
+def test_report_fields_of_the_public_surface(healthy_report):
+    d = healthy_report.to_dict()
+    assert d["schema"] == 2 and d["min_effect"] == 0.05
+    for s in d["sites"]:
+        assert s["verdict"] in ("used", "weak", "constant", "ignored", "inconclusive")
+        assert isinstance(s["reason"], str) and s["reason"]
+        assert set(s["floor"]) >= {"effect", "ci95"}
+        for test in ("channel", "content"):
+            assert set(s[test]) >= {"effect", "ci95", "ablation"}
+        assert set(s["by_label"]) == {"type0", "type1", "type2", "type3"}
+        for v in s["by_label"].values():
+            assert v["verdict"] == "used" and v["n"] >= 6
+        for r in s["ablations"].values():
+            assert set(r) >= {"effect", "ci95"}
+    site = healthy_report.sites[0]  # the same fields on the report object
+    assert site.verdict == d["sites"][0]["verdict"] and site.content.ablation in ("shuffle", "mean")
+    # and the JSON view by key, for scripts written against the dictionaries
+    assert site["verdict"] == site.verdict and site.get("reason") == site.reason
+    assert site["ablations"]["shuffle"]["ci95"] == site.ablations["shuffle"].ci95
+
+
+def test_quality_deltas_where_the_target_samples(healthy):
+    tgt = S.make_static_target(healthy, n_batches=2)
+    tgt.sample, tgt.guidance_scales, tgt.guidance_batches = S.sample_fn, (0.0, 1.0), 2
+    tgt.sample_batches = S.make_target(healthy, n_batches=2, times=False).batches  # clean x0
+    rep = run_ablation(tgt, sites=["cond_encoder"], guidance=False, **FAST)
+    abl = rep.data["sites"][0]["ablations"]
+    assert set(abl["shuffle"]["metrics"]) == {"neg_mse"} and "metrics" not in abl["zero"]
+    for a in ("shuffle", "null"):
+        m = abl[a]["metrics"]["neg_mse"]
+        assert m["n"] == 32 and m["failures"] == 0
+        assert m["ci95"][1] < 0  # another example's condition (or none) makes it worse
+    assert rep.guidance_sweep is None
+
+
+def test_failed_metric_values_are_counted_not_dropped(healthy):
+    def flaky(model, batch, scale, seed):
+        out = S.sample_fn(model, batch, scale, seed)["neg_mse"].clone()
+        out[:3] = float("nan")  # e.g. PESQ refusing three clips
+        return {"neg_mse": out}
+
+    tgt = S.make_static_target(healthy, n_batches=1)
+    tgt.sample, tgt.guidance_scales = flaky, (0.0, 1.0)
+    tgt.sample_batches = S.make_target(healthy, n_batches=1, times=False).batches
+    rep = run_ablation(tgt, sites=["cond_encoder"], ablations=["shuffle"], **FAST)
+    m = rep.guidance_sweep["metrics"]["neg_mse"]
+    assert m["n"] == [13, 13] and m["failures"] == [3, 3] and m["delta_n"] == [13, 13]
+    q = rep.sites[0].ablations["shuffle"].metrics["neg_mse"]
+    assert q.n == 13 and q.failures == 3
+
+
+def test_quality_deltas_skipped_when_the_sampler_bypasses_the_site(healthy):
+    def bypass(model, batch, scale, seed):  # never calls the model: nothing to ablate
+        return {"neg_mse": -batch["x0"].square().mean(dim=1)}
+
+    tgt = S.make_static_target(healthy, n_batches=1)
+    tgt.sample, tgt.guidance_scales = bypass, (0.0,)
+    tgt.sample_batches = S.make_target(healthy, n_batches=1, times=False).batches
+    rep = run_ablation(tgt, sites=["cond_encoder"], ablations=["shuffle"], guidance=False, **FAST)
+    site = rep.sites[0]
+    assert site.ablations["shuffle"].metrics == {}
+    assert "quality deltas skipped: the sampler never reached 'cond_encoder'" in site.notes
+
+
+@pytest.mark.slow
+def test_memory_flat_in_the_number_of_examples():
+    """A DataLoader of 64 batches whose outputs would take 1.8 GiB if kept: the peak RSS of a
+    fresh process stays that of 4 batches (streamed; the heap is returned after each item)."""
+    from benchmarks.bench_cond_ablation import bench_memory
+
+    mem = bench_memory()
+    assert mem["outputs_if_kept_mib"] > 1500
+    assert mem["growth_mib"] < 200, mem
+
+
+def test_min_effect_validated_and_errors_in_the_hierarchy(healthy):
+    from contracts import TorchdxError
+    from diagnostics import TargetLoadError
+    from diagnostics.cond_ablation import load_target
+
+    for bad in (-0.1, float("nan"), "0.05"):
+        with pytest.raises(AblationError, match=r"min_effect is .*; give a number >= 0"):
+            run_ablation(S.make_static_target(healthy, n_batches=1), min_effect=bad, **FAST)
+    assert issubclass(AblationError, TorchdxError) and issubclass(TargetLoadError, AblationError)
+    with pytest.raises(TargetLoadError, match=r"--target 'nocolon': expected MODULE:FACTORY"):
+        load_target("nocolon")

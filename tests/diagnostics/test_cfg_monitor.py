@@ -120,5 +120,5 @@ def test_cfg_p0_model_monitor_flags_and_null_ablation_is_large():
     ok = run_ablation(S.make_target(S.trained(0.2), n_batches=2), **kw).data["sites"][0][
         "ablations"
     ]["null"]
-    assert null0["verdict"] == "used"
+    assert null0["ci95"][0] >= 0.05  # the untrained null embedding moves the output by >= 5%
     assert null0["ci95"][0] > 2 * ok["ci95"][1], (null0, ok)

@@ -68,3 +68,44 @@ def test_param_groups_and_errors():
     assert "unet.down" in groups and "global_encoder" not in groups
     with pytest.raises(CompareError, match="repeats=0"):
         compare_models("tiny", "tiny", repeats=0)
+
+
+def _mlp_variant(spec):
+    """A factory for any model: an MLP with an optional FiLM-like context path."""
+    import torch
+
+    from diagnostics._compare import Variant
+
+    width, _, ctx = spec.partition("+")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, int(width)), torch.nn.Linear(int(width), 8))
+    model = torch.nn.ModuleDict({"net": net})
+    if ctx:
+        model["ctx"] = torch.nn.Linear(8, 8)
+
+    def forward(m, x, zero=False):
+        out = m["net"](x)
+        return out if "ctx" not in m else out + (0 if zero else m["ctx"](x))
+
+    return Variant(
+        model=model,
+        description=f"mlp {spec}",
+        inputs=lambda batch, seconds, seed: torch.randn(
+            batch, 8, generator=torch.Generator().manual_seed(seed)
+        ),
+        forward=forward,
+        ablate=(lambda m, x: forward(m, x, zero=True)) if ctx else None,
+        ablated="the context path",
+    )
+
+
+def test_any_two_variants_from_one_factory(capsys):
+    rep = compare_models("16", "16+ctx", factory=_mlp_variant, repeats=2)
+    assert rep.params_b["ctx"] == 72 and "ctx" not in rep.params_a
+    assert rep.ablation["A"] is None and rep.ablation["B"] > 0.01
+    assert "zero-ablation of the context path (B)" in rep.to_text()
+    factory = "tests.diagnostics.test_compare_models:_mlp_variant"
+    assert main(["--factory", factory, "--a", "16", "--b", "32+ctx", "--repeats", "1"]) == 0
+    assert "mlp 32+ctx" in capsys.readouterr().out
+    assert main(["--factory", "nocolon", "--a", "16"]) == 2
+    assert "expected MODULE:FUNCTION" in capsys.readouterr().err

@@ -36,11 +36,15 @@ def test_healthy_target_writes_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "cond_encoder  used" in printed and "arg:cond" in printed
     data = json.loads((out / "report.json").read_text())
+    assert data["schema"] == 2 and data["min_effect"] == 0.05
     for s in data["sites"]:
-        assert s["verdict"] == "used"
+        assert s["verdict"] == "used" and s["reason"] in printed
+        assert s["content"]["ablation"] in ("shuffle", "mean") and "effect" in s["floor"]
         for r in s["ablations"].values():
             assert isinstance(r["effect"], float) and len(r["ci95"]) == 2
-    assert (out / "report.md").read_text().startswith("# Conditioning ablation")
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Conditioning ablation") and "## By label" in md
+    assert all(s["reason"] in md for s in data["sites"])
     assert (out / "effect_vs_t.png").stat().st_size > 1000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert data["embeddings"]["site"] == "cond_encoder"
@@ -86,6 +90,9 @@ def test_file_target_site_and_ablation_flags(tmp_path):
         (["--site", "arg:noise"], "CondDenoiser.forward has no argument 'noise'"),
         (["--site", "arg:drop_cond"], "called without 'drop_cond'"),
         (["--ablations", "zero,nul"], "--ablations 'zero,nul': unknown nul"),
+        (["--min-effect", "-0.1"], "argument --min-effect: '-0.1' must be a finite number >= 0"),
+        (["--min-effect", "lots"], "argument --min-effect: 'lots' is not a number"),
+        (["--min-effect", "nan"], "argument --min-effect: 'nan' must be a finite number >= 0"),
     ],
 )
 def test_bad_site_or_ablation_exit_2(tmp_path, capsys, args, pattern):
@@ -151,3 +158,22 @@ def test_module_entry_point_bad_argument():
     assert proc.stderr.strip().splitlines() == [
         "cond_ablation: error: --target 'nocolon': expected MODULE:FACTORY or path/to/file.py:FACTORY"
     ]
+
+
+def test_min_effect_flag_changes_the_verdict(tmp_path):
+    """A healthy model's content effect (~75%) is only 'weak' for a user who needs 300%."""
+    out = tmp_path / "m"
+    rc = main(["--target", f"{EXAMPLE}:small_target", "--min-effect", "3", "--out", str(out),
+               "--site", "arg:cond", *QUICK])  # fmt: skip
+    assert rc == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["min_effect"] == 3.0
+    assert data["sites"][0]["verdict"] == "weak", data["sites"][0]["reason"]
+
+
+def test_help_explains_the_rule(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for word in ("floor", "channel", "content", "used", "weak", "constant", "ignored",
+                 "inconclusive", "--min-effect"):  # fmt: skip
+        assert word in text

@@ -53,3 +53,18 @@ def test_nonfinite_report_is_text_and_flushed_before_raise(tmp_path):
     assert text.step == 7
     assert b"outside every module" in text.tensor_proto.string_val[0]
     tb.close()
+
+
+def test_custom_scalars_layout_names_the_logged_tags(tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    m(torch.randn(3, 4)).mean().backward()
+    with TensorBoardLogger(str(tmp_path)) as tb:
+        tb.log_gradflow(GradFlow(m).record(), step=1)
+        tb.log_gradflow(GradFlow(m).record(), step=2)
+    events = _read(tmp_path).Tensors("custom_scalars__config__")
+    assert len(events) == 1  # written once
+    layout = layout_pb2.Layout.FromString(events[0].tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["gradient norm (total and per module)"] == [r"^torchdx/grad_norm/.*"]

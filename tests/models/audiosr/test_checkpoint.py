@@ -52,5 +52,5 @@ def test_incompatible_checkpoints_refused(tmp_path):
     torch.save({"weights": 1}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="is not a torchdx AudioSR checkpoint"):
         load_checkpoint(tmp_path / "x.pt")
-    with pytest.raises(CheckpointError, match="missing.pt. does not exist"):
+    with pytest.raises(CheckpointError, match=r"missing\.pt' does not exist"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -1,0 +1,185 @@
+"""Contracts inside ``torch.compile``: the checks written so that Dynamo traces them.
+
+While Dynamo traces a contracted call, the eager checker (caches, per-thread stacks, host
+reads) is not what should run. This walk runs instead, on the same plan:
+
+- every shape relation is a ``torch._check`` on the sizes: with static shapes the sizes are
+  Python ints and a violation fails while tracing; with ``dynamic=True`` they are symbols and
+  the check becomes a guard the compiled code keeps (a violating call fails the guard, is traced
+  again and fails then); nothing here breaks the graph;
+- every value constraint (``Range``, ``Finite``, ``Mask``) is one ``torch._assert_async`` on a
+  reduction of the tensor: a device-side assert, no host read;
+- the messages are the eager error's words (function, argument, axis, expected), fixed at
+  decoration by ``_explain.compiled_words``: sizes are symbols while tracing (automatic dynamic
+  shapes make them so even without ``dynamic=True``), so the actual size is not in them.
+
+Where torch lets an exception through, it is the eager one; a failed ``torch._check`` while
+tracing reaches the caller as Dynamo's error carrying these words, and a failed device assert
+as torch's ``RuntimeError`` carrying them (see docs/CONTRACTS.md).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ._check import torch_dtypes
+from ._config import FULL
+from ._plan import Plan, Slot, TensorSpec
+from ._spec import EXPR, FIXED, NAME, VARIADIC, Expr
+
+__all__ = ["compiled_inputs", "compiled_outputs", "compiled_slot"]
+
+
+def _const(message: str) -> Any:
+    return lambda: message  # torch._check needs a closure over constants only
+
+
+def _same(s: Any, want: Any, broadcast: bool) -> Any:
+    """``s == want`` (a symbolic bool under dynamic shapes, so no guard is forced here)."""
+    if broadcast:
+        return s == want or s == 1  # "#name": size 1 broadcasts (this one guards on s == 1)
+    return s == want
+
+
+def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_empty: bool):
+    nd = len(shape)
+    dims = spec.dims
+    if spec.var_at < 0:
+        torch._check(nd == len(dims), _const(w["rank"]))
+        pairs = list(zip(range(nd), range(nd)))  # (axis, index in dims)
+    else:
+        nb, na = spec.n_before, spec.n_after
+        torch._check(nd >= nb + na, _const(w["rank"]))
+        pairs = list(zip(range(nb), range(nb)))
+        pairs += list(zip(range(nd - na, nd), range(nb + 1, len(dims))))
+        var = dims[nb]
+        if var.kind == VARIADIC and not var.broadcast:  # "*#name": checked in eager only
+            key = "*" + var.value
+            sub = tuple(shape[nb : nd - na])
+            have = b.get(key)
+            if have is None:
+                b[key] = sub
+            else:
+                msg = _const(w[f"size{nb}"])
+                torch._check(len(have) == len(sub), msg)
+                for h, s in zip(have, sub):
+                    torch._check(h == s, msg)
+    deferred = []
+    for axis, j in pairs:
+        s = shape[axis]
+        d = dims[j]
+        if d.broadcast and isinstance(s, int) and s == 1:
+            continue  # "#name": size 1 broadcasts and binds nothing
+        if d.kind == NAME:
+            have = b.get(d.value)
+            if have is None:
+                b[d.value] = s
+            else:
+                torch._check(_same(s, have, d.broadcast), _const(w[f"size{j}"]))
+        elif d.kind == FIXED:
+            torch._check(_same(s, d.value, d.broadcast), _const(w[f"size{j}"]))
+        elif d.kind == EXPR:
+            deferred.append((s, j, d))
+        if not allow_empty:
+            torch._check(s >= 1, _const(w[f"empty{j}"]))
+    for s, j, d in deferred:
+        if d.value.uses_args:
+            continue  # f-string dims read the call's arguments: checked in eager only
+        torch._check(_same(s, d.value(b, self_obj), d.broadcast), _const(w[f"size{j}"]))
+
+
+def _bound(bound: Any, b: dict, self_obj: Any) -> Any:
+    return bound(b, self_obj) if isinstance(bound, Expr) else bound
+
+
+def _values(w: dict, spec: TensorSpec, x: torch.Tensor, b: dict, self_obj: Any) -> None:
+    """One device-side assert per tensor, on one fused reduction: no host read."""
+    x = x.detach()
+    if spec.mask_axis is not None:
+        ok = x.any(dim=spec.mask_axis).all()
+        torch._assert_async(ok, w["values"])
+        return
+    if x.is_complex():
+        x = torch.view_as_real(x)
+    elif not x.is_floating_point() and spec.lo is None and spec.hi is None:
+        return  # integers are always finite
+    if x.is_floating_point():
+        ok = torch.isfinite(x).all()
+    else:
+        ok = torch.ones((), dtype=torch.bool, device=x.device)
+    lo, hi = _bound(spec.lo, b, self_obj), _bound(spec.hi, b, self_obj)
+    if lo is not None:
+        ok = ok & (x >= lo).all()
+    if hi is not None:
+        ok = ok & (x <= hi).all()
+    torch._assert_async(ok, w["values"])
+
+
+def compiled_slot(
+    w: dict, slot: Slot, x: Any, b: dict, self_obj: Any, level: int, allow_empty: bool
+) -> None:
+    """Check one value while Dynamo traces (see the module docstring); ``w`` are its words."""
+    spec = slot.tensor
+    if spec is None:
+        if slot.plain_tensor:
+            torch._check(isinstance(x, torch.Tensor), _const(w["tensor"]))
+        return  # Python values are fixed while tracing: Dynamo guards on them
+    torch._check(isinstance(x, torch.Tensor), _const(w["tensor"]))
+    dts = torch_dtypes(spec.dtypes)
+    if dts is not None:
+        torch._check(x.dtype in dts, _const(w["dtype"]))
+    _shape(w, spec, x.shape, b, self_obj, allow_empty)
+    if level == FULL and spec.has_values and x.numel() != 0:
+        _values(w, spec, x, b, self_obj)
+
+
+def compiled_inputs(
+    plan: Plan, words: dict, args: tuple, kwargs: dict, level: int
+) -> tuple[dict, Any]:
+    """The input contract of one call, while Dynamo traces it."""
+    b: dict = {}
+    self_obj = args[0] if plan.has_self and args else None
+    for name, e in plan.self_dims:
+        b[name] = e(b, self_obj)
+    nargs = len(args)
+    for slot in plan.params:
+        pos = slot.position
+        if 0 <= pos < nargs:
+            x = args[pos]
+        elif slot.name in kwargs:
+            x = kwargs[slot.name]
+        elif slot.default is not inspect.Parameter.empty:
+            x = slot.default
+        else:
+            continue
+        if x is None and slot.optional:
+            continue
+        compiled_slot(words[slot.name], slot, x, b, self_obj, level, plan.allow_empty)
+    return b, self_obj
+
+
+def compiled_outputs(plan: Plan, words: dict, out: Any, b: dict, self_obj: Any, level: int) -> None:
+    """The return contract of one call, while Dynamo traces it."""
+    kind = plan.return_kind
+    if kind == "single":
+        items = [(plan.returns[0], out)]
+    elif kind == "tuple":
+        n = len(plan.returns)
+        ok = isinstance(out, (tuple, list)) and len(out) == n
+        torch._check(ok, _const(f"{plan.qualname}(): return: expected a tuple of {n}"))
+        items = list(zip(plan.returns, out))
+    else:
+        torch._check(isinstance(out, Mapping), _const(f"{plan.qualname}(): return: a dict"))
+        items = []
+        for key, slot in zip(plan.return_keys, plan.returns):
+            msg = f"{plan.qualname}(): {slot.name}: expected key {key!r} in the returned dict"
+            torch._check(key in out, _const(msg))
+            items.append((slot, out[key]))
+    for slot, x in items:
+        if x is None and slot.optional:
+            continue
+        compiled_slot(words[slot.name], slot, x, b, self_obj, level, plan.allow_empty)

@@ -1,0 +1,149 @@
+"""The fast path (signatures already seen) decides exactly as the full walk does."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jaxtyping import Float, Int, Shaped
+from torch import Tensor, nn
+
+import contracts
+from contracts import ContractError, Range, contract
+from contracts._check import Fail, check_inputs, check_outputs
+from contracts._config import FULL
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.width = 3
+
+    @contract(dims={"W": "self.width"})
+    def forward(
+        self,
+        x: Float[Tensor, "B T W"],
+        y: Annotated[Float[Tensor, "B #T"], Range(-5, 5)],
+        z: Shaped[Tensor, "*rest T-1"],
+        k: Annotated[Int[Tensor, " B"], Range(0, "T")],
+    ) -> Float[Tensor, "B T W"]:
+        return x + y[..., None] if self.width > 0 else x
+
+
+dims = st.integers(1, 3)
+shape3 = st.tuples(dims, dims, dims)
+
+
+def _reference(net, args) -> str | None:
+    """Outcome of the full walk without any cache: None (passes) or the failing check."""
+    plan = Net.forward.__contract__
+    try:
+        b, s = check_inputs(plan, (net, *args), {}, FULL, None)
+        out = args[0] + args[1][..., None]  # what forward returns
+        check_outputs(plan, out, b, s, FULL, None)
+    except Fail as f:
+        return f"{f.code}:{f.slot}:{f.axis}"
+    except RuntimeError:
+        return "runtime"
+    return None
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(
+    xs=shape3,
+    ys=st.tuples(dims, dims),
+    zs=st.lists(dims, min_size=1, max_size=3),
+    kb=dims,
+    kval=st.integers(-1, 4),
+    width=st.integers(2, 3),
+    ydt=st.sampled_from([torch.float32, torch.int64]),
+    yval=st.sampled_from([0.0, 9.0]),
+)
+def test_fast_path_agrees_with_the_walk(xs, ys, zs, kb, kval, width, ydt, yval):
+    net = NET
+    net.width = width
+    args = (
+        torch.zeros(xs),
+        torch.full(ys, yval).to(ydt),
+        torch.zeros(zs),
+        torch.full((kb,), kval),
+    )
+    want = _reference(net, args)
+    for _ in range(2):  # second call: the signature may now be cached
+        try:
+            net(*args)
+            got = None
+        except ContractError as e:
+            got = e
+        except RuntimeError:
+            got = "runtime"
+        if want is None:
+            assert got is None
+        elif want == "runtime":
+            assert got == "runtime"
+        else:
+            assert isinstance(got, ContractError), (want, got)
+            _code, slot, axis = want.split(":")
+            assert got.argument == slot and str(got.axis) == axis, (want, str(got))
+
+
+NET = Net()
+
+
+def test_value_checks_run_on_every_cached_call():
+    f = NET
+    NET.width = 3
+    good = (
+        torch.zeros(2, 4, 3),
+        torch.zeros(2, 4),
+        torch.zeros(3),
+        torch.zeros(2, dtype=torch.long),
+    )
+    f(*good)
+    f(*good)
+    with pytest.raises(ContractError, match=r"argument 'y': expected values in \[-5, 5\]"):
+        f(good[0], torch.full((2, 4), 7.0), good[2], good[3])
+    with contracts.mode("shapes"):
+        f(good[0], torch.full((2, 4), 7.0), good[2], good[3])
+
+
+def test_self_dims_are_part_of_the_signature():
+    good = (
+        torch.zeros(2, 4, 3),
+        torch.zeros(2, 4),
+        torch.zeros(3),
+        torch.zeros(2, dtype=torch.long),
+    )
+    NET.width = 3
+    NET(*good)
+    NET.width = 2
+    with pytest.raises(ContractError, match=r"expected size W=2, got 3"):
+        NET(*good)
+    NET.width = 3
+
+
+def test_check_inside_a_cached_call_still_binds():
+    @contract
+    def f(x: Float[Tensor, "B"]) -> Float[Tensor, "B D"]:
+        h = x[:, None].expand(-1, 2 if x.shape[0] < 3 else 4)
+        contracts.check(h, Float[Tensor, "B D"], name="h")
+        return h[:, :2]
+
+    f(torch.zeros(2))
+    f(torch.zeros(2))
+    with pytest.raises(ContractError, match=r"return, axis 1: expected size D=4, got 2"):
+        f(torch.zeros(3))
+
+
+def test_dims_bound_by_the_return_reach_value_checks_of_cached_calls():
+    @contract
+    def f(
+        x: Float[Tensor, "B T"],
+    ) -> tuple[Float[Tensor, "B N"], Annotated[Int[Tensor, " B"], Range(0, "N")]]:
+        return x[:, :2], torch.full((x.shape[0],), 2)
+
+    for _ in range(3):
+        f(torch.zeros(2, 5))
