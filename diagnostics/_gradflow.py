@@ -215,6 +215,8 @@ class GradFlow:
         self._mod_hist = np.full((window, len(mods)), np.nan)
         self._local: dict[int, Tensor] = {}  # id(param) -> local grad norm (comm hook)
         self._pos = {id(p): i for i, (_, p) in enumerate(self._named)}
+        self._all_names = [n for n, _ in self._named]  # shared by every report (read-only)
+        self._all_idx = list(range(len(self._named)))
         # one device and one full-precision dtype (gradients share their parameter's): the
         # norms need no grouping
         kinds = {(p.device, p.dtype) for _, p in self._named}
@@ -274,19 +276,25 @@ class GradFlow:
         Returns:
             A :class:`GradFlowReport`; gradients are only read, never modified.
         """
-        names, have, grads = [], [], []
-        unused = []
+        grads = [p.grad for _, p in self._named]
         sparse = False
-        for i, (n, p) in enumerate(self._named):
-            g = p.grad
-            if g is None:
-                unused.append(n)
-            else:
+        if all(g is not None for g in grads):  # the common case: no per-parameter bookkeeping
+            names, have, unused = self._all_names, self._all_idx, []
+            if any(g.is_sparse for g in grads):
+                sparse = True
+                grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
+        else:
+            names, have, unused, present = [], [], [], []
+            for i, ((n, _), g) in enumerate(zip(self._named, grads, strict=True)):
+                if g is None:
+                    unused.append(n)
+                    continue
                 have.append(i)
                 if g.is_sparse:
                     sparse, g = True, g.coalesce().values()
-                grads.append(g)
+                present.append(g)
                 names.append(n)
+            grads = present
         # float32 on the first grad's device
         norms = _fused_norms(grads, uniform=self._uniform and not sparse)
         dev = norms.device
@@ -317,22 +325,30 @@ class GradFlow:
             scale, rest = rest[0], rest[1:]
             if scale and math.isfinite(scale):
                 pn = [v / scale for v in pn]
-        bad = [k for k, v in enumerate(pn) if not math.isfinite(v)]
+        all_finite = math.isfinite(sum(pn))  # one pass; NaN/Inf anywhere makes the sum so
+        bad = [] if all_finite else [k for k, v in enumerate(pn) if not math.isfinite(v)]
         if bad:  # float32 sums of squares overflow past ~1.8e19: redo those in float64
             redo = torch.stack(
                 [torch.linalg.vector_norm(grads[k], dtype=torch.float64).cpu() for k in bad]
             )
             for k, v in zip(bad, redo.tolist(), strict=True):
                 pn[k] = v / scale if scale and math.isfinite(scale) else v
-        all_norms = np.zeros(len(self._named))
-        all_norms[have] = pn
+        if len(have) == len(self._named):  # every parameter has a gradient (the common case)
+            all_norms = np.array(pn, dtype=float)
+        else:
+            all_norms = np.zeros(len(self._named))
+            all_norms[have] = pn
         sq = all_norms**2
         fin = np.isfinite(sq)
-        mod_norms = np.sqrt(self._mod_matrix @ np.where(fin, sq, 0.0))
-        mod_norms[self._mod_matrix @ np.isposinf(sq) > 0] = math.inf
-        mod_norms[self._mod_matrix @ np.isnan(sq) > 0] = math.nan
+        if fin.all():
+            mod_norms = np.sqrt(self._mod_matrix @ sq)
+            nonfinite = []
+        else:
+            mod_norms = np.sqrt(self._mod_matrix @ np.where(fin, sq, 0.0))
+            mod_norms[self._mod_matrix @ np.isposinf(sq) > 0] = math.inf
+            mod_norms[self._mod_matrix @ np.isnan(sq) > 0] = math.nan
+            nonfinite = [n for n, v in zip(names, pn, strict=True) if not math.isfinite(v)]
         total = float(mod_norms[0])
-        nonfinite = [n for n, v in zip(names, pn, strict=True) if not math.isfinite(v)]
         rep = GradFlowReport(
             step=self.steps,
             total_norm=total,
@@ -343,11 +359,12 @@ class GradFlow:
             nonfinite=nonfinite,
             scale=scale,
             overflow=bool(nonfinite) and scaler is not None and bool(scaler.is_enabled()),
-            _all_names=[n for n, _ in self._named],
+            _all_names=self._all_names,
         )
         if ratio_idx is not None:
             rep.update_ratios = {self._named[i][0]: r for i, r in zip(ratio_idx, rest, strict=True)}
-        rep.rank = _dd.rank_info().rank if _dd.rank_info().initialized else None
+        info = _dd.rank_info()
+        rep.rank = info.rank if info.initialized else None
         if local_idx:
             if scale and math.isfinite(scale):
                 local_vals = [v / scale for v in local_vals]
@@ -369,7 +386,7 @@ class GradFlow:
         return rep
 
     def _flags(self, rep: GradFlowReport, total: float, mod_norms: np.ndarray) -> None:
-        hist = [h for h in self.history if math.isfinite(h)]
+        hist = list(self.history)  # only finite totals are appended
         if not math.isfinite(total):
             rep.exploding = not rep.overflow
         elif len(hist) >= 3:

@@ -299,3 +299,29 @@ def test_huge_but_finite_gradients_are_not_a_fault():
     watch = NanWatch(lin)
     watch.run(step, torch.ones(2, 4))
     assert watch.last_status == "ok"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["replay", "eager"])
+def test_one_host_sync_per_healthy_step_on_cuda(mode):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from diagnostics import count_host_syncs
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, nhead=4, dim_feedforward=128, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).cuda()
+    x = torch.randn(4, 20, 64, device="cuda")
+    watch = NanWatch(model, mode=mode)
+
+    def step():
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    watch.run(step)  # first step: learns which buffers change
+    model.zero_grad(set_to_none=True)
+    bare = count_host_syncs(step)  # whatever the model's own step does
+    model.zero_grad(set_to_none=True)
+    assert count_host_syncs(lambda: watch.run(step)) == bare + 1
+    assert watch.last_status == "ok"
