@@ -36,6 +36,33 @@ class GradFlowError(TorchdxError, ValueError):
     __module__ = "diagnostics"
 
 
+def _frozen_modules(model: nn.Module) -> list[str]:
+    """The largest submodules whose own layers hold weights and are all frozen.
+
+    A module counts when it owns a weight-bearing layer (linear, convolution, attention, norm
+    ...: any parameter-holding module other than an embedding table) and none of its parameters
+    requires a gradient. Only the outermost such module is named.
+    """
+    frozen: list[str] = []
+    for name, mod in model.named_modules():
+        if not name or any(name.startswith(f + ".") for f in frozen):
+            continue
+        params = list(mod.parameters())
+        if not params or any(p.requires_grad for p in params):
+            continue
+        layers = [
+            m
+            for m in mod.modules()
+            if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, nn.Embedding)
+        ]
+        if layers:
+            frozen.append(name)
+    return [
+        f"{n} ({sum(p.numel() for p in model.get_submodule(n).parameters()):,} parameters)"
+        for n in frozen
+    ]
+
+
 @dataclass
 class GradFlowReport:
     """Gradient norms of one step.
@@ -48,6 +75,10 @@ class GradFlowReport:
         unused: trainable parameters whose ``.grad`` is None (no gradient reached them).
         zero: parameters whose gradient is all zeros.
         nonfinite: parameters whose gradient norm is NaN/Inf.
+        frozen: modules whose weights are all frozen (``requires_grad=False``) while the rest
+            of the model trains, as ``"path (N parameters)"``: a fine-tuning recipe's intent, or
+            a ``requires_grad_(False)`` left over by mistake (no gradient will ever reach them).
+            A frozen positional table (an ``nn.Embedding`` or a bare tensor) is not listed.
         exploding / vanishing: the total norm is > ``factor`` x / < 1/``factor`` x the median of
             the history window (exploding also when non-finite).
         exploding_modules / vanishing_modules: the same test per module against its own history.
@@ -74,6 +105,7 @@ class GradFlowReport:
     unused: list[str] = field(default_factory=list)
     zero: list[str] = field(default_factory=list)
     nonfinite: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
     exploding: bool = False
     vanishing: bool = False
     exploding_modules: list[str] = field(default_factory=list)
@@ -139,6 +171,7 @@ class GradFlowReport:
             ("unused (grad is None)", self.unused),
             ("zero gradient", self.zero),
             ("non-finite gradient", self.nonfinite),
+            ("frozen (requires_grad=False)", self.frozen),
             ("exploding modules", self.exploding_modules),
             ("vanishing modules", self.vanishing_modules),
             ("unused on this rank (DDP needs find_unused_parameters=True)", self.ddp_unused),
@@ -186,6 +219,7 @@ class GradFlow:
                 f"GradFlow(model): expected an nn.Module, got {type(model).__name__}"
             )
         self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._frozen = _frozen_modules(model)
         if not self._named:
             raise GradFlowError(
                 f"GradFlow(model): {type(model).__name__} has no trainable parameters; hint: pass "
@@ -357,6 +391,7 @@ class GradFlow:
             unused=unused,
             zero=[n for n, v in zip(names, pn, strict=True) if v == 0.0],
             nonfinite=nonfinite,
+            frozen=list(self._frozen),
             scale=scale,
             overflow=bool(nonfinite) and scaler is not None and bool(scaler.is_enabled()),
             _all_names=self._all_names,

@@ -390,12 +390,14 @@ def _gradflow(case: GradCase, fault: Fault) -> dict:
     with contracts.mode("off"):
         case.step()
     rep = gf.record()
-    flagged = [*rep.unused, *rep.zero, *rep.nonfinite]
+    frozen = [f.split(" (")[0] for f in rep.frozen]
+    flagged = [*rep.unused, *rep.zero, *rep.nonfinite, *frozen]
     secs = time.perf_counter() - t0
     if not flagged:
         return _result(False, False, "", secs, via="GradFlow")
     kinds = [(t, n) for t, n in (("unused (grad is None)", rep.unused), ("zero gradient", rep.zero),
-             ("non-finite gradient", rep.nonfinite)) if n]  # fmt: skip
+             ("non-finite gradient", rep.nonfinite), ("frozen (requires_grad=False)", rep.frozen))
+             if n]  # fmt: skip
     msg = "; ".join(f"{t}: {', '.join(n[:4])}" + (" ..." if len(n) > 4 else "") for t, n in kinds)
     prefixes = fault.expected.get("params", [])
     loc = bool(prefixes) and all(

@@ -154,3 +154,30 @@ def test_column_median_equals_numpy(a):
     from diagnostics._gradflow import _col_median
 
     np.testing.assert_array_equal(_col_median(a), np.median(a, axis=0))
+
+
+def test_frozen_modules_are_named_and_frozen_tables_are_not():
+    import torch
+    from torch import nn
+
+    from diagnostics import GradFlow
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Embedding(8, 4)  # a positional table frozen by design
+            self.encoder = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.encoder(x + self.pos.weight[: x.shape[1]]))
+
+    net = Net()
+    net.pos.requires_grad_(False)
+    healthy = GradFlow(net)
+    net(torch.randn(2, 8, 4)).sum().backward()
+    assert healthy.record().frozen == []
+    net.encoder.requires_grad_(False)  # the mistake
+    rep = GradFlow(net).record()
+    assert rep.frozen == ["encoder (28 parameters)"]
+    assert "frozen (requires_grad=False): encoder (28 parameters)" in str(rep)
