@@ -424,11 +424,13 @@ def _ablation(case: AblationCase, fault: Fault) -> dict:
     secs = time.perf_counter() - t0
     flagged: dict[str, str] = {}
     for s in rep.sites:
+        reason = s.get("reason") or ""
         if s["verdict"] != "used":
-            reason = s.get("reason") or ""
             flagged[s["site"]] = f"site {s['site']!r}: verdict {s['verdict']}" + (
                 f" ({reason})" if reason else ""
             )
+        elif s.get("additive"):  # used, but only as an additive bias on the output
+            flagged[s["site"]] = f"site {s['site']!r}: verdict used, additive ({reason})"
     emb = rep.embedding
     if emb is not None and getattr(emb, "collapsed", False):
         site = case.embedding_site or "?"

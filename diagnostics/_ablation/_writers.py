@@ -77,6 +77,8 @@ def site_json(s: SiteResult) -> dict[str, Any]:
         "batched": s.batched,
         "ablations": {a: _effect_json(e) for a, e in s.ablations.items()},
         "notes": list(s.notes),
+        "interaction": None if s.interaction is None else asdict(s.interaction),
+        "additive": s.additive,
     }
 
 
