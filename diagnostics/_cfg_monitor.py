@@ -316,9 +316,7 @@ class CFGDropoutMonitor:
         if self._handle is None:
             self._handle = self.model.register_forward_pre_hook(self._observe, with_kwargs=True)
         if self._eval_handle is None and self.eval_checks > 0:
-            self._eval_handle = self.model.register_forward_hook(
-                self._eval_check, with_kwargs=True
-            )
+            self._eval_handle = self.model.register_forward_hook(self._eval_check, with_kwargs=True)
         return self
 
     def remove(self) -> None:
