@@ -12,8 +12,9 @@ the configured ``p``; the monitor flags:
 * ``eval``: CFG dropout applied at evaluation. In eval mode (``model.training is False``) a
   forward called *without* a drop mask (``mask_arg`` not passed or ``None``, and the condition
   given) asks for the conditioned output; the monitor re-runs that forward once with the mask
-  all False (every condition explicitly kept; ``torch.no_grad``, the RNG state forked, hooks
-  bypassed) and counts the examples whose output differs: the model dropped their condition on
+  all False (every condition explicitly kept; ``torch.no_grad``, from the RNG state the forward
+  started with, so a forward that draws noise draws the same; the RNG state restored after;
+  hooks bypassed) and counts the examples whose output differs: the model dropped their condition on
   its own. An explicit mask or ``cond=None`` at evaluation (the unconditional pass of CFG
   sampling) is the caller's choice and never flagged. The first ``eval_checks`` such forwards
   are checked (one more forward each). A model that draws from its own ``torch.Generator``
@@ -229,6 +230,7 @@ class CFGDropoutMonitor:
         self.eval_dropped = 0
         self.eval_total = 0
         self.eval_note = ""
+        self._rng: tuple[Tensor, list[Tensor] | None] | None = None  # RNG before the forward
         self._cur = [0, 0]  # dropped, total in the current step
         self._calls_in_step = 0
         self._masks: list[Tensor] = []  # drop masks of the current step
@@ -243,6 +245,9 @@ class CFGDropoutMonitor:
     def _observe(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._busy:
             return None
+        if not module.training and self._eval_left > 0:  # the eval check replays this draw
+            cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+            self._rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None)
         if self.train_only and not module.training:
             return None
         if self.detect is not None:
@@ -290,10 +295,16 @@ class CFGDropoutMonitor:
         b = output.shape[0]
         bound.arguments[self.mask_arg] = torch.zeros(b, dtype=torch.bool, device=output.device)
         self._eval_left -= 1
-        devices = [output.device] if output.device.type == "cuda" else []
+        cpu_state, cuda_states = self._rng if self._rng is not None else (None, None)
+        self._rng = None
+        devices = list(range(len(cuda_states))) if cuda_states is not None else []
         self._busy = True
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                if cpu_state is not None:  # the same random draws as the forward it checks
+                    torch.set_rng_state(cpu_state)
+                if cuda_states is not None:
+                    torch.cuda.set_rng_state_all(cuda_states)
                 kept = module.forward(*bound.args, **bound.kwargs)
         except Exception as e:  # the forward does not take an all-False mask: stop checking
             self._eval_left = 0

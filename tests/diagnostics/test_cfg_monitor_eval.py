@@ -11,10 +11,10 @@ class Net(nn.Module):
     """``forward(x, cond, drop_cond=None)``: without a mask the model draws its own in training
     (and, with ``eval_bug``, at evaluation too); dropped conditions become the learned null."""
 
-    def __init__(self, eval_bug: bool = False, p: float = 0.3) -> None:
+    def __init__(self, eval_bug: bool = False, p: float = 0.3, noise: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.p, self.eval_bug = p, eval_bug
+        self.p, self.eval_bug, self.noise = p, eval_bug, noise
         self.enc = nn.Linear(4, 8)
         self.null = nn.Parameter(torch.randn(8))
         self.body = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 2))
@@ -25,7 +25,8 @@ class Net(nn.Module):
         e = self.enc(cond)
         if drop_cond is not None:
             e = torch.where(drop_cond[:, None], self.null.expand_as(e), e)
-        return self.body(torch.cat([x, e], -1))
+        out = self.body(torch.cat([x, e], -1))
+        return out + torch.randn_like(out) if self.noise else out  # e.g. a sampler's noise
 
 
 def _session(model, mon, train_steps=20, eval_calls=5, mask_at_eval=None):
@@ -70,6 +71,16 @@ def test_healthy_eval_is_not_flagged():
     rep = mon.report()
     assert rep.ok, rep
     assert rep.eval_dropped == 0 and rep.eval_total == 5 * 16
+
+
+def test_forward_that_draws_noise_at_eval_is_not_flagged():
+    """The check replays the forward's own random draws: noise is not a dropped condition."""
+    model = Net(eval_bug=False, noise=True)
+    with CFGDropoutMonitor(model, p=0.3) as mon:
+        _session(model, mon)
+    rep = mon.report()
+    assert rep.ok, rep
+    assert rep.eval_total == 5 * 16 and rep.eval_dropped == 0
 
 
 def test_explicit_unconditional_pass_at_eval_is_the_callers_choice():
