@@ -21,7 +21,7 @@ class Net(nn.Module):
 
     def forward(self, x, cond, drop_cond=None):
         if drop_cond is None and (self.training or self.eval_bug):
-            drop_cond = torch.rand(x.shape[0]) < self.p
+            drop_cond = torch.rand(x.shape[0], device=x.device) < self.p
         e = self.enc(cond)
         if drop_cond is not None:
             e = torch.where(drop_cond[:, None], self.null.expand_as(e), e)
@@ -29,19 +29,20 @@ class Net(nn.Module):
         return out + torch.randn_like(out) if self.noise else out  # e.g. a sampler's noise
 
 
-def _session(model, mon, train_steps=20, eval_calls=5, mask_at_eval=None):
+def _session(model, mon, train_steps=20, eval_calls=5, mask_at_eval=None, device="cpu"):
     g = torch.Generator().manual_seed(3)
     outs = []
     for _ in range(train_steps):
         model.train()
-        model(torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g),
-              drop_cond=torch.rand(16, generator=g) < 0.3)  # fmt: skip
+        model(torch.randn(16, 8, generator=g).to(device), torch.randn(16, 4, generator=g).to(device),
+              drop_cond=(torch.rand(16, generator=g) < 0.3).to(device))  # fmt: skip
         if mon is not None:
             mon.step()
     model.eval()
     with torch.no_grad():
         for _ in range(eval_calls):
-            x, c = torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)
+            x = torch.randn(16, 8, generator=g).to(device)
+            c = torch.randn(16, 4, generator=g).to(device)
             kw = {} if mask_at_eval is None else {"drop_cond": mask_at_eval(16)}
             outs.append(model(x, c, **kw))
     return outs
@@ -142,3 +143,17 @@ def test_hooks_removed_on_exception():
         with CFGDropoutMonitor(model, p=0.3):
             raise RuntimeError("boom")
     assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("eval_bug", [False, True])
+def test_eval_check_on_cuda_replays_cuda_draws(eval_bug):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model = Net(eval_bug=eval_bug, noise=True).cuda()
+    with CFGDropoutMonitor(model, p=0.3) as mon:
+        _session(model, mon, device="cuda")
+    rep = mon.report()
+    assert rep.eval_total == 5 * 16
+    assert (rep.flag == "eval") == eval_bug, rep
+    assert (rep.eval_dropped > 0) == eval_bug
