@@ -67,6 +67,9 @@ _LAZY: dict[str, str] = {
     "run_scaling": "diagnostics._scaling",
     "EvalTarget": "diagnostics._eval_audit",
     "EvalAuditError": "diagnostics._eval_audit",
+    "check_null_condition": "diagnostics._null_check",
+    "NullConditionError": "diagnostics._null_check",
+    "NullConditionReport": "diagnostics._null_check",
 }
 
 __all__ = sorted(_LAZY)

@@ -8,7 +8,18 @@ the configured ``p``; the monitor flags:
 * ``disabled``: ``p == 0`` is configured (the null input is never trained, so guidance and the
   null ablation are meaningless);
 * ``far``: ``p`` lies outside the 99.9% Wilson interval of the observed rate *and* the observed
-  rate differs from ``p`` by more than ``rel_tol`` (default 25%) of ``p``.
+  rate differs from ``p`` by more than ``rel_tol`` (default 25%) of ``p``;
+* ``eval``: CFG dropout applied at evaluation. In eval mode (``model.training is False``) a
+  forward called *without* a drop mask (``mask_arg`` not passed or ``None``, and the condition
+  given) asks for the conditioned output; the monitor re-runs that forward once with the mask
+  all False (every condition explicitly kept; ``torch.no_grad``, from the RNG state the forward
+  started with, so a forward that draws noise draws the same; the RNG state restored after;
+  hooks bypassed) and counts the examples whose output differs: the model dropped their condition on
+  its own. An explicit mask or ``cond=None`` at evaluation (the unconditional pass of CFG
+  sampling) is the caller's choice and never flagged. The first ``eval_checks`` such forwards
+  are checked (one more forward each). A model that draws from its own ``torch.Generator``
+  advances it in the re-run: pass ``eval_checks=0`` there. A train-mode flag takes precedence
+  in ``flag``; the message names both.
 
 How a drop is seen (first that applies): ``detect(args, kwargs) -> bool[B]``; the boolean
 ``mask_arg`` of ``forward`` (True = dropped); or ``cond_arg`` being ``None`` (whole batch dropped).
@@ -63,8 +74,10 @@ class CFGDropoutReport:
         observed: ``dropped / total`` (nan when nothing was seen).
         ci: 99.9% Wilson interval of the observed rate.
         per_step: observed rate per step.
-        flag: ``None`` when fine, else ``"never"``, ``"disabled"`` or ``"far"``.
+        flag: ``None`` when fine, else ``"never"``, ``"disabled"``, ``"far"`` or ``"eval"``.
         message: the flag in words.
+        eval_dropped, eval_total: conditions the model dropped on its own in eval-mode
+            forwards / examples checked there (see the module doc).
     """
 
     p: float
@@ -76,6 +89,8 @@ class CFGDropoutReport:
     per_step: list[float]
     flag: str | None
     message: str
+    eval_dropped: int = 0
+    eval_total: int = 0
 
     @property
     def ok(self) -> bool:
@@ -91,6 +106,8 @@ class CFGDropoutReport:
             "ci": list(self.ci),
             "flag": self.flag,
             "message": self.message,
+            "eval_dropped": self.eval_dropped,
+            "eval_total": self.eval_total,
         }
 
     def __str__(self) -> str:
@@ -165,6 +182,9 @@ class CFGDropoutMonitor:
         detect: ``detect(args, kwargs) -> bool Tensor [B]``; overrides the two above.
         rel_tol: relative tolerance of the ``far`` flag.
         train_only: count only forwards in training mode (skip validation/sampling).
+        eval_checks: eval-mode forwards (without a drop mask) re-run with every condition kept
+            to see drops the model makes on its own at evaluation (flag ``eval``; needs
+            ``mask_arg``; 0: off).
 
     Example:
         >>> mon = CFGDropoutMonitor(model, p=0.2).attach()
@@ -182,6 +202,7 @@ class CFGDropoutMonitor:
         detect: Callable[[tuple, dict], Tensor] | None = None,
         rel_tol: float = 0.25,
         train_only: bool = True,
+        eval_checks: int = 8,
     ) -> None:
         if not 0.0 <= p <= 1.0:
             raise CFGDropoutError(f"CFGDropoutMonitor: p={p} is not a probability in [0, 1]")
@@ -202,6 +223,14 @@ class CFGDropoutMonitor:
                     f"(its arguments: {', '.join(self._sig.parameters)})"
                 )
         self._handle: Any = None
+        self._eval_handle: Any = None
+        self.eval_checks = max(0, int(eval_checks))
+        self._eval_left = self.eval_checks
+        self._busy = False  # inside the monitor's own re-run
+        self.eval_dropped = 0
+        self.eval_total = 0
+        self.eval_note = ""
+        self._rng: tuple[Tensor, list[Tensor] | None] | None = None  # RNG before the forward
         self._cur = [0, 0]  # dropped, total in the current step
         self._calls_in_step = 0
         self._masks: list[Tensor] = []  # drop masks of the current step
@@ -214,6 +243,11 @@ class CFGDropoutMonitor:
 
     # -- hook
     def _observe(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._busy:
+            return None
+        if not module.training and self._eval_left > 0:  # the eval check replays this draw
+            cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+            self._rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None)
         if self.train_only and not module.training:
             return None
         if self.detect is not None:
@@ -244,17 +278,65 @@ class CFGDropoutMonitor:
         self._calls_in_step += 1
         return None
 
+    def _eval_check(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        """Eval mode, no drop mask passed: re-run with every condition kept and compare."""
+        if module.training or self._busy or self._eval_left <= 0 or self.mask_arg is None:
+            return None
+        if self.detect is not None or not isinstance(output, Tensor) or output.dim() == 0:
+            return None
+        try:
+            bound = self._sig.bind(*args, **kwargs)
+        except TypeError:
+            return None
+        if bound.arguments.get(self.mask_arg) is not None:
+            return None  # an explicit mask: the caller chose what to drop
+        if self.cond_arg is not None and bound.arguments.get(self.cond_arg) is None:
+            return None  # the unconditional pass
+        b = output.shape[0]
+        bound.arguments[self.mask_arg] = torch.zeros(b, dtype=torch.bool, device=output.device)
+        self._eval_left -= 1
+        cpu_state, cuda_states = self._rng if self._rng is not None else (None, None)
+        self._rng = None
+        devices = list(range(len(cuda_states))) if cuda_states is not None else []
+        self._busy = True
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                if cpu_state is not None:  # the same random draws as the forward it checks
+                    torch.set_rng_state(cpu_state)
+                if cuda_states is not None:
+                    torch.cuda.set_rng_state_all(cuda_states)
+                kept = module.forward(*bound.args, **bound.kwargs)
+        except Exception as e:  # the forward does not take an all-False mask: stop checking
+            self._eval_left = 0
+            self.eval_note = f"eval check off: the re-run raised {type(e).__name__}: {e}"
+            return None
+        finally:
+            self._busy = False
+        if not isinstance(kept, Tensor) or kept.shape != output.shape:
+            return None
+        out = output.detach().reshape(b, -1).double()  # (B, D)
+        ref = kept.detach().reshape(b, -1).double()  # (B, D)
+        diff = (out - ref).norm(dim=1)  # (B,)
+        dropped = diff > 1e-5 * ref.norm(dim=1) + 1e-12
+        self.eval_dropped += int(dropped.sum())
+        self.eval_total += b
+        return None
+
     def attach(self) -> CFGDropoutMonitor:
-        """Install the hook (idempotent); returns self."""
+        """Install the hooks (idempotent); returns self."""
         if self._handle is None:
             self._handle = self.model.register_forward_pre_hook(self._observe, with_kwargs=True)
+        if self._eval_handle is None and self.eval_checks > 0:
+            self._eval_handle = self.model.register_forward_hook(self._eval_check, with_kwargs=True)
         return self
 
     def remove(self) -> None:
-        """Remove the hook and close the current step."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        """Remove the hooks and close the current step."""
+        for name in ("_handle", "_eval_handle"):
+            h = getattr(self, name)
+            if h is not None:
+                h.remove()
+                setattr(self, name, None)
         self.step()
 
     def __enter__(self) -> CFGDropoutMonitor:
@@ -304,6 +386,18 @@ class CFGDropoutMonitor:
                 f"observed {observed:.3f} (99.9% interval [{lo:.3f}, {hi:.3f}]) is far from "
                 f"configured p={self.p}"
             )
+        e_drop, e_tot = getattr(self, "eval_dropped", 0), getattr(self, "eval_total", 0)
+        if e_drop:
+            eval_msg = (
+                f"CFG dropout applied at evaluation: {type(self.model).__name__}.forward dropped "
+                f"the condition of {e_drop} of {e_tot} examples in eval mode (model.training is "
+                "False) although no drop mask was passed; apply the dropout only when "
+                "self.training"
+            )
+            if flag is None:
+                flag, msg = "eval", eval_msg
+            else:
+                msg = f"{msg}; {eval_msg}"
         return CFGDropoutReport(
             p=self.p,
             steps=len(hist),
@@ -314,6 +408,8 @@ class CFGDropoutMonitor:
             per_step=[d / n for d, n in hist],
             flag=flag,
             message=msg,
+            eval_dropped=e_drop,
+            eval_total=e_tot,
         )
 
     # -- torch.distributed

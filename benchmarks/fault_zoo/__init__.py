@@ -12,8 +12,9 @@ How each tool is run (``_tools.py``) and scored:
   report's module, phase, bad items / padding match); gradient flow: ``GradFlow.record()``
   (detected: any unused / zero / non-finite gradient; localized: all flagged parameters lie
   under the ground-truth prefix); conditioning: ``run_ablation`` over every site the user names
-  (detected: a site not ``used`` or a collapsed embedding; localized: only condition-path sites
-  flagged) or ``CFGDropoutMonitor`` (``.report_ranks()`` under DDP); hygiene:
+  (detected: a site not ``used``, a ``used`` site flagged ``additive`` or a collapsed embedding;
+  localized: only condition-path sites flagged), ``CFGDropoutMonitor`` (``.report_ranks()``
+  under DDP) or ``check_null_condition`` (localized: it names the null's argument); hygiene:
   ``diagnostics.check_padding_leak`` / ``check_no_retained_graph`` /
   ``greedy_decode(check="raise")`` (localized: the message names the culprit).
 * **detect_anomaly**: ``torch.autograd.detect_anomaly(check_nan=True)`` around the steps;

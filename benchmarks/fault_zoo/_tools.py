@@ -73,7 +73,7 @@ def _loc_argument(exc: BaseException, expected: dict) -> bool:
 
 
 def _loc_names(message: str, expected: dict) -> bool:
-    names = expected.get("names")
+    names = expected.get("names") or expected.get("sites")  # a probe may name the sites
     return bool(names) and all(n in message for n in names)
 
 
@@ -426,11 +426,13 @@ def _ablation(case: AblationCase, fault: Fault) -> dict:
     secs = time.perf_counter() - t0
     flagged: dict[str, str] = {}
     for s in rep.sites:
+        reason = s.get("reason") or ""
         if s["verdict"] != "used":
-            reason = s.get("reason") or ""
             flagged[s["site"]] = f"site {s['site']!r}: verdict {s['verdict']}" + (
                 f" ({reason})" if reason else ""
             )
+        elif s.get("additive"):  # used, but only as an additive bias on the output
+            flagged[s["site"]] = f"site {s['site']!r}: verdict used, additive ({reason})"
     emb = rep.embedding
     if emb is not None and getattr(emb, "collapsed", False):
         site = case.embedding_site or "?"

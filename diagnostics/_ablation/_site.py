@@ -19,23 +19,33 @@ from diagnostics._ablation._runner import (
     seed_of,
     tile,
 )
-from diagnostics._ablation._stats import SiteStats, bootstrap_ci, example_effects, varies
+from diagnostics._ablation._stats import (
+    SiteStats,
+    bootstrap_ci,
+    example_effects,
+    flat_real,
+    varies,
+)
 from diagnostics._ablation._types import (
     ABLATIONS,
     AblationError,
     Curve,
     Effect,
+    Interaction,
     LabelResult,
     SiteResult,
 )
-from diagnostics._ablation._verdict import decide
+from diagnostics._ablation._verdict import FLOOR_MARGIN, ROUNDOFF, decide
 
-__all__ = ["IDENTITY", "SitePass"]
+__all__ = ["IDENTITY", "INTERACTION", "SitePass"]
 
 _RANDOM_FLOOR = 1e-3  # a floor above this (CI low) is randomness, not round-off: say so
 _KINDS = ("rel", "cos", "abs")  # per-example numbers kept per variant
 IDENTITY = "identity"  # the floor's variant: the site's own value through the same path
-_VARIANT_ID = {name: k + 1 for k, name in enumerate((*ABLATIONS, IDENTITY))}  # 0 = intact
+SHUFFLE2 = "shuffle2"  # the shuffle applied twice: the same swap seen on another input
+INTERACTION = "interaction"  # per-example numbers of the interaction (not a forward)
+_VARIANT_ID = {name: k + 1 for k, name in enumerate((*ABLATIONS, IDENTITY, SHUFFLE2))}  # 0 intact
+_EPS = 1e-12
 
 
 class _Unbatchable(Exception):
@@ -114,13 +124,19 @@ class SitePass:
             )
         self.batched = bool(run.batch_variants)
         if self.batched:
-            self.batched, why = self._batchable(batch, len(self.todo) + 2, bi, ti)
+            self.batched, why = self._batchable(batch, len(self.variants) + 1, bi, ti)
             if not self.batched:
                 self.notes.append(f"variants run one forward each ({why})")
 
     @property
     def variants(self) -> list[str]:
-        return [*self.todo, IDENTITY]
+        """The forwards per item besides the intact one."""
+        return [*self.todo, IDENTITY, *([SHUFFLE2] if "shuffle" in self.todo else [])]
+
+    @property
+    def measures(self) -> list[str]:
+        """The per-example numbers kept per item."""
+        return [*self.todo, IDENTITY, *([INTERACTION] if "shuffle" in self.todo else [])]
 
     # -- replacements
     def replacement(self, name: str, c: Tensor, bi: int, ti: int) -> Any:
@@ -137,10 +153,15 @@ class SitePass:
             zt = torch.complex128 if c.is_complex() else torch.float64
             z = torch.randn(c.shape, generator=gen, dtype=zt)  # complex: E|z|^2 = 1
             return (self.mean + self.std * z).to(device=c.device, dtype=c.dtype)
-        if name == "shuffle":
-            gen = torch.Generator().manual_seed(seed_of(seed, 4, si, bi, ti))
-            return c[derangement(c.shape[0], gen).to(c.device)]
+        if name in ("shuffle", SHUFFLE2):
+            perm = self._perm(c.shape[0], bi, ti).to(c.device)
+            return c[perm] if name == "shuffle" else c[perm[perm]]
         return self._null(c)
+
+    def _perm(self, b: int, bi: int, ti: int) -> Tensor:
+        """The shuffle's derangement of item ``(bi, ti)`` (``SHUFFLE2`` applies it twice)."""
+        gen = torch.Generator().manual_seed(seed_of(self.run_.seed, 4, self.si, bi, ti))
+        return derangement(b, gen)
 
     def _null(self, c: Tensor) -> Any:
         site, spec = self.site, self.null_spec
@@ -256,7 +277,11 @@ class SitePass:
                     site, batch, self._seed(bi, ti, a), lambda v, rep=rep: rep
                 )
         assert intact is not None, "_item: no intact output"
-        return {a: example_effects(intact, outs[a]) for a in self.variants}, intact.shape[0]
+        effs = {a: example_effects(intact, outs[a]) for a in self.variants if a != SHUFFLE2}
+        if SHUFFLE2 in outs:
+            perm = self._perm(intact.shape[0], bi, ti)
+            effs[INTERACTION] = _interaction(intact, outs["shuffle"], outs[SHUFFLE2], perm)
+        return effs, intact.shape[0]
 
     # -- the pass
     def run(self) -> SiteResult:
@@ -284,19 +309,22 @@ class SitePass:
                 done.update(part)
                 self.notes.extend(n for n in part_notes if n not in self.notes)
         n_t = len(run.times)
-        per = {a: {k: [[] for _ in range(n_t)] for k in _KINDS} for a in self.variants}
+        per = {a: {k: [[] for _ in range(n_t)] for k in _KINDS} for a in self.measures}
         for bi, ti in order:
             effs, b = done[(bi, ti)]
-            for a in self.variants:
+            for a in self.measures:
                 for k in _KINDS:
                     per[a][k][ti].append(effs[a][k])
             if ti == 0:
                 self.n_examples += b
-        mats = {a: _matrices(per[a], n_t) for a in self.variants}  # name -> kind -> (N, T)
+        mats = {a: _matrices(per[a], n_t) for a in self.measures}  # name -> kind -> (N, T)
         return self._result(mats)
 
     def _bseed(self, name: str) -> int:
-        key = len(ABLATIONS) if name in (IDENTITY, "floor") else ABLATIONS.index(name)
+        if name == INTERACTION:
+            key = len(ABLATIONS) + 1
+        else:
+            key = len(ABLATIONS) if name in (IDENTITY, "floor") else ABLATIONS.index(name)
         return seed_of(self.run_.seed, 7, self.si, key)
 
     def _result(self, mats: dict[str, dict[str, np.ndarray]]) -> SiteResult:
@@ -305,6 +333,7 @@ class SitePass:
         conditions_vary = self.value_varies or bool(self.inputs_vary)
         collapsed = site.kind == "module" and bool(self.inputs_vary) and not self.value_varies
         floor = rel.pop(IDENTITY)
+        rel.pop(INTERACTION, None)
         d = decide(
             floor,
             rel,
@@ -342,11 +371,22 @@ class SitePass:
                 "same inputs, so the forward is random (dropout or CFG dropout left on: "
                 "model.train()?); effects inside the floor cannot be seen"
             )
+        inter = None
+        reason = d.reason
+        if INTERACTION in mats:
+            inter = self._interaction(mats, floor, rel["shuffle"], d.verdict)
+            if inter.additive:
+                reason += (
+                    f"; additive: the change the condition causes does not depend on the input "
+                    f"(interaction {100 * inter.effect:.3g}% [{100 * inter.ci95[0]:.3g}, "
+                    f"{100 * inter.ci95[1]:.3g}], within the floor): the condition acts only as "
+                    "an additive bias on the output, it does not modulate the features"
+                )
         return SiteResult(
             site=site.text,
             kind=site.kind,
             verdict=d.verdict,
-            reason=d.reason,
+            reason=reason,
             floor=floor_effect,
             channel=d.channel,
             content=d.content,
@@ -354,6 +394,40 @@ class SitePass:
             by_label=by_label,
             batched=self.batched and not self.seq_only,
             notes=self.notes,
+            interaction=inter,
+            additive=bool(inter is not None and inter.additive),
+        )
+
+    def _interaction(
+        self,
+        mats: dict[str, dict[str, np.ndarray]],
+        floor: np.ndarray,
+        shuffle: np.ndarray,
+        verdict: str,
+    ) -> Interaction:
+        """The interaction summary and the additive flag (see :class:`Interaction`)."""
+        n_boot, bseed = self.run_.n_boot, self._bseed(INTERACTION)
+        m = mats[INTERACTION]
+        ie = m["rel"].mean(axis=1)  # (N,)
+        eff, lo, hi = bootstrap_ci(ie, n_boot=n_boot, seed=bseed)
+        share, slo, shi = bootstrap_ci(m["cos"].mean(axis=1), n_boot=n_boot, seed=bseed + 1)
+        f2 = np.sqrt(2.0) * floor  # four outputs against the floor's two
+        margin = max(ROUNDOFF, FLOOR_MARGIN * float(f2.mean()))
+        xm, xlo, xhi = bootstrap_ci(ie - f2, n_boot=n_boot, seed=bseed + 2)
+        _, shuffle_lo, _ = bootstrap_ci(shuffle - floor, n_boot=n_boot, seed=bseed + 3)
+        above = bool(xlo > margin)
+        used = verdict in ("used", "weak") and shuffle_lo > max(ROUNDOFF, FLOOR_MARGIN * float(
+            floor.mean()))  # fmt: skip
+        return Interaction(
+            effect=r6(eff),
+            ci95=[r6(lo), r6(hi)],
+            relative=r6(share),
+            relative_ci95=[r6(slo), r6(shi)],
+            excess=r6(xm),
+            excess_ci95=[r6(xlo), r6(xhi)],
+            above_floor=above,
+            additive=bool(used and not above),
+            n=int(ie.size),
         )
 
     def _effect(self, name: str, mats: dict[str, np.ndarray]) -> Effect:
@@ -384,6 +458,24 @@ class SitePass:
             n=int(mats["rel"].shape[0]),
             curve=curve,
         )
+
+
+def _interaction(intact: Tensor, shuffled: Tensor, twice: Tensor, perm: Tensor) -> dict:
+    """Per-example interaction of the shuffle's swap with the input.
+
+    Example ``j`` sees the swap ``c_j -> c_pi(j)``: ``d_j = S_j - I_j``. Example ``m`` with
+    ``pi(m) = j`` sees the same swap between the shuffled run (``c_pi(m) = c_j``) and the run
+    shuffled twice (``c_pi(pi(m)) = c_pi(j)``): ``d'_j = T_m - S_m``. Returns ``rel`` =
+    ``||d - d'|| / ||I_j||``, ``cos`` (here: ``||d - d'|| / ||d||``) and ``abs`` = ``||d - d'||``.
+    """
+    i, s, t = flat_real(intact), flat_real(shuffled), flat_real(twice)  # (B, D)
+    inv = torch.argsort(perm.to(i.device))  # inv[j] = m with perm[m] = j
+    d = s - i  # (B, D): the swap seen on its own input
+    d2 = t[inv] - s[inv]  # (B, D): the same swap seen on another input
+    diff = (d - d2).norm(dim=1)  # (B,)
+    rel = diff / i.norm(dim=1).clamp_min(_EPS)
+    share = diff / d.norm(dim=1).clamp_min(_EPS)
+    return {"rel": rel.cpu().numpy(), "cos": share.cpu().numpy(), "abs": diff.cpu().numpy()}
 
 
 def _matrices(per: dict[str, list[list[np.ndarray]]], n_t: int) -> dict[str, np.ndarray]:

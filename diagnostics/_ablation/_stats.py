@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["N_BOOT", "SiteStats", "bootstrap_ci", "example_effects", "varies"]
+__all__ = ["N_BOOT", "SiteStats", "bootstrap_ci", "example_effects", "flat_real", "varies"]
 
 N_BOOT = 1000  # bootstrap resamples
 VARY_TOL = 1e-6  # rows closer than this (relative) count as the same condition
 _EPS = 1e-12  # guards the division by ||f(c)|| for an all-zero output
 
 
-def _flat_real(x: Tensor) -> Tensor:
+def flat_real(x: Tensor) -> Tensor:
     """(B, ...) real or complex -> (B, D) float64; complex as interleaved real/imag."""
     x = x.detach()
     if x.is_complex():
@@ -53,7 +53,7 @@ def example_effects(intact: Tensor, ablated: Tensor) -> dict[str, np.ndarray]:
     assert intact.shape == ablated.shape, (
         f"example_effects: intact {tuple(intact.shape)} != ablated {tuple(ablated.shape)}"
     )
-    c, a = _flat_real(intact), _flat_real(ablated)  # (B, D)
+    c, a = flat_real(intact), flat_real(ablated)  # (B, D)
     nc, na = c.norm(dim=1), a.norm(dim=1)  # (B,)
     diff = (c - a).norm(dim=1)  # (B,)
     rel = diff / nc.clamp_min(_EPS)
@@ -106,7 +106,7 @@ def varies(v: Tensor, rel_tol: float = VARY_TOL) -> bool:
     """
     if v.dim() == 0 or v.shape[0] < 2:
         return False
-    x = _flat_real(v)  # (B, D)
+    x = flat_real(v)  # (B, D)
     scale = float(x.norm(dim=1).max().clamp_min(_EPS))
     return float((x - x[:1]).norm(dim=1).max()) > rel_tol * scale
 

@@ -20,6 +20,7 @@ __all__ = [
     "AblationTarget",
     "Curve",
     "Effect",
+    "Interaction",
     "LabelResult",
     "MetricDelta",
     "SiteResult",
@@ -180,6 +181,39 @@ class Test:
 
 
 @dataclass
+class Interaction:
+    """Does the change a shuffled condition causes depend on the input?
+
+    For each example ``j`` the swap ``c_j -> c_pi(j)`` (the shuffle) changes the output by
+    ``d_j = f(x_j, c_pi(j)) - f(x_j, c_j)``; the same swap applied to another input ``x_m``
+    (one more tiled copy: the shuffle applied twice) changes it by ``d'_j``. A condition that
+    only adds a bias ``b(c)`` to the output gives ``d_j = d'_j``.
+
+    Attributes:
+        effect, ci95: mean over examples of ``||d_j - d'_j|| / ||f(x_j, c_j)||`` (same units
+            as an ablation's effect) with its CI.
+        relative, relative_ci95: mean of ``||d_j - d'_j|| / ||d_j||``: the share of the change
+            that depends on the input.
+        excess, excess_ci95: paired excess of ``effect`` over the floor scaled by sqrt(2)
+            (the interaction combines four outputs, the floor two).
+        above_floor: ``excess_ci95[0]`` above the verdict's floor margin.
+        additive: the content is used (verdict used/weak, shuffle above the floor) and the
+            interaction is not above the floor: the condition acts only as an additive bias.
+        n: examples.
+    """
+
+    effect: float
+    ci95: list[float]
+    relative: float
+    relative_ci95: list[float]
+    excess: float
+    excess_ci95: list[float]
+    above_floor: bool
+    additive: bool
+    n: int
+
+
+@dataclass
 class LabelResult:
     """The verdict on the examples of one label."""
 
@@ -206,6 +240,8 @@ class SiteResult:
         by_label: label -> :class:`LabelResult` (where the target has labels).
         batched: the variants ran as one tiled forward.
         notes: what the engine skipped or changed, in words.
+        interaction: the :class:`Interaction` of the shuffle (``None`` without shuffle).
+        additive: the condition acts only as an additive bias (``interaction.additive``).
     """
 
     site: str
@@ -219,6 +255,8 @@ class SiteResult:
     by_label: dict[str, LabelResult] = field(default_factory=dict)
     batched: bool = False
     notes: list[str] = field(default_factory=list)
+    interaction: Interaction | None = None
+    additive: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """This site as it appears in ``report.json``."""

@@ -74,7 +74,9 @@ RULE = (
     "inconclusive: too few examples or identical conditions; used: content (shuffle/mean) above "
     "the floor with CI low >= min_effect; weak: content above the floor, CI high < min_effect; "
     "constant: channel (zero/random/null) above the floor, content not; ignored: nothing above "
-    "the floor; inconclusive: CIs too wide to decide"
+    "the floor; inconclusive: CIs too wide to decide. additive (a flag beside used/weak): the "
+    "change a shuffled condition causes does not depend on the input (interaction within "
+    "sqrt(2) x the floor)"
 )
 
 _WHAT = {

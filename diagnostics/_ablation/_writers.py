@@ -77,6 +77,8 @@ def site_json(s: SiteResult) -> dict[str, Any]:
         "batched": s.batched,
         "ablations": {a: _effect_json(e) for a, e in s.ablations.items()},
         "notes": list(s.notes),
+        "interaction": None if s.interaction is None else asdict(s.interaction),
+        "additive": s.additive,
     }
 
 
@@ -171,7 +173,8 @@ def render_table(report: AblationReport, *, details: bool = False) -> str:
     rows = [["site", "verdict", "floor", "channel", "content"]]
     for s in data["sites"]:
         rows.append(
-            [s["site"], s["verdict"], _fmt_ci(s["floor"]), _fmt_test(s["channel"]),
+            [s["site"], s["verdict"] + (" (additive)" if s["additive"] else ""),
+             _fmt_ci(s["floor"]), _fmt_test(s["channel"]),
              _fmt_test(s["content"])]
         )  # fmt: skip
     for e in data["errors"]:
@@ -253,7 +256,8 @@ def render_markdown(report: AblationReport) -> str:
         ]
         for s in data["sites"]:
             lines.append(
-                f"| `{s['site']}` | **{s['verdict']}** | {_fmt_ci(s['floor'])} | "
+                f"| `{s['site']}` | **{s['verdict']}**{' (additive)' * s['additive']} | "
+                f"{_fmt_ci(s['floor'])} | "
                 f"{_fmt_test(s['channel'])} | {_fmt_test(s['content'])} | {s['reason']} |"
             )
         names = list(dict.fromkeys(a for s in data["sites"] for a in s["ablations"]))
@@ -273,6 +277,7 @@ def render_markdown(report: AblationReport) -> str:
             note = "" if not s["notes"] else " — " + "; ".join(s["notes"])
             lines.append(f"- `{s['site']}`: {cos}{note}")
         lines.append("")
+        lines += _interaction_lines(data)
         lines += _label_lines(data)
         lines += _quality_lines(data)
     for e in data["errors"]:
@@ -298,6 +303,29 @@ def render_markdown(report: AblationReport) -> str:
     if data["figures"]:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in data["figures"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _interaction_lines(data: dict[str, Any]) -> list[str]:
+    sites = [s for s in data["sites"] if s.get("interaction")]
+    if not sites:
+        return []
+    lines = [
+        "## Interaction with the input",
+        "",
+        "The shuffle's swap seen on its own input and on another input: the difference, "
+        "relative to the output (`effect`) and to the change itself (`share`). A used "
+        "condition whose interaction stays within the floor (x sqrt(2)) is **additive**: it "
+        "only adds a bias to the output.",
+        "",
+        "| site | interaction | share of the change | additive |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in sites:
+        i = s["interaction"]
+        share = f"{i['relative']:.3g} [{i['relative_ci95'][0]:.3g}, {i['relative_ci95'][1]:.3g}]"
+        add = "**yes**" if s["additive"] else "no"
+        lines.append(f"| `{s['site']}` | {_fmt_ci(i)} | {share} | {add} |")
+    return [*lines, ""]
 
 
 def _label_lines(data: dict[str, Any]) -> list[str]:

@@ -66,8 +66,6 @@ def _collapsed(faulty: bool):
     "torch",
     "condition used only as an output bias (added after the last layer), not modulating features",
     {"sites": _COND_PATH},
-    note="the ablation measures whether the output changes, not how: a condition that only "
-    "shifts the output changes it, so every site is 'used'",
 )
 def _bias_only(faulty: bool):
     model = CondNet(mode="bias" if faulty else "film")
@@ -148,8 +146,6 @@ def _cfg_never(faulty: bool):
     "torch",
     "CFG dropout also applied at evaluation (the model drops its condition in eval mode)",
     {"names": ["eval"]},
-    note="CFGDropoutMonitor counts train-mode forwards only (train_only=True, as documented) and "
-    "has no flag for drops in eval mode",
 )
 def _cfg_eval(faulty: bool):
     model = CFGNet(eval_bug=faulty)
@@ -245,18 +241,20 @@ class NullNet(nn.Module):
     "torch",
     "the null condition at inference (zeros) differs from the learned null used in training",
     {"sites": ["arg:cond"]},
-    note="no torchdx check compares the null condition of training with the one inference "
-    "builds; the ablation's null replacement only says the condition is used",
 )
 def _null(faulty: bool):
     import diagnostics
 
     model = NullNet(zero_null_at_inference=faulty).eval()
     g = torch.Generator().manual_seed(0)
-    batches = [{"x": torch.randn(8, 16, generator=g), "cond": torch.randn(8, 8, generator=g)}
-               for _ in range(2)]  # fmt: skip
-    target = diagnostics.AblationTarget(model=model, batches=batches, null=lambda v: None)
-    return AblationCase(target, ["arg:cond"])
+    batch = {"x": torch.randn(8, 16, generator=g), "cond": torch.randn(8, 8, generator=g)}
+
+    def probe() -> None:  # what a user runs before sampling with guidance
+        rep = diagnostics.check_null_condition(model, batch, null={"cond": None})
+        if not rep.ok:
+            raise ZooFinding(str(rep))
+
+    return ProbeCase(probe, "check_null_condition")
 
 
 # ----------------------------------------------------------------------------- SGMSE+
