@@ -95,3 +95,36 @@ def load_results(name: str, directory: Path | str | None = None) -> dict[str, An
     """Read ``docs/results/NAME.json``."""
     path = (Path(directory) if directory is not None else RESULTS_DIR) / f"{name}.json"
     return json.loads(path.read_text())
+
+
+def device_parser(prog: str, description: str | None, *, repeats: int) -> Any:
+    """The arguments every overhead benchmark takes: --repeats, --device, --threads, --no-write.
+
+    Returns a ``contracts.cli.ArgumentParser``; add more arguments, then call
+    :func:`parse_device_args`.
+    """
+    import torch
+
+    from contracts.cli import ArgumentParser
+
+    ap = ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true", help="print only; no results file")
+    return ap
+
+
+def parse_device_args(ap: Any, argv: list[str] | None = None) -> Any:
+    """Parse, refuse ``--device cuda`` without a device (one line, exit 2), set the threads."""
+    import torch
+
+    from contracts.cli import fail
+
+    a = ap.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(fail(ap, "--device cuda: no CUDA device is available"))
+    torch.set_num_threads(a.threads)
+    return a

@@ -80,7 +80,8 @@ def bench_floor(target: Any, repeats: int) -> dict[str, float]:
         "variant_s": round(marginal, 4),
         "all_ablations_s": round(t["all"], 3),
         "share_of_pass": round(marginal / t["all"], 3),
-        "forwards_per_item": len(abl) + 2,  # intact + 5 ablations + the floor
+        # intact + 5 ablations + the floor + the interaction view of the shuffle (shuffle twice)
+        "forwards_per_item": len(abl) + 2 + ("shuffle" in abl),
     }
 
 

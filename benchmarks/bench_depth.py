@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks._results import RESULTS_DIR, write_results
-from contracts.cli import ArgumentParser, fail
+from benchmarks._results import RESULTS_DIR, device_parser, parse_device_args, write_results
 from diagnostics import GradFlow, NanWatch
 
 TOOLS = ("nanwatch", "nanwatch_eager", "gradflow")
@@ -119,17 +118,8 @@ def plot(figures: dict, path: Path) -> None:
 
 
 def main() -> None:
-    ap = ArgumentParser(prog="python -m benchmarks.bench_depth", description=__doc__)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
-    )
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-write", action="store_true", help="print only; no results, no PNG")
-    a = ap.parse_args()
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(fail(ap, "--device cuda: no CUDA device is available"))
-    torch.set_num_threads(a.threads)
+    ap = device_parser("python -m benchmarks.bench_depth", __doc__, repeats=7)
+    a = parse_device_args(ap)
     from tqdm import tqdm
 
     points = [("depth", d, 4) for d in DEPTHS] + [("batch", 16, b) for b in BATCHES]

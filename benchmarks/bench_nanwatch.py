@@ -24,8 +24,7 @@ import time
 import torch
 from torch import nn
 
-from benchmarks._results import write_results
-from contracts.cli import ArgumentParser, fail
+from benchmarks._results import device_parser, parse_device_args, write_results
 from diagnostics import NanWatch, NonFiniteError
 
 
@@ -308,18 +307,9 @@ def _print(key: str, r: dict, device: str) -> None:
 
 
 def main() -> None:
-    ap = ArgumentParser(prog="python -m benchmarks.bench_nanwatch", description=__doc__)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
-    )
-    ap.add_argument("--threads", type=int, default=1)
+    ap = device_parser("python -m benchmarks.bench_nanwatch", __doc__, repeats=15)
     ap.add_argument("--no-compiled", action="store_true", help="skip the compiled-model variant")
-    ap.add_argument("--no-write", action="store_true", help="print only; no results file")
-    a = ap.parse_args()
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(fail(ap, "--device cuda: no CUDA device is available"))
-    torch.set_num_threads(a.threads)
+    a = parse_device_args(ap)
     figures = {}
     for B, T, D in ((8, 200, 256), (4, 50, 64)):
         key = f"B{B}_T{T}_D{D}"

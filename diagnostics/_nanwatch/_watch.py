@@ -345,47 +345,6 @@ class NanWatch:
         if self._mutated_buffers is None:  # after the first step: snapshot only what changes
             self._mutated_buffers = [b for b, v, _ in snap if b._version != v]
 
-    # -- context / state ------------------------------------------------------------------
-    def _check_context(self, context: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-        if context is None:
-            return {}
-        if not isinstance(context, Mapping):
-            raise NanWatchError(
-                f"NanWatch.run(context=...): expected a dict, got {type(context).__name__}"
-            )
-        bad = sorted(set(context) - set(_CONTEXT_KEYS))
-        if bad:
-            raise NanWatchError(
-                f"NanWatch.run(context=...): unknown key(s) {bad}; valid keys: "
-                f"{', '.join(_CONTEXT_KEYS)}"
-            )
-        ctx = dict(context)
-        for key in ("padding_mask", "valid_mask"):
-            m = ctx.get(key)
-            if m is not None and (
-                not isinstance(m, Tensor) or m.dtype != torch.bool or m.dim() != 2
-            ):
-                raise NanWatchError(
-                    f"NanWatch.run(context={{'{key}': ...}}): expected a bool tensor [B, T], got "
-                    f"{summarize(m) if isinstance(m, Tensor) else type(m).__name__}"
-                )
-        return ctx
-
-    def _scaler_enabled(self) -> bool:
-        s = self.scaler
-        return s is not None and bool(getattr(s, "is_enabled", lambda: True)())
-
-    def _buffers(self) -> list[Tensor]:
-        return [b for b in self.model.buffers() if b is not None]
-
-    def _snapshot_buffers(self) -> list[tuple[Tensor, int, Tensor]]:
-        bufs = self._buffers() if self._mutated_buffers is None else self._mutated_buffers
-        return [(b, b._version, b.clone()) for b in bufs]
-
-    def _learn_buffers(self, snap: list[tuple[Tensor, int, Tensor]]) -> None:
-        if self._mutated_buffers is None:  # after the first step: snapshot only what changes
-            self._mutated_buffers = [b for b, v, _ in snap if b._version != v]
-
     # -- eager ----------------------------------------------------------------------------
     def _run_eager(self, st: StepState) -> Any:
         bwd = self.backward_hooks
