@@ -48,9 +48,9 @@ from diagnostics._ablation._guidance import quality_deltas, run_guidance
 from diagnostics._ablation._run import Run, flat_labels, iter_batches, r6
 from diagnostics._ablation._runner import Runner, parse_site, seed_of
 from diagnostics._ablation._site import SitePass
-from diagnostics._ablation._stats import N_BOOT
 from diagnostics._ablation._types import ABLATIONS, AblationError, AblationReport, AblationTarget
 from diagnostics._ablation._verdict import MIN_EFFECT
+from diagnostics._stats import N_BOOT
 
 __all__ = ["run_ablation"]
 

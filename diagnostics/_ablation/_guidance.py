@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from diagnostics._ablation._runner import seed_of
-from diagnostics._ablation._stats import bootstrap_ci
 from diagnostics._ablation._types import MetricDelta
+from diagnostics._stats import bootstrap_ci
 
 if TYPE_CHECKING:
     from diagnostics._ablation._run import Run

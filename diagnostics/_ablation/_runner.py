@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diagnostics._ablation._stats import varies
 from diagnostics._ablation._types import AblationError, AblationTarget
 from diagnostics._hooks import HookSet, tensors_in
+from diagnostics._stats import varies
 
 __all__ = ["Runner", "Site", "derangement", "describe", "first_dim", "parse_site", "seed_of"]
 

@@ -19,13 +19,6 @@ from diagnostics._ablation._runner import (
     seed_of,
     tile,
 )
-from diagnostics._ablation._stats import (
-    SiteStats,
-    bootstrap_ci,
-    example_effects,
-    flat_real,
-    varies,
-)
 from diagnostics._ablation._types import (
     ABLATIONS,
     AblationError,
@@ -36,6 +29,13 @@ from diagnostics._ablation._types import (
     SiteResult,
 )
 from diagnostics._ablation._verdict import FLOOR_MARGIN, ROUNDOFF, decide
+from diagnostics._stats import (
+    SiteStats,
+    bootstrap_ci,
+    example_effects,
+    flat_real,
+    varies,
+)
 
 __all__ = ["IDENTITY", "INTERACTION", "SitePass"]
 

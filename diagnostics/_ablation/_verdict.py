@@ -44,8 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diagnostics._ablation._stats import N_BOOT, bootstrap_ci
 from diagnostics._ablation._types import Test
+from diagnostics._stats import N_BOOT, bootstrap_ci
 
 __all__ = [
     "CHANNEL",

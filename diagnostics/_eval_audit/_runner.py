@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diagnostics._ablation._stats import bootstrap_ci
+from diagnostics._stats import bootstrap_ci
 
 from ._metrics import (
     BUILTIN_METRICS,

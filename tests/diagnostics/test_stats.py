@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diagnostics._ablation._stats import bootstrap_ci, example_effects, varies
+from diagnostics._stats import bootstrap_ci, example_effects, varies
 
 
 def test_example_effects_real_and_complex():

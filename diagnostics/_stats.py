@@ -1,4 +1,4 @@
-"""Statistics for conditioning ablations: per-example effects, bootstrap CIs, site statistics.
+"""Statistics shared by the diagnostics (ablations, evaluation audit): per-example effects, bootstrap CIs.
 
 Every number the verdict uses (``diagnostics._ablation._verdict``) is a mean over examples of a
 per-example quantity, with a percentile bootstrap 95% confidence interval in which the examples
