@@ -257,7 +257,8 @@ def test_oscillating_loss_from_too_high_lr_is_caught(cfg):
     opt = torch.optim.SGD(model.parameters(), lr=2.0)  # far too high
     watch = LossWatch(opt, window=12)
     with pytest.raises(
-        TrainingCheckError, match=r"(?s)(oscillates wildly|diverges).*learning rate too high \(lr=2\)"
+        TrainingCheckError,
+        match=r"(?s)(oscillates wildly|diverges).*learning rate too high \(lr=2\)",
     ):
         for i in range(60):
             b = collate_fn(items[(4 * i) % 64 : (4 * i) % 64 + 4])
