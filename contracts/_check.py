@@ -347,6 +347,19 @@ def check_inputs(
             prov[name] = e.source
     deferred: list = []
     pending: list = []
+    for slot, x in call_arguments(plan, args, kwargs):
+        check_slot(slot, x, b, prov, deferred, pending, level, self_obj, plan.allow_empty)
+    finish(deferred, pending, b, self_obj)
+    return b, self_obj
+
+
+def call_arguments(plan: Plan, args: tuple, kwargs: dict) -> list[tuple[Slot, Any]]:
+    """Each checked parameter with its value in this call (positional, keyword or default).
+
+    A parameter the call leaves out is skipped (the call itself raises its own TypeError), and
+    so is an optional one given as None.
+    """
+    out = []
     nargs = len(args)
     for slot in plan.params:
         pos = slot.position
@@ -357,12 +370,10 @@ def check_inputs(
         elif slot.default is not inspect.Parameter.empty:
             x = slot.default
         else:
-            continue  # missing: the call itself will raise its own TypeError
-        if x is None and slot.optional:
             continue
-        check_slot(slot, x, b, prov, deferred, pending, level, self_obj, plan.allow_empty)
-    finish(deferred, pending, b, self_obj)
-    return b, self_obj
+        if not (x is None and slot.optional):
+            out.append((slot, x))
+    return out
 
 
 def returned_items(plan: Plan, out: Any) -> list[tuple[Slot, Any]]:

@@ -20,13 +20,12 @@ as torch's ``RuntimeError`` carrying them (see docs/CONTRACTS.md).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from ._check import torch_dtypes
+from ._check import call_arguments, torch_dtypes
 from ._config import FULL
 from ._plan import Plan, Slot, TensorSpec
 from ._spec import EXPR, FIXED, NAME, VARIADIC, Expr
@@ -143,19 +142,7 @@ def compiled_inputs(
     self_obj = args[0] if plan.has_self and args else None
     for name, e in plan.self_dims:
         b[name] = e(b, self_obj)
-    nargs = len(args)
-    for slot in plan.params:
-        pos = slot.position
-        if 0 <= pos < nargs:
-            x = args[pos]
-        elif slot.name in kwargs:
-            x = kwargs[slot.name]
-        elif slot.default is not inspect.Parameter.empty:
-            x = slot.default
-        else:
-            continue
-        if x is None and slot.optional:
-            continue
+    for slot, x in call_arguments(plan, args, kwargs):
         compiled_slot(words[slot.name], slot, x, b, self_obj, level, plan.allow_empty)
     return b, self_obj
 
