@@ -311,20 +311,10 @@ class MaskedTransformer(nn.Module):
         return self.head((h * valid).sum(1) / valid.sum(1))
 
 
-@fault(
-    "shapes.padding_mask_length",
-    "shapes",
-    "torch",
-    "nn.TransformerEncoder key padding mask built for the unpadded max length (T - 2)",
-    {"argument": "padding_mask", "axis": 1},
-)
-def _padding_mask_len(faulty: bool):
-    model = MaskedTransformer()
-    x = torch.randn(3, 9, 8)
-    lengths = torch.tensor([7, 5, 3])
-    T = int(lengths.max()) if faulty else x.shape[1]  # the fault: mask from max(lengths)
-    pm = torch.arange(T)[None, :] >= lengths[:, None]  # (B, T) True = padded
-    y = torch.randint(0, 3, (3,))
+def _masked_transformer_case(model: nn.Module, x: Tensor, pm: Tensor) -> StepCase:
+    """A classification step through ``MaskedTransformer`` with the key padding mask ``pm``,
+    annotated as the user would: ``x`` [B, T, D], ``padding_mask`` a key padding mask [B, T]."""
+    y = torch.randint(0, 3, (x.shape[0],))
 
     def step(i: int) -> Tensor:
         loss = F.cross_entropy(model(x, pm), y)
@@ -340,6 +330,22 @@ def _padding_mask_len(faulty: bool):
         },
     )
     return StepCase(model, step, [ann])
+
+
+@fault(
+    "shapes.padding_mask_length",
+    "shapes",
+    "torch",
+    "nn.TransformerEncoder key padding mask built for the unpadded max length (T - 2)",
+    {"argument": "padding_mask", "axis": 1},
+)
+def _padding_mask_len(faulty: bool):
+    model = MaskedTransformer()
+    x = torch.randn(3, 9, 8)
+    lengths = torch.tensor([7, 5, 3])
+    T = int(lengths.max()) if faulty else x.shape[1]  # the fault: mask from max(lengths)
+    pm = torch.arange(T)[None, :] >= lengths[:, None]  # (B, T) True = padded
+    return _masked_transformer_case(model, x, pm)
 
 
 @fault(
@@ -358,22 +364,7 @@ def _padding_polarity(faulty: bool):
     lengths = torch.tensor([9, 5, 3])
     valid = torch.arange(9)[None, :] < lengths[:, None]  # (B, T) True = valid
     pm = valid if faulty else ~valid  # the fault: the valid mask where padding is expected
-    y = torch.randint(0, 3, (3,))
-
-    def step(i: int) -> Tensor:
-        loss = F.cross_entropy(model(x, pm), y)
-        loss.backward()
-        return loss
-
-    ann = Annot(
-        MaskedTransformer,
-        "forward",
-        {
-            "x": Float[Tensor, "B T D"],
-            "padding_mask": Annotated[Bool[Tensor, "B T"], Mask(padding=True)],
-        },
-    )
-    return StepCase(model, step, [ann])
+    return _masked_transformer_case(model, x, pm)
 
 
 # ----------------------------------------------------------------------------- SGMSE / buffer
