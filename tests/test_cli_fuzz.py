@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("contracts", "diagnostics", "models", "benchmarks")
-CORPUS: dict[str, int] = {}  # module -> examples drawn (reported by test_corpus_size)
+CORPUS: dict[str, int] = {}  # module -> malformed argument lists drawn (printed with -s)
 
 
 def _entry_points() -> dict[str, str]:
@@ -114,10 +114,6 @@ def test_malformed_arguments_exit_2_with_one_line(module: str) -> None:
         )
 
     prop()
-
-
-def test_corpus_size() -> None:
-    """The corpus is not empty (the count is printed with -s for the note)."""
-    total = sum(CORPUS.values())
-    print(f"\nCLI fuzz corpus: {total} argument lists over {len(CORPUS)} entry points")
-    assert total == 0 or len(CORPUS) >= 1
+    # the malformed-argument space of every CLI is large enough for a real corpus
+    assert CORPUS[module] >= 10, f"{module}: only {CORPUS[module]} malformed argument lists drawn"
+    print(f"\n{module}: {CORPUS[module]} malformed argument lists")
