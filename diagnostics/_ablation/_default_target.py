@@ -30,7 +30,8 @@ from diagnostics._ablation._types import AblationError, AblationTarget
 
 __all__ = ["DEFAULTS", "default_target", "sgmse_target"]
 
-# sized so that the whole default run fits in ~90 s on 2 CPU cores (see docs/COND_ABLATION.md)
+# sized so that the whole default run fits the 90 s goal on 2 CPU cores; the measured time is in
+# docs/results/cond_ablation.json (benchmarks/bench_cond_ablation.py)
 DEFAULTS: dict[str, Any] = {
     "n_mixtures": 36,  # held-out mixtures ablated (6 per noise type: a verdict per label)
     "batch_size": 6,  # mixtures per batch (x 6 variants per tiled forward)
