@@ -44,6 +44,10 @@ def main(rank: int, world: int, init: str, out: str, seeding: str) -> None:
             Path(out, "report.json").write_text(
                 json.dumps({"flags": rep.flags, "message": str(rep)})
             )
+        # gloo: a rank whose DDP reducer is torn down while its peer has already left can hang
+        # in the destructor; free the DDP wrapper while both ranks are still here
+        del ddp, opt
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
