@@ -16,15 +16,13 @@ Run: ``python -m benchmarks.bench_depth [--repeats 7] [--device cpu|cuda]``
 
 from __future__ import annotations
 
-import random
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from benchmarks._results import RESULTS_DIR, device_parser, parse_device_args, write_results
+from benchmarks._timing import time_variants
 from diagnostics import GradFlow, NanWatch
 
 TOOLS = ("nanwatch", "nanwatch_eager", "gradflow")
@@ -65,23 +63,8 @@ def measure(layers: int, batch: int, repeats: int, device: str) -> dict:
         "nanwatch_eager": variant(lambda: eager.run(step)),
         "gradflow": variant(lambda: (step(), gf.record())),
     }
-    clock = time.process_time if device == "cpu" else time.perf_counter
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for fn in variants.values():  # warm-up
-        fn()
-    order = list(variants.items())
-    shuffle = random.Random(0).shuffle  # a new order each repeat: no variant always runs first
-    for _ in range(repeats):
-        shuffle(order)
-        for k, fn in order:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = clock()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times[k].append(clock() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    t = time_variants(variants, repeats, device)
+    med = {k: v[1] if device == "cpu" else v[0] for k, v in t.items()}  # CPU: process time
     return {
         "modules": sum(1 for _ in model.modules()),
         "params": sum(1 for _ in model.parameters()),

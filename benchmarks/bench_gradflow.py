@@ -14,7 +14,6 @@ Run: ``python -m benchmarks.bench_gradflow [--repeats 15]``
 
 from __future__ import annotations
 
-import random
 import statistics
 import time
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from benchmarks._results import device_parser, parse_device_args, write_results
+from benchmarks._timing import time_variants
 from diagnostics import GradFlow
 
 
@@ -62,25 +62,9 @@ def bench(B, T, D, repeats, device) -> dict:
         "record+optimizer": with_record_opt,
         "naive .item() loop": naive,
     }
-    wall = {k: [] for k in variants}
-    cpu = {k: [] for k in variants}
-    for fn in variants.values():
-        fn()
-    order = list(variants.items())
-    shuffle = random.Random(0).shuffle  # a new order each repeat: no variant always runs first
-    for _ in range(repeats):
-        shuffle(order)
-        for k, fn in order:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            wall[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
-    w = {k: statistics.median(v) for k, v in wall.items()}
-    c = {k: statistics.median(v) for k, v in cpu.items()}
+    t = time_variants(variants, repeats, device)
+    w = {k: v[0] for k, v in t.items()}
+    c = {k: v[1] for k, v in t.items()}
     bare()
     own = []
     for _ in range(200):

@@ -17,7 +17,6 @@ Run: ``python -m benchmarks.bench_nanwatch [--repeats 15] [--device cpu|cuda] [-
 
 from __future__ import annotations
 
-import random
 import statistics
 import time
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from benchmarks._results import device_parser, parse_device_args, write_results
+from benchmarks._timing import time_variants
 from diagnostics import NanWatch, NonFiniteError
 
 
@@ -54,30 +54,6 @@ def naive_hooks(model):
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def time_variants(variants, repeats, device):
-    """Interleaved repeats; median (wall seconds, process CPU seconds) per variant.
-
-    CPU time is the steadier figure on a shared machine (other processes do not inflate it);
-    on CUDA only the wall time means anything.
-    """
-    wall = {k: [] for k in variants}
-    cpu = {k: [] for k in variants}
-    for fn in variants.values():  # warm-up
-        fn()
-    order = list(variants.items())
-    shuffle = random.Random(0).shuffle  # a new order each repeat: no variant always runs first
-    for _ in range(repeats):
-        shuffle(order)
-        for k, fn in order:
-            sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            sync(device)
-            wall[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in variants}
 
 
 def cpu_peak(fn) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -17,20 +16,12 @@ import contracts
 from contracts import InferTarget
 from contracts.infer import InferError, infer, main
 
-from .test_infer_models import _keep_contract_registry  # noqa: F401 (an autouse fixture)
+from .test_infer_models import (
+    _keep_contract_registry,  # noqa: F401 (an autouse fixture)
+    _load,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(src: str, tmp_path: Path, name: str) -> Any:
-    path = tmp_path / f"{name}.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 class Pool(nn.Module):
