@@ -1,12 +1,13 @@
 """Per-call cost of @contract, as ratios against a plain call and jaxtyping in one process.
 
-Cases, on two [8, 16] tensors plus the return, timed interleaved (round-robin over the cases,
-median of rounds) so machine load hits all alike:
+Cases, on two [8, 16] tensors plus the return (fresh copies for every call, so no call can reuse
+what an earlier one learnt about its tensors; the overhead figures subtract the plain call on the
+same copies), timed interleaved (round-robin over the cases, median of rounds) so machine load hits all alike:
   plain call | contracts off | contracts shapes | contracts full (no value constraints) |
   contracts full with three constraints (Range + Mask + Range on the return) |
   jaxtyping.jaxtyped + beartype (the hand-written alternative)
-plus the Paraformer training step with contracts full vs off, and the Paraformer encoder
-compiled (torch.compile, aot_eager, fullgraph) with contracts shapes/full vs off.
+plus the Paraformer training step with contracts full vs off (process CPU time, shuffled order:
+``benchmarks._timing``), and the Paraformer encoder compiled (torch.compile, aot_eager, fullgraph) with contracts shapes/full vs off.
 
 Writes docs/results/contracts.json.
 
@@ -28,6 +29,7 @@ from torch import Tensor
 
 import contracts
 from benchmarks._results import write_results
+from benchmarks._timing import time_variants
 from contracts import Mask, Range, contract
 
 
@@ -54,11 +56,17 @@ def jt(a: Float[Tensor, "B T"], b: Float[Tensor, "B T"]) -> Float[Tensor, "B T"]
 
 
 def _timer(fn: Callable, args: tuple, mode: str, n: int) -> Callable[[], float]:
+    """µs per call of ``fn`` on fresh copies of ``args``: every call gets new tensors, just
+    written (so in cache, as a model's activations are), and nothing learnt about one call's
+    tensors can be reused by the next. The copies cost the same in every case; the plain case
+    subtracts them."""
+    clone = torch.Tensor.clone
+
     def run() -> float:
         with contracts.mode(mode):
             t0 = time.perf_counter()
             for _ in range(n):
-                fn(*args)
+                fn(*map(clone, args))
             return (time.perf_counter() - t0) / n * 1e6
 
     return run
@@ -76,8 +84,10 @@ def interleaved(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str,
 
 
 def per_call(rounds: int, n: int) -> dict[str, float]:
+    """µs per call, copies of the arguments included (``plain`` is the copies and the call)."""
+    torch.manual_seed(0)
     a, b = torch.randn(8, 16), torch.randn(8, 16)
-    m = torch.ones(8, 16, dtype=torch.bool)
+    m = torch.rand(8, 16) > 0.2
     cases = {
         "plain": _timer(plain, (a, b), "full", n),
         "off": _timer(checked, (a, b), "off", n),
@@ -100,17 +110,20 @@ def paraformer_step(rounds: int) -> dict[str, float]:
     model = Paraformer(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the same step every time
 
-    def step(mode: str) -> Callable[[], float]:
-        def run() -> float:
+    def step(mode: str) -> Callable[[], None]:
+        def run() -> None:
             with contracts.mode(mode):
-                t0 = time.perf_counter()
                 train_step(model, batch, opt)
-                return (time.perf_counter() - t0) * 1e3
 
         return run
 
-    ms = interleaved({"full": step("full"), "off": step("off")}, rounds)
-    return {"ms_full": ms["full"], "ms_off": ms["off"], "ratio_full_vs_off": ms["full"] / ms["off"]}
+    t = time_variants({"full": step("full"), "off": step("off")}, rounds)
+    cpu = {k: v[1] * 1e3 for k, v in t.items()}  # process CPU ms: steadier on a shared machine
+    return {
+        "ms_full": cpu["full"],
+        "ms_off": cpu["off"],
+        "ratio_full_vs_off": cpu["full"] / cpu["off"],
+    }
 
 
 def compiled_encoder(rounds: int) -> dict[str, float]:
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rounds", type=int, default=15, help="round-robin rounds (median taken)")
     p.add_argument("--calls", type=int, default=4000, help="calls per case per round")
-    p.add_argument("--step-rounds", type=int, default=20, help="rounds for the training step")
+    p.add_argument("--step-rounds", type=int, default=40, help="rounds for the training step")
     p.add_argument("--no-write", action="store_true", help="print only, do not write results")
     args = p.parse_args(argv)
     if min(args.rounds, args.calls, args.step_rounds) < 1:

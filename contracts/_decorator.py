@@ -17,9 +17,9 @@ from ._check import Fail
 from ._compiled import compiled_inputs, compiled_outputs
 from ._config import OFF, state
 from ._explain import compiled_words, explain
-from ._fast import compile_checker
-from ._inline import CALLS as calls
+from ._fast import compile_checker, compile_wrapper
 from ._inline import TRACED as traced
+from ._inline import WRAPPER_CODES
 from ._plan import ContractOptions, Plan, build_plan
 from ._registry import register
 
@@ -32,7 +32,7 @@ def wrap(plan: Plan) -> Callable:
     """The checking wrapper of ``plan.fn``."""
     fn = plan.fn
     has_returns = plan.return_kind != "none"
-    check_in, check_out = compile_checker(plan)
+    check_in, check_out, cache = compile_checker(plan)
     words = compiled_words(plan)
 
     @functools.wraps(fn)
@@ -53,12 +53,7 @@ def wrap(plan: Plan) -> Callable:
             b, self_obj, entry = check_in(args, kwargs, level)
         except Fail as f:
             raise explain(plan, f, args, kwargs) from None
-        stack = calls.stack
-        stack.append((plan, b, self_obj, args, kwargs))  # for contracts.check inside fn
-        try:
-            out = fn(*args, **kwargs)
-        finally:
-            stack.pop()
+        out = fn(*args, **kwargs)  # contracts.check inside fn reads b, self_obj from here
         if has_returns:
             try:
                 check_out(out, b, self_obj, level, entry)
@@ -66,6 +61,12 @@ def wrap(plan: Plan) -> Callable:
                 raise explain(plan, f, args, kwargs, out, phase="outputs") from None
         return out
 
+    WRAPPER_CODES.add(wrapper.__code__)  # for contracts.check (plan is a free variable there)
+    fast = compile_wrapper(plan, cache, wrapper, check_out, explain)
+    if fast is not None:  # the common call inlined; everything else goes to ``wrapper``
+        fast = functools.wraps(fn)(fast)
+        fast.__wrapped_generic__ = wrapper  # type: ignore[attr-defined]
+        wrapper = fast
     wrapper.__contract__ = plan  # type: ignore[attr-defined]
     return wrapper
 

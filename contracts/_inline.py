@@ -2,14 +2,17 @@
 
 Inside a contracted call the check shares that call's dim bindings (a ``"B T D"`` inside
 ``forward`` must agree with the ``B`` and ``T`` its arguments bound, and a new dim it binds is
-seen by later checks and by the return check); outside one it binds fresh. The wrapper of every
-contracted call pushes its bindings on a per-thread stack for the duration of the call.
+seen by later checks and by the return check); outside one it binds fresh. The check finds the
+innermost contracted call by walking up the caller frames to a contract wrapper's frame and
+reading its locals, so contract calls pay nothing for it (a per-thread stack pushed by every
+call cost ~0.09 us per call; the walk costs ~0.4 us per ``check``, where it is used).
 """
 
 from __future__ import annotations
 
 import inspect
-import threading
+import sys
+from types import CodeType
 from typing import Any
 
 import torch
@@ -22,18 +25,30 @@ from ._plan import CHECKED, Plan, Slot, make_slot, unwrap
 
 _is_compiling = torch.compiler.is_compiling
 
-__all__ = ["CALLS", "check"]
+__all__ = ["WRAPPER_CODES", "check", "enclosing_call"]
+
+# the code objects of contract wrappers (the generic one and each generated one); each names
+# its locals plan, b, self_obj, args, kwargs
+WRAPPER_CODES: set[CodeType] = set()
 
 
-class _Calls(threading.local):
-    """Per thread: the contracted calls in progress, innermost last, as
-    ``(plan, bindings, self, args, kwargs)``."""
+def enclosing_call(depth: int = 2) -> tuple[Plan, dict, Any, tuple, dict] | None:
+    """The innermost contracted call in progress in this thread, as ``(plan, bindings, self,
+    args, kwargs)``, or None. A wrapper frame that has not bound its checks (mode ``off``, or a
+    call handed on to the generic wrapper) is passed over."""
+    f = sys._getframe(depth)
+    codes = WRAPPER_CODES
+    while f is not None:
+        code = f.f_code
+        if code in codes:
+            loc = f.f_locals
+            b = loc.get("b")
+            if isinstance(b, dict):
+                return loc["plan"], b, loc.get("self_obj"), loc["args"], loc["kwargs"]
+        f = f.f_back
+    return None
 
-    def __init__(self) -> None:
-        self.stack: list[tuple[Plan, dict, Any, tuple, dict]] = []
 
-
-CALLS = _Calls()
 TRACED: list[dict] = []  # bindings of the contracted calls Dynamo is tracing, innermost last
 
 _SLOTS: dict[Any, Slot] = {}
@@ -140,8 +155,7 @@ def check(value: Any, annotation: Any, *, name: str | None = None, bindings: dic
         compiled_slot(words, slot, value, b, None, level, False)
         return value
     slot = _slot(annotation, name)
-    stack = CALLS.stack
-    ctx = stack[-1] if stack and bindings is None else None
+    ctx = enclosing_call() if bindings is None else None
     if ctx is not None:
         b, self_obj, allow_empty = ctx[1], ctx[2], ctx[0].allow_empty
     else:

@@ -40,12 +40,23 @@ GUIDE = """
   `contracts.summarize`, the project's one formatter (also `diagnostics.summarize`).
 - **Fast path.** A call whose argument shapes, dtypes and classes were seen before (with the
   same dims bound from `self`) reuses the bindings of the first walk; a new signature is walked
-  in full, so a failure raises exactly the error the walk raises. Value constraints run on
-  every call in `full` mode: one fused reduction per tensor (`aminmax`; `any(...).all()` for
-  masks), read at once on the CPU and fused into one host read per device elsewhere.
+  in full, so a failure raises exactly the error the walk raises. For the common call (every
+  checked argument a tensor passed positionally, one tensor or nothing returned) each contract
+  gets a wrapper generated for it, with the signature test and the CPU value checks written
+  out; anything else, and any doubt, goes to the general wrapper before the function runs.
   Contracts with f-string dims, beartype-checked hints or ranges on Python numbers always walk.
+- **Value checks** run on every call in `full` mode. On the CPU: one `aminmax` for a float
+  range; for a mask a Python read of a small 2-D mask (below ~200 elements, cheaper than a torch
+  reduction), one `any`/`all` along the axis for mid-sized ones and a `uint8` row count for large
+  ones; broadcast axes (stride 0, as in an expanded attention mask) are checked once. Elsewhere
+  the reductions of a call are fused into one host read per device. A tensor that passed is
+  remembered (same object, same version counter: any in-place write, also through a view,
+  makes it new) so a mask handed down a stack of layers is checked once per step; a check whose
+  tensors never come back stops remembering for a while, so fresh activations pay nothing for
+  it. Writes that bypass the version counter (`.data`, NumPy or DLPack views) are not seen.
 - **Intermediate values.** `contracts.check(value, annotation, *, name=None)` returns `value`;
-  inside a contracted call its dims must agree with that call's bindings (and a dim it binds is
+  inside a contracted call (found by walking up to the wrapper's frame, so calls that never use
+  it pay nothing) its dims must agree with that call's bindings (and a dim it binds is
   seen by later checks and by the return check); outside one it binds fresh, or into
   `bindings=` (a dict updated in place). Mode `off` makes it free.
 - **Compiled code.** Under `torch.compile` (also `fullgraph=True`, static or `dynamic=True`)
