@@ -117,12 +117,17 @@ def paraformer_step(rounds: int) -> dict[str, float]:
 
         return run
 
-    t = time_variants({"full": step("full"), "off": step("off")}, rounds)
+    variants = {"full": step("full"), "shapes": step("shapes"), "off": step("off")}
+    variants["off_again"] = step("off")  # an A/A pair: the noise floor of the ratios
+    t = time_variants(variants, rounds)
     cpu = {k: v[1] * 1e3 for k, v in t.items()}  # process CPU ms: steadier on a shared machine
     return {
         "ms_full": cpu["full"],
+        "ms_shapes": cpu["shapes"],
         "ms_off": cpu["off"],
         "ratio_full_vs_off": cpu["full"] / cpu["off"],
+        "ratio_shapes_vs_off": cpu["shapes"] / cpu["off"],
+        "ratio_off_vs_off": cpu["off_again"] / cpu["off"],
     }
 
 
@@ -170,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rounds", type=int, default=15, help="round-robin rounds (median taken)")
     p.add_argument("--calls", type=int, default=4000, help="calls per case per round")
-    p.add_argument("--step-rounds", type=int, default=40, help="rounds for the training step")
+    p.add_argument(
+        "--step-rounds",
+        type=int,
+        default=150,
+        help="rounds for the training step (and compiled encoder)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only, do not write results")
     args = p.parse_args(argv)
     if min(args.rounds, args.calls, args.step_rounds) < 1:
@@ -184,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     step = paraformer_step(args.step_rounds)
     print(
         f"paraformer training step: full {step['ms_full']:.2f} ms, off {step['ms_off']:.2f} ms, "
-        f"ratio {step['ratio_full_vs_off']:.3f}x"
+        f"ratio {step['ratio_full_vs_off']:.3f}x (shapes {step['ratio_shapes_vs_off']:.3f}x, "
+        f"off vs off {step['ratio_off_vs_off']:.3f}x)"
     )
     comp = compiled_encoder(args.step_rounds)
     print(

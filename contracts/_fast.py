@@ -46,7 +46,8 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
 
     Returns ``(inputs, outputs, cache)``: ``inputs(args, kwargs, level) -> (bindings, self,
     entry)`` and ``outputs(out, bindings, self, level, entry)``, both raising :class:`Fail`, and
-    the signature cache they share (read by :func:`compile_wrapper`).
+    the signature cache they share (read by :func:`compile_wrapper`; None when the plan always
+    walks).
 
     A signature is what the shape walk depends on: for every checked argument its shape and
     dtype (tensors) or its class (anything else), plus the dims bound from ``self``. A signature
@@ -209,7 +210,7 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
         if values:
             judge(values, b, self_obj)
 
-    return inputs, outputs, cache
+    return inputs, outputs, (cache if eligible else None)
 
 
 _SMALL_MASK = 4096  # below this many elements a mask's row test is one any()/all() per axis
@@ -280,6 +281,9 @@ def _float_range_values(lo: float | None, hi: float | None) -> tuple[Callable, t
 
     def values(x: torch.Tensor, b: dict, self_obj: Any) -> bool:
         n = x.numel()
+        if n == 1:  # a scalar (a loss, a step size): read, not reduced
+            v = x.item()
+            return lo_v <= v <= hi_v  # NaN compares False
         if not n:
             return True
         if x.requires_grad:
@@ -433,30 +437,44 @@ def _plain_class(hint: Any) -> bool:
 
 
 def compile_wrapper(
-    plan: Plan, cache: dict, generic: Callable, check_out: Callable, explain: Callable
+    plan: Plan, cache: dict | None, generic: Callable, check_out: Callable, explain: Callable
 ) -> Callable | None:
-    """A wrapper generated for one plan's common call, or None when the plan has none.
+    """A wrapper generated for one plan's common calls, or None when the plan has none.
 
-    The common call: every checked argument a plain tensor passed positionally, a signature
-    already in ``cache`` (that of :func:`compile_checker`), CPU tensors for the
-    value checks, and a single tensor returned (or nothing checked on return). The generated
-    code inlines what ``generic`` does for it: no nested calls, no loops over slots. Any other
-    call, and any doubt (a signature not seen, a value check that does not surely pass), goes
-    to ``generic``, the reference wrapper, before ``fn`` runs, so failures raise the very same
+    A common call passes its arguments positionally (trailing ones with defaults may be left
+    out), every tensor argument a plain tensor, its signature already in ``cache`` (that of
+    :func:`compile_checker`), CPU tensors for the value checks, and returns a single tensor (or
+    nothing checked). The generated code has one branch per accepted number of arguments and
+    inlines what ``generic`` does for such a call: no nested calls, no loops over slots. Any other
+    call, and any doubt (a signature not seen, a value check that does not surely pass), goes to
+    ``generic``, the reference wrapper, before ``fn`` runs, so failures raise the very same
     errors. Only a return the fast code doubts is handed to ``check_out`` (``fn`` has run).
+
+    The signature key built here equals the one :func:`compile_checker` caches for the same call
+    (tensors: shape and dtype; other values: their class; self dims first).
     """
     params = plan.params
-    if not params or any(s.tensor is None or s.position < 0 for s in params):
+    if cache is None or not params or any(s.position < 0 for s in params):
         return None
     if plan.return_kind not in ("none", "single"):
         return None
     if plan.return_kind == "single" and plan.returns[0].tensor is None:
         return None
+    if any(
+        s.default is not inspect.Parameter.empty and isinstance(s.default, torch.Tensor)
+        for s in params
+    ):
+        return None
     n = max(s.position for s in params) + 1
+    first = min(s.position for s in params)
+    required = max(
+        (s.position + 1 for s in params if s.default is inspect.Parameter.empty), default=first
+    )
     env: dict[str, Any] = {
         "fn": plan.fn,
         "generic": generic,
         "check_out": check_out,
+        "check_pyrange": check_pyrange,
         "explain": explain,
         "Fail": Fail,
         "PLAN": plan,
@@ -474,64 +492,95 @@ def compile_wrapper(
     a("    level = state.level")
     a("    if level == OFF:")
     a("        return fn(*args, **kwargs)")
-    a(f"    if kwargs or len(args) != {n} or is_compiling():")
+    a("    nargs = len(args)")
+    a(f"    if kwargs or nargs < {required} or nargs > {n} or is_compiling():")
     a("        return generic(*args, **kwargs)")
-    key = []
+    self_key = []
     for k, _ in enumerate(plan.self_dims):
         a("    try:")
         a(f"        d{k} = dims[{k}]({{}}, args[0])")
         a("    except Exception:")
         a("        return generic(*args, **kwargs)")
-        key.append(f"d{k}")
-    for s in params:
-        a(f"    x{s.position} = args[{s.position}]")
-    a("    if " + " or ".join(f"x{s.position}.__class__ is not Tensor" for s in params) + ":")
-    a("        return generic(*args, **kwargs)")
-    for s in params:
-        key += [f"x{s.position}.shape", f"x{s.position}.dtype"]
-    a(f"    entry = cache_get(({', '.join(key)},))")
-    a("    if entry is None:")
-    a("        return generic(*args, **kwargs)  # walks, and caches the signature if it passes")
-    a("    b = entry[0].copy()")
-    a("    nb = len(b)")
-    a("    self_obj = args[0]" if plan.has_self else "    self_obj = None")
-    valued = [s for s in params if s.tensor.has_values]
-    if valued:
-        a("    if level == FULL:")
-        a("        if not (" + " and ".join(f"x{s.position}.is_cpu" for s in valued) + "):")
-        a("            return generic(*args, **kwargs)  # fused per device, one host read")
-        for s in valued:
-            L += _inline_values(s.tensor, f"x{s.position}", f"{s.position}", env, "        ")
-            a("        if not good:")
-            a("            return generic(*args, **kwargs)  # the reference judges and words it")
-    a("    plan = PLAN")
-    a("    out = fn(*args)  # contracts.check inside fn reads plan, b, self_obj, args from here")
-    if plan.return_kind == "single":
-        spec = plan.returns[0].tensor
-        a("    if out.__class__ is Tensor and len(b) == nb:")
-        a("        added = entry[1].get((out.shape, out.dtype))")
-        if spec.has_values:
-            a("        if added is not None and level != FULL:")
-            a("            return out")
-            a("        if added is not None and out.is_cpu:")
-            if isinstance(spec.lo, Expr) or isinstance(spec.hi, Expr):
-                a("            if added:")
-                a("                b.update(added)")
-            L += _inline_values(spec, "out", "r", env, "            ")
-            a("            if good:")
-            a("                return out")
-        else:
-            a("        if added is not None:")
-            a("            return out")
-        a("    try:")
-        a("        check_out(out, b, self_obj, level, entry)")
-        a("    except Fail as f:")
-        a("        raise explain(plan, f, args, kwargs, out, phase='outputs') from None")
-    a("    return out")
+        self_key.append(f"d{k}")
+    for arity in range(n, required - 1, -1):
+        a(f"    {'if' if arity == n else 'elif'} nargs == {arity}:")
+        L += ["        " + line for line in _arity_branch(plan, arity, self_key, env)]
+    a("    return generic(*args, **kwargs)")
     code = compile("\n".join(L), f"<contract of {plan.qualname}>", "exec")
     exec(code, env)
     WRAPPER_CODES.add(env["wrapper"].__code__)  # where contracts.check finds its call
     return env["wrapper"]
+
+
+def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> list[str]:
+    """The body of :func:`compile_wrapper` for calls passing ``arity`` positional arguments."""
+    L: list[str] = []
+    a = L.append
+    present = [s for s in plan.params if s.position < arity]
+    tensors = [s for s in present if s.tensor is not None or s.plain_tensor]
+    key = list(self_key)
+    for s in plan.params:
+        x = f"x{s.position}"
+        if s.position >= arity:  # left out: its default, a constant
+            env[f"D{s.position}"] = s.default.__class__
+            key.append(f"D{s.position}")
+        elif s.tensor is not None or s.plain_tensor:
+            key += [f"{x}.shape", f"{x}.dtype"]
+        else:  # a plain class: the class decides
+            key.append(f"{x}.__class__")
+    for s in present:
+        a(f"x{s.position} = args[{s.position}]")
+    if tensors:
+        a("if " + " or ".join(f"x{s.position}.__class__ is not Tensor" for s in tensors) + ":")
+        a("    return generic(*args, **kwargs)")
+    a(f"entry = cache_get(({', '.join(key)},))")
+    a("if entry is None:")
+    a("    return generic(*args, **kwargs)  # walks, and caches the signature if it passes")
+    a("b = entry[0].copy()")
+    a("nb = len(b)")
+    a("self_obj = args[0]" if plan.has_self else "self_obj = None")
+    valued = [s for s in tensors if s.tensor is not None and s.tensor.has_values]
+    ranged = [s for s in present if s.tensor is None and s.pyrange is not None]
+    if valued or ranged:
+        a("if level == FULL:")
+        for s in ranged:  # a range on a Python number: the value decides, every call
+            env[f"S{s.position}"] = s
+            a("    try:")
+            a(f"        check_pyrange(S{s.position}, x{s.position}, b, self_obj)")
+            a("    except Fail:")
+            a("        return generic(*args, **kwargs)")
+        if valued:
+            a("    if not (" + " and ".join(f"x{s.position}.is_cpu" for s in valued) + "):")
+            a("        return generic(*args, **kwargs)  # fused per device, one host read")
+        for s in valued:
+            L += _inline_values(s.tensor, f"x{s.position}", f"{s.position}", env, "    ")
+            a("    if not good:")
+            a("        return generic(*args, **kwargs)  # the reference judges and words it")
+    a("plan = PLAN")
+    a("out = fn(*args)  # contracts.check inside fn reads plan, b, self_obj, args from here")
+    if plan.return_kind == "single":
+        spec = plan.returns[0].tensor
+        a("if out.__class__ is Tensor and len(b) == nb:")
+        a("    added = entry[1].get((out.shape, out.dtype))")
+        if spec.has_values:
+            a("    if added is not None and level != FULL:")
+            a("        return out")
+            a("    if added is not None and out.is_cpu:")
+            if isinstance(spec.lo, Expr) or isinstance(spec.hi, Expr):
+                a("        if added:")
+                a("            b.update(added)")
+            L += _inline_values(spec, "out", "r", env, "        ")
+            a("        if good:")
+            a("            return out")
+        else:
+            a("    if added is not None:")
+            a("        return out")
+        a("try:")
+        a("    check_out(out, b, self_obj, level, entry)")
+        a("except Fail as f:")
+        a("    raise explain(plan, f, args, kwargs, out, phase='outputs') from None")
+    a("return out")
+    return L
 
 
 def _inline_values(spec: TensorSpec, var: str, tag: str, env: dict, pad: str) -> list[str]:
@@ -545,7 +594,7 @@ def _inline_values(spec: TensorSpec, var: str, tag: str, env: dict, pad: str) ->
         env["aminmax"], env["INLINE_MAX"] = torch.aminmax, _INLINE_MAX
         env[f"lo{tag}"], env[f"hi{tag}"] = kind[1], kind[2]
         small = [
-            "if 0 < n < INLINE_MAX:",
+            "if 1 < n < INLINE_MAX:",
             f"    mn, mx = aminmax({var}.detach() if {var}.requires_grad else {var})",
             f"    good = lo{tag} <= mn.item() and mx.item() <= hi{tag}  # NaN compares False",
         ]

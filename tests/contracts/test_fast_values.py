@@ -230,3 +230,42 @@ def test_inputs_failing_in_the_generated_wrapper_do_not_run_the_function():
     with pytest.raises(ContractError):
         f(torch.full((2, 3), 2.0))
     assert len(calls) == 2
+
+
+@contract
+def layered(
+    x: Float[Tensor, "B T"],
+    index: Annotated[int, Range(0, 3)],
+    mask: Annotated[Bool[Tensor, "B T"], Mask()] | None = None,
+    memory: Float[Tensor, "B S"] | None = None,
+) -> Annotated[Float[Tensor, "B T"], Range(-5, 5)]:
+    return x + index
+
+
+def _outcome(f, args):
+    try:
+        f(*args)
+    except ContractError as e:
+        return str(e)
+    return None
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, database=None)
+@given(
+    arity=st.integers(2, 4),
+    index=st.sampled_from([0, 3, 4, -1]),
+    xval=st.sampled_from([0.0, 4.5]),
+    mask_ok=st.booleans(),
+    mem_t=st.sampled_from([3, 4]),
+)
+def test_calls_leaving_out_defaults_decide_as_the_reference(arity, index, xval, mask_ok, mem_t):
+    """One branch per number of arguments, plain numbers with ranges in the key and checked
+    every call: each outcome (and each message) equals the general wrapper's."""
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    if not mask_ok:
+        mask[1] = False
+    args = (torch.full((2, 4), xval), index, mask, torch.zeros(2, mem_t))[:arity]
+    generic = layered.__wrapped_generic__
+    want = _outcome(generic, args)
+    for _ in range(2):  # the second call may take the cached signature
+        assert _outcome(layered, args) == want
