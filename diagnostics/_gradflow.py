@@ -14,8 +14,10 @@ norms it reads from ``.grad`` (see ``docs/DDP.md``).
 from __future__ import annotations
 
 import math
+import operator
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,8 +110,6 @@ class GradFlowReport:
     frozen: list[str] = field(default_factory=list)
     exploding: bool = False
     vanishing: bool = False
-    exploding_modules: list[str] = field(default_factory=list)
-    vanishing_modules: list[str] = field(default_factory=list)
     update_ratios: dict[str, float] | None = None
     scale: float | None = None
     overflow: bool = False
@@ -148,6 +148,35 @@ class GradFlowReport:
         return sub / total
 
     _all_names: list[str] = field(default_factory=list, repr=False)
+    # (module norms now, the history rows, factor, module names): the module flags are computed
+    # on first read; most training loops read only the total's flags
+    _module_history: tuple | None = field(default=None, repr=False)
+    _module_flags: tuple[list[str], list[str]] | None = field(default=None, repr=False)
+
+    @property
+    def exploding_modules(self) -> list[str]:
+        """Modules whose norm is > ``factor`` x the median of their own history window."""
+        return self._flags_by_module()[0]
+
+    @property
+    def vanishing_modules(self) -> list[str]:
+        """Modules whose norm is < 1/``factor`` x the median of their own history window."""
+        return self._flags_by_module()[1]
+
+    def _flags_by_module(self) -> tuple[list[str], list[str]]:
+        if self._module_flags is None:
+            up: list[str] = []
+            down: list[str] = []
+            if self._module_history is not None:
+                now, rows, factor, names = self._module_history
+                med = np.median(np.array(rows), axis=0)
+                for name, v, m in zip(names, now, med.tolist(), strict=True):
+                    if m > 0 and v > factor * m:
+                        up.append(name)
+                    elif m > 0 and v < m / factor:
+                        down.append(name)
+            self._module_flags = (up, down)
+        return self._module_flags
 
     def __str__(self) -> str:
         lines = [f"GradFlow step {self.step}: total |g| = {self.total_norm:.4g}"]
@@ -242,13 +271,23 @@ class GradFlow:
             for d in range(1, len(parts) + 1):
                 mods.setdefault(".".join(parts[:d]), []).append(i)
         self._mod_names = list(mods)
-        # (modules, params) 0/1 matrix: module squared norm = M @ (param norms ** 2)
-        self._mod_matrix = np.zeros((len(mods), len(names)))
-        for r, idx in enumerate(mods.values()):
-            self._mod_matrix[r, idx] = 1.0
-        self._mod_hist = np.full((window, len(mods)), np.nan)
+        # module squared norm = its own parameters' squares + its child modules' sums, summed
+        # deepest module first: one pass of plain floats (numpy's per-call cost, paid cold after
+        # every backward, was most of record()'s own time on small models)
+        row = {m: r for r, m in enumerate(self._mod_names)}
+        own: dict[str, list[int]] = {m: [] for m in mods}
+        kids: dict[str, list[int]] = {m: [] for m in mods}
+        for i, n in enumerate(names):
+            own[n.rpartition(".")[0]].append(i)
+        for m in mods:
+            if m:
+                kids[m.rpartition(".")[0]].append(row[m])
+        deepest_first = sorted(mods, key=lambda m: -(m.count(".") + 1 if m else 0))
+        self._mod_plan = [(row[m], _getter(own[m]), _getter(kids[m])) for m in deepest_first]
+        self._mod_hist: deque[list[float]] = deque(maxlen=window)  # module norms, finite steps
         self._local: dict[int, Tensor] = {}  # id(param) -> local grad norm (comm hook)
         self._pos = {id(p): i for i, (_, p) in enumerate(self._named)}
+        self._params = [p for _, p in self._named]
         self._all_names = [n for n, _ in self._named]  # shared by every report (read-only)
         self._all_idx = list(range(len(self._named)))
         # one device and one full-precision dtype (gradients share their parameter's): the
@@ -310,13 +349,15 @@ class GradFlow:
         Returns:
             A :class:`GradFlowReport`; gradients are only read, never modified.
         """
-        grads = [p.grad for _, p in self._named]
+        grads = [p.grad for p in self._params]
         sparse = False
-        if all(g is not None for g in grads):  # the common case: no per-parameter bookkeeping
+        common = True  # every gradient present and dense: no per-parameter bookkeeping
+        for g in grads:
+            if g is None or g.is_sparse:
+                common = False
+                break
+        if common:
             names, have, unused = self._all_names, self._all_idx, []
-            if any(g.is_sparse for g in grads):
-                sparse = True
-                grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
         else:
             names, have, unused, present = [], [], [], []
             for i, ((n, _), g) in enumerate(zip(self._named, grads, strict=True)):
@@ -368,28 +409,25 @@ class GradFlow:
             for k, v in zip(bad, redo.tolist(), strict=True):
                 pn[k] = v / scale if scale and math.isfinite(scale) else v
         if len(have) == len(self._named):  # every parameter has a gradient (the common case)
-            all_norms = np.array(pn, dtype=float)
+            sq = [v * v for v in pn]
         else:
-            all_norms = np.zeros(len(self._named))
-            all_norms[have] = pn
-        sq = all_norms**2
-        fin = np.isfinite(sq)
-        if fin.all():
-            mod_norms = np.sqrt(self._mod_matrix @ sq)
-            nonfinite = []
-        else:
-            mod_norms = np.sqrt(self._mod_matrix @ np.where(fin, sq, 0.0))
-            mod_norms[self._mod_matrix @ np.isposinf(sq) > 0] = math.inf
-            mod_norms[self._mod_matrix @ np.isnan(sq) > 0] = math.nan
-            nonfinite = [n for n, v in zip(names, pn, strict=True) if not math.isfinite(v)]
-        total = float(mod_norms[0])
+            sq = [0.0] * len(self._named)
+            for i, v in zip(have, pn, strict=True):
+                sq[i] = v * v
+        mod_norms = self._module_norms(sq)
+        nonfinite = (
+            []
+            if all_finite
+            else [n for n, v in zip(names, pn, strict=True) if not math.isfinite(v)]
+        )
+        total = mod_norms[0]
         rep = GradFlowReport(
             step=self.steps,
             total_norm=total,
             param_norms=dict(zip(names, pn, strict=True)),
-            module_norms=dict(zip(self._mod_names, mod_norms.tolist(), strict=True)),
+            module_norms=dict(zip(self._mod_names, mod_norms, strict=True)),
             unused=unused,
-            zero=[n for n, v in zip(names, pn, strict=True) if v == 0.0],
+            zero=[n for n, v in zip(names, pn, strict=True) if v == 0.0] if 0.0 in pn else [],
             nonfinite=nonfinite,
             frozen=list(self._frozen),
             scale=scale,
@@ -398,17 +436,18 @@ class GradFlow:
         )
         if ratio_idx is not None:
             rep.update_ratios = {self._named[i][0]: r for i, r in zip(ratio_idx, rest, strict=True)}
-        info = _dd.rank_info()
-        rep.rank = info.rank if info.initialized else None
+        dist = torch.distributed
+        rep.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else None
         if local_idx:
             if scale and math.isfinite(scale):
                 local_vals = [v / scale for v in local_vals]
-            ln = np.zeros(len(self._named))
-            ln[local_idx] = local_vals
-            lmod = np.sqrt(self._mod_matrix @ (ln**2))
-            rep.local_param_norms = {self._named[i][0]: float(ln[i]) for i in sorted(local_idx)}
-            rep.local_module_norms = dict(zip(self._mod_names, lmod.tolist(), strict=True))
-            rep.local_total_norm = float(lmod[0])
+            ln = [0.0] * len(self._named)
+            for i, v in zip(local_idx, local_vals, strict=True):
+                ln[i] = v
+            lmod = self._module_norms([v * v for v in ln])
+            rep.local_param_norms = {self._named[i][0]: ln[i] for i in sorted(local_idx)}
+            rep.local_module_norms = dict(zip(self._mod_names, lmod, strict=True))
+            rep.local_total_norm = lmod[0]
         if gather:
             mine = rep.local_total_norm if rep.local_total_norm is not None else total
             allv = _dd.combine_flags(torch.tensor([mine]), tag=f"gradflow/{self.steps}",
@@ -420,7 +459,15 @@ class GradFlow:
         self.steps += 1
         return rep
 
-    def _flags(self, rep: GradFlowReport, total: float, mod_norms: np.ndarray) -> None:
+    def _module_norms(self, sq: list[float]) -> list[float]:
+        """Per module (``_mod_names`` order): the L2 norm over its subtree, from the squared
+        parameter norms ``sq``; NaN and inf carry through as in a sum."""
+        acc = [0.0] * len(self._mod_names)
+        for r, own, kids in self._mod_plan:
+            acc[r] = sum(own(sq)) + sum(kids(acc))
+        return [math.sqrt(v) if v >= 0 else v for v in acc]  # NaN stays NaN
+
+    def _flags(self, rep: GradFlowReport, total: float, mod_norms: list[float]) -> None:
         hist = list(self.history)  # only finite totals are appended
         if not math.isfinite(total):
             rep.exploding = not rep.overflow
@@ -428,32 +475,26 @@ class GradFlow:
             med = statistics.median(hist)
             rep.exploding = total > self.factor * med
             rep.vanishing = total < med / self.factor
-        filled = min(self.steps, self.window)
-        if filled >= 3 and math.isfinite(total):
-            with np.errstate(invalid="ignore", divide="ignore"):
-                med = _col_median(self._mod_hist[:filled])
-                ok = med > 0
-                up = ok & (mod_norms > self.factor * med)
-                down = ok & (mod_norms < med / self.factor)
-            rep.exploding_modules = [self._mod_names[i] for i in np.flatnonzero(up)]
-            rep.vanishing_modules = [self._mod_names[i] for i in np.flatnonzero(down)]
         if math.isfinite(total):
+            if len(self._mod_hist) >= 3:  # the rows are never changed: a tuple is a snapshot
+                rep._module_history = (
+                    mod_norms,
+                    tuple(self._mod_hist),
+                    self.factor,
+                    self._mod_names,
+                )
             self.history.append(total)
-            self._mod_hist[self.steps % self.window] = mod_norms
+            self._mod_hist.append(mod_norms)
 
 
-def _col_median(a: np.ndarray) -> np.ndarray:
-    """``np.median(a, axis=0)`` (NaN in a column makes its median NaN) without its overhead."""
-    n = a.shape[0]
-    k = n // 2
-    if n % 2:
-        med = np.partition(a, k, axis=0)[k]
-    else:
-        part = np.partition(a, (k - 1, k), axis=0)
-        med = (part[k - 1] + part[k]) / 2
-    med = np.array(med, dtype=float)
-    med[np.isnan(a).any(axis=0)] = np.nan
-    return med
+def _getter(idx: list[int]) -> Callable[[list[float]], tuple[float, ...]]:
+    """``lambda xs: tuple(xs[i] for i in idx)``, at C speed."""
+    if len(idx) >= 2:
+        return operator.itemgetter(*idx)
+    if len(idx) == 1:
+        one = operator.itemgetter(idx[0])
+        return lambda xs: (one(xs),)
+    return lambda xs: ()
 
 
 def _fused_norms(grads: list[Tensor], uniform: bool = False) -> Tensor:
@@ -502,30 +543,57 @@ def _scaled(scaler: Any, optimizer: Any) -> bool:
 def _update_ratios(
     optimizer: Any, named: list[tuple[str, Tensor]], have: list[int], grads: list[Tensor], dev
 ) -> tuple[list[int], Tensor]:
-    """Estimated |update| / |weight| per parameter with a gradient (device vector)."""
+    """Estimated |update| / |weight| per parameter with a gradient (device vector).
+
+    Fused: one ``_foreach`` kernel per step of the formula over all parameters (Adam-like ones
+    with ``exp_avg_sq``: ``lr * |g / (sqrt(v) + eps)|``; others ``lr * |g|``), not ~8 ops each.
+    """
     lr_of: dict[int, float] = {}
     eps_of: dict[int, float] = {}
     for group in optimizer.param_groups:
         lr = float(group.get("lr", 0.0))
+        eps = float(group.get("eps", 1e-8))
         for p in group["params"]:
             lr_of[id(p)] = lr
-            eps_of[id(p)] = float(group.get("eps", 1e-8))
-    idx, ups, ws = [], [], []
+            eps_of[id(p)] = eps
+    idx: list[int] = []
+    lrs: list[float] = []
+    params: list[Tensor] = []
+    adam: list[tuple[int, Tensor, Tensor, float]] = []  # (position in idx, g, v, eps)
+    plain: list[tuple[int, Tensor]] = []
+    state = optimizer.state
     for i, g in zip(have, grads, strict=True):
         p = named[i][1]
         if id(p) not in lr_of or g.is_sparse:
             continue
-        state = optimizer.state.get(p, {})
-        v = state.get("exp_avg_sq")
+        v = state[p].get("exp_avg_sq") if p in state else None
         if isinstance(v, Tensor) and v.shape == g.shape:
-            u = torch.linalg.vector_norm(g / (v.sqrt() + eps_of[id(p)]))
+            adam.append((len(idx), g, v, eps_of[id(p)]))
         else:
-            u = torch.linalg.vector_norm(g)
+            plain.append((len(idx), g))
         idx.append(i)
-        ups.append((u * lr_of[id(p)]).float())
-        ws.append(torch.linalg.vector_norm(p.detach()).float())
+        lrs.append(lr_of[id(p)])
+        params.append(p.detach())
     if not idx:
         return [], torch.zeros(0, device=dev)
-    up = torch.stack([u.to(dev) for u in ups])
-    w = torch.stack([x.to(dev) for x in ws])
+    u: list[Tensor | None] = [None] * len(idx)
+    if adam:
+        den = torch._foreach_sqrt([v for _, _, v, _ in adam])
+        torch._foreach_add_(den, [e for _, _, _, e in adam])
+        q = torch._foreach_div([g for _, g, _, _ in adam], den)
+        for (k, *_), n in zip(adam, torch._foreach_norm(q), strict=True):
+            u[k] = n
+    if plain:
+        for (k, _), n in zip(plain, torch._foreach_norm([g for _, g in plain]), strict=True):
+            u[k] = n
+    up = _stack_on(u, dev) * torch.tensor(lrs, device=dev)
+    w = _stack_on(torch._foreach_norm(params), dev)
     return idx, up / w.clamp_min(1e-12)
+
+
+def _stack_on(xs: list[Tensor], dev: torch.device) -> Tensor:
+    """0-d tensors as one float32 vector on ``dev`` (one op when they share a device)."""
+    try:
+        return torch.stack(xs).float().to(dev)
+    except RuntimeError:  # spread over devices
+        return torch.stack([x.float().to(dev) for x in xs])
