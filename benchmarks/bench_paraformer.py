@@ -3,26 +3,23 @@
 1. Train on the toy data (default config, CPU) until held-out token accuracy >= 0.90 or
    3 minutes; print steps, seconds and accuracy. Then the run ``python -m models.paraformer.train
    --steps 300`` makes (its defaults), timed.
-2. Contract cost per training step: full mode vs off, interleaved in one process (median of
-   repeats); target ratio <= 1.10.
+2. Contract cost per training step: full mode vs off (and shapes, and an off vs off pair for
+   the noise floor), shuffled in one process, medians of process CPU time; target <= 1.10.
 
-Usage: python -m benchmarks.bench_paraformer [--threads 1] [--skip-train] [--repeats 30]
+Usage: python -m benchmarks.bench_paraformer [--threads 1] [--skip-train] [--repeats 150]
 (writes docs/results/paraformer.json, which docs/PARAFORMER.md quotes).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from typing import Any
 
 import torch
 
 import contracts
-from models.paraformer import Paraformer, ParaformerConfig, ToySeq2SeqDataset, collate_fn, fit
-from models.paraformer._train import train_step
+from models.paraformer import ParaformerConfig, fit
 
 
 def bench_training(threads: int) -> dict[str, Any]:
@@ -73,38 +70,25 @@ def bench_cli_run(steps: int) -> dict[str, Any]:
 
 
 def bench_overhead(repeats: int) -> dict[str, Any]:
+    """Contracts full vs off on ``train_step``: the one measurement of ``bench_contracts``
+    (process CPU time, shuffled order, with shapes mode and an A/A pair beside)."""
+    from benchmarks.bench_contracts import paraformer_step
+
     cfg = ParaformerConfig()
-    torch.manual_seed(0)
-    ds = ToySeq2SeqDataset(cfg, num_samples=cfg.batch_size)
-    batch = collate_fn([ds[i] for i in range(cfg.batch_size)])
-    model = Paraformer(cfg)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the same step every time
-
-    def one(mode: str) -> float:
-        with contracts.mode(mode):
-            t0 = time.perf_counter()
-            train_step(model, batch, opt)
-            return time.perf_counter() - t0
-
-    for m in ("full", "off"):  # warm-up
-        for _ in range(3):
-            one(m)
-    full, off = [], []
-    for _ in range(repeats):  # interleaved so machine load hits both alike
-        full.append(one("full"))
-        off.append(one("off"))
-    mf, mo = statistics.median(full), statistics.median(off)
+    got = paraformer_step(repeats)
     print(
-        f"contract overhead per train_step (B={cfg.batch_size}, T~{batch[0].shape[1]}, "
-        f"D={cfg.d_model}): full {mf * 1e3:.1f} ms vs off {mo * 1e3:.1f} ms -> ratio "
-        f"{mf / mo:.3f} (target <= 1.10)"
+        f"contract overhead per train_step (B={cfg.batch_size}, D={cfg.d_model}): full "
+        f"{got['ms_full']:.1f} ms vs off {got['ms_off']:.1f} ms -> ratio "
+        f"{got['ratio_full_vs_off']:.3f} (shapes {got['ratio_shapes_vs_off']:.3f}; off vs off "
+        f"{got['ratio_off_vs_off']:.3f}; target <= 1.10)"
     )
     return {
-        "full_ms": round(mf * 1e3, 2),
-        "off_ms": round(mo * 1e3, 2),
-        "ratio": round(mf / mo, 4),
+        "full_ms": round(got["ms_full"], 2),
+        "off_ms": round(got["ms_off"], 2),
+        "ratio": round(got["ratio_full_vs_off"], 4),
+        "ratio_shapes": round(got["ratio_shapes_vs_off"], 4),
+        "ratio_off_vs_off": round(got["ratio_off_vs_off"], 4),
         "batch_size": cfg.batch_size,
-        "T_feat": int(batch[0].shape[1]),
         "repeats": repeats,
     }
 
@@ -114,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.bench_paraformer", description=__doc__.splitlines()[0]
     )
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=150, help="rounds of the contract-cost pair")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--cli-steps", type=int, default=300, help="the CLI-equivalent run (0: skip)")
     ap.add_argument("--no-write", action="store_true", help="print only (no results file)")

@@ -71,8 +71,9 @@ class RuleConfig:
             gains or biases (a zero-initialized null embedding) moves by a lot relative to
             its small norm under Adam.
         drop_rel: a CFG drop rate outside ``p * (1 -/+ drop_rel)`` over a segment is off ...
-        drop_z: ... and, when the number of draws is logged (``cfg/drop_n``), more than this
-            many binomial standard errors from ``p``.
+        drop_z: ... and, when the number of draws is known, more than this many binomial
+            standard errors from ``p``. The draws are ``cfg/drop_n`` when logged, else read off
+            the logged rates (per-step rates of k of n draws lie on a lattice of 1/n).
         lr_flips: learning-rate direction changes that make an oscillation.
     """
 
@@ -378,6 +379,22 @@ def _off(rate: float, p: float, n: float | None, cfg: RuleConfig) -> bool:
     return abs(rate - p) > cfg.drop_z * math.sqrt(p * (1 - p) / n)  # beyond sampling noise
 
 
+def _lattice_draws(rates: list[float], most: int = 1024) -> int | None:
+    """The number of draws per logged step, read off the rates themselves: a per-step rate is
+    k/n, so every logged value is a multiple of 1/n (up to float32 rounding). The smallest such
+    n (which can only underestimate the draws, so widen the noise allowance) when at least
+    three distinct values pin it down; None otherwise (a smoothed or averaged rate)."""
+    distinct = sorted({round(v, 7) for v in rates if math.isfinite(v)})
+    if len(distinct) < 3 or distinct[0] < 0 or distinct[-1] > 1:
+        return None
+    positive = [v for v in distinct if v > 0]
+    for n in range(1, most + 1):
+        tol = 1e-6 * n  # float32 keeps ~7 digits of k/n
+        if all(abs(v * n - round(v * n)) <= tol for v in positive):
+            return n
+    return None
+
+
 def _pooled(vals: list[float], ns: list[Any] | None, a: int, b: int) -> tuple[float, float | None]:
     """Mean rate over points ``a:b`` (weighted by draws when known) and the number of draws."""
     if ns is None:
@@ -400,6 +417,9 @@ def _cfg_drop(scalars: dict[str, Series], cfg: RuleConfig) -> list[Finding]:
         vals = [v for _, v in s]
         ns = [counts.get(st) for st, _ in s]
         weights = ns if all(n is not None and n > 0 for n in ns) else None
+        if weights is None:  # no counts logged: a rate of k of n draws sits on a lattice of 1/n
+            n_step = _lattice_draws(vals)
+            weights = [n_step] * len(vals) if n_step else None
         rate_all, n_all = _pooled(vals, weights, 0, len(vals))
         if _off(rate_all, p, n_all, cfg):
             draws = f" in {n_all:.0f} draws" if n_all else ""

@@ -194,3 +194,32 @@ def test_thresholds_are_configurable():
     s = {"train/loss": _c([1.0, 1.01] * 10 + [1.8] + [1.0, 1.01] * 5)}
     assert [f.step for f in inspect_scalars(s) if f.kind == "loss_spike"] == [20]
     assert not [f for f in inspect_scalars(s, RuleConfig(spike_rel=2.0)) if f.kind == "loss_spike"]
+
+
+def test_healthy_small_batch_drop_rates_without_counts_give_no_finding():
+    """Rates of a small batch (k of 8 draws) logged without cfg/drop_n: the draws per step are
+    read off the lattice of the rates, so sampling noise is not a finding, in any of 40 runs."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        drops = (torch.rand(80, 8, generator=g) < 0.1).sum(1).tolist()
+        s = {"cfg/drop_rate": [(i, k / 8) for i, k in enumerate(drops)], "cfg/p": [(0, 0.1)]}
+        assert [f for f in inspect_scalars(s) if f.kind == "cfg_drop_rate"] == []
+
+
+def test_small_batch_drop_that_stops_without_counts_is_found():
+    g = torch.Generator().manual_seed(1)
+    drops = (torch.rand(80, 8, generator=g) < 0.3).sum(1).tolist()
+    drops[50:] = [0] * 30
+    s = {"cfg/drop_rate": [(i, k / 8) for i, k in enumerate(drops)], "cfg/p": [(0, 0.3)]}
+    assert [(f.kind, f.step) for f in inspect_scalars(s) if f.kind == "cfg_drop_rate"] == [
+        ("cfg_drop_rate", 50)
+    ]
+
+
+def test_drop_rate_lattice_is_read_only_when_pinned_down():
+    from diagnostics._inspect_rules import _lattice_draws
+
+    assert _lattice_draws([0.0, 0.125, 0.25, 0.125]) == 8
+    assert _lattice_draws([0.0, 1 / 12, 3 / 12, 2 / 12]) == 12
+    assert _lattice_draws([0.1037, 0.0981, 0.1102, 0.0993]) is None  # a smoothed rate
+    assert _lattice_draws([0.125, 0.125]) is None  # one value: not enough to read n
