@@ -35,9 +35,6 @@ from ._config import (
     PredictorCollapseError as PredictorCollapseError,
 )
 from ._config import (
-    TrainingError as TrainingError,
-)
-from ._config import (
     VocabError as VocabError,
 )
 from ._data import ToySeq2SeqDataset as ToySeq2SeqDataset
@@ -144,7 +141,6 @@ __all__ = [
     "TokenAccuracy",
     "Tokenizer",
     "ToySeq2SeqDataset",
-    "TrainingError",
     "TransformerBlock",
     "VocabError",
     "apply_mask",

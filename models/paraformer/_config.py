@@ -15,7 +15,6 @@ __all__ = [
     "ParaformerConfig",
     "ParaformerError",
     "PredictorCollapseError",
-    "TrainingError",
     "VocabError",
 ]
 
@@ -46,10 +45,6 @@ class DecodingError(ParaformerError):
 
 class PredictorCollapseError(ParaformerError):
     """The CIF predictor's alphas are saturated (all about 0 or all about 1)."""
-
-
-class TrainingError(ParaformerError):
-    """The training run looks broken: oscillating loss, retained graphs, padding in the loss."""
 
 
 @dataclass
