@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import re
 import sys
 import typing
 import weakref
@@ -37,6 +38,7 @@ from ._spec import Expr
 __all__ = ["compile_checker", "compile_wrapper", "cpu_value_check"]
 
 
+_ATTRIBUTES = re.compile(r"self(\.[A-Za-z_][A-Za-z_0-9]*)+")  # a dim read straight off self
 _CACHE_MAX = 256  # distinct input signatures remembered per contract
 _NO_VALUE = object()
 
@@ -484,7 +486,6 @@ def compile_wrapper(
         "FULL": FULL,
         "is_compiling": torch.compiler.is_compiling,
         "Tensor": torch.Tensor,
-        "dims": [e for _n, e in plan.self_dims],
     }
     L = ["def wrapper(*args, **kwargs):"]
     a = L.append
@@ -496,12 +497,17 @@ def compile_wrapper(
     a(f"    if kwargs or nargs < {required} or nargs > {n} or is_compiling():")
     a("        return generic(*args, **kwargs)")
     self_key = []
-    for k, _ in enumerate(plan.self_dims):
+    if plan.self_dims:
         a("    try:")
-        a(f"        d{k} = dims[{k}]({{}}, args[0])")
+        for k, (_name, e) in enumerate(plan.self_dims):
+            if _ATTRIBUTES.fullmatch(e.source):  # "self.cfg.d_model": read as written
+                a(f"        d{k} = args[0]{e.source[4:]}")
+            else:
+                env[f"dfn{k}"] = e.fn
+                a(f"        d{k} = dfn{k}({{}}, args[0])")
+            self_key.append(f"d{k}")
         a("    except Exception:")
-        a("        return generic(*args, **kwargs)")
-        self_key.append(f"d{k}")
+        a("        return generic(*args, **kwargs)  # the walk words it")
     for arity in range(n, required - 1, -1):
         a(f"    {'if' if arity == n else 'elif'} nargs == {arity}:")
         L += ["        " + line for line in _arity_branch(plan, arity, self_key, env)]
