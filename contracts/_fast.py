@@ -445,10 +445,11 @@ def compile_wrapper(
 
     A common call passes its arguments positionally (trailing ones with defaults may be left
     out), every tensor argument a plain tensor, its signature already in ``cache`` (that of
-    :func:`compile_checker`), CPU tensors for the value checks, and returns a single tensor (or
-    nothing checked). The generated code has one branch per accepted number of arguments and
-    inlines what ``generic`` does for such a call: no nested calls, no loops over slots. Any other
-    call, and any doubt (a signature not seen, a value check that does not surely pass), goes to
+    :func:`compile_checker`), CPU tensors for the value checks, and returns what the contract
+    says (a tensor, a tuple or a dict of plain tensors and numbers) with a signature seen
+    before. The generated code has one branch per accepted number of arguments and inlines what
+    ``generic`` does for such a call: no nested calls, no loops over slots. Any other call, and
+    any doubt (a signature not seen, a value check that does not surely pass), goes to
     ``generic``, the reference wrapper, before ``fn`` runs, so failures raise the very same
     errors. Only a return the fast code doubts is handed to ``check_out`` (``fn`` has run).
 
@@ -458,10 +459,10 @@ def compile_wrapper(
     params = plan.params
     if cache is None or not params or any(s.position < 0 for s in params):
         return None
-    if plan.return_kind not in ("none", "single"):
-        return None
     if plan.return_kind == "single" and plan.returns[0].tensor is None:
         return None
+    if any(s.tensor is None and not s.plain_tensor and s.pyrange is not None for s in plan.returns):
+        return None  # a range on a returned number: the general wrapper checks it
     if any(
         s.default is not inspect.Parameter.empty and isinstance(s.default, torch.Tensor)
         for s in params
@@ -564,28 +565,69 @@ def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> lis
             a("        return generic(*args, **kwargs)  # the reference judges and words it")
     a("plan = PLAN")
     a("out = fn(*args)  # contracts.check inside fn reads plan, b, self_obj, args from here")
-    if plan.return_kind == "single":
-        spec = plan.returns[0].tensor
-        a("if out.__class__ is Tensor and len(b) == nb:")
-        a("    added = entry[1].get((out.shape, out.dtype))")
-        if spec.has_values:
-            a("    if added is not None and level != FULL:")
-            a("        return out")
-            a("    if added is not None and out.is_cpu:")
-            if isinstance(spec.lo, Expr) or isinstance(spec.hi, Expr):
-                a("        if added:")
-                a("            b.update(added)")
-            L += _inline_values(spec, "out", "r", env, "        ")
-            a("        if good:")
-            a("            return out")
-        else:
-            a("    if added is not None:")
-            a("        return out")
-        a("try:")
-        a("    check_out(out, b, self_obj, level, entry)")
-        a("except Fail as f:")
-        a("    raise explain(plan, f, args, kwargs, out, phase='outputs') from None")
+    if plan.return_kind != "none":
+        L += _return_lines(plan, env)
     a("return out")
+    return L
+
+
+def _return_lines(plan: Plan, env: dict) -> list[str]:
+    """The return check of :func:`compile_wrapper`: a signature of the returned values seen
+    before (the same key :func:`compile_checker` builds), then their CPU value checks; any
+    other return goes to ``check_out`` (the reference), which raises the worded error."""
+    slots, kind = plan.returns, plan.return_kind
+    L: list[str] = []
+    a = L.append
+    if kind == "single":
+        names = ["out"]
+        a("if out.__class__ is Tensor and len(b) == nb:")
+    elif kind == "tuple":
+        names = [f"r{i}" for i in range(len(slots))]
+        a(f"if out.__class__ is tuple and len(out) == {len(slots)} and len(b) == nb:")
+        a(f"    {', '.join(names)}, = out")
+    else:  # a dict: a missing key reads as a sentinel no cached signature holds
+        names = [f"r{i}" for i in range(len(slots))]
+        env["MISSING"] = _NO_VALUE
+        a("if out.__class__ is dict and len(b) == nb:")
+        for i, key in enumerate(plan.return_keys):
+            env[f"K{i}"] = key
+            a(f"    r{i} = out.get(K{i}, MISSING)")
+    tensors = [
+        (s, r) for s, r in zip(slots, names, strict=True) if s.tensor is not None or s.plain_tensor
+    ]
+    key: list[str] = []
+    for s, r in zip(slots, names, strict=True):
+        key += (
+            [f"{r}.shape", f"{r}.dtype"]
+            if (s.tensor is not None or s.plain_tensor)
+            else [f"{r}.__class__"]
+        )
+    pad = "    "
+    if kind != "single" and tensors:  # (single: tested above)
+        a("    if " + " and ".join(f"{r}.__class__ is Tensor" for _, r in tensors) + ":")
+        pad = "        "
+    a(f"{pad}added = entry[1].get(({', '.join(key)},))")
+    valued = [(s, r) for s, r in tensors if s.tensor is not None and s.tensor.has_values]
+    if not valued:
+        a(f"{pad}if added is not None:")
+        a(f"{pad}    return out")
+    else:
+        a(f"{pad}if added is not None and level != FULL:")
+        a(f"{pad}    return out")
+        a(f"{pad}if added is not None and " + " and ".join(f"{r}.is_cpu" for _, r in valued) + ":")
+        if any(isinstance(s.tensor.lo, Expr) or isinstance(s.tensor.hi, Expr) for s, _ in valued):
+            a(f"{pad}    if added:")
+            a(f"{pad}        b.update(added)")
+        a(f"{pad}    passed = True")
+        for i, (s, r) in enumerate(valued):
+            L += _inline_values(s.tensor, r, f"R{i}", env, pad + "    ")
+            a(f"{pad}    passed = passed and good")
+        a(f"{pad}    if passed:")
+        a(f"{pad}        return out")
+    a("try:")
+    a("    check_out(out, b, self_obj, level, entry)")
+    a("except Fail as f:")
+    a("    raise explain(plan, f, args, kwargs, out, phase='outputs') from None")
     return L
 
 

@@ -40,9 +40,9 @@ GUIDE = """
   `contracts.summarize`, the project's one formatter (also `diagnostics.summarize`).
 - **Fast path.** A call whose argument shapes, dtypes and classes were seen before (with the
   same dims bound from `self`) reuses the bindings of the first walk; a new signature is walked
-  in full, so a failure raises exactly the error the walk raises. For the common call (every
-  checked argument a tensor passed positionally, one tensor or nothing returned) each contract
-  gets a wrapper generated for it, with the signature test and the CPU value checks written
+  in full, so a failure raises exactly the error the walk raises. For the common call (the
+  arguments passed positionally, tensors as plain tensors) each contract gets a wrapper
+  generated for it, with the signature test and the CPU value checks written
   out; anything else, and any doubt, goes to the general wrapper before the function runs.
   Contracts with f-string dims, beartype-checked hints or ranges on Python numbers always walk.
 - **Value checks** run on every call in `full` mode. On the CPU: one `aminmax` for a float

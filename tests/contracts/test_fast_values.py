@@ -269,3 +269,46 @@ def test_calls_leaving_out_defaults_decide_as_the_reference(arity, index, xval, 
     want = _outcome(generic, args)
     for _ in range(2):  # the second call may take the cached signature
         assert _outcome(layered, args) == want
+
+
+@contract
+def pair(
+    x: Float[Tensor, "B T"], k: int
+) -> tuple[Annotated[Float[Tensor, "B T"], Range(-5, 5)], Annotated[Bool[Tensor, "B T"], Mask()]]:
+    return x * k, x > -k
+
+
+@contract(
+    returns={
+        "y": Annotated[Float[Tensor, "B N"], Range(0, None)],
+        "n": Annotated[Float[Tensor, " B"], Range(0, "N")],
+    }
+)
+def keyed(x: Float[Tensor, "B T"], k: int) -> dict[str, Tensor]:
+    y = x[:, : max(k, 0)].abs() if k != 3 else -x[:, :1].abs() - 1
+    out = {"y": y, "n": torch.full((x.shape[0],), float(k))}
+    if k == 4:
+        del out["n"]
+    return out
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(
+    which=st.sampled_from(["pair", "keyed"]),
+    T=st.integers(1, 4),
+    k=st.integers(-2, 6),
+    xval=st.sampled_from([0.0, 1.0, 2.0]),
+    shape_bad=st.booleans(),
+)
+def test_tuple_and_dict_returns_decide_as_the_reference(which, T, k, xval, shape_bad):
+    """Returns checked by the generated code (signature, then CPU value checks) give the same
+    outcome and message as the general wrapper, for tuples and dicts, passing or failing."""
+    f = pair if which == "pair" else keyed
+    x = torch.full((2, T), xval)
+    args = (x, k)
+    if shape_bad and which == "pair":
+        args = (x[0], k)  # an input of the wrong rank: refused before the call
+    generic = f.__wrapped_generic__
+    want = _outcome(generic, args)
+    for _ in range(2):
+        assert _outcome(f, args) == want
