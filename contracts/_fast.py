@@ -222,6 +222,8 @@ _SHORT_ROWS = 256  # a row-test result this short is read as a list (cheaper tha
 # 1.8 us); batch-1 masks of up to this many frames take this path.
 _LIST_MASK = 192
 _INLINE_MAX = 1024  # larger tensors take the check's call (broadcast axes are dropped there)
+# dropping broadcast axes costs a view op: worth it when the repeats it skips are a large read
+_UNBROADCAST_MIN = 16384
 _MEMO_MAX = 512
 _MEMO: dict[int, tuple[Any, int, tuple]] = {}  # id(tensor) -> (weakref, _version, constraint)
 _CONSTRAINTS: dict[tuple, tuple] = {}  # interned constraint keys: compared by identity
@@ -244,7 +246,8 @@ def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], boo
       2-5x slower on short rows);
     * everything else: :func:`_cpu_values_ok` (the reference's reductions, read at once).
 
-    Large tensors are checked without the repeats of their broadcast axes (:func:`_unbroadcast`).
+    Large tensors (>= ``_UNBROADCAST_MIN`` elements) are checked without the repeats of their
+    broadcast axes (:func:`_unbroadcast`).
     Specs whose bounds are plain numbers remember tensors that passed (:func:`_remembered`).
     """
     lo, hi = spec.lo, spec.hi
@@ -290,7 +293,7 @@ def _float_range_values(lo: float | None, hi: float | None) -> tuple[Callable, t
             return True
         if x.requires_grad:
             x = x.detach()
-        if n >= _INLINE_MAX:
+        if n >= _UNBROADCAST_MIN:
             x = _unbroadcast(x)
         mn, mx = aminmax(x)
         return lo_v <= mn.item() and mx.item() <= hi_v  # NaN compares False
@@ -308,7 +311,7 @@ def _mask_values(axis: int, padding: bool) -> tuple[Callable, tuple]:
         n = x.numel()
         if not n:
             return True
-        if n >= _INLINE_MAX:
+        if n >= _UNBROADCAST_MIN:
             x = _unbroadcast(x)
             n = x.numel()
         if x.ndim == 2 and n <= _LIST_MASK:

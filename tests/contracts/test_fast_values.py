@@ -28,6 +28,7 @@ from contracts._fast import (
     _OFF_FOR,
     _PROBE,
     _SMALL_MASK,
+    _UNBROADCAST_MIN,
     cpu_value_check,
 )
 from contracts._plan import make_slot
@@ -79,7 +80,8 @@ def test_mask_checks_agree_with_the_reference(shape, axis_pick, padding, fill, s
         x[tuple(idx)] = fill != "one_row_empty"
     if layout == "transposed" and ndim >= 2:  # a non-contiguous mask
         x = x.transpose(0, -1).contiguous().transpose(0, -1)
-    elif layout == "broadcast":  # a new stride-0 axis in front, 40 repeats
+    elif layout == "broadcast":  # a new stride-0 axis in front, 40 repeats (some above
+        # _UNBROADCAST_MIN elements, where the repeats are dropped before reducing)
         slot = _slot(Annotated[Bool[Tensor, f"r {dims}"], Mask(axis=axis, padding=padding)])
         x = x.expand(40, *shape)
     assert cpu_value_check(slot.tensor)(x, {}, None) == _reference(slot, x)
@@ -105,9 +107,9 @@ def test_float_range_checks_agree_with_the_reference(n, special, dtype, bounds, 
     elif special is not None:
         x[n // 2] = value[special]
     x.requires_grad_(grad)
-    if broadcast:  # [3, N] reading one row three times (stride 0)
+    if broadcast:  # [8, N] reading one row eight times (stride 0); 8 x 3000 > _UNBROADCAST_MIN
         slot = _slot(Annotated[Float[Tensor, "R N"], meta])
-        x = x.expand(3, n)
+        x = x.expand(8, n)
     # bounds are exact in every dtype here, so the fast check must agree both ways
     assert cpu_value_check(slot.tensor)(x, {}, None) == _reference(slot, x)
 
@@ -150,6 +152,11 @@ def test_a_new_tensor_at_a_recycled_address_is_checked():
             return
         del bad
     pytest.fail("no id was recycled in 50 tries: the property went untested")
+
+
+def test_broadcast_properties_reach_past_the_unbroadcast_threshold():
+    assert 8 * 3000 >= _UNBROADCAST_MIN  # the float property's largest broadcast case
+    assert 40 * 16 * 40 >= _UNBROADCAST_MIN  # a mask the mask property can draw
 
 
 def test_remembering_switches_off_where_every_tensor_is_new_and_back_on_later():
