@@ -79,7 +79,6 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
     value_slots = tuple(
         (i, s) for i, s in enumerate(params) if s.tensor is not None and s.tensor.has_values
     )
-    lane = _positional_lane(plan) if eligible else None
     single = plan.return_kind == "single"
     single_values = single and plan.returns[0].tensor is not None
     single_values = single_values and plan.returns[0].tensor.has_values
@@ -140,22 +139,16 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
                     values_pending(slot, x, pending)
                     judge_values(pending, b, self_obj)
             return
-        pending = []
-        for slot, x in items:
-            values_pending(slot, x, pending)
-        if pending:
-            judge_values(pending, b, self_obj)
+        judge_fused(items, b, self_obj)
 
     def inputs(args: tuple, kwargs: dict, level: int) -> tuple[dict, Any, Any]:
         if not eligible:
             b, self_obj = check_inputs(plan, args, kwargs, level, None)
             return b, self_obj, None
-        key = lane(args) if lane is not None and not kwargs else None
+        key = signature(args, kwargs)
         if key is None:
-            key = signature(args, kwargs)
-            if key is None:
-                b, self_obj = check_inputs(plan, args, kwargs, level, None)
-                return b, self_obj, None
+            b, self_obj = check_inputs(plan, args, kwargs, level, None)
+            return b, self_obj, None
         self_obj = args[0] if has_self and args else None
         entry = cache.get(key)
         if entry is None:
@@ -232,6 +225,16 @@ _CONSTRAINTS: dict[tuple, tuple] = {}  # interned constraint keys: compared by i
 # _PROBE misses; below one hit per _BREAK_EVEN misses it stops remembering for _OFF_FOR calls,
 # then tries again.
 _PROBE, _BREAK_EVEN, _OFF_FOR = 64, 8, 4096
+
+
+def judge_fused(items: Any, b: dict, self_obj: Any) -> None:
+    """The reference judge of ``(slot, tensor)`` pairs: their reductions queued, then read with
+    one host sync per device (what a call on an accelerator pays); raises :class:`Fail`."""
+    pending: list = []
+    for slot, x in items:
+        values_pending(slot, x, pending)
+    if pending:
+        judge_values(pending, b, self_obj)
 
 
 def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], bool]:
@@ -407,36 +410,6 @@ def _cpu_values_ok(spec: TensorSpec, x: torch.Tensor, b: dict, self_obj: Any) ->
     return True
 
 
-def _positional_lane(plan: Plan) -> Callable | None:
-    """A generated signature function for the common call: every checked argument a tensor,
-    passed positionally, nothing else. Returns None for any other call (the general loop runs).
-
-    The key it builds equals the general loop's key for such calls, so both share one cache.
-    """
-    params = plan.params
-    if not params or any(s.tensor is None or s.position < 0 for s in params):
-        return None
-    n = max(s.position for s in params) + 1
-    lines = ["def lane(args):", f"    if len(args) != {n}:", "        return None"]
-    parts = []
-    for k, (_name, _e) in enumerate(plan.self_dims):
-        lines.append("    try:")
-        lines.append(f"        d{k} = dims[{k}]({{}}, args[0])")
-        lines.append("    except Exception:")
-        lines.append("        return None")
-        parts.append(f"d{k}")
-    for s in params:
-        p = s.position
-        lines.append(f"    x{p} = args[{p}]")
-        lines.append(f"    if x{p}.__class__ is not Tensor:")
-        lines.append("        return None")
-        parts += [f"x{p}.shape", f"x{p}.dtype"]
-    lines.append(f"    return ({', '.join(parts)},)")
-    env = {"Tensor": torch.Tensor, "dims": [e for _n, e in plan.self_dims]}
-    exec(compile("\n".join(lines), f"<contract signature of {plan.qualname}>", "exec"), env)
-    return env["lane"]
-
-
 def _plain_class(hint: Any) -> bool:
     return hint is None or (isinstance(hint, type) and typing.get_origin(hint) is None)
 
@@ -481,6 +454,7 @@ def compile_wrapper(
         "generic": generic,
         "check_out": check_out,
         "check_pyrange": check_pyrange,
+        "judge_fused": judge_fused,
         "explain": explain,
         "Fail": Fail,
         "PLAN": plan,
@@ -560,12 +534,19 @@ def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> lis
             a("    except Fail:")
             a("        return generic(*args, **kwargs)")
         if valued:
+            for s in valued:
+                env[f"S{s.position}"] = s
+            pairs = ", ".join(f"(S{s.position}, x{s.position})" for s in valued)
             a("    if not (" + " and ".join(f"x{s.position}.is_cpu" for s in valued) + "):")
-            a("        return generic(*args, **kwargs)  # fused per device, one host read")
+            a("        try:  # on a device: the reductions fused, one host read per device")
+            a(f"            judge_fused(({pairs},), b, self_obj)")
+            a("        except Fail as f:")
+            a("            raise explain(PLAN, f, args, kwargs) from None")
+            a("    else:")
         for s in valued:
-            L += _inline_values(s.tensor, f"x{s.position}", f"{s.position}", env, "    ")
-            a("    if not good:")
-            a("        return generic(*args, **kwargs)  # the reference judges and words it")
+            L += _inline_values(s.tensor, f"x{s.position}", f"{s.position}", env, "        ")
+            a("        if not good:")
+            a("            return generic(*args, **kwargs)  # the reference judges and words it")
     a("plan = PLAN")
     a("out = fn(*args)  # contracts.check inside fn reads plan, b, self_obj, args from here")
     if plan.return_kind != "none":
@@ -617,10 +598,19 @@ def _return_lines(plan: Plan, env: dict) -> list[str]:
     else:
         a(f"{pad}if added is not None and level != FULL:")
         a(f"{pad}    return out")
-        a(f"{pad}if added is not None and " + " and ".join(f"{r}.is_cpu" for _, r in valued) + ":")
+        a(f"{pad}if added is not None:")
         if any(isinstance(s.tensor.lo, Expr) or isinstance(s.tensor.hi, Expr) for s, _ in valued):
             a(f"{pad}    if added:")
             a(f"{pad}        b.update(added)")
+        for i, (s, _r) in enumerate(valued):
+            env[f"SR{i}"] = s
+        pairs = ", ".join(f"(SR{i}, {r})" for i, (_s, r) in enumerate(valued))
+        a(f"{pad}    if not (" + " and ".join(f"{r}.is_cpu" for _, r in valued) + "):")
+        a(f"{pad}        try:  # on a device: fused, one host read per device")
+        a(f"{pad}            judge_fused(({pairs},), b, self_obj)")
+        a(f"{pad}        except Fail as f:")
+        a(f"{pad}            raise explain(plan, f, args, kwargs, out, phase='outputs') from None")
+        a(f"{pad}        return out")
         a(f"{pad}    passed = True")
         for i, (s, r) in enumerate(valued):
             L += _inline_values(s.tensor, r, f"R{i}", env, pad + "    ")

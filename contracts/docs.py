@@ -44,11 +44,13 @@ GUIDE = """
   arguments passed positionally, tensors as plain tensors) each contract gets a wrapper
   generated for it, with the signature test and the CPU value checks written
   out; anything else, and any doubt, goes to the general wrapper before the function runs.
-  Contracts with f-string dims, beartype-checked hints or ranges on Python numbers always walk.
+  Contracts with f-string dims, beartype-checked hints or ranges on returned Python numbers
+  always walk (ranges on Python-number arguments are checked on every call).
 - **Value checks** run on every call in `full` mode. On the CPU: one `aminmax` for a float
-  range; for a mask a Python read of a small 2-D mask (below ~200 elements, cheaper than a torch
-  reduction), one `any`/`all` along the axis for mid-sized ones and a `uint8` row count for large
-  ones; broadcast axes (stride 0, as in an expanded attention mask) are checked once. Elsewhere
+  range; for a mask one Python read of a small 2-D mask (at most `_LIST_MASK` elements, where
+  a list read beats a torch reduction's dispatch), one `any`/`all` along the axis for
+  mid-sized ones and a `uint8` row count for large ones; the broadcast axes of large tensors
+  (stride 0, as in an expanded attention mask) are checked once. Elsewhere
   the reductions of a call are fused into one host read per device. A tensor that passed is
   remembered (same object, same version counter: any in-place write, also through a view,
   makes it new) so a mask handed down a stack of layers is checked once per step; a check whose

@@ -154,9 +154,23 @@ def test_a_new_tensor_at_a_recycled_address_is_checked():
     pytest.fail("no id was recycled in 50 tries: the property went untested")
 
 
-def test_broadcast_properties_reach_past_the_unbroadcast_threshold():
-    assert 8 * 3000 >= _UNBROADCAST_MIN  # the float property's largest broadcast case
-    assert 40 * 16 * 40 >= _UNBROADCAST_MIN  # a mask the mask property can draw
+def test_large_broadcast_tensors_are_judged_through_their_base():
+    """Past _UNBROADCAST_MIN elements the repeats of a stride-0 axis are dropped before the
+    reduction; a bad value or a bad row in the base must still be found, as by the reference."""
+    rows = _UNBROADCAST_MIN // 100 + 1  # [rows, 100] read from one [1, 100] row
+    base = torch.linspace(-1, 1, 100)[None]
+    spec = _slot(Annotated[Float[Tensor, "R N"], Range(-1, 1)])
+    for x in (base, torch.cat([base[:, :-1], torch.full((1, 1), 3.0)], 1)):
+        big = x.expand(rows, 100)
+        assert big.numel() >= _UNBROADCAST_MIN and 0 in big.stride()
+        assert cpu_value_check(spec.tensor)(big, {}, None) == _reference(spec, big)
+    mspec = _slot(Annotated[Bool[Tensor, "R T S"], Mask()])
+    m = torch.ones(4, 1, 100, dtype=torch.bool)
+    m[2] = False  # one batch element with no valid key, repeated over every query
+    for mask in (torch.ones(4, 1, 100, dtype=torch.bool), m):
+        big = mask.expand(4, _UNBROADCAST_MIN // 400 + 1, 100)
+        assert big.numel() >= _UNBROADCAST_MIN
+        assert cpu_value_check(mspec.tensor)(big, {}, None) == _reference(mspec, big)
 
 
 def test_remembering_switches_off_where_every_tensor_is_new_and_back_on_later():
