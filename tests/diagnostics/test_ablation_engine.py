@@ -14,14 +14,6 @@ from tests.diagnostics import ablation_standin as F
 FAST = {"umap": False, "n_boot": 300}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; oversubscribed OpenMP threads spin
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def healthy():
     return S.trained(0.2)

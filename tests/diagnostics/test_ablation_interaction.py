@@ -18,14 +18,6 @@ FAST = {"embeddings": False, "umap": False, "guidance": False, "n_boot": 300}
 ABL = ["zero", "mean", "shuffle"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; oversubscribed OpenMP threads spin
-    yield
-    torch.set_num_threads(n)
-
-
 class Net(nn.Module):
     """``x [B, T, 8]``, ``cond [B, 4]``; the condition enters as FiLM, as an output bias, or
     not at all."""

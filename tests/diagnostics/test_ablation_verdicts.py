@@ -4,7 +4,6 @@ encoder -> constant, identical conditions -> inconclusive, 3 examples -> inconcl
 left on -> a non-zero floor that a tiny effect does not leave."""
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -13,14 +12,6 @@ from diagnostics import ablation_example as S
 from diagnostics._ablation._verdict import MIN_EXAMPLES, decide
 
 FAST = {"embeddings": False, "umap": False, "n_boot": 300, "seed": 0}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; oversubscribed OpenMP threads spin
-    yield
-    torch.set_num_threads(n)
 
 
 def _batches(n_batches=4, b=16, d=16, c=16, seed=0, same_cond=False):

@@ -8,14 +8,6 @@ from diagnostics import ablation_example as S
 from diagnostics._cfg_monitor import CFGDropoutError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; oversubscribed OpenMP threads spin
-    yield
-    torch.set_num_threads(n)
-
-
 def test_healthy_training_rate_is_ok():
     cfg = S.StandInConfig()
     model = S.fresh(cfg)

@@ -32,14 +32,6 @@ def _module(report: dict, name: str) -> dict:
     return next(m for m in report["modules"] if m["module"] == name)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize(("kind", "truth"), [("linear", 1.0), ("quadratic", 2.0), ("cubic", 3.0)])
 def test_planted_memory_exponents(kind: str, truth: float) -> None:
     rep = _run(kind)
