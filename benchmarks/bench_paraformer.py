@@ -37,11 +37,7 @@ def bench_training(threads: int) -> dict[str, Any]:
     when = f"yes at step {first['step']}, {first['seconds']:.1f} s" if first else "no"
     print(f"  reached 0.90: {when}")
     return {
-        "steps": res["steps"],
-        "seconds": round(res["seconds"], 1),
-        "token_accuracy": round(v["token_accuracy"], 4),
-        "sequence_accuracy": round(v["sequence_accuracy"], 4),
-        "length_accuracy": round(v["length_accuracy"], 4),
+        **_run_figures(res),
         "reached_0.90_at_step": first["step"] if first else None,
         "reached_0.90_at_seconds": round(first["seconds"], 1) if first else None,
         "d_model": cfg.d_model,
@@ -59,12 +55,16 @@ def bench_cli_run(steps: int) -> dict[str, Any]:
         f"{v['token_accuracy']:.3f}, sequence_accuracy {v['sequence_accuracy']:.3f}, "
         f"length_accuracy {v['length_accuracy']:.3f}"
     )
+    return _run_figures(res)
+
+
+def _run_figures(res: dict[str, Any]) -> dict[str, Any]:
+    """Steps, seconds and held-out accuracies of one ``fit`` result."""
+    v = res["val"]
     return {
         "steps": res["steps"],
         "seconds": round(res["seconds"], 1),
-        "token_accuracy": round(v["token_accuracy"], 4),
-        "sequence_accuracy": round(v["sequence_accuracy"], 4),
-        "length_accuracy": round(v["length_accuracy"], 4),
+        **{k: round(v[k], 4) for k in ("token_accuracy", "sequence_accuracy", "length_accuracy")},
     }
 
 
