@@ -55,10 +55,12 @@ def wrap(plan: Plan) -> Callable:
             raise explain(plan, f, args, kwargs) from None
         out = fn(*args, **kwargs)  # contracts.check inside fn reads b, self_obj from here
         if has_returns:
+            nc = len(b)  # the dims bound so far (arguments, then contracts.check in fn)
             try:
                 check_out(out, b, self_obj, level, entry)
             except Fail as f:
-                raise explain(plan, f, args, kwargs, out, phase="outputs") from None
+                bound = list(b.items())[:nc]
+                raise explain(plan, f, args, kwargs, out, phase="outputs", bound=bound) from None
         return out
 
     WRAPPER_CODES.add(wrapper.__code__)  # for contracts.check (plan is a free variable there)

@@ -457,13 +457,27 @@ def _error(function: str, fail: Fail, call: _Call, prov: dict, b: dict) -> Contr
 
 
 def explain(
-    plan: Plan, fail: Fail, args: tuple, kwargs: dict, out: Any = None, phase: str = "inputs"
+    plan: Plan,
+    fail: Fail,
+    args: tuple,
+    kwargs: dict,
+    out: Any = None,
+    phase: str = "inputs",
+    bound: list | None = None,
 ) -> ContractError:
-    """Re-run the checks with provenance tracking and turn ``fail`` into a ContractError."""
+    """Re-run the checks with provenance tracking and turn ``fail`` into a ContractError.
+
+    ``bound``: the call's ``(dim, size)`` bindings as ``fn`` returned, with the dims
+    ``contracts.check`` bound inside the call (the return was judged against them, so the
+    explanation is too).
+    """
     prov: dict = {}
     b: dict = {}
     try:
         self_obj = _check.check_inputs(plan, args, kwargs, FULL, prov, b)[1]
+        for k, v in bound or ():
+            if k not in b:
+                b[k], prov[k] = v, "a contracts.check in the call"
         if phase == "outputs":
             _check.check_outputs(plan, out, b, self_obj, FULL, prov)
     except Fail as again:

@@ -9,13 +9,9 @@ that both decide alike.
 
 from __future__ import annotations
 
-import functools
 import inspect
-import math
 import re
-import sys
 import typing
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,10 +28,11 @@ from ._check import (
 )
 from ._config import FULL, OFF, SHAPES, state
 from ._inline import WRAPPER_CODES
-from ._plan import FLOAT_NAMES, Plan, TensorSpec
+from ._plan import Plan, TensorSpec
 from ._spec import Expr
+from ._values import _INLINE_MAX, _LIST_MASK, _limits, cpu_value_check
 
-__all__ = ["compile_checker", "compile_wrapper", "cpu_value_check"]
+__all__ = ["compile_checker", "compile_wrapper", "judge_fused"]
 
 
 _ATTRIBUTES = re.compile(r"self(\.[A-Za-z_][A-Za-z_0-9]*)+")  # a dim read straight off self
@@ -170,9 +167,12 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
         return b, self_obj, entry
 
     def outputs(out: Any, b: dict, self_obj: Any, level: int, entry: Any) -> None:
-        if entry is None or len(b) != len(entry[0]):  # contracts.check bound new dims: walk
+        if entry is None:
             check_outputs(plan, out, b, self_obj, level, None)
             return
+        n = len(entry[0])
+        # dims that contracts.check bound inside the call join the return's signature
+        extra = tuple(list(b.items())[n:]) if len(b) != n else ()
         if single and out.__class__ is tensor:
             okey: tuple = (out.shape, out.dtype)
             values = [(plan.returns[0], out)] if level == FULL and single_values else ()
@@ -193,8 +193,14 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
                 else:
                     key.append(x.__class__)
             okey = tuple(key)
+        if extra:
+            okey = (okey, extra)
         seen = entry[1]
-        added = seen.get(okey)
+        try:
+            added = seen.get(okey)
+        except TypeError:  # a binding that cannot be hashed: walk
+            check_outputs(plan, out, b, self_obj, level, None)
+            return
         if added is None:
             n = len(b)
             check_outputs(plan, out, b, self_obj, SHAPES, None)  # values follow
@@ -208,25 +214,6 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
     return inputs, outputs, (cache if eligible else None)
 
 
-_SMALL_MASK = 4096  # below this many elements a mask's row test is one any()/all() per axis
-_SHORT_ROWS = 256  # a row-test result this short is read as a list (cheaper than .all())
-# A 2-D mask this small is read whole and tested in Python: one tolist() beats a torch
-# reduction's dispatch below ~200 elements (measured: [8, 16] 1.2 us vs 1.7 us; [16, 16] 2.2 vs
-# 1.8 us); batch-1 masks of up to this many frames take this path.
-_LIST_MASK = 192
-_INLINE_MAX = 1024  # larger tensors take the check's call (broadcast axes are dropped there)
-# dropping broadcast axes costs a view op: worth it when the repeats it skips are a large read
-_UNBROADCAST_MIN = 16384
-_MEMO_MAX = 512
-_MEMO: dict[int, tuple[Any, int, tuple]] = {}  # id(tensor) -> (weakref, _version, constraint)
-_CONSTRAINTS: dict[tuple, tuple] = {}  # interned constraint keys: compared by identity
-# Remembering pays when a remembered tensor comes back: a hit saves a check (>= ~1.3 us), a miss
-# costs the lookup and the entry (~0.25 us). Each check keeps its own tally over windows of
-# _PROBE misses; below one hit per _BREAK_EVEN misses it stops remembering for _OFF_FOR calls,
-# then tries again.
-_PROBE, _BREAK_EVEN, _OFF_FOR = 64, 8, 4096
-
-
 def judge_fused(items: Any, b: dict, self_obj: Any) -> None:
     """The reference judge of ``(slot, tensor)`` pairs: their reductions queued, then read with
     one host sync per device (what a call on an accelerator pays); raises :class:`Fail`."""
@@ -235,179 +222,6 @@ def judge_fused(items: Any, b: dict, self_obj: Any) -> None:
         values_pending(slot, x, pending)
     if pending:
         judge_values(pending, b, self_obj)
-
-
-def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], bool]:
-    """A CPU value check specialised for one spec: ``ok(x, bindings, self) -> bool``.
-
-    True means the values surely meet the constraints; False hands the tensor to the reference
-    judge (:func:`judge_values`), which decides and words the failure. Specialised:
-
-    * a float :class:`Range`/:class:`Finite` with number bounds: one ``aminmax``, two reads;
-    * a bool :class:`Mask`: a Python read of small 2-D masks, one ``any``/``all`` along the axis
-      for mid-sized ones, and a ``uint8`` row count for large ones (torch's ``any(dim)`` is
-      2-5x slower on short rows);
-    * everything else: :func:`_cpu_values_ok` (the reference's reductions, read at once).
-
-    Large tensors (>= ``_UNBROADCAST_MIN`` elements) are checked without the repeats of their
-    broadcast axes (:func:`_unbroadcast`).
-    Specs whose bounds are plain numbers remember tensors that passed (:func:`_remembered`).
-    """
-    lo, hi = spec.lo, spec.hi
-    if isinstance(lo, Expr) or isinstance(hi, Expr):  # bounds from bindings: never remembered
-        return functools.partial(_cpu_values_ok, spec)
-    key = (spec.mask_axis, spec.mask_padding, lo, hi, spec.finite)
-    constraint = _CONSTRAINTS.setdefault(key, key)
-    if spec.mask_axis is not None and spec.is_bool:
-        values, inline = _mask_values(spec.mask_axis, spec.mask_padding)
-    elif spec.mask_axis is None and spec.dtypes and all(d in _FLOATING for d in spec.dtypes):
-        values, inline = _float_range_values(lo, hi)
-    else:
-        values, inline = functools.partial(_cpu_values_ok, spec), None
-    gate = [0, 0, 0]  # calls left with remembering off, hits and misses in this window
-
-    def ok(x: torch.Tensor, b: dict, self_obj: Any) -> bool:
-        if gate[0]:
-            gate[0] -= 1
-            return values(x, b, self_obj)
-        return _remembered(x, constraint, values, b, self_obj, gate)
-
-    ok.values, ok.gate, ok.inline = values, gate, inline  # type: ignore[attr-defined]
-    return ok
-
-
-_FLOATING = FLOAT_NAMES | {n for n in dir(torch) if n.startswith("float8_")}
-
-# the extreme finite doubles: a bound test against them also rejects inf and NaN (read as doubles)
-_LOWEST, _HIGHEST = -sys.float_info.max, sys.float_info.max
-
-
-def _float_range_values(lo: float | None, hi: float | None) -> tuple[Callable, tuple]:
-    lo_v = _LOWEST if lo is None else max(float(lo), _LOWEST)
-    hi_v = _HIGHEST if hi is None else min(float(hi), _HIGHEST)
-    aminmax = torch.aminmax
-
-    def values(x: torch.Tensor, b: dict, self_obj: Any) -> bool:
-        n = x.numel()
-        if n == 1:  # a scalar (a loss, a step size): read, not reduced
-            v = x.item()
-            return lo_v <= v <= hi_v  # NaN compares False
-        if not n:
-            return True
-        if x.requires_grad:
-            x = x.detach()
-        if n >= _UNBROADCAST_MIN:
-            x = _unbroadcast(x)
-        mn, mx = aminmax(x)
-        return lo_v <= mn.item() and mx.item() <= hi_v  # NaN compares False
-
-    return values, ("range", lo_v, hi_v)
-
-
-def _mask_values(axis: int, padding: bool) -> tuple[Callable, tuple]:
-    """Every row along ``axis`` keeps a valid position: for ``padding`` masks (True = padded)
-    no row is all True, else no row is all False."""
-    u8, i32 = torch.uint8, torch.int32
-    by_row = axis in (1, -1)  # for a 2-D mask: the rows of tolist() are the rows tested
-
-    def values(x: torch.Tensor, b: dict, self_obj: Any) -> bool:
-        n = x.numel()
-        if not n:
-            return True
-        if n >= _UNBROADCAST_MIN:
-            x = _unbroadcast(x)
-            n = x.numel()
-        if x.ndim == 2 and n <= _LIST_MASK:
-            rows = x.tolist() if by_row else zip(*x.tolist())
-            return not any(map(all, rows)) if padding else all(map(any, rows))
-        if n < _SMALL_MASK:
-            r = x.all(axis) if padding else x.any(axis)  # per row: all padded / any valid
-            if r.ndim == 1 and r.numel() <= _SHORT_ROWS:
-                v = r.tolist()
-                return not any(v) if padding else all(v)
-            return not r.any().item() if padding else r.all().item()
-        count = x.view(u8).sum(dim=axis, dtype=i32)  # per row: its True positions
-        if padding:
-            return count.amax().item() < x.shape[axis]
-        return count.amin().item() > 0
-
-    return values, ("mask", axis, padding)
-
-
-def _unbroadcast(x: torch.Tensor) -> torch.Tensor:
-    """``x`` without the repeats of its broadcast axes (stride 0: every index reads the same
-    values), which change no minimum, maximum, any or all. An attention mask expanded from
-    ``[B, 1, S]`` to ``[B, T, S]`` is checked as ``[B, 1, S]``: T times less work."""
-    strides = x.stride()
-    if 0 not in strides:
-        return x
-    shape = [1 if st == 0 else n for n, st in zip(x.shape, strides)]
-    return x.as_strided(shape, strides, x.storage_offset())
-
-
-def _remembered(
-    x: torch.Tensor, constraint: tuple, values: Callable, b: dict, self_obj: Any, gate: list
-) -> bool:
-    """``values(x, b, self_obj)``, skipped for a tensor already found valid for ``constraint``.
-
-    A tensor is the same when it is the same object (held by a weak reference, so a new tensor
-    at a recycled address never matches) with the same version counter: every in-place op,
-    on the tensor or on any view of its storage, bumps it (autograd relies on the same counter).
-    Writes that bypass it (``.data``, a NumPy or DLPack view) are not seen. Typical hit: one
-    padding mask checked by every layer of a stack, once per step instead of once per layer.
-    ``gate`` tallies hits and misses and switches remembering off where it does not pay (every
-    call brings a new tensor), for a while.
-    """
-    try:
-        version = x._version
-    except RuntimeError:  # inference tensors keep no version counter
-        return values(x, b, self_obj)
-    key = id(x)
-    seen = _MEMO.get(key)
-    if seen is not None and seen[1] == version and seen[2] is constraint and seen[0]() is x:
-        gate[1] += 1
-        return True
-    gate[2] += 1
-    if gate[2] >= _PROBE:
-        if gate[1] * _BREAK_EVEN < gate[2]:
-            gate[0] = _OFF_FOR
-        gate[1] = gate[2] = 0
-    if not values(x, b, self_obj):
-        return False
-    if len(_MEMO) >= _MEMO_MAX:
-        _MEMO.clear()
-    _MEMO[key] = (weakref.ref(x), version, constraint)
-    return True
-
-
-def _cpu_values_ok(spec: TensorSpec, x: torch.Tensor, b: dict, self_obj: Any) -> bool:
-    """Whether a CPU tensor surely meets its value constraints (False: let the reference judge
-    decide and word it). The same reductions as :func:`values_pending`, read at once."""
-    if not x.numel():
-        return True
-    if x.requires_grad:
-        x = x.detach()
-    if spec.mask_axis is not None:
-        return bool((~x if spec.mask_padding else x).any(dim=spec.mask_axis).all())
-    floating = x.is_floating_point()
-    if not floating:
-        if x.is_complex():
-            x = torch.view_as_real(x)
-        elif spec.lo is None and spec.hi is None:
-            return True  # integers are always finite
-    mn, mx = torch.aminmax(x)
-    mn, mx = mn.item(), mx.item()
-    if not (math.isfinite(mn) and math.isfinite(mx)):
-        return False
-    lo, hi = spec.lo, spec.hi
-    try:
-        if lo is not None and mn < (lo(b, self_obj) if isinstance(lo, Expr) else lo):
-            return False
-        if hi is not None and mx > (hi(b, self_obj) if isinstance(hi, Expr) else hi):
-            return False
-    except Exception:
-        return False  # a bound that cannot be evaluated: the reference judge words it
-    return True
 
 
 def _plain_class(hint: Any) -> bool:
@@ -528,11 +342,19 @@ def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> lis
     if valued or ranged:
         a("if level == FULL:")
         for s in ranged:  # a range on a Python number: the value decides, every call
-            env[f"S{s.position}"] = s
-            a("    try:")
-            a(f"        check_pyrange(S{s.position}, x{s.position}, b, self_obj)")
-            a("    except Fail:")
-            a("        return generic(*args, **kwargs)")
+            k = s.position
+            env[f"S{k}"] = s
+            pad = "    "
+            r = s.pyrange
+            if not (isinstance(r.lo, Expr) or isinstance(r.hi, Expr)):  # number bounds: inline
+                env[f"LO{k}"], env[f"HI{k}"] = _limits(r.lo, r.hi)  # NaN and inf fall through
+                a(f"    c = x{k}.__class__")
+                a(f"    if not ((c is int or c is float) and LO{k} <= x{k} <= HI{k}):")
+                pad = "        "
+            a(f"{pad}try:")
+            a(f"{pad}    check_pyrange(S{k}, x{k}, b, self_obj)")
+            a(f"{pad}except Fail:")
+            a(f"{pad}    return generic(*args, **kwargs)")
         if valued:
             for s in valued:
                 env[f"S{s.position}"] = s
@@ -550,6 +372,7 @@ def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> lis
     a("plan = PLAN")
     a("out = fn(*args)  # contracts.check inside fn reads plan, b, self_obj, args from here")
     if plan.return_kind != "none":
+        a("nc = len(b)  # the dims bound so far (arguments, then contracts.check in fn)")
         L += _return_lines(plan, env)
     a("return out")
     return L
@@ -564,15 +387,15 @@ def _return_lines(plan: Plan, env: dict) -> list[str]:
     a = L.append
     if kind == "single":
         names = ["out"]
-        a("if out.__class__ is Tensor and len(b) == nb:")
+        a("if out.__class__ is Tensor and nc == nb:")
     elif kind == "tuple":
         names = [f"r{i}" for i in range(len(slots))]
-        a(f"if out.__class__ is tuple and len(out) == {len(slots)} and len(b) == nb:")
+        a(f"if out.__class__ is tuple and len(out) == {len(slots)} and nc == nb:")
         a(f"    {', '.join(names)}, = out")
     else:  # a dict: a missing key reads as a sentinel no cached signature holds
         names = [f"r{i}" for i in range(len(slots))]
         env["MISSING"] = _NO_VALUE
-        a("if out.__class__ is dict and len(b) == nb:")
+        a("if out.__class__ is dict and nc == nb:")
         for i, key in enumerate(plan.return_keys):
             env[f"K{i}"] = key
             a(f"    r{i} = out.get(K{i}, MISSING)")
@@ -609,7 +432,8 @@ def _return_lines(plan: Plan, env: dict) -> list[str]:
         a(f"{pad}        try:  # on a device: fused, one host read per device")
         a(f"{pad}            judge_fused(({pairs},), b, self_obj)")
         a(f"{pad}        except Fail as f:")
-        a(f"{pad}            raise explain(plan, f, args, kwargs, out, phase='outputs') from None")
+        a(f"{pad}            bound = list(b.items())[:nc]")
+        a(f"{pad}            raise explain(plan, f, args, kwargs, out, 'outputs', bound) from None")
         a(f"{pad}        return out")
         a(f"{pad}    passed = True")
         for i, (s, r) in enumerate(valued):
@@ -620,7 +444,8 @@ def _return_lines(plan: Plan, env: dict) -> list[str]:
     a("try:")
     a("    check_out(out, b, self_obj, level, entry)")
     a("except Fail as f:")
-    a("    raise explain(plan, f, args, kwargs, out, phase='outputs') from None")
+    a("    bound = list(b.items())[:nc]  # what the return was judged against")
+    a("    raise explain(plan, f, args, kwargs, out, 'outputs', bound) from None")
     return L
 
 

@@ -162,3 +162,76 @@ def test_ranges_on_python_numbers_are_checked_on_every_cached_call():
         f(torch.zeros(2, 5), 5)
     with contracts.mode("shapes"):
         f(torch.zeros(2, 5), 5)
+
+
+@contract(
+    returns={
+        "h": Annotated[Float[Tensor, "B D"], Range(None, "D")],
+        "n": Annotated[Int[Tensor, " B"], Range(0, "D-1")],
+    }
+)
+def bound_inside(x: Float[Tensor, " B"], d: int, out_d: int, n: int, v: float) -> dict:
+    contracts.check(x[:, None].expand(-1, d), Float[Tensor, "B D"], name="h")
+    return {"h": x[:, None].expand(-1, out_d) + v, "n": torch.full((x.shape[0],), n)}
+
+
+def _bound_inside_reference(args) -> str | None:
+    """The walk without caches, with D bound as the contracts.check inside the call binds it."""
+    plan = bound_inside.__contract__
+    x, d, out_d, n, v = args
+    try:
+        b, s = check_inputs(plan, args, {}, FULL, None)
+        b["D"] = d
+        out = {"h": x[:, None].expand(-1, out_d) + v, "n": torch.full((x.shape[0],), n)}
+        check_outputs(plan, out, b, s, FULL, None)
+    except Fail as f:
+        return f"{f.code}:{f.slot}:{f.axis}"
+    return None
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(
+    d=st.integers(1, 3),
+    out_d=st.integers(1, 3),
+    n=st.integers(-1, 3),
+    v=st.sampled_from([0.0, 2.5]),
+)
+def test_returns_after_dims_bound_inside_the_call_decide_as_the_walk(d, out_d, n, v):
+    """A dim bound by contracts.check inside the call joins the cached return signature: a
+    return read with D=2 is never taken as seen for D=3, and the value bounds use the D the
+    check bound."""
+    args = (torch.zeros(2), d, out_d, n, v)
+    want = _bound_inside_reference(args)
+    for _ in range(2):  # the second call takes the cached signatures
+        try:
+            bound_inside(*args)
+            got = None
+        except ContractError as e:
+            got = f"{e.argument}:{e.axis}"
+        if want is None:
+            assert got is None
+        else:
+            _code, slot, axis = want.split(":")
+            assert got == f"{slot}:{axis}", (want, got)
+
+
+def test_a_failing_return_is_explained_with_the_dims_checked_inside_the_call():
+    """The message names where each dim came from: D from the check in the call (not from the
+    return it contradicts), and a dim the return bound itself from the return."""
+    args = (torch.zeros(2), 1, 1, 0, 0.0)
+    bound_inside(*args)
+    for _ in range(2):  # a failing return is never cached: the same words twice
+        with pytest.raises(ContractError) as e:
+            bound_inside(torch.zeros(2), 1, 2, 0, 0.0)
+        assert "return['h'], axis 1: expected size D=1, got 2" in str(e.value)
+        assert "D=1 from a contracts.check in the call" in str(e.value)
+
+    @contract
+    def counted(
+        x: Float[Tensor, " B"],
+    ) -> tuple[Float[Tensor, "B N"], Annotated[Int[Tensor, " B"], Range(0, "N")]]:
+        return x[:, None].expand(-1, 3), torch.full((x.shape[0],), 5)
+
+    with pytest.raises(ContractError) as e:
+        counted(torch.zeros(2))
+    assert "N=3 (return[0].shape[1])" in str(e.value), str(e.value)

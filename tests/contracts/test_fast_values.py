@@ -1,4 +1,4 @@
-"""The CPU value checks of the fast path (``contracts._fast``) decide as the reference judge does.
+"""The CPU value checks of the fast path (``contracts._values``) decide as the reference judge does.
 
 The reference is ``values_pending`` + ``judge_values`` (the reductions every device uses, read
 on the host); the fast checks pick other reductions by size (a Python read for small 2-D masks,
@@ -15,23 +15,23 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 import contracts
 from contracts import ContractError, Mask, Range, contract
 from contracts._check import Fail, judge_values, values_pending
-from contracts._fast import (
+from contracts._plan import make_slot
+from contracts._values import (
+    _EXTREMA,
     _INLINE_MAX,
     _LIST_MASK,
-    _MEMO,
     _OFF_FOR,
     _PROBE,
     _SMALL_MASK,
     _UNBROADCAST_MIN,
     cpu_value_check,
 )
-from contracts._plan import make_slot
 
 
 def _slot(annotation):
@@ -80,8 +80,8 @@ def test_mask_checks_agree_with_the_reference(shape, axis_pick, padding, fill, s
         x[tuple(idx)] = fill != "one_row_empty"
     if layout == "transposed" and ndim >= 2:  # a non-contiguous mask
         x = x.transpose(0, -1).contiguous().transpose(0, -1)
-    elif layout == "broadcast":  # a new stride-0 axis in front, 40 repeats (some above
-        # _UNBROADCAST_MIN elements, where the repeats are dropped before reducing)
+    elif layout == "broadcast":  # a new stride-0 axis in front, 40 repeats (some at or above
+        # _SMALL_MASK elements, where the repeats are dropped before the row count)
         slot = _slot(Annotated[Bool[Tensor, f"r {dims}"], Mask(axis=axis, padding=padding)])
         x = x.expand(40, *shape)
     assert cpu_value_check(slot.tensor)(x, {}, None) == _reference(slot, x)
@@ -114,12 +114,159 @@ def test_float_range_checks_agree_with_the_reference(n, special, dtype, bounds, 
     assert cpu_value_check(slot.tensor)(x, {}, None) == _reference(slot, x)
 
 
+_I64 = torch.iinfo(torch.int64)
+
+
+def _bindings_reference(slot, x, b) -> bool:
+    pending: list = []
+    values_pending(slot, x, pending)
+    try:
+        judge_values(pending, b, None)
+    except Fail:
+        return False
+    return True
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    n=st.sampled_from([1, 2, 64, _INLINE_MAX, 3000]),
+    dtype=st.sampled_from([torch.int64, torch.int32, torch.int16, torch.uint8]),
+    bounds=st.sampled_from([(0, None), (1, 5), (None, 7), (0, "V-1"), ("V", "2*V")]),
+    V=st.integers(1, 9),
+    special=st.sampled_from([None, "low", "high", "min", "max"]),
+)
+def test_integer_range_checks_agree_with_the_reference(n, dtype, bounds, V, special):
+    """Integer tensors take the aminmax range check, with number or expression bounds; the
+    expression is evaluated in the call's bindings (``V`` here) and the verdict matches the
+    reference's on values at both bounds and at the dtype's extremes."""
+    slot = _slot(Annotated[Int[Tensor, " N"], Range(*bounds)])
+    info = torch.iinfo(dtype)
+    x = torch.full((n,), min(max(3, info.min), info.max), dtype=dtype)
+    value = {"low": -1, "high": 2 * V + 1, "min": info.min, "max": info.max}
+    if special is not None:
+        x[n // 2] = max(min(value[special], info.max), info.min)
+    b = {"V": V}
+    ok = cpu_value_check(slot.tensor)
+    want = _bindings_reference(slot, x, b)
+    for _ in range(2):  # the second may be remembered
+        assert ok(x, b, None) == want
+
+
+def test_expression_bounds_remember_a_tensor_only_for_the_numbers_they_gave():
+    """Token ids valid for a vocabulary of 10 are not thereby valid for one of 5."""
+    ok = cpu_value_check(_slot(Annotated[Int[Tensor, " N"], Range(0, "V-1")]).tensor)
+    ids = torch.arange(8).repeat(_INLINE_MAX // 8)
+    assert ok(ids, {"V": 10}, None)
+    assert ok(ids, {"V": 10}, None)  # remembered
+    assert not ok(ids, {"V": 5}, None)
+    assert not ok(ids, {}, None)  # V unbound: the reference judge words it
+    assert ok(ids, {"V": 8}, None)
+    ids[0] = 8  # an in-place write: checked again
+    assert not ok(ids, {"V": 8}, None)
+
+
+def test_integer_bounds_compare_exactly_at_the_int64_extremes():
+    """2**63 - 1 and 2**63 - 2 round to the same double: the bound test must not."""
+    ok = cpu_value_check(_slot(Annotated[Int[Tensor, " N"], Range(None, _I64.max - 1)]).tensor)
+    assert ok(torch.tensor([0, _I64.max - 1]), {}, None)
+    assert not ok(torch.tensor([0, _I64.max]), {}, None)
+    assert not _bindings_reference(
+        _slot(Annotated[Int[Tensor, " N"], Range(None, _I64.max - 1)]),
+        torch.tensor([0, _I64.max]),
+        {},
+    )
+
+
+def test_extrema_remembered_under_one_range_decide_another():
+    """The alphas a predictor returns as Probability() and a loss takes as Range(0, None) are
+    reduced once; both verdicts still come out right, failing ones included."""
+    prob = cpu_value_check(_slot(Annotated[Float[Tensor, " N"], Range(0, 1)]).tensor)
+    nonneg = cpu_value_check(_slot(Annotated[Float[Tensor, " N"], Range(0, None)]).tensor)
+    x = torch.linspace(0, 2, _INLINE_MAX)
+    assert not prob(x, {}, None)
+    assert _EXTREMA[id(x)][2:] == (0.0, 2.0)
+    hits = nonneg.gate[1]
+    assert nonneg(x, {}, None)
+    assert nonneg.gate[1] == hits + 1  # decided from the remembered extrema
+    y = torch.zeros(_INLINE_MAX)
+    y[5] = float("nan")
+    assert not nonneg(y, {}, None)
+    assert not prob(y, {}, None)  # NaN remembered as NaN: fails every range
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    B=st.integers(1, 6),
+    S=st.integers(1, 40),
+    T=st.integers(1, 5),
+    bad_row=st.one_of(st.none(), st.integers(0, 5)),
+    view=st.sampled_from(
+        ["expand", "expand_again", "unsqueeze", "rows", "cols", "step", "transpose", "shifted"]
+        + ["same"]
+    ),
+    padding=st.booleans(),
+    write=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_views_of_a_checked_mask_decide_as_the_reference(
+    B, S, T, bad_row, view, padding, write, seed
+):
+    """A mask is also remembered by the rows it reads, so the attention masks expanded from a
+    checked padding mask are not read again. No view that reads other rows (a slice, a
+    transpose) and no mask written since may be taken as checked."""
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.rand(B, S, generator=g) < 0.15  # sparse: slices often leave a row empty
+    valid[:, 0] = True  # every row of the base valid, some only at position 0
+    if bad_row is not None and bad_row < B:
+        valid[bad_row] = False  # a row with no valid position
+    base = ~valid if padding else valid
+    spec2 = _slot(Annotated[Bool[Tensor, "B S"], Mask(padding=padding)])
+    spec3 = _slot(Annotated[Bool[Tensor, "B T S"], Mask(padding=padding)])
+    ok2, ok3 = cpu_value_check(spec2.tensor), cpu_value_check(spec3.tensor)
+    first, fspec, fok = base, spec2, ok2
+    if view == "shifted":  # the same geometry one row on
+        first = base[:-1]
+    elif view == "expand_again":  # a view of the same rows checked before
+        first, fspec, fok = base[:, None, :], spec3, ok3
+    assert fok(first, {}, None) == _reference(fspec, first)
+    if write:  # an in-place write after the check: every view of it is checked again
+        base[0] = padding  # row 0 now has no valid position
+    if view in ("expand", "expand_again"):
+        x, spec, ok = base[:, None, :].expand(B, T, S), spec3, ok3
+    elif view == "unsqueeze":
+        x, spec, ok = base[:, None, :], spec3, ok3
+    elif view == "rows":
+        x, spec, ok = base[1:], spec2, ok2
+    elif view == "cols":
+        x, spec, ok = base[:, 1:], spec2, ok2
+    elif view == "step":
+        x, spec, ok = base[:, ::2], spec2, ok2
+    elif view == "transpose":
+        x, spec, ok = base.t(), spec2, ok2
+    elif view == "shifted":
+        x, spec, ok = base[1:], spec2, ok2
+    else:
+        x, spec, ok = base, spec2, ok2
+    for _ in range(2):
+        assert ok(x, {}, None) == _reference(spec, x)
+
+
+def test_an_expanded_mask_is_a_hit_on_the_mask_it_reads():
+    ok2 = cpu_value_check(_slot(Annotated[Bool[Tensor, "B S"], Mask()]).tensor)
+    ok3 = cpu_value_check(_slot(Annotated[Bool[Tensor, "B T S"], Mask()]).tensor)
+    mask = torch.ones(4, 30, dtype=torch.bool)
+    assert ok2(mask, {}, None)
+    hits = ok3.gate[1]
+    assert ok3(mask[:, None, :].expand(4, 7, 30), {}, None)  # a new tensor, the same rows
+    assert ok3.gate[1] == hits + 1
+
+
 def test_a_remembered_tensor_is_checked_again_after_an_in_place_write():
     slot = _slot(Annotated[Float[Tensor, " N"], Range(-1, 1)])
     ok = cpu_value_check(slot.tensor)
     x = torch.zeros(_INLINE_MAX)
     assert ok(x, {}, None)
-    assert id(x) in _MEMO  # large enough to be remembered
+    assert id(x) in _EXTREMA  # remembered
     assert ok(x, {}, None)
     x[3] = float("nan")  # bumps the version counter
     assert not ok(x, {}, None)
@@ -333,3 +480,28 @@ def test_tuple_and_dict_returns_decide_as_the_reference(which, T, k, xval, shape
     want = _outcome(generic, args)
     for _ in range(2):
         assert _outcome(f, args) == want
+
+
+@contract
+def scaled(
+    x: Float[Tensor, " B"], s: Annotated[float, Range(0, None)], k: Annotated[int, Range(None, 3)]
+) -> Float[Tensor, " B"]:
+    return x * s
+
+
+@pytest.mark.parametrize(
+    "s, k",
+    [(1.0, 0), (0.0, 3), (float("nan"), 0), (float("inf"), 0), (-1.0, 0), (1.0, 4), (True, 0)],
+)
+def test_number_ranges_written_into_the_wrapper_decide_as_the_reference(s, k):
+    """Ranges with number bounds on Python numbers are compared in the generated code; NaN, inf
+    and anything but an int or float fall through to the reference check."""
+    x = torch.zeros(3)
+    scaled(x, 1.0, 0)  # the signature is cached
+    assert _outcome(scaled, (x, s, k)) == _outcome(scaled.__wrapped_generic__, (x, s, k))
+    if s is True:  # a bool is no float: refused by the type check
+        assert "argument 's': expected float, got bool True" in _outcome(scaled, (x, s, k))
+    elif (s, k) in ((1.0, 0), (0.0, 3)):
+        assert _outcome(scaled, (x, s, k)) is None
+    else:
+        assert "expected a value in" in _outcome(scaled, (x, s, k))
