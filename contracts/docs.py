@@ -46,16 +46,21 @@ GUIDE = """
   out; anything else, and any doubt, goes to the general wrapper before the function runs.
   Contracts with f-string dims, beartype-checked hints or ranges on returned Python numbers
   always walk (ranges on Python-number arguments are checked on every call).
-- **Value checks** run on every call in `full` mode. On the CPU: one `aminmax` for a float
-  range; for a mask one Python read of a small 2-D mask (at most `_LIST_MASK` elements, where
-  a list read beats a torch reduction's dispatch), one `any`/`all` along the axis for
-  mid-sized ones and a `uint8` row count for large ones; the broadcast axes of large tensors
-  (stride 0, as in an expanded attention mask) are checked once. Elsewhere
-  the reductions of a call are fused into one host read per device. A tensor that passed is
-  remembered (same object, same version counter: any in-place write, also through a view,
-  makes it new) so a mask handed down a stack of layers is checked once per step; a check whose
-  tensors never come back stops remembering for a while, so fresh activations pay nothing for
-  it. Writes that bypass the version counter (`.data`, NumPy or DLPack views) are not seen.
+- **Value checks** run on every call in `full` mode. On the CPU: one `aminmax` for a float or
+  integer range (a single element is read); for a mask one Python read of a small 2-D mask (at
+  most `_LIST_MASK` elements, where a list read beats a torch reduction's dispatch), one
+  `any`/`all` along the axis for mid-sized ones and a `uint8` row count for large ones; the
+  broadcast axes of large tensors (stride 0, as in an expanded attention mask) are checked
+  once. Elsewhere the reductions of a call are fused into one host read per device. What a
+  check learns is remembered per tensor (same object, same version counter: any in-place
+  write, also through a view, makes it new): a range remembers the tensor's extrema, which
+  decide every other range on it (alphas returned as `Probability()` and taken as
+  `Range(0, None)` are reduced once; expression bounds like `Range(0, "V-1")` are evaluated
+  first); a mask remembers its verdict, and a view of a checked mask that reads the same rows
+  (an attention mask expanded from a padding mask) is not read again. A mask handed down a
+  stack of layers is thus checked once per step; a check whose tensors never come back stops
+  remembering for a while, so fresh activations pay nothing for it. Writes that bypass the
+  version counter (`.data`, NumPy or DLPack views) are not seen.
 - **Intermediate values.** `contracts.check(value, annotation, *, name=None)` returns `value`;
   inside a contracted call (found by walking up to the wrapper's frame, so calls that never use
   it pay nothing) its dims must agree with that call's bindings (and a dim it binds is
