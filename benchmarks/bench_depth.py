@@ -7,53 +7,83 @@ median ratio (process CPU time on CPU, wall time on CUDA) in one process:
 
 - ``nanwatch``: ``NanWatch(model).run(step)``, the default replay mode's healthy path;
 - ``nanwatch_eager``: ``NanWatch(model, mode="eager")``, per-module hooks during the step;
-- ``gradflow``: the step followed by ``GradFlow(model).record()``.
+- ``gradflow``: the step followed by ``GradFlow(model).record()``;
+- ``contracts_shapes`` / ``contracts_full``: the same model (same weights) whose layers carry a
+  contract (``src`` and the return ``Float[Tensor, "B T D"]``, both ``Finite()`` in ``full``
+  mode), in that mode; each layer's output is the next layer's input, so ``full`` reads each
+  activation once (the extrema a check learns are remembered).
 
 Writes ``docs/results/depth.json`` and the curves to ``docs/depth_cost.png``.
 
-Run: ``python -m benchmarks.bench_depth [--repeats 7] [--device cpu|cuda]``
+Run: ``python -m benchmarks.bench_depth [--repeats 25] [--device cpu|cuda]``
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import torch
-from torch import nn
+from jaxtyping import Float
+from torch import Tensor, nn
 
+import contracts
 from benchmarks._results import RESULTS_DIR, device_parser, parse_device_args, write_results
 from benchmarks._timing import time_variants
+from contracts import Finite, contract
 from diagnostics import GradFlow, NanWatch
 
-TOOLS = ("nanwatch", "nanwatch_eager", "gradflow")
+TOOLS = ("nanwatch", "nanwatch_eager", "gradflow", "contracts_shapes", "contracts_full")
 DEPTHS = (4, 16, 64)
 BATCHES = (2, 8, 32)
 PNG = RESULTS_DIR.parent / "depth_cost.png"
 
 
-def _model(layers: int, device: str) -> nn.Module:
+class CheckedLayer(nn.TransformerEncoderLayer):
+    """``nn.TransformerEncoderLayer`` under a contract (what a user's own layer would carry)."""
+
+    @contract(dims={"D": "self.self_attn.embed_dim"})
+    def forward(
+        self,
+        src: Annotated[Float[Tensor, "B T D"], Finite()],
+        src_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Annotated[Float[Tensor, "B T D"], Finite()]:
+        return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+
+
+def _model(layers: int, device: str, layer_class: type = nn.TransformerEncoderLayer) -> nn.Module:
     torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(64, nhead=4, dim_feedforward=256, batch_first=True)
+    layer = layer_class(64, nhead=4, dim_feedforward=256, batch_first=True)
     return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False).to(device)
 
 
 def measure(layers: int, batch: int, repeats: int, device: str) -> dict:
     """Ratios to the bare step for every tool at one (depth, batch) point."""
     model = _model(layers, device)
+    checked = _model(layers, device, CheckedLayer)  # the same weights (same seed)
     x = torch.randn(batch, 50, 64, device=device)
     y = torch.randn(batch, 50, 64, device=device)
 
-    def step():
-        loss = (model(x) - y).pow(2).mean()
+    def step(m: nn.Module = model) -> Tensor:
+        loss = (m(x) - y).pow(2).mean()
         loss.backward()
         return loss
 
     watch, eager, gf = NanWatch(model), NanWatch(model, mode="eager"), GradFlow(model)
 
-    def variant(fn):
+    def variant(fn, m: nn.Module = model):
         def f():
-            model.zero_grad(set_to_none=True)
+            m.zero_grad(set_to_none=True)
             fn()
+
+        return f
+
+    def under(mode: str):
+        def f():
+            with contracts.mode(mode):
+                step(checked)
 
         return f
 
@@ -62,6 +92,8 @@ def measure(layers: int, batch: int, repeats: int, device: str) -> dict:
         "nanwatch": variant(lambda: watch.run(step)),
         "nanwatch_eager": variant(lambda: eager.run(step)),
         "gradflow": variant(lambda: (step(), gf.record())),
+        "contracts_shapes": variant(under("shapes"), checked),
+        "contracts_full": variant(under("full"), checked),
     }
     t = time_variants(variants, repeats, device)
     med = {k: v[1] if device == "cpu" else v[0] for k, v in t.items()}  # CPU: process time
@@ -101,7 +133,7 @@ def plot(figures: dict, path: Path) -> None:
 
 
 def main() -> None:
-    ap = device_parser("python -m benchmarks.bench_depth", __doc__, repeats=7)
+    ap = device_parser("python -m benchmarks.bench_depth", __doc__, repeats=25)
     a = parse_device_args(ap)
     from tqdm import tqdm
 
