@@ -166,13 +166,11 @@ def _within(lo_v: Any, hi_v: Any, gate: list, x: torch.Tensor, b: dict, self_obj
     (same object, same version) when it has been reduced before under any range."""
     if gate[0]:
         gate[0] -= 1
-        ext = _extrema(x)
-        return ext is None or (lo_v <= ext[0] and ext[1] <= hi_v)
+        return _range_values(lo_v, hi_v, x, b, self_obj)
     try:
         version = x._version
     except RuntimeError:  # inference tensors keep no version counter
-        ext = _extrema(x)
-        return ext is None or (lo_v <= ext[0] and ext[1] <= hi_v)
+        return _range_values(lo_v, hi_v, x, b, self_obj)
     key = id(x)
     seen = _EXTREMA.get(key)
     if seen is not None and seen[1] == version and seen[0]() is x:
