@@ -80,7 +80,8 @@ def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], boo
     Large tensors are checked without the repeats of their broadcast axes (:func:`_unbroadcast`).
     The returned ``ok`` carries ``gate`` (its remembering tally), and for ranges with number
     bounds and masks ``values`` (the check without memory) and ``inline`` (what the generated
-    wrapper may write out: ``("range", lo, hi)`` or ``("mask", axis, padding)``).
+    wrapper may write out: ``("range", lo, hi)`` or ``("mask", axis, padding)``); other checks
+    have no ``inline``.
 
     Example:
         >>> ok = cpu_value_check(spec)  # spec of Annotated[Float[Tensor, "B T"], Range(0, 1)]
@@ -107,7 +108,6 @@ def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], boo
         ok.values, ok.inline = values, ("mask", axis, padding)  # type: ignore[attr-defined]
     else:
         ok = functools.partial(_cpu_values_ok, spec)
-        ok.inline = None  # type: ignore[attr-defined]
     ok.gate = gate  # type: ignore[attr-defined]
     return ok
 
@@ -135,7 +135,6 @@ def _expression_range_check(lo: Any, hi: Any, gate: list) -> Callable:
         lo_v, hi_v = _limits(lo_v, hi_v)
         return _within(lo_v, hi_v, gate, x, b, self_obj)
 
-    ok.inline = None  # type: ignore[attr-defined]
     return ok
 
 
