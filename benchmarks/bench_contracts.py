@@ -104,13 +104,9 @@ def per_call(rounds: int, n: int) -> dict[str, float]:
     return interleaved(cases, rounds)
 
 
-def paraformer_step(rounds: int, blocks: int = 3) -> dict[str, Any]:
-    """Contracts full / shapes / off (and off again) on the Paraformer training step.
-
-    ``blocks`` independent blocks of ``rounds`` shuffled rounds each: the figures are the
-    median block's, and ``spread`` gives each ratio's lowest and highest block (this shared
-    machine moves such ratios by about a percent from one block to the next).
-    """
+def paraformer_setup() -> tuple[torch.nn.Module, Any, Callable[[], None]]:
+    """The benchmarked Paraformer, one batch, and its training step (SGD with lr 0: the same
+    step every time)."""
     from models.paraformer import Paraformer, ParaformerConfig, ToySeq2SeqDataset, collate_fn
     from models.paraformer._train import train_step
 
@@ -119,12 +115,27 @@ def paraformer_step(rounds: int, blocks: int = 3) -> dict[str, Any]:
     ds = ToySeq2SeqDataset(cfg, num_samples=cfg.batch_size)
     batch = collate_fn([ds[i] for i in range(cfg.batch_size)])
     model = Paraformer(cfg)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the same step every time
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def step() -> None:
+        train_step(model, batch, opt)
+
+    return model, batch, step
+
+
+def paraformer_step(rounds: int, blocks: int = 3) -> dict[str, Any]:
+    """Contracts full / shapes / off (and off again) on the Paraformer training step.
+
+    ``blocks`` independent blocks of ``rounds`` shuffled rounds each: the figures are the
+    median block's, and ``spread`` gives each ratio's lowest and highest block (this shared
+    machine moves such ratios by about a percent from one block to the next).
+    """
+    _model, _batch, train = paraformer_setup()
 
     def step(mode: str) -> Callable[[], None]:
         def run() -> None:
             with contracts.mode(mode):
-                train_step(model, batch, opt)
+                train()
 
         return run
 

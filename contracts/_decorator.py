@@ -19,7 +19,7 @@ from ._config import OFF, state
 from ._explain import compiled_words, explain
 from ._fast import compile_checker, compile_wrapper
 from ._inline import TRACED as traced
-from ._inline import WRAPPER_CODES
+from ._inline import add_wrapper_code
 from ._plan import ContractOptions, Plan, build_plan
 from ._registry import register
 
@@ -63,7 +63,7 @@ def wrap(plan: Plan) -> Callable:
                 raise explain(plan, f, args, kwargs, out, phase="outputs", bound=bound) from None
         return out
 
-    WRAPPER_CODES.add(wrapper.__code__)  # for contracts.check (plan is a free variable there)
+    add_wrapper_code(wrapper.__code__)  # for contracts.check (plan is a free variable there)
     fast = compile_wrapper(plan, cache, wrapper, check_out, explain)
     if fast is not None:  # the common call inlined; everything else goes to ``wrapper``
         fast = functools.wraps(fn)(fast)

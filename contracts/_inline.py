@@ -25,11 +25,19 @@ from ._plan import CHECKED, Plan, Slot, make_slot, unwrap
 
 _is_compiling = torch.compiler.is_compiling
 
-__all__ = ["WRAPPER_CODES", "check", "enclosing_call"]
+__all__ = ["WRAPPER_CODES", "add_wrapper_code", "check", "enclosing_call"]
 
-# the code objects of contract wrappers (the generic one and each generated one); each names
-# its locals plan, b, self_obj, args, kwargs
-WRAPPER_CODES: set[CodeType] = set()
+# the code objects of contract wrappers (the generic one and each generated one), by id; each
+# names its locals plan, b, self_obj, args, kwargs. Keyed by id, not by the code object: a code
+# object's hash reads its constants and names at every lookup, for every frame walked (about a
+# third of a warm check's walk). Held here, so an id is never reused.
+WRAPPER_CODES: dict[int, CodeType] = {}
+
+
+def add_wrapper_code(code: CodeType) -> None:
+    """Register a contract wrapper's code object (its frames are what :func:`enclosing_call`
+    finds)."""
+    WRAPPER_CODES[id(code)] = code
 
 
 def enclosing_call(depth: int = 2) -> tuple[Plan, dict, Any, tuple, dict] | None:
@@ -40,7 +48,7 @@ def enclosing_call(depth: int = 2) -> tuple[Plan, dict, Any, tuple, dict] | None
     codes = WRAPPER_CODES
     while f is not None:
         code = f.f_code
-        if code in codes:
+        if codes.get(id(code)) is code:
             loc = f.f_locals
             b = loc.get("b")
             if isinstance(b, dict):

@@ -201,8 +201,17 @@ def test_extrema_remembered_under_one_range_decide_another():
     T=st.integers(1, 5),
     bad_row=st.one_of(st.none(), st.integers(0, 5)),
     view=st.sampled_from(
-        ["expand", "expand_again", "unsqueeze", "rows", "cols", "step", "transpose", "shifted"]
-        + ["same"]
+        [
+            "expand",
+            "expand_again",
+            "unsqueeze",
+            "rows",
+            "cols",
+            "step",
+            "transpose",
+            "shifted",
+            "same",
+        ]
     ),
     padding=st.booleans(),
     write=st.booleans(),

@@ -1,0 +1,278 @@
+"""Where the contracts' cost in the Paraformer training step goes, contract by contract.
+
+``bench_contracts`` gives the whole step's ratio (contracts ``full`` vs ``off``). This profile
+splits that cost by contract: each contract wrapper's *own* time in the step (the wrapper's time
+minus the time of the function it wraps, so nested contracts are not counted twice), in modes
+``off``, ``shapes`` and ``full``, interleaved step by step in one process. A contract's added
+cost is its own time in a mode minus its own time in ``off`` (which removes the timing shims'
+own cost). ``contracts.check`` calls inside the model are timed the same way.
+
+It also times every ``shapes`` check of one step's calls back to back (the same call repeated,
+warm), next to its time in the step. ``shapes`` does the same work at every call (no value
+memory), so the two differ only by where the call runs: between the step's kernels or in a warm
+loop. Their quotient is how much slower the same checks run inside the step.
+
+Writes docs/results/contracts_profile.json.
+
+Run: python -m benchmarks.bench_contracts_profile [--steps 60] [--repeats 100] [--no-write]
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+import contracts
+from benchmarks._results import write_results
+from benchmarks.bench_contracts import paraformer_setup
+from contracts.cli import ArgumentParser, fail
+
+MODES = ("off", "shapes", "full")
+CHECK = "contracts.check"
+
+
+class _Clock:
+    """Own time per contract: a shim around each wrapper, one around the function it wraps."""
+
+    def __init__(self) -> None:
+        self.own: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.inner: list[float] = []  # time spent in wrapped functions, per open wrapper
+        self.captured: list[tuple[str, Callable, tuple, dict]] | None = None
+
+    def outer(self, name: str, wrapper: Callable) -> Callable:
+        clock = time.perf_counter
+        inner, own, calls = self.inner, self.own, self.calls
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self.captured is not None:
+                self.captured.append((name, timed, args, kwargs))
+            inner.append(0.0)
+            t0 = clock()
+            try:
+                return wrapper(*args, **kwargs)
+            finally:
+                own[name] += clock() - t0 - inner.pop()
+                calls[name] += 1
+
+        return timed
+
+    def fn(self, fn: Callable) -> Callable:
+        clock = time.perf_counter
+        inner = self.inner
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                inner[-1] += clock() - t0
+
+        return timed
+
+    def check(self, check: Callable) -> Callable:
+        clock = time.perf_counter
+        own, calls = self.own, self.calls
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = clock()
+            try:
+                return check(*args, **kwargs)
+            finally:
+                own[CHECK] += clock() - t0
+                calls[CHECK] += 1
+
+        return timed
+
+    def reset(self) -> None:
+        self.own.clear()
+        self.calls.clear()
+
+
+def _wrapped_fn_holders(wrapper: Callable) -> Iterator[tuple[Any, str]]:
+    """Where a contract wrapper keeps the function it wraps: the generated wrapper's globals
+    (``fn``) and the generic wrapper's closure cell."""
+    for w in (wrapper, getattr(wrapper, "__wrapped_generic__", None)):
+        if w is None:
+            continue
+        code = w.__code__
+        if "fn" in code.co_freevars:
+            yield w.__closure__[code.co_freevars.index("fn")], "cell_contents"
+        elif "fn" in w.__globals__ and w.__globals__ is not globals():
+            yield w.__globals__, "fn"
+
+
+@contextmanager
+def timed_contracts(prefix: str, clock: _Clock) -> Iterator[list[str]]:
+    """Shims on every contract wrapper of the modules under ``prefix`` (module functions and
+    class methods alike, wherever a module holds them) and on ``contracts.check``; all removed
+    on exit. Yields the names of the contracts found."""
+    undo: list[Callable[[], None]] = []
+    outer: dict[int, Callable] = {}  # id(wrapper) -> its shim (one per wrapper)
+    found: list[str] = []
+
+    def shim(wrapper: Callable) -> Callable:
+        if id(wrapper) not in outer:
+            plan = wrapper.__contract__
+            outer[id(wrapper)] = clock.outer(plan.qualname, wrapper)
+            found.append(plan.qualname)
+            for holder, key in _wrapped_fn_holders(wrapper):
+                if isinstance(holder, dict):
+                    old = holder[key]
+                    holder[key] = clock.fn(old)
+                    undo.append(lambda h=holder, k=key, o=old: h.__setitem__(k, o))
+                else:
+                    old = holder.cell_contents
+                    holder.cell_contents = clock.fn(old)
+                    undo.append(lambda h=holder, o=old: setattr(h, "cell_contents", o))
+        return outer[id(wrapper)]
+
+    try:
+        for mod_name, mod in sorted(sys.modules.items()):
+            if not (mod_name == prefix or mod_name.startswith(prefix + ".")) or mod is None:
+                continue
+            for name, obj in list(vars(mod).items()):
+                if callable(obj) and hasattr(obj, "__contract__"):
+                    _swap(mod, name, shim(obj), undo)
+                elif isinstance(obj, type) and obj.__module__ == mod_name:
+                    for attr, member in list(vars(obj).items()):
+                        if callable(member) and hasattr(member, "__contract__"):
+                            _swap(obj, attr, shim(member), undo)
+        _swap(contracts, "check", clock.check(contracts.check), undo)
+        yield found
+    finally:
+        for u in reversed(undo):
+            u()
+
+
+def _swap(owner: Any, name: str, value: Any, undo: list[Callable[[], None]]) -> None:
+    old = vars(owner)[name]
+    setattr(owner, name, value)
+    undo.append(lambda: setattr(owner, name, old))
+
+
+def profile(steps: int, repeats: int) -> dict[str, Any]:
+    """Own time per contract in the step (per mode, interleaved), and the shapes checks of one
+    step's calls repeated warm."""
+    _model, _batch, step = paraformer_setup()
+    clock = _Clock()
+    with timed_contracts("models.paraformer", clock):
+        for mode in MODES:  # warm-up: every signature cached
+            with contracts.mode(mode):
+                step()
+        per_mode: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in MODES}
+        calls: dict[str, int] = {}
+        order = list(MODES)
+        shuffle = random.Random(0).shuffle
+        for _ in range(steps):
+            shuffle(order)
+            for mode in order:
+                clock.reset()
+                with contracts.mode(mode):
+                    step()
+                calls = dict(clock.calls)
+                for name, t in clock.own.items():
+                    per_mode[mode][name].append(t)
+        clock.captured = []
+        with contracts.mode("off"):
+            step()  # the calls of one step, with their arguments
+        captured, clock.captured = clock.captured, None
+        warm = _warm_shapes(captured, clock, repeats)
+    in_step: dict[str, dict[str, float]] = {}
+    for name in sorted(calls, key=lambda n: -statistics.median(per_mode["full"][n])):
+        off = statistics.median(per_mode["off"][name])
+        row = {"calls": calls[name]}
+        for mode in ("shapes", "full"):
+            row[f"us_{mode}"] = (statistics.median(per_mode[mode][name]) - off) * 1e6
+        if name in warm:
+            row["us_shapes_warm"] = warm[name]
+        in_step[name] = row
+    total = {m: sum(r[f"us_{m}"] for r in in_step.values()) for m in ("shapes", "full")}
+    warm_total = sum(r.get("us_shapes_warm", 0.0) for r in in_step.values())
+    shapes_in_step = sum(r["us_shapes"] for r in in_step.values() if "us_shapes_warm" in r)
+    return {
+        "steps": steps,
+        "calls_per_step": sum(r["calls"] for r in in_step.values()),
+        "contracts": in_step,
+        "us_per_step": total,
+        "us_shapes_warm_per_step": warm_total,
+        "shapes_in_step_vs_warm": shapes_in_step / warm_total if warm_total > 0 else None,
+    }
+
+
+def _warm_shapes(captured: list, clock: _Clock, repeats: int) -> dict[str, float]:
+    """Added ``shapes`` µs per step of each contract: every call of one step repeated
+    ``repeats`` times back to back (without autograd: the wrapped work is not what is timed),
+    its own time in ``shapes`` minus that in ``off``, summed over the step's calls."""
+    got: dict[str, float] = defaultdict(float)
+    with torch.no_grad():
+        for name, timed, args, kwargs in captured:
+            own = {}
+            for mode in ("off", "shapes", "off", "shapes"):  # the second pair is kept
+                with contracts.mode(mode):
+                    samples = []
+                    for _ in range(5):
+                        clock.reset()
+                        for _ in range(repeats):
+                            timed(*args, **kwargs)
+                        samples.append(clock.own[name] / repeats)
+                own[mode] = statistics.median(samples)
+            got[name] += (own["shapes"] - own["off"]) * 1e6
+    return dict(got)
+
+
+def _rounded(x: Any) -> Any:
+    if isinstance(x, float):
+        return round(x, 3)
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    return x
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(
+        prog="python -m benchmarks.bench_contracts_profile",
+        description="Split the contracts' cost in the Paraformer training step by contract: each "
+        "wrapper's own time (minus the function it wraps) in modes off/shapes/full, interleaved "
+        "step by step, and the shapes checks of one step repeated warm. Writes "
+        "docs/results/contracts_profile.json.",
+    )
+    p.add_argument("--steps", type=int, default=60, help="steps per mode (median taken)")
+    p.add_argument("--repeats", type=int, default=100, help="warm repeats of each call")
+    p.add_argument("--no-write", action="store_true", help="print only, do not write results")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        return fail(p, "--steps and --repeats must be >= 1")
+    torch.set_num_threads(1)
+    got = _rounded(profile(args.steps, args.repeats))
+    print(f"{'contract':34s} {'calls':>5s} {'shapes µs':>10s} {'full µs':>9s} {'warm':>7s}")
+    for name, r in got["contracts"].items():
+        warm = r.get("us_shapes_warm")
+        print(
+            f"{name:34s} {r['calls']:5d} {r['us_shapes']:10.1f} {r['us_full']:9.1f} "
+            f"{'' if warm is None else f'{warm:7.1f}'}"
+        )
+    t = got["us_per_step"]
+    print(
+        f"per step: shapes {t['shapes']:.0f} µs, full {t['full']:.0f} µs over "
+        f"{got['calls_per_step']} calls; shapes warm {got['us_shapes_warm_per_step']:.0f} µs "
+        f"(in the step {got['shapes_in_step_vs_warm']:.2f}x slower)"
+    )
+    if not args.no_write:
+        path = write_results(
+            "contracts_profile", got, command="python -m benchmarks.bench_contracts_profile"
+        )
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
