@@ -7,10 +7,12 @@ minus the time of the function it wraps, so nested contracts are not counted twi
 cost is its own time in a mode minus its own time in ``off`` (which removes the timing shims'
 own cost). ``contracts.check`` calls inside the model are timed the same way.
 
-It also times every ``shapes`` check of one step's calls back to back (the same call repeated,
-warm), next to its time in the step. ``shapes`` does the same work at every call (no value
-memory), so the two differ only by where the call runs: between the step's kernels or in a warm
-loop. Their quotient is how much slower the same checks run inside the step.
+It also times the ``shapes`` checks of one step's calls warm: each call made again back to back
+with the function it wraps replaced by one returning that call's output, so nothing but the
+wrapper runs between two checks. ``shapes`` does the same work at every call (no value memory),
+so the two figures differ by where the checks run: between the step's kernels, or in a loop
+that keeps their code and data in the caches. Their quotient is how much slower the same checks
+run inside the step.
 
 Writes docs/results/contracts_profile.json.
 
@@ -46,19 +48,23 @@ class _Clock:
         self.own: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.inner: list[float] = []  # time spent in wrapped functions, per open wrapper
-        self.captured: list[tuple[str, Callable, tuple, dict]] | None = None
+        # (name, wrapper, args, kwargs, [output]) of each call, while capturing
+        self.captured: list[tuple[str, Callable, tuple, dict, list]] | None = None
 
     def outer(self, name: str, wrapper: Callable) -> Callable:
         clock = time.perf_counter
         inner, own, calls = self.inner, self.own, self.calls
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            box: list = []
             if self.captured is not None:
-                self.captured.append((name, timed, args, kwargs))
+                self.captured.append((name, wrapper, args, kwargs, box))
             inner.append(0.0)
             t0 = clock()
             try:
-                return wrapper(*args, **kwargs)
+                out = wrapper(*args, **kwargs)
+                box.append(out)
+                return out
             finally:
                 own[name] += clock() - t0 - inner.pop()
                 calls[name] += 1
@@ -125,14 +131,9 @@ def timed_contracts(prefix: str, clock: _Clock) -> Iterator[list[str]]:
             outer[id(wrapper)] = clock.outer(plan.qualname, wrapper)
             found.append(plan.qualname)
             for holder, key in _wrapped_fn_holders(wrapper):
-                if isinstance(holder, dict):
-                    old = holder[key]
-                    holder[key] = clock.fn(old)
-                    undo.append(lambda h=holder, k=key, o=old: h.__setitem__(k, o))
-                else:
-                    old = holder.cell_contents
-                    holder.cell_contents = clock.fn(old)
-                    undo.append(lambda h=holder, o=old: setattr(h, "cell_contents", o))
+                old = _get(holder, key)
+                _set(holder, key, clock.fn(old))
+                undo.append(lambda h=holder, k=key, o=old: _set(h, k, o))
         return outer[id(wrapper)]
 
     try:
@@ -185,48 +186,71 @@ def profile(steps: int, repeats: int) -> dict[str, Any]:
         with contracts.mode("off"):
             step()  # the calls of one step, with their arguments
         captured, clock.captured = clock.captured, None
-        warm = _warm_shapes(captured, clock, repeats)
-    in_step: dict[str, dict[str, float]] = {}
+        warm = _warm_shapes(captured, repeats)
+    rows = []
     for name in sorted(calls, key=lambda n: -statistics.median(per_mode["full"][n])):
         off = statistics.median(per_mode["off"][name])
-        row = {"calls": calls[name]}
+        row: dict[str, Any] = {"name": name, "calls": calls[name]}
         for mode in ("shapes", "full"):
             row[f"us_{mode}"] = (statistics.median(per_mode[mode][name]) - off) * 1e6
         if name in warm:
             row["us_shapes_warm"] = warm[name]
-        in_step[name] = row
-    total = {m: sum(r[f"us_{m}"] for r in in_step.values()) for m in ("shapes", "full")}
-    warm_total = sum(r.get("us_shapes_warm", 0.0) for r in in_step.values())
-    shapes_in_step = sum(r["us_shapes"] for r in in_step.values() if "us_shapes_warm" in r)
+        rows.append(row)
+    total = {m: sum(r[f"us_{m}"] for r in rows) for m in ("shapes", "full")}
+    warm_total = sum(r.get("us_shapes_warm", 0.0) for r in rows)
+    shapes_in_step = sum(r["us_shapes"] for r in rows if "us_shapes_warm" in r)
     return {
         "steps": steps,
-        "calls_per_step": sum(r["calls"] for r in in_step.values()),
-        "contracts": in_step,
+        "calls_per_step": sum(r["calls"] for r in rows),
+        "contracts": rows,  # the costliest in full first
         "us_per_step": total,
         "us_shapes_warm_per_step": warm_total,
+        "us_shapes_in_step_of_those": shapes_in_step,
         "shapes_in_step_vs_warm": shapes_in_step / warm_total if warm_total > 0 else None,
     }
 
 
-def _warm_shapes(captured: list, clock: _Clock, repeats: int) -> dict[str, float]:
-    """Added ``shapes`` µs per step of each contract: every call of one step repeated
-    ``repeats`` times back to back (without autograd: the wrapped work is not what is timed),
-    its own time in ``shapes`` minus that in ``off``, summed over the step's calls."""
+def _warm_shapes(captured: list, repeats: int) -> dict[str, float]:
+    """Added ``shapes`` µs per step of each contract, warm: every call of one step made again
+    ``repeats`` times back to back with the wrapped function replaced by one returning that
+    call's output (so nothing but the wrapper runs between two checks), in ``shapes`` minus in
+    ``off``, summed over the step's calls. A ``contracts.check`` inside the function does not
+    run there: its time is not in any wrapper's own time anyway."""
     got: dict[str, float] = defaultdict(float)
-    with torch.no_grad():
-        for name, timed, args, kwargs in captured:
-            own = {}
+    clock = time.perf_counter
+    for name, wrapper, args, kwargs, box in captured:
+        out = box[0]
+        holders = list(_wrapped_fn_holders(wrapper))
+        saved = [_get(h, k) for h, k in holders]
+        for h, k in holders:
+            _set(h, k, lambda *a, _out=out, **kw: _out)
+        try:
+            per: dict[str, float] = {}
             for mode in ("off", "shapes", "off", "shapes"):  # the second pair is kept
                 with contracts.mode(mode):
                     samples = []
                     for _ in range(5):
-                        clock.reset()
+                        t0 = clock()
                         for _ in range(repeats):
-                            timed(*args, **kwargs)
-                        samples.append(clock.own[name] / repeats)
-                own[mode] = statistics.median(samples)
-            got[name] += (own["shapes"] - own["off"]) * 1e6
+                            wrapper(*args, **kwargs)
+                        samples.append((clock() - t0) / repeats)
+                per[mode] = statistics.median(samples)
+        finally:
+            for (h, k), old in zip(holders, saved, strict=True):
+                _set(h, k, old)
+        got[name] += (per["shapes"] - per["off"]) * 1e6
     return dict(got)
+
+
+def _get(holder: Any, key: str) -> Any:
+    return holder[key] if isinstance(holder, dict) else holder.cell_contents
+
+
+def _set(holder: Any, key: str, value: Any) -> None:
+    if isinstance(holder, dict):
+        holder[key] = value
+    else:
+        holder.cell_contents = value
 
 
 def _rounded(x: Any) -> Any:
@@ -234,6 +258,8 @@ def _rounded(x: Any) -> Any:
         return round(x, 3)
     if isinstance(x, dict):
         return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
     return x
 
 
@@ -254,10 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     got = _rounded(profile(args.steps, args.repeats))
     print(f"{'contract':34s} {'calls':>5s} {'shapes µs':>10s} {'full µs':>9s} {'warm':>7s}")
-    for name, r in got["contracts"].items():
+    for r in got["contracts"]:
         warm = r.get("us_shapes_warm")
         print(
-            f"{name:34s} {r['calls']:5d} {r['us_shapes']:10.1f} {r['us_full']:9.1f} "
+            f"{r['name']:34s} {r['calls']:5d} {r['us_shapes']:10.1f} {r['us_full']:9.1f} "
             f"{'' if warm is None else f'{warm:7.1f}'}"
         )
     t = got["us_per_step"]

@@ -50,7 +50,8 @@ def _wrapper_frames_per_step() -> int:
 @pytest.mark.slow
 def test_the_profile_times_every_contract_call_of_the_step():
     got = profile(steps=2, repeats=2)
-    rows = got["contracts"]
+    rows = {r["name"]: r for r in got["contracts"]}
+    assert len(rows) == len(got["contracts"])  # one row per contract
     assert rows["contracts.check"]["calls"] == 1  # the one in Paraformer.forward
     wrapper_calls = sum(r["calls"] for name, r in rows.items() if name != "contracts.check")
     assert wrapper_calls == _wrapper_frames_per_step()
