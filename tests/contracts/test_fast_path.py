@@ -235,3 +235,29 @@ def test_a_failing_return_is_explained_with_the_dims_checked_inside_the_call():
     with pytest.raises(ContractError) as e:
         counted(torch.zeros(2))
     assert "N=3 (return[0].shape[1])" in str(e.value), str(e.value)
+
+
+def test_a_seen_return_after_dims_bound_inside_the_call_stays_in_the_generated_wrapper(
+    monkeypatch,
+):
+    """The generated wrapper keys such a return as the checker caches it (the check's dims
+    joined): a seen one is not handed to the reference return check again."""
+
+    @contract(returns={"h": Annotated[Float[Tensor, "B D"], Range(None, "D")]})
+    def f(x: Float[Tensor, " B"], d: int) -> dict:
+        contracts.check(x[:, None].expand(-1, d), Float[Tensor, "B D"], name="h")
+        return {"h": x[:, None].expand(-1, d)}
+
+    handed = []
+    check_out = f.__globals__["check_out"]
+
+    def counted(*args):
+        handed.append(args[0]["h"].shape)
+        return check_out(*args)
+
+    monkeypatch.setitem(f.__globals__, "check_out", counted)
+    for d in (2, 3, 2, 3):
+        f(torch.zeros(2), d)
+    # the first call is walked whole by the generic wrapper; D=3's return is new once; the
+    # repeats of both are found in the generated wrapper
+    assert handed == [torch.Size([2, 3])]
