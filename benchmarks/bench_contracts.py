@@ -207,17 +207,15 @@ def compiled_encoder(rounds: int) -> dict[str, float]:
     return _vs_off(interleaved({k: run(k) for k in ("off", "shapes", "full")}, rounds))
 
 
-def _rounded(d: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: round(v, 4)
-        if isinstance(v, float)
-        else [round(x, 4) for x in v]
-        if isinstance(v, list)
-        else _rounded(v)
-        if isinstance(v, dict)
-        else v
-        for k, v in d.items()
-    }
+def rounded(x: Any, digits: int = 4) -> Any:
+    """``x`` with every float in it (through dicts and lists) rounded to ``digits``."""
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [rounded(v, digits) for v in x]
+    return x
 
 
 def _vs_off(ms: dict[str, float]) -> dict[str, float]:
@@ -290,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_call_us": {k: round(v, 3) for k, v in us.items()},  # with the argument copies
         "overhead_us": {k: round(v, 3) for k, v in over.items()},  # the checks alone
         "vs_jaxtyping": {k: round(v / jt, 3) for k, v in over.items()},  # overhead vs overhead
-        "paraformer_step": _rounded(step),
+        "paraformer_step": rounded(step),
         "compiled_encoder": {k: round(v, 4) for k, v in comp.items()},
     }
     if not args.no_write:

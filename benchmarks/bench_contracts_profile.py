@@ -34,7 +34,7 @@ import torch
 
 import contracts
 from benchmarks._results import write_results
-from benchmarks.bench_contracts import paraformer_setup
+from benchmarks.bench_contracts import paraformer_setup, rounded
 from contracts.cli import ArgumentParser, fail
 
 MODES = ("off", "shapes", "full")
@@ -253,16 +253,6 @@ def _set(holder: Any, key: str, value: Any) -> None:
         holder.cell_contents = value
 
 
-def _rounded(x: Any) -> Any:
-    if isinstance(x, float):
-        return round(x, 3)
-    if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_rounded(v) for v in x]
-    return x
-
-
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(
         prog="python -m benchmarks.bench_contracts_profile",
@@ -278,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.repeats < 1:
         return fail(p, "--steps and --repeats must be >= 1")
     torch.set_num_threads(1)
-    got = _rounded(profile(args.steps, args.repeats))
+    got = rounded(profile(args.steps, args.repeats), 3)
     print(f"{'contract':34s} {'calls':>5s} {'shapes µs':>10s} {'full µs':>9s} {'warm':>7s}")
     for r in got["contracts"]:
         warm = r.get("us_shapes_warm")
