@@ -152,15 +152,15 @@ class Recorder:
                 self._calls[id(mod)] = Call(name, mod)
             bwd = (self._bpre(mod), self._bpost(mod)) if self.backward else None
             params = []
-            if self.params:
+            if self.params:  # every parameter: which ones need grad is read at each install
                 for pname, p in mod.named_parameters(prefix=name, recurse=False):
-                    if p.requires_grad:
-                        params.append((p, self._phook(mod, pname)))
+                    params.append((p, self._phook(mod, pname)))
             plan.append((mod, self._pre(name), self._post(name), bwd, params))
         return plan
 
     def install(self, hooks: HookSet) -> None:
-        """Register every hook into ``hooks`` (the closures are built once per recorder)."""
+        """Register every hook into ``hooks`` (the closures are built once per recorder; a
+        parameter's hook only while it requires grad, read at each install)."""
         if self._plan is None:
             self._plan = self._build_plan()
         for mod, pre, post, bwd, params in self._plan:
@@ -170,7 +170,8 @@ class Recorder:
                 hooks.add(mod.register_full_backward_pre_hook(bwd[0]), "bwd-pre")
                 hooks.add(mod.register_full_backward_hook(bwd[1]), "bwd")
             for p, fn in params:
-                hooks.add(p.register_hook(fn), "param")
+                if p.requires_grad:  # frozen or unfrozen since the last step: read now
+                    hooks.add(p.register_hook(fn), "param")
 
     def _pre(self, name: str):
         def hook(mod: nn.Module, args: Any, kwargs: Any) -> None:

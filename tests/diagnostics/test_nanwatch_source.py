@@ -137,3 +137,27 @@ def test_eager_mode_backward_fault_from_parameter_gradients():
     assert any("parameter gradients after the step" in n for n in rep.notes)
     rep = _raise(NanWatch(model, mode="eager", backward_hooks=True), step, torch.randn(2, 4))
     assert (rep.module, rep.phase) == ("0", "backward")  # grad_output/grad_input per module
+
+
+def test_eager_hooks_follow_parameters_frozen_and_unfrozen_between_steps():
+    """The eager recorder is kept across steps, but which parameters need grad is read at each
+    step: progressive unfreezing neither crashes the step (a hook on a frozen parameter) nor
+    leaves an unfrozen parameter unwatched."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    watch = NanWatch(model, mode="eager", backward_hooks=True)
+    hooked = []
+
+    def step(x):
+        hooked.append(bool(model[0].weight._backward_hooks))  # during the step, hooks are on
+        loss = model(x).mean()
+        loss.backward()
+        return loss
+
+    watch.run(step, torch.randn(2, 4))
+    model[0].requires_grad_(False)
+    watch.run(step, torch.randn(2, 4))
+    model[0].requires_grad_(True)
+    watch.run(step, torch.randn(2, 4))
+    assert hooked == [True, False, True]
+    assert not model[0].weight._backward_hooks  # and removed after the step
