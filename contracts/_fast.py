@@ -30,7 +30,14 @@ from ._config import FULL, OFF, SHAPES, state
 from ._inline import add_wrapper_code
 from ._plan import Plan, TensorSpec
 from ._spec import Expr
-from ._values import _INLINE_MAX, _LIST_MASK, _limits, cpu_value_check
+from ._values import (
+    _INLINE_MAX,
+    _LIST_MASK,
+    _limits,
+    cpu_value_check,
+    remember_extrema,
+    remember_mask,
+)
 
 __all__ = ["compile_checker", "compile_wrapper", "judge_fused"]
 
@@ -457,27 +464,34 @@ def _return_lines(plan: Plan, env: dict) -> list[str]:
 
 def _inline_values(spec: TensorSpec, var: str, tag: str, env: dict, pad: str) -> list[str]:
     """Lines setting ``good`` to :func:`cpu_value_check`'s verdict on ``var``. While the check
-    is not remembering (its gate is closed), the small float-range and 2-D mask cases are
-    written out (no call); every other case calls the check."""
+    does not look up (its gate is closed), the small float-range and 2-D mask cases are
+    written out, and what they find is remembered as the check would; every other case calls
+    the check."""
     ok = env[f"ok{tag}"] = cpu_value_check(spec)
     call = f"good = ok{tag}({var}, b, self_obj)"
     kind = getattr(ok, "inline", None)  # None: bounds from bindings, a plain call
     if kind is not None and kind[0] == "range":
         env["aminmax"], env["INLINE_MAX"] = torch.aminmax, _INLINE_MAX
         env[f"lo{tag}"], env[f"hi{tag}"] = kind[1], kind[2]
+        env["remember_extrema"] = remember_extrema
         small = [
             "if 1 < n < INLINE_MAX:",
             f"    mn, mx = aminmax({var}.detach() if {var}.requires_grad else {var})",
-            f"    good = lo{tag} <= mn.item() and mx.item() <= hi{tag}  # NaN compares False",
+            "    mn, mx = mn.item(), mx.item()",
+            f"    good = lo{tag} <= mn and mx <= hi{tag}  # NaN compares False",
+            f"    remember_extrema({var}, mn, mx)",
         ]
     elif kind is not None and spec.var_at < 0 and len(spec.dims) == 2:  # a [rows, cols] mask
         axis, padding = kind[1], kind[2]
         rows = f"{var}.tolist()" if axis in (1, -1) else f"zip(*{var}.tolist())"
         env["LIST_MASK"] = _LIST_MASK
+        env["remember_mask"], env[f"C{tag}"] = remember_mask, ok.constraint
         small = [
             "if 0 < n <= LIST_MASK:",
             f"    rows = {rows}",
             f"    good = {'not any(map(all, rows))' if padding else 'all(map(any, rows))'}",
+            "    if good:",
+            f"        remember_mask({var}, C{tag})",
         ]
     else:
         return [pad + call]

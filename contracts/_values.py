@@ -12,8 +12,10 @@ every in-place write bumps), so a tensor handed from layer to layer is read once
   (:func:`_rows_read`): the ``[B, T, S]`` attention masks a model expands from a ``[B, S]``
   padding mask at each call read that padding mask's rows, checked when it came in.
 
-Each check tallies its hits and switches remembering off where tensors never come back (fresh
-activations then pay no lookups). Writes that bypass the version counter (``.data``, NumPy or
+Each check tallies its hits and switches its lookups off where tensors never come back (fresh
+activations then pay no lookups); what it reduces is remembered all the same, since a tensor a
+check sees once (a layer's return) is often the one the next check looks up (the next layer's
+input). Writes that bypass the version counter (``.data``, NumPy or
 DLPack views) are not seen.
 """
 
@@ -31,7 +33,7 @@ import torch
 from ._plan import FLOAT_NAMES, TensorSpec
 from ._spec import Expr
 
-__all__ = ["cpu_value_check"]
+__all__ = ["cpu_value_check", "remember_extrema", "remember_mask"]
 
 _SMALL_MASK = 4096  # below this many elements a mask's row test is one any()/all() per axis
 _SHORT_ROWS = 256  # a row-test result this short is read as a list (cheaper than .all())
@@ -78,10 +80,11 @@ def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], boo
     * everything else: :func:`_cpu_values_ok` (the reference's reductions, read at once).
 
     Large tensors are checked without the repeats of their broadcast axes (:func:`_unbroadcast`).
-    The returned ``ok`` carries ``gate`` (its remembering tally), and for ranges with number
-    bounds and masks ``values`` (the check without memory) and ``inline`` (what the generated
-    wrapper may write out: ``("range", lo, hi)`` or ``("mask", axis, padding)``); other checks
-    have no ``inline``.
+    The returned ``ok`` carries ``gate`` (its lookup tally), and for ranges with number bounds
+    and masks ``values`` (the check without a lookup, remembering what it finds) and ``inline``
+    (what the generated wrapper may write out: ``("range", lo, hi)`` or ``("mask", axis,
+    padding)``; masks also carry their interned ``constraint``); other checks have no
+    ``inline``.
 
     Example:
         >>> ok = cpu_value_check(spec)  # spec of Annotated[Float[Tensor, "B T"], Range(0, 1)]
@@ -97,7 +100,7 @@ def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], boo
             lo_v, hi_v = _limits(lo, hi)
             # partial: a C call straight into the check (one Python frame per check)
             ok = functools.partial(_within, lo_v, hi_v, gate)
-            ok.values = functools.partial(_range_values, lo_v, hi_v)  # type: ignore[attr-defined]
+            ok.values = functools.partial(_range_found, lo_v, hi_v)  # type: ignore[attr-defined]
             ok.inline = ("range", lo_v, hi_v)  # type: ignore[attr-defined]
     elif spec.mask_axis is not None and spec.is_bool:
         axis, padding = spec.mask_axis, spec.mask_padding
@@ -105,7 +108,9 @@ def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], boo
         constraint = _CONSTRAINTS.setdefault(key, key)
         values = _mask_values(axis, padding)
         ok = functools.partial(_remembered_mask, constraint, values, gate, axis)
-        ok.values, ok.inline = values, ("mask", axis, padding)  # type: ignore[attr-defined]
+        ok.values = functools.partial(_mask_found, constraint, values)  # type: ignore[attr-defined]
+        ok.inline = ("mask", axis, padding)  # type: ignore[attr-defined]
+        ok.constraint = constraint  # type: ignore[attr-defined]
     else:
         ok = functools.partial(_cpu_values_ok, spec)
     ok.gate = gate  # type: ignore[attr-defined]
@@ -155,17 +160,29 @@ def _extrema(x: torch.Tensor) -> tuple[Any, Any] | None:
 
 
 def _range_values(lo_v: Any, hi_v: Any, x: torch.Tensor, b: dict, self_obj: Any) -> bool:
-    """The range check without memory (what ``ok.values`` does)."""
+    """The range check without memory."""
     ext = _extrema(x)
     return ext is None or (lo_v <= ext[0] and ext[1] <= hi_v)  # NaN compares False
 
 
+def _range_found(lo_v: Any, hi_v: Any, x: torch.Tensor, b: dict, self_obj: Any) -> bool:
+    """The range check without a lookup, its extrema remembered (what ``ok.values`` does)."""
+    ext = _extrema(x)
+    if ext is None:
+        return True
+    remember_extrema(x, ext[0], ext[1])
+    return lo_v <= ext[0] and ext[1] <= hi_v  # NaN compares False
+
+
 def _within(lo_v: Any, hi_v: Any, gate: list, x: torch.Tensor, b: dict, self_obj: Any) -> bool:
     """Whether ``x`` lies in ``[lo_v, hi_v]``, from extrema remembered for this very tensor
-    (same object, same version) when it has been reduced before under any range."""
+    (same object, same version) when it has been reduced before under any range. The extrema
+    found are remembered even while ``gate`` is closed (it skips only the lookup): a check
+    whose own lookups never hit, such as a layer's return, still saves the next layer's input
+    check its reduction."""
     if gate[0]:
         gate[0] -= 1
-        return _range_values(lo_v, hi_v, x, b, self_obj)
+        return _range_found(lo_v, hi_v, x, b, self_obj)
     try:
         version = x._version
     except RuntimeError:  # inference tensors keep no version counter
@@ -233,6 +250,14 @@ def _unbroadcast(x: torch.Tensor) -> torch.Tensor:
     return x.as_strided(shape, strides, x.storage_offset())
 
 
+def _mask_found(constraint: tuple, values: Callable, x: torch.Tensor, b: dict, s: Any) -> bool:
+    """The mask check without a lookup, a valid mask remembered (what ``ok.values`` does)."""
+    if not values(x, b, s):
+        return False
+    remember_mask(x, constraint)
+    return True
+
+
 def _remembered_mask(
     constraint: tuple,
     values: Callable,
@@ -246,10 +271,11 @@ def _remembered_mask(
     the same object with the same version (typical hit: one padding mask checked by every layer
     of a stack), or a view reading the same rows of the same memory, unwritten since
     (:func:`_rows_read`): the mask it was taken from, or an earlier view of it. Only views pay
-    for working out their rows. While ``gate`` is closed, nothing is remembered."""
+    for working out their rows. While ``gate`` is closed the lookups are skipped, but a mask
+    found valid is still remembered by identity (a later check of the same mask is a hit)."""
     if gate[0]:
         gate[0] -= 1
-        return values(x, b, self_obj)
+        return _mask_found(constraint, values, x, b, self_obj)
     try:
         version = x._version
     except RuntimeError:  # inference tensors keep no version counter
@@ -286,6 +312,25 @@ def _remembered_mask(
     if rows is not None:
         _remember(_ROWS, mine, (weakref.ref(owner), version))
     return True
+
+
+def remember_extrema(x: torch.Tensor, mn: Any, mx: Any) -> None:
+    """Remember ``x``'s extrema for later range checks (nothing for inference tensors)."""
+    try:
+        version = x._version
+    except RuntimeError:
+        return
+    _remember(_EXTREMA, id(x), (weakref.ref(x), version, mn, mx))
+
+
+def remember_mask(x: torch.Tensor, constraint: tuple) -> None:
+    """Remember that ``x`` passed the mask check ``constraint`` (its interned ``(axis,
+    padding)``; nothing for inference tensors)."""
+    try:
+        version = x._version
+    except RuntimeError:
+        return
+    _remember(_MEMO, id(x), (weakref.ref(x), version, constraint))
 
 
 def _remember(memo: dict, key: Any, entry: tuple) -> None:
