@@ -164,15 +164,23 @@ def check_null_condition(
     modes = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     outs: dict[tuple[str, bool], Tensor] = {}
+    # the generators seeded below are the ones restored after: the CPU one, and each CUDA
+    # device's when CUDA is in use (torch.manual_seed would also queue a seed for CUDA devices
+    # not yet initialized, which nothing would undo)
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             for train in (True, False):
                 model.train(train)
                 for m in model.modules():
                     if isinstance(m, _HELD):
                         m.eval()
                 for key, b in (("null", null_batch), ("cond", batch)):
-                    torch.manual_seed(seed)
+                    torch.random.default_generator.manual_seed(seed)
+                    for d in devices:
+                        with torch.cuda.device(d):
+                            torch.cuda.manual_seed(seed)
                     out = _call(model, b, forward)
                     if not isinstance(out, Tensor):
                         raise NullConditionError(

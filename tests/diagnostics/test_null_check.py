@@ -92,6 +92,34 @@ def test_model_left_as_found():
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+class _Counting(nn.Module):
+    """A model whose forward counts its training-mode calls in a buffer (nothing the check
+    holds in eval mode), and draws noise in training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x, cond=None):
+        if self.training:
+            self.calls += 1
+        out = self.lin(x if cond is None else x + cond)
+        return out + 0.1 * torch.randn_like(out) if self.training else out
+
+
+def test_buffers_written_by_forward_and_every_rng_are_restored():
+    model = _Counting().train()
+    batch = {"x": torch.randn(2, 4), "cond": torch.randn(2, 4)}
+    rng = torch.get_rng_state()
+    queued = len(getattr(torch.cuda, "_queued_calls", []))
+    check_null_condition(model, batch, null={"cond": None})
+    assert int(model.calls) == 0  # the check's training-mode forwards are undone
+    assert torch.equal(torch.get_rng_state(), rng)
+    # no seed queued for CUDA devices not yet initialized (nothing would restore it)
+    assert len(getattr(torch.cuda, "_queued_calls", [])) == queued
+
+
 def test_bad_input_messages():
     m = Net()
     with pytest.raises(NullConditionError, match=r"null overrides 'c', which batch lacks"):
