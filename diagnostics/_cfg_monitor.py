@@ -13,12 +13,13 @@ the configured ``p``; the monitor flags:
   forward called *without* a drop mask (``mask_arg`` not passed or ``None``, and the condition
   given) asks for the conditioned output; the monitor re-runs that forward once with the mask
   all False (every condition explicitly kept; ``torch.no_grad``, from the RNG state the forward
-  started with, so a forward that draws noise draws the same; the RNG state restored after;
-  hooks bypassed) and counts the examples whose output differs: the model dropped their condition on
-  its own. An explicit mask or ``cond=None`` at evaluation (the unconditional pass of CFG
+  started with, so a forward that draws noise draws the same; the RNG state and every buffer
+  restored after; the model's own hooks bypassed, though hooks on its submodules see the re-run)
+  and counts the examples whose output differs: the model dropped their condition on its own. An explicit mask or ``cond=None`` at evaluation (the unconditional pass of CFG
   sampling) is the caller's choice and never flagged. The first ``eval_checks`` such forwards
-  are checked (one more forward each). A model that draws from its own ``torch.Generator``
-  advances it in the re-run: pass ``eval_checks=0`` there. A train-mode flag takes precedence
+  are checked (one more forward each); the check needs ``mask_arg`` and is off with
+  ``detect``. A model that draws from its own ``torch.Generator``, or keeps state in plain
+  Python attributes, advances it in the re-run: pass ``eval_checks=0`` there. A train-mode flag takes precedence
   in ``flag``; the message names both.
 
 How a drop is seen (first that applies): ``detect(args, kwargs) -> bool[B]``; the boolean
@@ -224,7 +225,9 @@ class CFGDropoutMonitor:
                 )
         self._handle: Any = None
         self._eval_handle: Any = None
-        self.eval_checks = max(0, int(eval_checks))
+        # the eval check passes an all-False mask_arg: without one (or with detect) it never runs
+        can_check = detect is None and mask_arg is not None
+        self.eval_checks = max(0, int(eval_checks)) if can_check else 0
         self._eval_left = self.eval_checks
         self._busy = False  # inside the monitor's own re-run
         self.eval_dropped = 0
@@ -299,6 +302,7 @@ class CFGDropoutMonitor:
         self._rng = None
         devices = list(range(len(cuda_states))) if cuda_states is not None else []
         self._busy = True
+        buffers = [(buf, buf.detach().clone()) for buf in module.buffers()]
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 if cpu_state is not None:  # the same random draws as the forward it checks
@@ -312,6 +316,9 @@ class CFGDropoutMonitor:
             return None
         finally:
             self._busy = False
+            with torch.no_grad():  # a buffer the re-run wrote (a counter, a cache) as found
+                for buf, saved in buffers:
+                    buf.copy_(saved)
         if not isinstance(kept, Tensor) or kept.shape != output.shape:
             return None
         out = output.detach().reshape(b, -1).double()  # (B, D)

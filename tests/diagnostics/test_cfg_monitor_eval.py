@@ -157,3 +157,35 @@ def test_eval_check_on_cuda_replays_cuda_draws(eval_bug):
     assert rep.eval_total == 5 * 16
     assert (rep.flag == "eval") == eval_bug, rep
     assert (rep.eval_dropped > 0) == eval_bug
+
+
+class _Counting(Net):
+    """Net with a buffer its forward writes (a call counter, as a cache or EMA would)."""
+
+    def __init__(self) -> None:
+        super().__init__(eval_bug=True)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x, cond, drop_cond=None):
+        self.calls += 1
+        return super().forward(x, cond, drop_cond)
+
+
+def test_the_eval_re_run_leaves_the_buffers_as_found():
+    model = _Counting()
+    with CFGDropoutMonitor(model, p=0.3) as mon:
+        _session(model, mon, train_steps=2, eval_calls=3)
+    assert mon.report().eval_total == 3 * 16  # three re-runs happened
+    assert int(model.calls) == 2 + 3  # the model's own forwards only
+
+
+def test_no_rng_copies_when_the_eval_check_cannot_run():
+    """Without mask_arg (or with detect) the eval check never runs: it is off from the start,
+    so eval forwards pay no RNG state copy."""
+    model = Net()
+    mon = CFGDropoutMonitor(model, p=0.3, mask_arg=None, cond_arg="cond")
+    assert mon.eval_checks == 0
+    with mon:
+        model.eval()
+        model(torch.randn(2, 8), torch.randn(2, 4), torch.zeros(2, dtype=torch.bool))
+    assert mon._rng is None
