@@ -118,10 +118,20 @@ def test_report_json_markdown_and_table_carry_the_flag(tmp_path):
 
 
 def test_observes_without_changing():
+    """The ablation run (with its shuffle, swap and interaction passes) leaves the very model
+    it ran on as found: parameters, buffers, mode and hooks, and the same output."""
     target = _target("film")
-    before = target.model(**target.batches[0])
-    _run("film")
-    assert torch.equal(before, target.model(**target.batches[0]))
+    model = target.model
+    before = model(**target.batches[0])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    training = model.training
+    run_ablation(target, sites=["arg:cond", "enc"], ablations=ABL, seed=0, **FAST)
+    assert torch.equal(before, model(**target.batches[0]))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert model.training == training
+    assert all(
+        not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks) for m in model.modules()
+    )
 
 
 @settings(max_examples=30, deadline=None)
