@@ -80,7 +80,9 @@ class GradFlowReport:
         frozen: modules whose weights are all frozen (``requires_grad=False``) while the rest
             of the model trains, as ``"path (N parameters)"``: a fine-tuning recipe's intent, or
             a ``requires_grad_(False)`` left over by mistake (no gradient will ever reach them).
-            A frozen positional table (an ``nn.Embedding`` or a bare tensor) is not listed.
+            A module whose only parameters are ``nn.Embedding`` tables (often frozen on
+            purpose) is not listed; a table held as a plain ``nn.Parameter`` is. Buffers are
+            not parameters and never listed.
         exploding / vanishing: the total norm is > ``factor`` x / < 1/``factor`` x the median of
             the history window (exploding also when non-finite).
         exploding_modules / vanishing_modules: the same test per module against its own history.
