@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from contracts import TorchdxError
 
 from . import _distributed as _dd
+from ._monitor_grads import adam_second_moments
 
 __all__ = ["GradFlow", "GradFlowError", "GradFlowReport"]
 
@@ -87,8 +88,9 @@ class GradFlowReport:
             the history window (exploding also when non-finite).
         exploding_modules / vanishing_modules: the same test per module against its own history.
         update_ratios: ``{parameter: estimated |update| / |weight|}`` when an optimizer was given
-            (``lr * |g|`` for SGD-like optimizers, ``lr * |g / (sqrt(v) + eps)|`` when the
-            optimizer keeps Adam's ``exp_avg_sq``), else None.
+            (``lr * |g|`` for SGD-like optimizers, ``lr * |g / (sqrt(v_hat) + eps)|`` when the
+            optimizer keeps Adam's ``exp_avg_sq``, ``v_hat`` bias-corrected as Adam does),
+            else None.
         scale: the GradScaler scale the norms were divided by (None without a scaler).
         overflow: non-finite gradients under an enabled GradScaler (the scaler skips the step).
         rank: torch.distributed rank (None outside it).
@@ -547,49 +549,42 @@ def _update_ratios(
 ) -> tuple[list[int], Tensor]:
     """Estimated |update| / |weight| per parameter with a gradient (device vector).
 
-    Fused: one ``_foreach`` kernel per step of the formula over all parameters (Adam-like ones
-    with ``exp_avg_sq``: ``lr * |g / (sqrt(v) + eps)|``; others ``lr * |g|``), not ~8 ops each.
+    Fused: one ``_foreach`` kernel per step of the formula over all parameters. Adam-like ones
+    (with ``exp_avg_sq``): ``lr * |g / (sqrt(v_hat) + eps)|``, ``v_hat`` bias-corrected as
+    Adam steps with it (:func:`adam_second_moments`, the TrainingMonitor's reading too);
+    others ``lr * |g|``.
     """
-    lr_of: dict[int, float] = {}
-    eps_of: dict[int, float] = {}
-    for group in optimizer.param_groups:
-        lr = float(group.get("lr", 0.0))
-        eps = float(group.get("eps", 1e-8))
-        for p in group["params"]:
-            lr_of[id(p)] = lr
-            eps_of[id(p)] = eps
+    lr_of = {id(p): float(g.get("lr", 0.0)) for g in optimizer.param_groups for p in g["params"]}
     idx: list[int] = []
     lrs: list[float] = []
     params: list[Tensor] = []
-    adam: list[tuple[int, Tensor, Tensor, float]] = []  # (position in idx, g, v, eps)
-    plain: list[tuple[int, Tensor]] = []
-    state = optimizer.state
+    gs: list[Tensor] = []
     for i, g in zip(have, grads, strict=True):
         p = named[i][1]
         if id(p) not in lr_of or g.is_sparse:
             continue
-        v = state[p].get("exp_avg_sq") if p in state else None
-        if isinstance(v, Tensor) and v.shape == g.shape:
-            adam.append((len(idx), g, v, eps_of[id(p)]))
-        else:
-            plain.append((len(idx), g))
         idx.append(i)
         lrs.append(lr_of[id(p)])
-        params.append(p.detach())
+        params.append(p)
+        gs.append(g)
     if not idx:
         return [], torch.zeros(0, device=dev)
     u: list[Tensor | None] = [None] * len(idx)
-    if adam:
-        den = torch._foreach_sqrt([v for _, _, v, _ in adam])
-        torch._foreach_add_(den, [e for _, _, _, e in adam])
-        q = torch._foreach_div([g for _, g, _, _ in adam], den)
-        for (k, *_), n in zip(adam, torch._foreach_norm(q), strict=True):
+    adaptive = adam_second_moments(optimizer, params, gs)
+    if adaptive:
+        ks, vs, scale, eps = zip(*adaptive, strict=True)
+        den = torch._foreach_sqrt(list(vs))
+        torch._foreach_mul_(den, list(scale))  # Adam's bias correction of v
+        torch._foreach_add_(den, list(eps))
+        q = torch._foreach_div([gs[k] for k in ks], den)
+        for k, n in zip(ks, torch._foreach_norm(q), strict=True):
             u[k] = n
+    plain = [k for k in range(len(idx)) if u[k] is None]
     if plain:
-        for (k, _), n in zip(plain, torch._foreach_norm([g for _, g in plain]), strict=True):
+        for k, n in zip(plain, torch._foreach_norm([gs[k] for k in plain]), strict=True):
             u[k] = n
     up = _stack_on(u, dev) * torch.tensor(lrs, device=dev)
-    w = _stack_on(torch._foreach_norm(params), dev)
+    w = _stack_on(torch._foreach_norm([p.detach() for p in params]), dev)
     return idx, up / w.clamp_min(1e-12)
 
 

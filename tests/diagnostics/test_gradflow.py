@@ -107,13 +107,20 @@ def test_update_ratio_sgd_and_adam():
     )
     adam = torch.optim.Adam(m.parameters(), lr=1e-3)
     assert GradFlow(m).record(optimizer=adam).update_ratios["bias"] > 0
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
     adam.step()  # now exp_avg_sq exists: the Adam-aware estimate, per parameter
+    # after Adam's first step its bias-corrected moments are g and g**2: the estimate read
+    # now (v holds this step's gradient) is the update Adam just made
+    rep = GradFlow(m).record(optimizer=adam)
+    for name, p in m.named_parameters():
+        made = (p.detach() - before[name]).norm() / p.detach().norm()
+        assert rep.update_ratios[name] == pytest.approx(made.item(), rel=1e-4), name
     m.zero_grad()
     m(torch.randn(3, 4)).pow(2).mean().backward()
     rep = GradFlow(m).record(optimizer=adam)
     for name, p in m.named_parameters():
-        v = adam.state[p]["exp_avg_sq"]
-        want = 1e-3 * (p.grad / (v.sqrt() + 1e-8)).norm() / p.detach().norm()
+        v_hat = adam.state[p]["exp_avg_sq"] / (1 - 0.999 ** float(adam.state[p]["step"]))
+        want = 1e-3 * (p.grad / (v_hat.sqrt() + 1e-8)).norm() / p.detach().norm()
         assert rep.update_ratios[name] == pytest.approx(want.item(), rel=1e-5), name
 
 
