@@ -1,8 +1,8 @@
 """The fast path of the checker: call signatures already seen are not walked again.
 
 A signature is what the shape walk of :mod:`contracts._check` depends on: for every checked
-argument its shape and dtype (tensors) or its class (anything else), plus the dims bound from
-``self``. The walk stays the reference: a new signature is walked (so a failure raises the
+argument its shape and dtype (tensors) or its class (anything else), plus the values read off
+``self`` (``dims=`` and shape dims like ``"B self.n"``). The walk stays the reference: a new signature is walked (so a failure raises the
 very same ``Fail``) and remembered when it passes; ``tests/contracts/test_fast_path.py`` checks
 that both decide alike.
 """
@@ -56,18 +56,25 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
     walks).
 
     A signature is what the shape walk depends on: for every checked argument its shape and
-    dtype (tensors) or its class (anything else), plus the dims bound from ``self``. A signature
-    seen before gives its bindings back without a walk; a new one is walked by
-    :func:`check_inputs` (so a failure raises the very same :class:`Fail`) and remembered when it
-    passes. Value constraints never come from the cache: in ``full`` mode they run every call,
-    fused per device with one host read. Returns are cached the same way, per input signature, with the dims they bind.
+    dtype (tensors) or its class (anything else), plus the values read off ``self`` (``dims=``,
+    and shape dims that read only ``self``, like ``"B self.n"``). A signature seen before gives
+    its bindings back without a walk; a new one is walked by :func:`check_inputs` (so a failure
+    raises the very same :class:`Fail`) and remembered when it passes; a key that cannot be
+    hashed walks. Value constraints never come from the signature cache: in ``full`` mode they
+    are decided every call, on the CPU tensor by tensor (``_values``, which remembers extrema
+    and mask verdicts per tensor object and version), elsewhere fused per device with one host
+    read. Returns are cached the same way, per input signature, with the dims they bind.
     Ranges on Python numbers are checked every call in ``full`` mode. Plans whose checks depend
-    on more than classes (beartype hints, f-string dims) always take the walk.
+    on more than classes and ``self`` (beartype hints, f-string dims, a shape dim mixing ``self``
+    with other dims) always take the walk.
     """
     params = plan.params
     has_self = plan.has_self
+    self_exprs = _self_shape_exprs(plan)
+    key_self = tuple(e for _n, e in plan.self_dims) + (self_exprs or ())
     eligible = (
         not plan.uses_args
+        and self_exprs is not None
         and all(s.tensor is not None or s.plain_tensor or _plain_class(s.pyhint) for s in params)
         and all(
             s.tensor is not None or s.plain_tensor or (s.pyrange is None and _plain_class(s.pyhint))
@@ -92,10 +99,10 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
 
     def signature(args: tuple, kwargs: dict) -> tuple | None:
         key: list = []
-        if plan.self_dims:
+        if key_self:
             self_obj = args[0] if args else None
             try:
-                for _name, e in plan.self_dims:
+                for e in key_self:
                     key.append(e({}, self_obj))
             except Exception:
                 return None  # the walk words it
@@ -154,7 +161,11 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
             b, self_obj = check_inputs(plan, args, kwargs, level, None)
             return b, self_obj, None
         self_obj = args[0] if has_self and args else None
-        entry = cache.get(key)
+        try:
+            entry = cache.get(key)
+        except TypeError:  # a value read off self that cannot be hashed: walk
+            b, self_obj = check_inputs(plan, args, kwargs, level, None)
+            return b, self_obj, None
         if entry is None:
             b, _ = check_inputs(plan, args, kwargs, SHAPES, None)  # values follow
             if len(cache) >= _CACHE_MAX:
@@ -231,6 +242,23 @@ def judge_fused(items: Any, b: dict, self_obj: Any) -> None:
         judge_values(pending, b, self_obj)
 
 
+def _self_shape_exprs(plan: Plan) -> tuple[Expr, ...] | None:
+    """The shape dims that read ``self`` (``Float[Tensor, "B self.n"]``): the walk's verdict
+    depends on their values, so they join the signature key. None when one of them also reads
+    other dims (``"self.k*T"``): its value is known only inside the walk, so such a plan walks
+    every call."""
+    out: list[Expr] = []
+    for s in (*plan.params, *plan.returns):
+        for d in s.tensor.dims if s.tensor is not None else ():
+            e = d.value
+            if isinstance(e, Expr) and e.uses_self:
+                if e.names:
+                    return None
+                if e not in out:
+                    out.append(e)
+    return tuple(out)
+
+
 def _plain_class(hint: Any) -> bool:
     return hint is None or (isinstance(hint, type) and typing.get_origin(hint) is None)
 
@@ -242,13 +270,15 @@ def compile_wrapper(
 
     A common call passes its arguments positionally (trailing ones with defaults may be left
     out), every tensor argument a plain tensor, its signature already in ``cache`` (that of
-    :func:`compile_checker`), CPU tensors for the value checks, and returns what the contract
-    says (a tensor, a tuple or a dict of plain tensors and numbers) with a signature seen
-    before. The generated code has one branch per accepted number of arguments and inlines what
-    ``generic`` does for such a call: no nested calls, no loops over slots. Any other call, and
-    any doubt (a signature not seen, a value check that does not surely pass), goes to
-    ``generic``, the reference wrapper, before ``fn`` runs, so failures raise the very same
-    errors. Only a return the fast code doubts is handed to ``check_out`` (``fn`` has run).
+    :func:`compile_checker`), and returns what the contract says (a tensor, a tuple or a dict
+    of plain tensors and numbers) with a signature seen before. The generated code has one
+    branch per accepted number of arguments and inlines what ``generic`` does for such a call:
+    no nested calls, no loops over slots. Any other call, and any doubt on the CPU (a signature
+    not seen, a value check that does not surely pass), goes to ``generic``, the reference
+    wrapper, before ``fn`` runs, so failures raise the very same errors. Value checks on a
+    device are judged fused here (one host read per device), and a failure is worded by
+    ``explain`` as ``generic`` would. Only a return the fast code doubts is handed to
+    ``check_out`` (``fn`` has run).
 
     The signature key built here equals the one :func:`compile_checker` caches for the same call
     (tensors: shape and dtype; other values: their class; self dims first).
@@ -296,9 +326,10 @@ def compile_wrapper(
     a(f"    if kwargs or nargs < {required} or nargs > {n} or is_compiling():")
     a("        return generic(*args, **kwargs)")
     self_key = []
-    if plan.self_dims:
+    key_self = [e for _name, e in plan.self_dims] + list(_self_shape_exprs(plan) or ())
+    if key_self:  # the same values, in the same order, as compile_checker's key
         a("    try:")
-        for k, (_name, e) in enumerate(plan.self_dims):
+        for k, e in enumerate(key_self):
             if _ATTRIBUTES.fullmatch(e.source):  # "self.cfg.d_model": read as written
                 a(f"        d{k} = args[0]{e.source[4:]}")
             else:
@@ -338,7 +369,10 @@ def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> lis
     if tensors:
         a("if " + " or ".join(f"x{s.position}.__class__ is not Tensor" for s in tensors) + ":")
         a("    return generic(*args, **kwargs)")
-    a(f"entry = cache_get(({', '.join(key)},))")
+    a("try:")
+    a(f"    entry = cache_get(({', '.join(key)},))")
+    a("except TypeError:  # a value read off self that cannot be hashed: the walk")
+    a("    return generic(*args, **kwargs)")
     a("if entry is None:")
     a("    return generic(*args, **kwargs)  # walks, and caches the signature if it passes")
     a("b = entry[0].copy()")

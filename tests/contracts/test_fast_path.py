@@ -261,3 +261,43 @@ def test_a_seen_return_after_dims_bound_inside_the_call_stays_in_the_generated_w
     # the first call is walked whole by the generic wrapper; D=3's return is new once; the
     # repeats of both are found in the generated wrapper
     assert handed == [torch.Size([2, 3])]
+
+
+class _Sized(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    @contract
+    def forward(self, x: Float[Tensor, "B self.n"]) -> Float[Tensor, "B self.n"]:
+        return x
+
+
+def test_a_shape_dim_read_off_self_is_part_of_the_signature():
+    """Two instances, or one whose attribute changed, never share a cached pass."""
+    x = torch.zeros(2, 3)
+    three, four = _Sized(3), _Sized(4)
+    for _ in range(2):
+        three(x)
+    with pytest.raises(ContractError, match="self.n"):
+        four(x)
+    three.n = 4
+    with pytest.raises(ContractError, match="self.n"):
+        three(x)
+    three.n = 3
+    three(x)
+
+
+def test_an_unhashable_value_read_off_self_is_walked_and_worded():
+    class Listy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n = [3]
+
+        @contract(dims={"N": "self.n"})
+        def forward(self, x: Float[Tensor, "B N"]) -> Float[Tensor, "B N"]:
+            return x
+
+    with pytest.raises(ContractError) as e:
+        Listy()(torch.zeros(2, 3))
+    assert "axis 1: expected size N=[3], got 3" in str(e.value)  # the walk's words
