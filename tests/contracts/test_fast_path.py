@@ -279,10 +279,10 @@ def test_a_shape_dim_read_off_self_is_part_of_the_signature():
     three, four = _Sized(3), _Sized(4)
     for _ in range(2):
         three(x)
-    with pytest.raises(ContractError, match="self.n"):
+    with pytest.raises(ContractError, match=r"self\.n"):
         four(x)
     three.n = 4
-    with pytest.raises(ContractError, match="self.n"):
+    with pytest.raises(ContractError, match=r"self\.n"):
         three(x)
     three.n = 3
     three(x)

@@ -545,3 +545,37 @@ def test_a_stack_of_layers_reduces_each_activation_once(size):
         for _ in range(100):
             x = _layer(x)
     assert count.n == 100
+
+
+@contract
+def _scaled(
+    x: Annotated[Float[Tensor, "B T"], Range(-10, 10)], k: float
+) -> Annotated[Float[Tensor, "B T"], Range(-10, 10)]:
+    return x * k
+
+
+@contract
+def _first_valid(m: Annotated[Bool[Tensor, "B T"], Mask()]) -> Int[Tensor, " B"]:
+    return m.int().argmax(dim=1)
+
+
+@pytest.mark.parametrize("size", [(4, 8), (64, 64)])  # written-out and called checks alike
+def test_checks_with_lookups_off_still_catch_every_bad_value(size):
+    """Fresh tensors at every call switch the checks' lookups off (the generated wrapper then
+    writes the small cases out); a bad argument, a bad return and a bad mask still fail."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        _scaled(torch.rand(*size, generator=g), 1.0)
+        m = torch.rand(*size, generator=g) > 0.5
+        m[:, 0] = True  # every row keeps a valid position
+        _first_valid(m)
+    bad = torch.rand(*size, generator=g)
+    bad[-1, -1] = 50.0
+    with pytest.raises(ContractError, match=r"argument 'x'.*expected values in \[-10, 10\]"):
+        _scaled(bad, 1.0)
+    with pytest.raises(ContractError, match=r"return.*expected values in \[-10, 10\]"):
+        _scaled(torch.rand(*size, generator=g), 100.0)
+    mask = torch.ones(*size, dtype=torch.bool)
+    mask[-1] = False
+    with pytest.raises(ContractError, match=r"argument 'm'"):
+        _first_valid(mask)
