@@ -16,7 +16,7 @@ import torch
 
 from . import _check
 from ._check import Fail
-from ._config import FULL
+from ._config import FULL, OFF, state
 from ._errors import ContractError
 from ._plan import CHECKED, FLOAT_NAMES, Plan, Slot, TensorSpec
 from ._spec import FIXED, NAME, Expr
@@ -473,18 +473,25 @@ def explain(
     """
     prov: dict = {}
     b: dict = {}
+    level = _level()
     try:
-        self_obj = _check.check_inputs(plan, args, kwargs, FULL, prov, b)[1]
+        self_obj = _check.check_inputs(plan, args, kwargs, level, prov, b)[1]
         for k, v in bound or ():
             if k not in b:
                 b[k], prov[k] = v, "a contracts.check in the call"
         if phase == "outputs":
-            _check.check_outputs(plan, out, b, self_obj, FULL, prov)
+            _check.check_outputs(plan, out, b, self_obj, level, prov)
     except Fail as again:
         fail = again  # the explain pass sees the same first failure, now with provenance
     except Exception:
         pass
     return _error(plan.qualname, fail, _Call(plan, args, kwargs, out), prov, b)
+
+
+def _level() -> int:
+    """The mode the failure was found in: the explain pass checks what that mode checks (in
+    ``shapes`` mode an argument's unchecked value range must not become the culprit)."""
+    return FULL if state.level == OFF else state.level
 
 
 def explain_check(
@@ -497,7 +504,7 @@ def explain_check(
     if ctx is not None:
         plan, b_now, self_obj, args, kwargs = ctx
         try:
-            _check.check_inputs(plan, args, kwargs, FULL, prov, b)
+            _check.check_inputs(plan, args, kwargs, _level(), prov, b)
         except Exception:
             pass
         for k, v in b_now.items():  # bound by earlier checks in this call
@@ -513,7 +520,7 @@ def explain_check(
         deferred: list = []
         pending: list = []
         allow_empty = ctx[0].allow_empty if ctx is not None else False
-        _check.check_slot(slot, value, b, prov, deferred, pending, FULL, self_obj, allow_empty)
+        _check.check_slot(slot, value, b, prov, deferred, pending, _level(), self_obj, allow_empty)
         _check.finish(deferred, pending, b, self_obj)
     except Fail as again:
         fail = again

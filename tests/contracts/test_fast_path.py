@@ -301,3 +301,18 @@ def test_an_unhashable_value_read_off_self_is_walked_and_worded():
     with pytest.raises(ContractError) as e:
         Listy()(torch.zeros(2, 3))
     assert "axis 1: expected size N=[3], got 3" in str(e.value)  # the walk's words
+
+
+def test_in_shapes_mode_an_unchecked_value_range_is_never_the_culprit():
+    """The explanation checks what the mode checks: in ``shapes`` mode a return of the wrong
+    shape is named, not an argument's value range that mode does not check."""
+
+    @contract
+    def f(x: Annotated[Float[Tensor, "B T"], Range(0, 1)]) -> Float[Tensor, "B T"]:
+        return x[:, :-1]
+
+    with contracts.mode("shapes"), pytest.raises(ContractError) as e:
+        f(torch.full((2, 3), 5.0))
+    assert "return, axis 1: expected size T=3, got 2" in str(e.value), str(e.value)
+    with pytest.raises(ContractError, match=r"argument 'x'.*expected values in \[0, 1\]"):
+        f(torch.full((2, 3), 5.0))  # full mode: the argument fails first
