@@ -288,8 +288,6 @@ def compile_wrapper(
         return None
     if plan.return_kind == "single" and plan.returns[0].tensor is None:
         return None
-    if any(s.tensor is None and not s.plain_tensor and s.pyrange is not None for s in plan.returns):
-        return None  # a range on a returned number: the general wrapper checks it
     if any(
         s.default is not inspect.Parameter.empty and isinstance(s.default, torch.Tensor)
         for s in params
