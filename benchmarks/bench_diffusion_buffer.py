@@ -1,7 +1,8 @@
 """Diffusion buffer: per-frame online inference cost on CPU and its real-time ratio.
 
 Baseline measured in the same process: the frame hop (hop / sample_rate), i.e. real time.
-Also the contract overhead on the streaming path (contracts full vs off). Median of repeats.
+Also the contract overhead on the streaming path (contracts full vs off): the two modes'
+streaming passes interleaved, in a new shuffled order each repeat, medians of the repeats.
 Run: ``python -m benchmarks.bench_diffusion_buffer [--buffer-size 16] [--frames 60]``
 (writes docs/results/diffusion_buffer.json).
 """
@@ -9,6 +10,7 @@ Run: ``python -m benchmarks.bench_diffusion_buffer [--buffer-size 16] [--frames 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -19,19 +21,31 @@ import contracts
 from models.diffusion_buffer import DiffusionBuffer, DiffusionBufferConfig
 
 
-def ms_per_frame(model: DiffusionBuffer, frames: int, repeats: int) -> float:
+def ms_per_frame(model: DiffusionBuffer, frames: int) -> float:
+    """Wall ms per frame of one streaming pass (its first frame a warm-up, not timed)."""
     f = model.cfg.n_freqs
     g = torch.Generator().manual_seed(0)
     y = torch.randn(1, f, frames, dtype=torch.cfloat, generator=g) * 0.3
-    runs = []
+    st = model.stream(1, torch.Generator().manual_seed(0))
+    st.push(y[..., 0])
+    t0 = time.perf_counter()
+    for i in range(1, frames):
+        st.push(y[..., i])
+    return 1e3 * (time.perf_counter() - t0) / (frames - 1)
+
+
+def interleaved(model: DiffusionBuffer, frames: int, repeats: int) -> dict[str, float]:
+    """Median ms per frame under contracts ``full`` and ``off``, the passes interleaved in a
+    new shuffled order each repeat (so neither mode always runs first)."""
+    runs: dict[str, list[float]] = {"full": [], "off": []}
+    order = list(runs)
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        st = model.stream(1, torch.Generator().manual_seed(0))
-        st.push(y[..., 0])  # warm-up frame, not timed
-        t0 = time.perf_counter()
-        for i in range(1, frames):
-            st.push(y[..., i])
-        runs.append(1e3 * (time.perf_counter() - t0) / (frames - 1))
-    return statistics.median(runs)
+        shuffle(order)
+        for mode in order:
+            with contracts.mode(mode):
+                runs[mode].append(ms_per_frame(model, frames))
+    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--buffer-size", type=int, default=16)
     p.add_argument("--frames", type=int, default=60)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-write", action="store_true", help="print only (no results file)")
     a = p.parse_args(argv)
@@ -52,10 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"diffusion buffer: n_fft={cfg.n_fft} hop={cfg.hop} B={cfg.buffer_size} "
           f"window={model.window} frames, {n_params:,} parameters, {a.threads} thread(s)")  # fmt: skip
-    with contracts.mode("full"):
-        full = ms_per_frame(model, a.frames, a.repeats)
-    with contracts.mode("off"):
-        off = ms_per_frame(model, a.frames, a.repeats)
+    ms = interleaved(model, a.frames, a.repeats)
+    full, off = ms["full"], ms["off"]
     latency_ms = cfg.buffer_size * hop_ms
     print(
         f"real time per frame (hop): {hop_ms:.2f} ms; algorithmic latency B*hop = "

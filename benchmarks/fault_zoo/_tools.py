@@ -73,7 +73,7 @@ def _loc_argument(exc: BaseException, expected: dict) -> bool:
 
 
 def _loc_names(message: str, expected: dict) -> bool:
-    names = expected.get("names") or expected.get("sites")  # a probe may name the sites
+    names = expected.get("names")
     return bool(names) and all(n in message for n in names)
 
 

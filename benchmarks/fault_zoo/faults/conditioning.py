@@ -240,7 +240,7 @@ class NullNet(nn.Module):
     "conditioning",
     "torch",
     "the null condition at inference (zeros) differs from the learned null used in training",
-    {"sites": ["arg:cond"]},
+    {"names": ["arg:cond"]},  # the probe's finding names the argument the null replaces
 )
 def _null(faulty: bool):
     import diagnostics
