@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["time_variants"]
+__all__ = ["sync", "time_variants"]
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for the device (CUDA) so a clock read after it covers the queued work."""
     if device == "cuda":
         torch.cuda.synchronize()
 
@@ -41,10 +42,10 @@ def time_variants(
     for _ in range(repeats):
         shuffle(order)
         for k, fn in order:
-            _sync(device)
+            sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            _sync(device)
+            sync(device)
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(time.process_time() - c0)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in variants}

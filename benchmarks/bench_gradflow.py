@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from benchmarks._results import device_parser, parse_device_args, write_results
-from benchmarks._timing import time_variants
+from benchmarks._timing import sync, time_variants
 from diagnostics import GradFlow
 
 
@@ -73,28 +73,24 @@ def bench(B, T, D, repeats, device) -> dict:
     def norms_only():  # the floor of any per-parameter report: the fused norms, read once
         return torch.stack(torch._foreach_norm([p.grad for p in model.parameters()])).tolist()
 
+    m = c if device == "cpu" else w  # CPU: process time; CUDA: wall time, synchronized
+
+    def timed(f) -> float:
+        sync(device)
+        t0 = time.process_time() if device == "cpu" else time.perf_counter()
+        f()
+        sync(device)
+        return (time.process_time() if device == "cpu" else time.perf_counter()) - t0
+
     in_situ: dict[str, list[float]] = {"record": [], "naive": [], "norms_only": []}
     for _ in range(max(repeats, 20)):  # the cost a user pays: right after backward, caches cold
         for k, f in (("record", gf.record), ("naive", naive_read), ("norms_only", norms_only)):
             bare()
-            t0 = time.process_time()
-            f()
-            in_situ[k].append(time.process_time() - t0)
+            in_situ[k].append(timed(f))
     situ = {k: statistics.median(v) for k, v in in_situ.items()}
     bare()
-    own = []
-    for _ in range(200):
-        t0 = time.process_time()
-        gf.record()
-        own.append(time.process_time() - t0)
-    own_s = statistics.median(own)
-    naive_own = []
-    for _ in range(200):
-        t0 = time.process_time()
-        {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
-        naive_own.append(time.process_time() - t0)
-    naive_s = statistics.median(naive_own)
-    m = c if device == "cpu" else w
+    own_s = statistics.median(timed(gf.record) for _ in range(200))
+    naive_s = statistics.median(timed(naive_read) for _ in range(200))
     out = {
         "bare_ms": m["bare"] * 1e3,
         "ratio": {
@@ -103,11 +99,11 @@ def bench(B, T, D, repeats, device) -> dict:
             "naive_item_loop": m["naive .item() loop"] / m["bare"],
         },
         "own_work_us": own_s * 1e6,
-        "own_work_ratio": 1 + own_s / c["bare"],
+        "own_work_ratio": 1 + own_s / m["bare"],
         "naive_own_work_us": naive_s * 1e6,
-        "naive_own_work_ratio": 1 + naive_s / c["bare"],
+        "naive_own_work_ratio": 1 + naive_s / m["bare"],
         "in_situ_us": {k: v * 1e6 for k, v in situ.items()},
-        "in_situ_ratio": {k: 1 + v / c["bare"] for k, v in situ.items()},
+        "in_situ_ratio": {k: 1 + v / m["bare"] for k, v in situ.items()},
     }
     print(f"\n== GradFlow, TransformerEncoder 4 layers, B={B} T={T} D={D}, device={device} ==")
     print(f"bare step: {out['bare_ms']:.1f} ms; ratios ({'CPU' if device == 'cpu' else 'wall'})")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from benchmarks._results import device_parser, parse_device_args, write_results
-from benchmarks._timing import time_variants
+from benchmarks._timing import sync, time_variants
 from diagnostics import NanWatch, NonFiniteError
 
 
@@ -49,11 +49,6 @@ def naive_hooks(model):
             raise FloatingPointError(type(mod).__name__)
 
     return [m.register_forward_hook(hook) for m in model.modules()]
-
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def cpu_peak(fn) -> int:

@@ -16,3 +16,6 @@ def test_step_figures_are_the_median_process_with_the_spread_across_processes():
     for key, (lo, hi) in got["spread"].items():
         assert lo <= got[key] <= hi, key
     assert {"ms_full", "ms_shapes", "ms_off", "ratio_off_again_vs_off"} <= got.keys()
+    # the reported row is one process's own: its ratios are its times over its own baseline
+    assert got["ratio_full_vs_off"] == pytest.approx(got["ms_full"] / got["ms_off"], rel=1e-3)
+    assert got["ratio_shapes_vs_off"] == pytest.approx(got["ms_shapes"] / got["ms_off"], rel=1e-3)
