@@ -49,10 +49,10 @@ _EXTREMA: dict[int, tuple[Any, int, Any, Any]] = {}  # id(tensor) -> (weakref, _
 _MEMO: dict[int, tuple[Any, int, tuple]] = {}  # id(mask) -> (weakref, _version, constraint)
 _ROWS: dict[tuple, tuple[Any, int]] = {}  # (id(owner), constraint, rows) -> (weakref, _version)
 _CONSTRAINTS: dict[tuple, tuple] = {}  # interned mask constraints: compared by identity
-# Remembering pays when a remembered tensor comes back: a hit saves a check (>= ~1.3 us), a miss
-# costs the lookup and the entry (~0.25 us). Each check keeps its own tally over windows of
-# _PROBE misses; below one hit per _BREAK_EVEN misses it stops remembering for _OFF_FOR calls,
-# then tries again.
+# A lookup pays when a remembered tensor comes back: a hit saves a check (a reduction), a miss
+# costs the lookup. Each check keeps its own tally over windows of _PROBE misses; below one hit
+# per _BREAK_EVEN misses it stops looking up for _OFF_FOR calls, then tries again. What it
+# reduces is remembered either way (another check may look it up).
 _PROBE, _BREAK_EVEN, _OFF_FOR = 64, 8, 4096
 
 # real dtypes, whose range is one aminmax: floats (Float lists the float8s) and integers
@@ -92,7 +92,7 @@ def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], boo
         True
     """
     lo, hi = spec.lo, spec.hi
-    gate = [0, 0, 0]  # calls left with remembering off, hits and misses in this window
+    gate = [0, 0, 0]  # calls left with lookups off, hits and misses in this window
     if spec.mask_axis is None and spec.dtypes and spec.dtypes <= _REAL:
         if isinstance(lo, Expr) or isinstance(hi, Expr):
             ok = _expression_range_check(lo, hi, gate)

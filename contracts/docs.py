@@ -59,8 +59,9 @@ GUIDE = """
   first); a mask remembers its verdict, and a view of a checked mask that reads the same rows
   (an attention mask expanded from a padding mask) is not read again. A mask handed down a
   stack of layers is thus checked once per step; a check whose tensors never come back stops
-  remembering for a while, so fresh activations pay nothing for it. Writes that bypass the
-  version counter (`.data`, NumPy or DLPack views) are not seen.
+  looking them up for a while, so fresh activations pay no lookup, but what it reduces is still
+  remembered (a layer's return is the next layer's input: one reduction per activation). Writes
+  that bypass the version counter (`.data`, NumPy or DLPack views) are not seen.
 - **Intermediate values.** `contracts.check(value, annotation, *, name=None)` returns `value`;
   inside a contracted call (found by walking up to the wrapper's frame, so calls that never use
   it pay nothing) its dims must agree with that call's bindings (and a dim it binds is
