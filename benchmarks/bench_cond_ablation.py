@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from benchmarks._results import load_results, write_results
+from benchmarks._timing import time_variants
 from diagnostics import ablation_example as S
 from diagnostics import run_ablation
 
@@ -39,14 +39,9 @@ def _load() -> float:
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, the functions run in turn in every repeat."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median wall seconds of each function: one warm-up call each, then ``repeats`` rounds in
+    a new shuffled order (``benchmarks._timing``, the one timing loop)."""
+    return {k: wall for k, (wall, _cpu) in time_variants(fns, repeats).items()}
 
 
 def bench_batching(target: Any, sites: list[str] | None, repeats: int) -> dict[str, float]:
