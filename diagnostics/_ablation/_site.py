@@ -28,7 +28,13 @@ from diagnostics._ablation._types import (
     LabelResult,
     SiteResult,
 )
-from diagnostics._ablation._verdict import FLOOR_MARGIN, ROUNDOFF, decide
+from diagnostics._ablation._verdict import (
+    FLOOR_MARGIN,
+    ROUNDOFF,
+    ablation_test,
+    decide,
+    floor_margin,
+)
 from diagnostics._stats import (
     SiteStats,
     bootstrap_ci,
@@ -414,10 +420,12 @@ class SitePass:
         f2 = np.sqrt(2.0) * floor  # four outputs against the floor's two
         margin = max(ROUNDOFF, FLOOR_MARGIN * float(f2.mean()))
         xm, xlo, xhi = bootstrap_ci(ie - f2, n_boot=n_boot, seed=bseed + 2)
-        _, shuffle_lo, _ = bootstrap_ci(shuffle - floor, n_boot=n_boot, seed=bseed + 3)
+        # the shuffle's own test, with the seed and margin the verdict used (the same answer)
+        shuffled = ablation_test(
+            "shuffle", shuffle, floor, floor_margin(floor), n_boot, self._bseed("shuffle")
+        )
         above = bool(xlo > margin)
-        used = verdict in ("used", "weak") and shuffle_lo > max(ROUNDOFF, FLOOR_MARGIN * float(
-            floor.mean()))  # fmt: skip
+        used = verdict in ("used", "weak") and shuffled.above_floor
         return Interaction(
             effect=r6(eff),
             ci95=[r6(lo), r6(hi)],

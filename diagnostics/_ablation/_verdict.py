@@ -124,20 +124,34 @@ def _best(
     for name in names:
         if name not in effects:
             continue
-        e = np.asarray(effects[name], dtype=np.float64)
-        mean, lo, hi = bootstrap_ci(e, n_boot=n_boot, seed=seed_for(name))
-        xm, xlo, xhi = bootstrap_ci(e - floor, n_boot=n_boot, seed=seed_for(name))
-        t = Test(
-            effect=_r(mean),
-            ci95=[_r(lo), _r(hi)],
-            ablation=name,
-            excess=_r(xm),
-            excess_ci95=[_r(xlo), _r(xhi)],
-            above_floor=bool(xlo > margin),
-        )
+        t = ablation_test(name, effects[name], floor, margin, n_boot, seed_for(name))
         if best is None or t.excess_ci95[0] > best.excess_ci95[0]:
             best = t
     return best
+
+
+def floor_margin(floor: np.ndarray) -> float:
+    """How far above the floor's mean an excess's CI low must lie: a share of the floor, and
+    never below round-off."""
+    return max(ROUNDOFF, FLOOR_MARGIN * float(np.mean(np.asarray(floor, dtype=np.float64))))
+
+
+def ablation_test(
+    name: str, effect: np.ndarray, floor: np.ndarray, margin: float, n_boot: int, seed: int
+) -> Test:
+    """One ablation's effect and its excess over the floor, each with a bootstrap CI (the same
+    seed: the same resamples), and whether the excess's CI low clears ``margin``."""
+    e = np.asarray(effect, dtype=np.float64)
+    mean, lo, hi = bootstrap_ci(e, n_boot=n_boot, seed=seed)
+    xm, xlo, xhi = bootstrap_ci(e - floor, n_boot=n_boot, seed=seed)
+    return Test(
+        effect=_r(mean),
+        ci95=[_r(lo), _r(hi)],
+        ablation=name,
+        excess=_r(xm),
+        excess_ci95=[_r(xlo), _r(xhi)],
+        above_floor=bool(xlo > margin),
+    )
 
 
 def decide(
@@ -167,7 +181,7 @@ def decide(
     n = int(f.size)
     fm, flo, fhi = bootstrap_ci(f, n_boot=n_boot, seed=seed_for("floor"))
     floor_s = (_r(fm), [_r(flo), _r(fhi)])
-    margin = max(ROUNDOFF, FLOOR_MARGIN * fm)
+    margin = floor_margin(f)
     channel = _best(CHANNEL, effects, f, margin, n_boot, seed_for)
     content = _best(CONTENT, effects, f, margin, n_boot, seed_for)
     fl = f"the floor is {fm:.2g}"

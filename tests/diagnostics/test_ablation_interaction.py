@@ -149,3 +149,18 @@ def test_interaction_zero_iff_additive(b, seed):
     assert np.allclose(add["rel"], 0.0, atol=1e-12)
     mul = _interaction(gx * hc, gx * hc[perm], gx * hc[perm[perm]], perm)
     assert mul["rel"].max() > 1e-6
+
+
+def test_the_additive_flag_reads_the_shuffle_test_the_verdict_read():
+    """``additive`` needs the shuffle above the floor, and that is the verdict's own shuffle
+    test (same seed, same margin): the flag is exactly "used or weak, the shuffle above the
+    floor, the interaction not"."""
+    for mode in ("bias", "film"):
+        rep = run_ablation(
+            _target(mode), sites=["arg:cond", "enc"], ablations=["zero", "shuffle"], seed=0,
+            **FAST,
+        )  # fmt: skip
+        for s in rep.sites:
+            assert s.content.ablation == "shuffle"
+            want = s.verdict in ("used", "weak") and s.content.above_floor
+            assert s.additive == (want and not s.interaction.above_floor), (mode, s.site)
