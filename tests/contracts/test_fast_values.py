@@ -60,7 +60,7 @@ sizes = st.sampled_from([1, 2, 3, 7, 16, 40, 70, 130])
     padding=st.booleans(),
     fill=st.sampled_from(["ones", "zeros", "random", "one_row_empty", "one_row_full"]),
     seed=st.integers(0, 2**16),
-    layout=st.sampled_from(["contiguous", "transposed", "broadcast"]),
+    layout=st.sampled_from(["contiguous", "transposed", "broadcast", "bytes_of_two"]),
 )
 def test_mask_checks_agree_with_the_reference(shape, axis_pick, padding, fill, seed, layout):
     ndim = len(shape)
@@ -84,6 +84,8 @@ def test_mask_checks_agree_with_the_reference(shape, axis_pick, padding, fill, s
         # _SMALL_MASK elements, where the repeats are dropped before the row count)
         slot = _slot(Annotated[Bool[Tensor, f"r {dims}"], Mask(axis=axis, padding=padding)])
         x = x.expand(40, *shape)
+    elif layout == "bytes_of_two":  # True stored as byte 2 (a uint8 tensor viewed as bool)
+        x = (x.to(torch.uint8) * 2).view(torch.bool)
     assert cpu_value_check(slot.tensor)(x, {}, None) == _reference(slot, x)
 
 
