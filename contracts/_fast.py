@@ -70,11 +70,10 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
     """
     params = plan.params
     has_self = plan.has_self
-    self_exprs = _self_shape_exprs(plan)
-    key_self = tuple(e for _n, e in plan.self_dims) + (self_exprs or ())
+    key_self = _key_self(plan)
     eligible = (
         not plan.uses_args
-        and self_exprs is not None
+        and key_self is not None
         and all(s.tensor is not None or s.plain_tensor or _plain_class(s.pyhint) for s in params)
         and all(
             s.tensor is not None or s.plain_tensor or (s.pyrange is None and _plain_class(s.pyhint))
@@ -242,12 +241,12 @@ def judge_fused(items: Any, b: dict, self_obj: Any) -> None:
         judge_values(pending, b, self_obj)
 
 
-def _self_shape_exprs(plan: Plan) -> tuple[Expr, ...] | None:
-    """The shape dims that read ``self`` (``Float[Tensor, "B self.n"]``): the walk's verdict
-    depends on their values, so they join the signature key. None when one of them also reads
-    other dims (``"self.k*T"``): its value is known only inside the walk, so such a plan walks
-    every call."""
-    out: list[Expr] = []
+def _key_self(plan: Plan) -> tuple[Expr, ...] | None:
+    """What the signature key reads off ``self``, in key order: the ``dims=`` expressions, then
+    the shape dims that read ``self`` (``Float[Tensor, "B self.n"]``; the walk's verdict depends
+    on their values). None when a shape dim reads ``self`` and other dims (``"self.k*T"``): its
+    value is known only inside the walk, so such a plan walks every call."""
+    out: list[Expr] = [e for _name, e in plan.self_dims]
     for s in (*plan.params, *plan.returns):
         for d in s.tensor.dims if s.tensor is not None else ():
             e = d.value
@@ -324,7 +323,7 @@ def compile_wrapper(
     a(f"    if kwargs or nargs < {required} or nargs > {n} or is_compiling():")
     a("        return generic(*args, **kwargs)")
     self_key = []
-    key_self = [e for _name, e in plan.self_dims] + list(_self_shape_exprs(plan) or ())
+    key_self = _key_self(plan) or ()
     if key_self:  # the same values, in the same order, as compile_checker's key
         a("    try:")
         for k, e in enumerate(key_self):

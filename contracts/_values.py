@@ -193,12 +193,7 @@ def _within(lo_v: Any, hi_v: Any, gate: list, x: torch.Tensor, b: dict, self_obj
         gate[1] += 1
         return lo_v <= seen[2] and seen[3] <= hi_v
     _tally_miss(gate)
-    ext = _extrema(x)
-    if ext is None:
-        return True
-    mn, mx = ext
-    _remember(_EXTREMA, key, (weakref.ref(x), version, mn, mx))
-    return lo_v <= mn and mx <= hi_v
+    return _range_found(lo_v, hi_v, x, b, self_obj)
 
 
 def _tally_miss(gate: list) -> None:
