@@ -14,15 +14,26 @@ so the two figures differ by where the checks run: between the step's kernels, o
 that keeps their code and data in the caches. Their quotient is how much slower the same checks
 run inside the step.
 
+Last, it bounds what the value checks' own work costs: the step's ``full`` vs ``off`` ratio
+measured in fresh processes (as ``bench_contracts`` does) with the checks as they are, with
+every mask check's body replaced by one returning True, and with every value check's body
+replaced so. The checks are still built and called (their Python call stays); only what they do
+inside is gone. The gap between two bounds is what that part of the checks costs in the step,
+and the last bound is the least ``full`` can cost with these wrappers, however fast its
+reductions and lookups become.
+
 Writes docs/results/contracts_profile.json.
 
-Run: python -m benchmarks.bench_contracts_profile [--steps 60] [--repeats 100] [--no-write]
+Run: python -m benchmarks.bench_contracts_profile [--steps 60] [--repeats 100] [--bound-processes 2] [--no-write]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -34,10 +45,12 @@ import torch
 
 import contracts
 from benchmarks._results import write_results
-from benchmarks.bench_contracts import paraformer_setup, rounded
+from benchmarks.bench_contracts import paraformer_setup, paraformer_step, rounded
 from contracts.cli import ArgumentParser, fail
 
 MODES = ("off", "shapes", "full")
+# the parts of the value checks stubbed out in a bound, by name (see stubbed_value_checks)
+BOUNDS = ("as_is", "mask_bodies_free", "value_bodies_free")
 CHECK = "contracts.check"
 
 
@@ -253,6 +266,60 @@ def _set(holder: Any, key: str, value: Any) -> None:
         holder.cell_contents = value
 
 
+@contextmanager
+def stubbed_value_checks(bound: str) -> Iterator[None]:
+    """Value checks built inside return True without looking at the tensor: mask checks only
+    (``mask_bodies_free``), all of them (``value_bodies_free``) or none (``as_is``). A stub
+    keeps the check's call and its ``gate``; it has no ``inline``, so a generated wrapper calls
+    it like any other check. Checks built before, and a signature's first call (which the
+    reference judges), are untouched. For a bound's process only: what it stubs checks nothing.
+    """
+    import contracts._fast as fast
+
+    real = fast.cpu_value_check
+
+    def stubbed(spec: Any) -> Callable:
+        if bound == "as_is" or (bound == "mask_bodies_free" and spec.mask_axis is None):
+            return real(spec)
+
+        def ok(x: Any, b: dict, self_obj: Any) -> bool:
+            return True
+
+        ok.gate = [0, 0, 0]  # type: ignore[attr-defined]
+        return ok
+
+    fast.cpu_value_check = stubbed
+    try:
+        yield
+    finally:
+        fast.cpu_value_check = real
+
+
+def bounds(processes: int, rounds: int) -> dict[str, Any]:
+    """The step's ``full`` vs ``off`` ratio per bound: the median of ``processes`` fresh
+    processes each, the bounds' processes alternated (so a slow spell of the machine touches
+    them alike)."""
+    per: dict[str, list[float]] = {b: [] for b in BOUNDS}
+    for i in range(processes):
+        for bound in BOUNDS:
+            cmd = [sys.executable, "-m", "benchmarks.bench_contracts_profile"]
+            cmd += ["--bound-worker", bound, "--bound-rounds", str(rounds)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"bound process {bound} failed:\n{done.stderr[-2000:]}")
+            per[bound].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  bound {bound} {i + 1}/{processes}: {per[bound][-1]:.4f}x", flush=True)
+    ratio = {b: statistics.median(v) for b, v in per.items()}
+    return {
+        "processes": processes,
+        "rounds": rounds,
+        "ratio_full_vs_off": ratio,
+        "per_process": per,
+        "masks_pct": (ratio["as_is"] - ratio["mask_bodies_free"]) * 100,
+        "values_pct": (ratio["as_is"] - ratio["value_bodies_free"]) * 100,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(
         prog="python -m benchmarks.bench_contracts_profile",
@@ -263,11 +330,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--steps", type=int, default=60, help="steps per mode (median taken)")
     p.add_argument("--repeats", type=int, default=100, help="warm repeats of each call")
+    p.add_argument(
+        "--bound-processes",
+        type=int,
+        default=2,
+        help="fresh processes per bound of the value checks' cost (0: skip the bounds)",
+    )
+    p.add_argument(
+        "--bound-rounds", type=int, default=100, help="training steps per mode in a bound process"
+    )
+    p.add_argument("--bound-worker", choices=BOUNDS, help=argparse.SUPPRESS)
     p.add_argument("--no-write", action="store_true", help="print only, do not write results")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.repeats < 1:
-        return fail(p, "--steps and --repeats must be >= 1")
+    if args.steps < 1 or args.repeats < 1 or args.bound_rounds < 1 or args.bound_processes < 0:
+        return fail(p, "--steps, --repeats and --bound-rounds must be >= 1, --bound-processes >= 0")
     torch.set_num_threads(1)
+    if args.bound_worker:  # one bound's process: print its ratio, nothing else
+        with stubbed_value_checks(args.bound_worker):
+            print(json.dumps(paraformer_step(args.bound_rounds)["ratio_full_vs_off"]))
+        return 0
     got = rounded(profile(args.steps, args.repeats), 3)
     print(f"{'contract':34s} {'calls':>5s} {'shapes µs':>10s} {'full µs':>9s} {'warm':>7s}")
     for r in got["contracts"]:
@@ -282,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{got['calls_per_step']} calls; shapes warm {got['us_shapes_warm_per_step']:.0f} µs "
         f"(in the step {got['shapes_in_step_vs_warm']:.2f}x slower)"
     )
+    if args.bound_processes:
+        got["bounds"] = rounded(bounds(args.bound_processes, args.bound_rounds), 4)
+        r = got["bounds"]["ratio_full_vs_off"]
+        print(
+            "step full vs off: as is {as_is:.4f}x, mask bodies free {mask_bodies_free:.4f}x, "
+            "value bodies free {value_bodies_free:.4f}x".format(**r)
+        )
     if not args.no_write:
         path = write_results(
             "contracts_profile", got, command="python -m benchmarks.bench_contracts_profile"

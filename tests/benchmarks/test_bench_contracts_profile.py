@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import pytest
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 
 import contracts
 from benchmarks.bench_contracts import paraformer_setup
-from benchmarks.bench_contracts_profile import _Clock, profile, timed_contracts
+from benchmarks.bench_contracts_profile import (
+    _Clock,
+    profile,
+    stubbed_value_checks,
+    timed_contracts,
+)
+from contracts import Mask, Range
 from contracts._inline import WRAPPER_CODES
 from models.paraformer import Paraformer
 from models.paraformer import _masks as masks
@@ -62,3 +72,40 @@ def test_the_profile_times_every_contract_call_of_the_step():
         if name != "contracts.check":  # every wrapper call was also repeated warm
             assert "us_shapes_warm" in r, name
     assert got["shapes_in_step_vs_warm"] is not None
+
+
+def _checked_pair():
+    """A fresh contract with a range and a mask, its signature seen (so the next calls take the
+    generated wrapper and its value checks)."""
+
+    @contracts.contract
+    def f(
+        x: Annotated[Float[Tensor, "B T"], Range(0, 1)],
+        m: Annotated[Bool[Tensor, "B T"], Mask()],
+    ) -> Float[Tensor, "B T"]:
+        return x * m
+
+    good_x, good_m = torch.full((2, 3), 0.5), torch.ones(2, 3, dtype=torch.bool)
+    with contracts.mode("full"):
+        f(good_x, good_m)
+    return f, good_x, good_m
+
+
+@pytest.mark.parametrize(
+    ("bound", "range_checked", "mask_checked"),
+    [("as_is", True, True), ("mask_bodies_free", True, False), ("value_bodies_free", False, False)],
+)
+def test_a_bound_stubs_exactly_its_part_of_the_value_checks(bound, range_checked, mask_checked):
+    bad_x, bad_m = torch.full((2, 3), 5.0), torch.zeros(2, 3, dtype=torch.bool)
+    with stubbed_value_checks(bound):
+        f, good_x, good_m = _checked_pair()
+        for args, checked in (((bad_x, good_m), range_checked), ((good_x, bad_m), mask_checked)):
+            with contracts.mode("full"):
+                if checked:
+                    with pytest.raises(contracts.ContractError):
+                        f(*args)
+                else:
+                    f(*args)  # the stub passes what the check would reject
+    f, good_x, _ = _checked_pair()  # built after the stub was removed: checks again
+    with contracts.mode("full"), pytest.raises(contracts.ContractError, match="m"):
+        f(good_x, bad_m)
