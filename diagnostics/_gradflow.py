@@ -13,6 +13,7 @@ norms it reads from ``.grad`` (see ``docs/DDP.md``).
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
 import statistics
@@ -29,6 +30,7 @@ from contracts import TorchdxError
 
 from . import _distributed as _dd
 from ._monitor_grads import adam_second_moments
+from ._structure import structure_version
 
 __all__ = ["GradFlow", "GradFlowError", "GradFlowReport"]
 
@@ -136,22 +138,32 @@ class GradFlowReport:
         total = self.total_norm**2
         if prefix == "":
             return 1.0 if total > 0 else 0.0
-        if prefix in self.module_norms:
+        if prefix in self.module_norms and not self._tied:
             sub = self.module_norms[prefix] ** 2
-        else:
-            keys = [k for k in self._all_names if k == prefix or k.startswith(prefix + ".")]
-            if not keys:
-                tops = sorted({k.split(".")[0] for k in self._all_names})
+        else:  # by parameter: frozen ones count 0, a tied one under each of its names
+            known = self._known or dict.fromkeys(self._all_names)
+            under = [k for k in known if k == prefix or k.startswith(prefix + ".")]
+            if not under:
+                paths = {k.rsplit(".", 1)[0] for k in known if "." in k} | set(known)
+                near = difflib.get_close_matches(prefix, sorted(paths), n=3)
+                tops = sorted({k.split(".")[0] for k in known})
                 raise GradFlowError(
                     f"GradFlowReport.share(prefix={prefix!r}): no parameter of the model is under "
-                    f"that prefix; top-level names: {', '.join(tops[:12])}"
+                    "that prefix; "
+                    + (f"did you mean {', '.join(map(repr, near))}? " if near else "")
+                    + f"top-level names: {', '.join(tops[:12])}"
                 )
-            sub = sum(self.param_norms.get(k, 0.0) ** 2 for k in keys)
+            names = {known[k] or "" for k in under} - {""}
+            sub = sum(self.param_norms.get(n, 0.0) ** 2 for n in names)
         if total == 0 or not math.isfinite(total):
             return 0.0 if total == 0 else math.nan
         return sub / total
 
     _all_names: list[str] = field(default_factory=list, repr=False)
+    # every name a parameter is known by -> the name its norm is under (None: frozen); and
+    # whether some parameter is tied (known by a name its norm is not under)
+    _known: dict[str, str | None] | None = field(default=None, repr=False)
+    _tied: bool = field(default=False, repr=False)
     # (module norms now, the history rows, factor, module names): the module flags are computed
     # on first read; most training loops read only the total's flags
     _module_history: tuple | None = field(default=None, repr=False)
@@ -251,9 +263,7 @@ class GradFlow:
             raise GradFlowError(
                 f"GradFlow(model): expected an nn.Module, got {type(model).__name__}"
             )
-        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self._frozen = _frozen_modules(model)
-        if not self._named:
+        if not any(p.requires_grad for p in model.parameters()):
             raise GradFlowError(
                 f"GradFlow(model): {type(model).__name__} has no trainable parameters; hint: pass "
                 "the module that owns the parameters (or check requires_grad)"
@@ -267,6 +277,29 @@ class GradFlow:
         self.factor = factor
         self.steps = 0
         self.history: deque[float] = deque(maxlen=window)  # total norms
+        self._local: dict[int, Tensor] = {}  # id(param) -> local grad norm (comm hook)
+        self._index()
+        if self.ddp is not None and local:
+            self._register_hook(comm_hook)
+
+    def _index(self) -> None:
+        """Index the model's trainable parameters: names, module subtrees, the norms' plan.
+        Done again when a parameter, buffer or module was registered since (a new head), or a
+        parameter was frozen or unfrozen; the module-norm history restarts then (its rows
+        follow the module list)."""
+        model = self.model
+        self._structure = structure_version()
+        self._every = [p for _, p in model.named_parameters()]
+        self._trainable = [p.requires_grad for p in self._every]
+        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._frozen = _frozen_modules(model)
+        # every name a parameter is known by (frozen ones, and each name of a tied one) ->
+        # the name its norm is reported under (None: frozen, no norm)
+        first = {id(p): n for n, p in self._named}
+        self._known = {
+            n: first.get(id(p)) for n, p in model.named_parameters(remove_duplicate=False)
+        }
+        self._tied = any(c is not None and c != n for n, c in self._known.items())
         names = [n for n, _ in self._named]
         # module path -> indices of its parameters (whole subtree); "" is the root
         mods: dict[str, list[int]] = {"": list(range(len(names)))}
@@ -288,8 +321,7 @@ class GradFlow:
                 kids[m.rpartition(".")[0]].append(row[m])
         deepest_first = sorted(mods, key=lambda m: -(m.count(".") + 1 if m else 0))
         self._mod_plan = [(row[m], _getter(own[m]), _getter(kids[m])) for m in deepest_first]
-        self._mod_hist: deque[list[float]] = deque(maxlen=window)  # module norms, finite steps
-        self._local: dict[int, Tensor] = {}  # id(param) -> local grad norm (comm hook)
+        self._mod_hist: deque[list[float]] = deque(maxlen=self.window)  # finite steps
         self._pos = {id(p): i for i, (_, p) in enumerate(self._named)}
         self._params = [p for _, p in self._named]
         self._all_names = [n for n, _ in self._named]  # shared by every report (read-only)
@@ -298,8 +330,6 @@ class GradFlow:
         # norms need no grouping
         kinds = {(p.device, p.dtype) for _, p in self._named}
         self._uniform = len(kinds) == 1 and next(iter(kinds))[1] in (torch.float32, torch.float64)
-        if self.ddp is not None and local:
-            self._register_hook(comm_hook)
 
     def _register_hook(self, comm_hook: tuple[Any, Any] | None) -> None:
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -353,6 +383,11 @@ class GradFlow:
         Returns:
             A :class:`GradFlowReport`; gradients are only read, never modified.
         """
+        if (
+            structure_version() != self._structure
+            or [p.requires_grad for p in self._every] != self._trainable
+        ):
+            self._index()  # a module added or replaced, a parameter frozen or unfrozen
         grads = [p.grad for p in self._params]
         sparse = False
         common = True  # every gradient present and dense: no per-parameter bookkeeping
@@ -437,6 +472,8 @@ class GradFlow:
             scale=scale,
             overflow=bool(nonfinite) and scaler is not None and bool(scaler.is_enabled()),
             _all_names=self._all_names,
+            _known=self._known,
+            _tied=self._tied,
         )
         if ratio_idx is not None:
             rep.update_ratios = {self._named[i][0]: r for i, r in zip(ratio_idx, rest, strict=True)}
@@ -476,9 +513,9 @@ class GradFlow:
         if not math.isfinite(total):
             rep.exploding = not rep.overflow
         elif len(hist) >= 3:
-            med = statistics.median(hist)
-            rep.exploding = total > self.factor * med
-            rep.vanishing = total < med / self.factor
+            med = statistics.median(hist)  # 0: no gradient yet (a warm-up): no ratio to test
+            rep.exploding = med > 0 and total > self.factor * med
+            rep.vanishing = med > 0 and total < med / self.factor
         if math.isfinite(total):
             if len(self._mod_hist) >= 3:  # the rows are never changed: a tuple is a snapshot
                 rep._module_history = (

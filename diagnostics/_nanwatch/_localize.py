@@ -216,15 +216,32 @@ class Localizer:
                 "module. Compare with torch.compile(..., backend='aot_eager') or run eagerly"
             )
             return rep
+        if st.unsaved:
+            rep.notes.append(
+                f"buffer(s) {', '.join(st.unsaved[:5])} changed for the first time in this step, "
+                "so no copy of their pre-step values was kept: the replay started from their "
+                "post-step values (they are copied from the next step on)"
+            )
         if not same or self.replay_clean:
             rep.replayable = False
+            ol = float(orig_loss.float())
+            if self.replay_clean:  # nothing to show from the replay: describe the step itself
+                rep.loss = summarize(orig_loss)
+                if not math.isfinite(ol):
+                    rep.kind, rep.phase = kind_of(math.isnan(ol), math.isinf(ol)), "forward"
             rep.notes.append(
                 f"not replayable: the replay gave loss {float(loss.float())!r} and "
                 f"{'non-finite' if replay_grads_bad else 'finite'} gradients where the step gave "
-                f"loss {float(orig_loss.float())!r} and non-finite values; the step is "
+                f"loss {ol!r} and non-finite values; the step is "
                 "non-deterministic (data, RNG outside torch, state kept between calls). Use "
                 "NanWatch(model, mode='eager') for such steps"
             )
+            if self.replay_clean and math.isfinite(ol):
+                rep.notes.append(
+                    "or a gradient was non-finite before the step began: .grad accumulates "
+                    "(a missed zero_grad(), an earlier micro-batch), and the replay starts from "
+                    "grad=None; check the gradients before calling watch.run"
+                )
         self._refine(rep, found, float(loss.float()), st)
         return rep
 

@@ -101,9 +101,21 @@ def grads_l2(grads: list[Tensor]) -> Tensor:
     dev = gs[0].device
     out = torch.empty(len(gs), dtype=torch.float32, device=dev)
     for idx in groups.values():
-        norms = torch._foreach_norm([gs[i] for i in idx], 2, dtype=torch.float32)
-        out[torch.tensor(idx, device=dev)] = torch.stack(norms).to(dev)
+        out[torch.tensor(idx, device=dev)] = _foreach_l2([gs[i] for i in idx]).to(dev)
     return out
+
+
+_FLOAT32_ACC = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _foreach_l2(gs: list[Tensor]) -> Tensor:
+    """float32 L2 norms of same-device, same-dtype tensors as one vector: half types are
+    accumulated in float32; float64 and complex ones in their own precision (``_foreach_norm``
+    cannot narrow a double or make a complex norm float32 on the way) and then cast, where a
+    finite norm past float32's range becomes Inf (confirmed element-wise by the caller)."""
+    if gs[0].dtype in _FLOAT32_ACC:
+        return torch.stack(torch._foreach_norm(gs, 2, dtype=torch.float32))
+    return torch.stack(torch._foreach_norm(gs, 2)).float()
 
 
 @contextlib.contextmanager
@@ -140,8 +152,7 @@ def grads_norm_all(grads: list[Tensor], device: torch.device) -> Tensor:
         groups.setdefault((g.device, g.dtype), []).append(g)
     outs = []
     for gs in groups.values():
-        norms = torch._foreach_norm(gs, 2, dtype=torch.float32)
-        outs.append(torch.stack(norms).norm().to(device))
+        outs.append(_foreach_l2(gs).norm().to(device))
     if not outs:
         return torch.zeros((), device=device)
     return outs[0] if len(outs) == 1 else torch.stack(outs).norm()

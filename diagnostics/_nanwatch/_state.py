@@ -26,6 +26,10 @@ class StepState:
         rng: the RNG state before the step (replay mode).
         bufs: ``(buffer, version before the step, copy before the step)`` of the buffers the
             step may mutate.
+        buf_versions: every buffer's ``_version`` before the step (None on the first step,
+            when all of them are copied): a buffer not copied that changes is learned.
+        unsaved: buffers the step changed although their pre-step values were not copied
+            (first changed in this step): a replay starts from their post-step values.
         versions: every watched parameter's ``_version`` before the step (an in-place change
             of a parameter, i.e. an optimizer step inside ``fn``, makes the step unreplayable).
         saved: the GradScaler's and the ``stateful`` objects' state before the step (None when
@@ -40,6 +44,8 @@ class StepState:
     index: int
     rng: RngState | None = None
     bufs: list[tuple[Tensor, int, Tensor]] = field(default_factory=list)
+    buf_versions: list[int] | None = None
+    unsaved: list[str] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     saved: ObjectStates | None = None
     result: Any = None

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .. import _distributed as _dd
 from .._hooks import HookSet
+from .._structure import structure_version
 from .._summary import summarize
 from ._compiled import clean_name, has_compiled, unwrap_compiled
 from ._localize import Localizer, nonfinite_grads, report_from
@@ -128,14 +129,14 @@ class NanWatch:
                 "step forces recompiles); use mode='replay' (default): the healthy path stays "
                 "compiled and a failing step is replayed eagerly"
             )
-        self._named = [(clean_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
-        if not self._named:
+        self.model = model
+        self._index()
+        if not any(p.requires_grad for p in self._params):
             raise NanWatchError(
                 f"NanWatch(model): {type(model).__name__} has no trainable parameters, so there "
                 "are no gradients to watch; hint: pass the module that holds the parameters "
                 "(or check requires_grad)"
             )
-        self.model = model
         self.compiled = compiled  # replays run with torch.compiler.set_stance("force_eager")
         self.ddp = ddp
         self.timeout = timeout
@@ -150,8 +151,16 @@ class NanWatch:
         self.steps = 0
         self.skipped_steps = 0
         self.last_status = "none"
+
+    def _index(self) -> None:
+        """List the model's parameters (frozen ones too: one unfrozen later is read from then
+        on; a frozen one has no gradient to read) and forget what was learned from the old
+        list; done again when a parameter, buffer or module was registered since."""
+        self._structure = structure_version()
+        self._named = [(clean_name(n), p) for n, p in self.model.named_parameters()]
         self._params = [p for _, p in self._named]
-        self._mutated_buffers: list[Tensor] | None = None  # None: snapshot all (first step)
+        self._all_buffers = [(clean_name(n), b) for n, b in self.model.named_buffers()]
+        self._mutated_buffers: list[Tensor] | None = None  # None: snapshot all (next step)
         self._eager_rec: Recorder | None = None
 
     def __repr__(self) -> str:
@@ -176,11 +185,13 @@ class NanWatch:
             NanWatchError: bad usage (no loss returned, non-scalar loss, bad context).
         """
         st = StepState(step_fn, args, kwargs, self._check_context(context), self.steps)
+        if structure_version() != self._structure:  # a module/parameter added or replaced
+            self._index()
         self.steps += 1
         if self.mode == "eager":
             return self._run_eager(st)
         st.rng = RngState()
-        st.bufs = self._snapshot_buffers()
+        st.bufs = self._snapshot_buffers(st)
         st.versions = [p._version for p in self._params]
         if self.scaler is not None or self.stateful:
             st.saved = ObjectStates(self.scaler, self.stateful)
@@ -193,12 +204,12 @@ class NanWatch:
         lm = st.loss.detach().reshape(()).abs().float()
         gm = grads_norm_all(grads, lm.device)
         if self._dist.distributed:
-            self._learn_buffers(st.bufs)
+            self._learn_buffers(st)
             return self._run_dist(st, lm, gm)
         flags = torch.stack([lm, gm]).isfinite().tolist()  # the one host sync of the step
         if flags[0] and not flags[1] and not nonfinite_grads(self._named):
             flags[1] = True  # the L2 norm overflowed on finite gradients: not a fault
-        self._learn_buffers(st.bufs)
+        self._learn_buffers(st)
         if self._ending(loss_ok=flags[0], grads_ok=flags[1]) != "nonfinite":
             return st.result
         raise NonFiniteError(Localizer(self).localize(st))
@@ -335,15 +346,32 @@ class NanWatch:
         return s is not None and bool(getattr(s, "is_enabled", lambda: True)())
 
     def _buffers(self) -> list[Tensor]:
-        return [b for b in self.model.buffers() if b is not None]
+        return [b for _, b in self._all_buffers]
 
-    def _snapshot_buffers(self) -> list[tuple[Tensor, int, Tensor]]:
-        bufs = self._buffers() if self._mutated_buffers is None else self._mutated_buffers
+    def _snapshot_buffers(self, st: StepState) -> list[tuple[Tensor, int, Tensor]]:
+        """Copies of the buffers the step may change: all of them on the first step, then
+        those seen changing (the others' versions are kept, to learn one that starts to)."""
+        if self._mutated_buffers is None:
+            bufs = self._buffers()
+        else:
+            bufs = self._mutated_buffers
+            st.buf_versions = [b._version for _, b in self._all_buffers]
         return [(b, b._version, b.clone()) for b in bufs]
 
-    def _learn_buffers(self, snap: list[tuple[Tensor, int, Tensor]]) -> None:
-        if self._mutated_buffers is None:  # after the first step: snapshot only what changes
-            self._mutated_buffers = [b for b, v, _ in snap if b._version != v]
+    def _learn_buffers(self, st: StepState) -> None:
+        """Learn which buffers steps change: from the first step's copies, then each buffer
+        that starts to change later (an EMA after warm-up, a counter) joins them; the step
+        where it first changed had no copy of it (``st.unsaved``)."""
+        if self._mutated_buffers is None:
+            self._mutated_buffers = [b for b, v, _ in st.bufs if b._version != v]
+            return
+        if st.buf_versions is None:
+            return
+        known = {id(b) for b in self._mutated_buffers}
+        for (name, b), v in zip(self._all_buffers, st.buf_versions, strict=True):
+            if b._version != v and id(b) not in known:
+                self._mutated_buffers.append(b)
+                st.unsaved.append(name)
 
     # -- eager ----------------------------------------------------------------------------
     def _run_eager(self, st: StepState) -> Any:
