@@ -35,6 +35,7 @@ from ._constraints import Mask as Mask
 from ._constraints import Probability as Probability
 from ._constraints import Range as Range
 from ._decorator import contract as contract
+from ._errors import AnnotationError as AnnotationError
 from ._errors import ContractError as ContractError
 from ._errors import TorchdxError as TorchdxError
 from ._infer_record import InferTarget as InferTarget
@@ -46,6 +47,7 @@ from ._summary import summarize as summarize
 
 __all__ = [
     "MODES",
+    "AnnotationError",
     "Attachment",
     "Constraint",
     "ContractError",

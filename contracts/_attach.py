@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._decorator import wrap
+from ._errors import AnnotationError
 from ._plan import ContractOptions, build_plan
 from ._registry import register
 
@@ -77,7 +78,7 @@ def attach(
         ...     nn.Linear(16, 4)(torch.zeros(3, 8))  # raises ContractError
     """
     if not isinstance(attribute, str) or not hasattr(owner, attribute):
-        raise TypeError(f"attach(): {owner!r} has no attribute {attribute!r}")
+        raise AnnotationError(f"attach(): {owner!r} has no attribute {attribute!r}")
     had_own = (isinstance(owner, type) and attribute in owner.__dict__) or not isinstance(
         owner, type
     )
@@ -94,12 +95,12 @@ def attach(
     elif isinstance(original, classmethod):
         func, wrapper_kind = original.__func__, classmethod
     if not callable(func):
-        raise TypeError(f"attach(): {attribute!r} of {owner!r} is not callable")
+        raise AnnotationError(f"attach(): {attribute!r} of {owner!r} is not callable")
     try:
         sig = inspect.signature(func)
         missing = set(params) - set(sig.parameters)
         if missing:
-            raise TypeError(
+            raise AnnotationError(
                 f"attach(): {getattr(func, '__qualname__', attribute)} has no parameter "
                 f"{', '.join(sorted(missing))}; its parameters are {', '.join(sig.parameters)}"
             )

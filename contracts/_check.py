@@ -23,6 +23,7 @@ import torch
 from ._config import FULL
 from ._plan import Plan, Slot, TensorSpec
 from ._spec import ARGS, EXPR, FIXED, NAME, VARIADIC, Expr
+from ._values import widened
 
 __all__ = ["Fail", "check_inputs", "check_outputs", "torch_dtypes"]
 
@@ -220,7 +221,7 @@ def _check_deferred(deferred: list, b: dict, self_obj: Any) -> None:
 def values_pending(slot: Slot, x: torch.Tensor, pending: list) -> None:
     """Queue the one reduction that checks this tensor's values (fetched with the others)."""
     spec = slot.tensor
-    if x.numel() == 0:
+    if x.numel() == 0 or x.is_meta:  # a meta tensor has a shape but no values to check
         return
     if spec.mask_axis is not None:
         valid = ~x if spec.mask_padding else x
@@ -229,8 +230,12 @@ def values_pending(slot: Slot, x: torch.Tensor, pending: list) -> None:
     if not x.is_floating_point() and not x.is_complex():
         if spec.lo is None and spec.hi is None:
             return  # integers are always finite
-    v = torch.view_as_real(x) if x.is_complex() else x
-    pending.append((slot, x, torch.aminmax(v.detach())))
+    v = (torch.view_as_real(x) if x.is_complex() else x).detach()
+    try:
+        red = torch.aminmax(v)
+    except (RuntimeError, NotImplementedError):  # a dtype torch does not reduce (float8)
+        red = torch.aminmax(widened(v))
+    pending.append((slot, x, red))
 
 
 def _fetch(pending: list) -> list:

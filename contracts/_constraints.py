@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ._errors import AnnotationError
 from ._spec import Expr, compile_expr
 
 __all__ = ["Constraint", "Finite", "Mask", "Probability", "Range"]
@@ -30,14 +31,14 @@ def _bound(value: Any, which: str) -> float | Expr | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise TypeError(f"Range {which} bound must be a number, a string expression or None")
+        raise AnnotationError(f"Range {which} bound must be a number, a string expression or None")
     if isinstance(value, (int, float)):
         if math.isnan(value):
-            raise TypeError(f"Range {which} bound is NaN")
+            raise AnnotationError(f"Range {which} bound is NaN")
         return value
     if isinstance(value, str):
         return compile_expr(value)
-    raise TypeError(
+    raise AnnotationError(
         f"Range {which} bound must be a number, a string expression (like 'V-1') or None, "
         f"not {type(value).__name__}"
     )
@@ -61,7 +62,7 @@ class Range(Constraint):
         self.hi = _bound(hi, "upper")
         if isinstance(self.lo, (int, float)) and isinstance(self.hi, (int, float)):
             if self.lo > self.hi:
-                raise TypeError(f"Range({lo!r}, {hi!r}) is empty: lower bound > upper bound")
+                raise AnnotationError(f"Range({lo!r}, {hi!r}) is empty: lower bound > upper bound")
 
     @staticmethod
     def _src(b: Any) -> str:

@@ -16,6 +16,7 @@ import torch
 from ._check import Fail
 from ._compiled import compiled_inputs, compiled_outputs
 from ._config import OFF, state
+from ._errors import AnnotationError
 from ._explain import compiled_words, explain
 from ._fast import compile_checker, compile_wrapper
 from ._inline import TRACED as traced
@@ -101,8 +102,10 @@ def contract(fn: Callable | None = None, /, **options: Any) -> Any:
     opts = ContractOptions.from_kwargs("@contract", options)
 
     def decorate(f: Callable) -> Callable:
+        if isinstance(f, (staticmethod, classmethod)):  # @contract above @staticmethod
+            return type(f)(decorate(f.__func__))
         if not callable(f):
-            raise TypeError(f"@contract decorates functions, not {type(f).__name__}")
+            raise AnnotationError(f"@contract decorates functions, not {type(f).__name__}")
         plan = build_plan(f, opts)
         register(plan)
         if state.level == OFF:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ContractError", "TorchdxError"]
+__all__ = ["AnnotationError", "ContractError", "TorchdxError"]
 
 
 class TorchdxError(Exception):
@@ -56,3 +56,12 @@ class ContractError(TorchdxError, ValueError):
         self.expected = expected
         self.actual = actual
         self.bindings = dict(bindings or {})
+
+
+class AnnotationError(TorchdxError, TypeError):
+    """A contract cannot be built as written: a malformed annotation or constraint (``Mask()``
+    on a float tensor, an axis the annotation does not have), or ``attach``/``check`` given
+    something they cannot check. Raised at decoration (or attach) time, never during a call.
+    """
+
+    __module__ = "contracts"

@@ -16,11 +16,12 @@ import torch
 
 from . import _check
 from ._check import Fail
-from ._config import FULL, OFF, state
+from ._config import FULL, OFF, SHAPES, state
 from ._errors import ContractError
 from ._plan import CHECKED, FLOAT_NAMES, Plan, Slot, TensorSpec
 from ._spec import FIXED, NAME, Expr
 from ._summary import summarize
+from ._values import widened
 
 __all__ = ["describe_value", "explain", "explain_check", "permutation_hint", "value_details"]
 
@@ -95,10 +96,19 @@ def describe_value(x: Any) -> str:
     return f"{type(x).__name__} {r[:60] + '…' if len(r) > 60 else r}"
 
 
+# dtypes whose elementwise comparisons torch does not implement on the CPU
+_WIDENED = frozenset(
+    {getattr(torch, n) for n in dir(torch) if n.startswith("float8_")}
+    | {torch.uint16, torch.uint32, torch.uint64}
+)
+
+
 def value_details(x: torch.Tensor, lo: float | None, hi: float | None) -> tuple[str, dict]:
     """Count and locate the values of ``x`` outside ``[lo, hi]`` or non-finite."""
     with torch.no_grad():
         v = torch.view_as_real(x.detach()) if x.is_complex() else x.detach()
+        if v.dtype in _WIDENED:  # comparisons torch does not implement for these dtypes
+            v = widened(v)
         if v.is_floating_point():
             nan = torch.isnan(v)
             posinf = torch.isposinf(v)
@@ -474,15 +484,19 @@ def explain(
     prov: dict = {}
     b: dict = {}
     level = _level()
+    outputs = phase == "outputs"
     try:
-        self_obj = _check.check_inputs(plan, args, kwargs, level, prov, b)[1]
+        # a return's failure: the arguments passed on entry, and fn may have written to them
+        # since (x.mul_(100)), so only their shapes are walked again, for the dims' provenance
+        self_obj = _check.check_inputs(plan, args, kwargs, SHAPES if outputs else level, prov, b)[1]
         for k, v in bound or ():
             if k not in b:
                 b[k], prov[k] = v, "a contracts.check in the call"
-        if phase == "outputs":
+        if outputs:
             _check.check_outputs(plan, out, b, self_obj, level, prov)
     except Fail as again:
-        fail = again  # the explain pass sees the same first failure, now with provenance
+        if not outputs or again.slot in {s.name for s in plan.returns} | {"return"}:
+            fail = again  # the explain pass sees the same first failure, now with provenance
     except Exception:
         pass
     return _error(plan.qualname, fail, _Call(plan, args, kwargs, out), prov, b)

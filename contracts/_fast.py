@@ -37,6 +37,7 @@ from ._values import (
     cpu_value_check,
     remember_extrema,
     remember_mask,
+    widened,
 )
 
 __all__ = ["compile_checker", "compile_wrapper", "judge_fused"]
@@ -376,21 +377,27 @@ def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> lis
     a("nb = len(b)")
     a("self_obj = args[0]" if plan.has_self else "self_obj = None")
     valued = [s for s in tensors if s.tensor is not None and s.tensor.has_values]
-    ranged = [s for s in present if s.tensor is None and s.pyrange is not None]
+    # a range on a Python number, passed or left to its default (checked like one passed: a
+    # bound may read self or the call's dims)
+    ranged = [s for s in plan.params if s.tensor is None and s.pyrange is not None]
     if valued or ranged:
         a("if level == FULL:")
-        for s in ranged:  # a range on a Python number: the value decides, every call
+        for s in ranged:  # the value decides, every call
             k = s.position
             env[f"S{k}"] = s
+            x = f"x{k}"
+            if k >= arity:  # left to its default: a constant of this branch
+                x = f"DV{k}"
+                env[x] = s.default
             pad = "    "
             r = s.pyrange
             if not (isinstance(r.lo, Expr) or isinstance(r.hi, Expr)):  # number bounds: inline
                 env[f"LO{k}"], env[f"HI{k}"] = _limits(r.lo, r.hi)  # NaN and inf fall through
-                a(f"    c = x{k}.__class__")
-                a(f"    if not ((c is int or c is float) and LO{k} <= x{k} <= HI{k}):")
+                a(f"    c = {x}.__class__")
+                a(f"    if not ((c is int or c is float) and LO{k} <= {x} <= HI{k}):")
                 pad = "        "
             a(f"{pad}try:")
-            a(f"{pad}    check_pyrange(S{k}, x{k}, b, self_obj)")
+            a(f"{pad}    check_pyrange(S{k}, {x}, b, self_obj)")
             a(f"{pad}except Fail:")
             a(f"{pad}    return generic(*args, **kwargs)")
         if valued:
@@ -504,10 +511,13 @@ def _inline_values(spec: TensorSpec, var: str, tag: str, env: dict, pad: str) ->
     if kind is not None and kind[0] == "range":
         env["aminmax"], env["INLINE_MAX"] = torch.aminmax, _INLINE_MAX
         env[f"lo{tag}"], env[f"hi{tag}"] = kind[1], kind[2]
-        env["remember_extrema"] = remember_extrema
+        env["remember_extrema"], env["widened"] = remember_extrema, widened
         small = [
             "if 1 < n < INLINE_MAX:",
-            f"    mn, mx = aminmax({var}.detach() if {var}.requires_grad else {var})",
+            "    try:",
+            f"        mn, mx = aminmax({var}.detach() if {var}.requires_grad else {var})",
+            "    except (RuntimeError, NotImplementedError):  # float8, uint16+: widened",
+            f"        mn, mx = aminmax(widened({var}.detach()))",
             "    mn, mx = mn.item(), mx.item()",
             f"    good = lo{tag} <= mn and mx <= hi{tag}  # NaN compares False",
             f"    remember_extrema({var}, mn, mx)",

@@ -20,6 +20,7 @@ import torch
 from ._check import Fail, check_slot, finish
 from ._compiled import compiled_slot
 from ._config import OFF, state
+from ._errors import AnnotationError
 from ._explain import explain_check, slot_words
 from ._plan import CHECKED, Plan, Slot, make_slot, unwrap
 
@@ -95,7 +96,7 @@ def _slot(annotation: Any, name: str | None) -> Slot:
             where = f"contracts.check({label!r})"
             slot = make_slot(where, label, CHECKED, inspect.Parameter.empty, annotation)
         if slot is None:
-            raise TypeError(
+            raise AnnotationError(
                 f"contracts.check({label!r}): {annotation!r} is not a checkable annotation "
                 "(use a jaxtyping annotation like Float[Tensor, 'B T'], optionally in Annotated)"
             )
@@ -163,6 +164,8 @@ def check(value: Any, annotation: Any, *, name: str | None = None, bindings: dic
         compiled_slot(words, slot, value, b, None, level, False)
         return value
     slot = _slot(annotation, name)
+    if value is None and slot.optional:  # Float[Tensor, "B"] | None given None
+        return value
     ctx = enclosing_call() if bindings is None else None
     if ctx is not None:
         b, self_obj, allow_empty = ctx[1], ctx[2], ctx[0].allow_empty

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import _spec
 from ._constraints import Constraint, Finite, Mask, Range
+from ._errors import AnnotationError
 from ._spec import ELLIPSIS, EXPR, VARIADIC, Expr
 
 __all__ = [
@@ -86,7 +87,7 @@ class ContractOptions:
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(kwargs) - set(names))
         if unknown:
-            raise TypeError(
+            raise AnnotationError(
                 f"{where}: unknown option {', '.join(map(repr, unknown))}; valid options are "
                 f"{', '.join(names)}"
             )
@@ -284,23 +285,32 @@ def _apply_constraints(where: str, spec: TensorSpec, meta: tuple) -> None:
     for c in cons:
         if isinstance(c, Range):
             if spec.is_bool:
-                raise TypeError(f"{where}: Range on a Bool tensor makes no sense; use Mask()")
+                raise AnnotationError(f"{where}: Range on a Bool tensor makes no sense; use Mask()")
             if spec.is_complex:
-                raise TypeError(f"{where}: Range on a Complex tensor is undefined; use Finite()")
+                raise AnnotationError(
+                    f"{where}: Range on a Complex tensor is undefined; use Finite()"
+                )
             if spec.lo is not None or spec.hi is not None:
-                raise TypeError(f"{where}: more than one Range given")
+                raise AnnotationError(f"{where}: more than one Range given")
             spec.lo, spec.hi, spec.finite = c.lo, c.hi, True
         elif isinstance(c, Finite):
             if spec.is_bool:
-                raise TypeError(f"{where}: Finite on a Bool tensor makes no sense")
+                raise AnnotationError(f"{where}: Finite on a Bool tensor makes no sense")
             spec.finite = True
         elif isinstance(c, Mask):
             if not spec.is_bool:
-                raise TypeError(
+                raise AnnotationError(
                     f"{where}: Mask() needs a Bool[Tensor, ...] annotation, not {spec.category}"
                 )
             if len(spec.dims) == 0:
-                raise TypeError(f"{where}: Mask() needs at least one axis")
+                raise AnnotationError(f"{where}: Mask() needs at least one axis")
+            rank = len(spec.dims)
+            if spec.var_at < 0 and not -rank <= c.axis < rank:
+                raise AnnotationError(
+                    f"{where}: Mask(axis={c.axis}) on a {rank}-axis annotation "
+                    f"{' '.join(str(d) for d in spec.dims)!r}; the axis must be in "
+                    f"[{-rank}, {rank - 1}]"
+                )
             spec.mask_axis = c.axis
             spec.mask_padding = c.padding
     spec.constraints = tuple(cons)
@@ -335,7 +345,7 @@ def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> 
         return None
     ranges = [m for m in meta if isinstance(m, Range)]
     if any(isinstance(m, Mask) for m in meta) and not ranges:
-        raise TypeError(f"{where}: Mask() applies to Bool tensors only")
+        raise AnnotationError(f"{where}: Mask() applies to Bool tensors only")
     _warn_if_uncheckable(where, inner)
     return Slot(
         name, position, default, optional, None, pyhint=inner, pyrange=ranges[0] if ranges else None
@@ -371,7 +381,7 @@ def _return_slots(
 ) -> tuple[str, list[tuple[Any, Slot]]]:
     if returns is not None:
         if not isinstance(returns, Mapping):
-            raise TypeError(f"{where}: returns= must map dict keys to annotations")
+            raise AnnotationError(f"{where}: returns= must map dict keys to annotations")
         slots = []
         for k, h in returns.items():
             s = make_slot(
@@ -417,7 +427,7 @@ def _resolve_hints(fn: Callable, where: str) -> dict[str, Any]:
                     )
                     continue
                 except Exception as e:
-                    raise TypeError(
+                    raise AnnotationError(
                         f"{where}: malformed annotation of {k!r} ({v}): {type(e).__name__}: {e}"
                     ) from None
             out[k] = v
@@ -435,10 +445,19 @@ def build_plan(
     """Parse ``fn``'s annotations (or the given ``hints``) into a :class:`Plan`.
 
     Raises:
-        TypeError: a malformed annotation, constraint or option (the message names which).
+        AnnotationError: a malformed annotation, constraint or option (the message names
+            which), or a return annotation on a generator or coroutine function (what it
+            yields or awaits is not what the call returns).
     """
     qual = qualname or getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
     where = f"@contract on {qual}()"
+    lazy = (
+        "a generator"
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        else "a coroutine"
+        if inspect.iscoroutinefunction(fn)
+        else None
+    )
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -447,12 +466,31 @@ def build_plan(
         hints = _resolve_hints(fn, where)
         if return_hint is inspect.Parameter.empty:
             return_hint = hints.get("return", inspect.Parameter.empty)
+    if lazy is not None:
+        if return_hint is not inspect.Parameter.empty and return_hint is not None:
+            raise AnnotationError(
+                f"{where}: {qual}() is {lazy} function, so a call returns {lazy} object, not "
+                "the annotated value: the return cannot be checked. Drop the return "
+                "annotation (the arguments are still checked), or put contracts.check on each "
+                "value inside"
+            )
+        _warn(
+            f"{where}: {qual}() is {lazy} function: its arguments are checked at the call, but "
+            "what it yields or awaits is not, and a contracts.check inside it binds fresh dims "
+            "(it runs after the call returned)"
+        )
     params: list[Slot] = []
     has_self = False
     if sig is not None:
         names = list(sig.parameters)
         has_self = bool(names) and names[0] in ("self", "cls")
         for i, (name, p) in enumerate(sig.parameters.items()):
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name in hints:
+                star = "*" if p.kind is p.VAR_POSITIONAL else "**"
+                _warn(
+                    f"{where}: the annotation of {star}{name} is not checked (contracts check "
+                    f"named parameters); check the values with contracts.check inside {qual}()"
+                )
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name not in hints:
                 continue
             pos = i if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else -1
@@ -461,7 +499,7 @@ def build_plan(
                 params.append(slot)
         unknown = set(hints) - set(sig.parameters) - {"return"}
         if unknown:
-            raise TypeError(f"{where}: no parameter named {', '.join(sorted(unknown))}")
+            raise AnnotationError(f"{where}: no parameter named {', '.join(sorted(unknown))}")
     else:
         for name, h in hints.items():
             if name == "return":
@@ -473,24 +511,26 @@ def build_plan(
     self_dims = []
     for k, src in (options.dims or {}).items():
         if not str(k).isidentifier():
-            raise TypeError(f"{where}: dims= key {k!r} is not a dim name")
+            raise AnnotationError(f"{where}: dims= key {k!r} is not a dim name")
         if isinstance(src, int) and not isinstance(src, bool):
             src = str(src)
         if not isinstance(src, str):
-            raise TypeError(
+            raise AnnotationError(
                 f"{where}: dims={{{k!r}: {src!r}}}: a bound dim is a string expression like "
                 f"'self.vocab_size', not {type(src).__name__}"
             )
         try:
             e = _spec.compile_expr(src)
         except TypeError as err:
-            raise TypeError(f"{where}: dims={{{k!r}: {src!r}}}: {err}") from None
+            raise AnnotationError(f"{where}: dims={{{k!r}: {src!r}}}: {err}") from None
         if not has_self and e.uses_self:
-            raise TypeError(f"{where}: dims={{{k!r}: {src!r}}} reads self, but there is no self")
+            raise AnnotationError(
+                f"{where}: dims={{{k!r}: {src!r}}} reads self, but there is no self"
+            )
         self_dims.append((k, e))
     for k, v in (options.sizes or {}).items():
         if not (isinstance(v, tuple) and len(v) == 2 and 0 <= v[0] <= v[1]):
-            raise TypeError(f"{where}: sizes[{k!r}] must be a (min, max) tuple, got {v!r}")
+            raise AnnotationError(f"{where}: sizes[{k!r}] must be a (min, max) tuple, got {v!r}")
     return Plan(
         qualname=qual,
         module=getattr(fn, "__module__", "") or "",

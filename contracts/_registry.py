@@ -10,6 +10,8 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ._errors import AnnotationError
+
 __all__ = ["all_plans", "example", "example_factory", "import_tree", "register"]
 
 _PLANS: dict[tuple[str, str], Any] = {}
@@ -39,7 +41,9 @@ def example(factory: Callable[[], Any]) -> Callable[[T], T]:
         ... class Encoder(nn.Module): ...
     """
     if not callable(factory):
-        raise TypeError("contracts.example() takes a zero-argument factory, e.g. lambda: Model()")
+        raise AnnotationError(
+            "contracts.example() takes a zero-argument factory, e.g. lambda: Model()"
+        )
 
     def decorate(cls: T) -> T:
         _EXAMPLES[(cls.__module__, cls.__qualname__)] = factory

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._errors import AnnotationError
+
 __all__ = ["Dim", "Expr", "compile_expr", "parse_shape"]
 
 # Dim kinds
@@ -88,7 +90,7 @@ class _Compiler(ast.NodeTransformer):
         self.uses_self = False
 
     def _fail(self, what: str) -> None:
-        raise TypeError(
+        raise AnnotationError(
             f"malformed contract expression {self.source!r}: {what}; allowed are dim names, "
             "numbers, self.attr, + - * / // %, unary -, len(), min(), max()"
         )
@@ -169,7 +171,7 @@ def compile_expr(source: str) -> Expr:
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as e:
-        raise TypeError(f"malformed contract expression {source!r}: {e.msg}") from None
+        raise AnnotationError(f"malformed contract expression {source!r}: {e.msg}") from None
     comp = _Compiler(source)
     tree = comp.visit(tree)
     lam = ast.Expression(
@@ -202,7 +204,7 @@ def compile_fstring(source: str) -> Expr:
 
     fields = [f for _, f, _, _ in string.Formatter().parse(source) if f is not None]
     if not fields or any(not f.split(".")[0].isidentifier() for f in fields):
-        raise TypeError(
+        raise AnnotationError(
             f"malformed contract expression {source!r}: braces must hold an argument name or "
             'attribute ("{size}", "{self.n}")'
         )
@@ -290,7 +292,7 @@ def parse_shape(dim_str: str) -> tuple[Dim, ...]:
     dims = [_token(dim_str, tok) for tok in dim_str.split()]
     n_var = sum(d.kind in (VARIADIC, ELLIPSIS) for d in dims)
     if n_var > 1:
-        raise TypeError(
+        raise AnnotationError(
             f"malformed shape {dim_str!r}: at most one variadic entry (*name or ...) is allowed"
         )
     return tuple(dims)

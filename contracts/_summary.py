@@ -69,6 +69,8 @@ def _real_stats(x: Tensor) -> Tensor:
     do not cancel.
     """
     acc = _acc_dtype(x.device)
+    if x.dtype.itemsize == 1:  # the float8s: torch has no isfinite/comparisons for them
+        x = x.float()  # exact
     finite = torch.isfinite(x)
     nan = torch.isnan(x).sum()
     posinf = (x == math.inf).sum()

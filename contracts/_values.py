@@ -33,7 +33,7 @@ import torch
 from ._plan import FLOAT_NAMES, TensorSpec
 from ._spec import Expr
 
-__all__ = ["cpu_value_check", "remember_extrema", "remember_mask"]
+__all__ = ["cpu_value_check", "remember_extrema", "remember_mask", "widened"]
 
 _SMALL_MASK = 4096  # below this many elements a mask's row test is one any()/all() per axis
 _SHORT_ROWS = 256  # a row-test result this short is read as a list (cheaper than .all())
@@ -117,6 +117,16 @@ def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], boo
     return ok
 
 
+def widened(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in a dtype torch reduces (``aminmax`` is not implemented for the float8s and the
+    unsigned integers past uint8): float8 as float32 and uint16/uint32 as int64, exactly;
+    uint64 as float64 (values past 2**53 rounded). Called only when a reduction raised."""
+    dt = x.dtype
+    if dt.is_floating_point:
+        return x.float()
+    return x.double() if dt == torch.uint64 else x.long()
+
+
 def _limits(lo: Any, hi: Any) -> tuple[Any, Any]:
     """Number bounds as compared: None becomes the extreme finite double (so inf and NaN fail);
     ints stay ints (Python compares int and float exactly, past 2**53 too)."""
@@ -155,7 +165,10 @@ def _extrema(x: torch.Tensor) -> tuple[Any, Any] | None:
         x = x.detach()
     if n >= _UNBROADCAST_MIN:
         x = _unbroadcast(x)
-    mn, mx = torch.aminmax(x)
+    try:
+        mn, mx = torch.aminmax(x)
+    except (RuntimeError, NotImplementedError):  # a dtype torch does not reduce (float8)
+        mn, mx = torch.aminmax(widened(x))
     return mn.item(), mx.item()
 
 
@@ -367,7 +380,10 @@ def _cpu_values_ok(spec: TensorSpec, x: torch.Tensor, b: dict, self_obj: Any) ->
             x = torch.view_as_real(x)
         elif spec.lo is None and spec.hi is None:
             return True  # integers are always finite
-    mn, mx = torch.aminmax(x)
+    try:
+        mn, mx = torch.aminmax(x)
+    except (RuntimeError, NotImplementedError):  # a dtype torch does not reduce (float8)
+        mn, mx = torch.aminmax(widened(x))
     mn, mx = mn.item(), mx.item()
     if not (math.isfinite(mn) and math.isfinite(mx)):
         return False

@@ -136,3 +136,20 @@ def test_annotations_built_at_each_call_are_parsed_once():
     for _ in range(5):  # jaxtyping builds a new class at every subscription
         check(torch.zeros(2, 3), Float[Tensor, "B Tq"], name="q")
     assert len(_SLOTS) == n
+
+
+def test_check_accepts_none_for_an_optional_annotation():
+    assert contracts.check(None, Float[Tensor, " B"] | None, name="maybe") is None
+    with pytest.raises(contracts.ContractError, match="maybe"):
+        contracts.check(None, Float[Tensor, " B"], name="maybe")
+
+
+def test_mode_blocks_ending_out_of_order_restore_the_process_mode():
+    before = contracts.get_mode()
+    a, b = contracts.mode("off"), contracts.mode("shapes")
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)  # the older block ends first (another thread's, say)
+    assert contracts.get_mode() == "shapes"  # the newest block still open
+    b.__exit__(None, None, None)
+    assert contracts.get_mode() == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Annotated
 
 import pytest
@@ -315,3 +316,101 @@ def test_bounds_compare_in_the_tensor_dtype():
     f(torch.tensor([0.03], dtype=torch.float16))
     with pytest.raises(ContractError, match=r"got 1 of 1 values outside it; finite min=0.0299"):
         f(torch.tensor([0.0299], dtype=torch.float32))
+
+
+def test_contract_above_staticmethod_and_classmethod():
+    class K:
+        @contracts.contract
+        @staticmethod
+        def s(x: Float[Tensor, "B 3"]) -> Float[Tensor, " B"]:
+            return x.sum(1)
+
+        @contracts.contract
+        @classmethod
+        def c(cls, x: Float[Tensor, "B 3"]) -> Float[Tensor, " B"]:
+            return x.sum(1)
+
+    for f in (K.s, K().s, K.c, K().c):
+        assert f(torch.zeros(2, 3)).shape == (2,)
+        with pytest.raises(contracts.ContractError, match="axis 1: expected size 3, got 4"):
+            f(torch.zeros(2, 4))
+
+
+def test_generators_and_coroutines_cannot_promise_a_return():
+    with pytest.raises(contracts.AnnotationError, match="is a generator function"):
+
+        @contracts.contract
+        def frames(x: Float[Tensor, " B"]) -> Iterator[Float[Tensor, " B"]]:
+            yield x
+
+    with pytest.raises(contracts.AnnotationError, match="is a coroutine function"):
+
+        @contracts.contract
+        async def fetch(x: Float[Tensor, " B"]) -> Float[Tensor, " B"]:
+            return x
+
+    with pytest.warns(contracts.ContractWarning, match="what it yields or awaits is not"):
+
+        @contracts.contract
+        def chunks(x: Float[Tensor, " B"]):
+            yield x
+
+    with pytest.raises(contracts.ContractError, match="argument 'x'"):
+        next(chunks(torch.zeros(2, 2)))
+
+
+def test_annotated_star_args_are_named_as_unchecked():
+    with pytest.warns(contracts.ContractWarning, match=r"annotation of \*xs is not checked"):
+
+        @contracts.contract
+        def f(*xs: Float[Tensor, " B"]) -> None:
+            return None
+
+
+def test_a_mask_axis_outside_the_annotation_is_refused_at_decoration():
+    with pytest.raises(contracts.AnnotationError, match=r"Mask\(axis=5\) on a 2-axis"):
+
+        @contracts.contract
+        def f(m: Annotated[Bool[Tensor, "B T"], contracts.Mask(axis=5)]) -> None:
+            return None
+
+    assert issubclass(contracts.AnnotationError, contracts.TorchdxError)
+    assert issubclass(contracts.AnnotationError, TypeError)  # what it was before
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        torch.tensor([0.5, 20.0]).to(torch.float8_e4m3fn),
+        torch.tensor([1, 20], dtype=torch.uint16),
+        torch.tensor([1, 20], dtype=torch.uint32),
+    ],
+    ids=str,
+)
+def test_value_checks_on_dtypes_torch_does_not_reduce(x):
+    @contracts.contract
+    def f(v: Annotated[Shaped[Tensor, " N"], contracts.Range(0, 9)]) -> None:
+        return None
+
+    with contracts.mode("full"):
+        f(torch.ones(2).to(x.dtype))
+        for _ in range(2):  # the walk, then the generated wrapper
+            with pytest.raises(contracts.ContractError, match="expected values in"):
+                f(x)
+
+
+def test_meta_tensors_are_checked_for_shape_only():
+    @contracts.contract
+    def f(
+        x: Annotated[Float[Tensor, "B T"], contracts.Range(0, 1)],
+        m: Annotated[Bool[Tensor, "B T"], contracts.Mask()],
+    ) -> None:
+        return None
+
+    x = torch.empty(2, 3, device="meta")
+    m = torch.empty(2, 3, device="meta", dtype=torch.bool)
+    with contracts.mode("full"):
+        f(x, m)
+        f(x, m)
+        with pytest.raises(contracts.ContractError, match="axis 1"):
+            f(x, m[:, :2])

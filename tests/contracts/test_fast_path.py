@@ -316,3 +316,35 @@ def test_in_shapes_mode_an_unchecked_value_range_is_never_the_culprit():
     assert "return, axis 1: expected size T=3, got 2" in str(e.value), str(e.value)
     with pytest.raises(ContractError, match=r"argument 'x'.*expected values in \[0, 1\]"):
         f(torch.full((2, 3), 5.0))  # full mode: the argument fails first
+
+
+def test_a_number_left_to_its_default_is_range_checked_on_every_path():
+    class Sched:
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        @contract
+        def step(
+            self, x: Float[Tensor, " B"], i: Annotated[int, Range(0, "self.k")] = 5
+        ) -> Float[Tensor, " B"]:
+            return x
+
+    s = Sched(10)
+    with contracts.mode("full"):
+        s.step(torch.zeros(2))  # the signature is cached: the generated wrapper from now on
+        s.k = 3
+        for call in (lambda: s.step(torch.zeros(2)), lambda: s.step(x=torch.zeros(2))):
+            with pytest.raises(ContractError, match=r"argument 'i': expected a value in \[0, "):
+                call()
+
+
+def test_a_return_failure_is_not_blamed_on_an_argument_the_function_wrote_to():
+    @contract
+    def scale_(x: Annotated[Float[Tensor, "B T"], Range(0, 1)]) -> Float[Tensor, "B T"]:
+        x.mul_(100)  # legal: x passed its check on entry
+        return x[:, :-1]
+
+    for mode in ("shapes", "full"):
+        with contracts.mode(mode), pytest.raises(ContractError) as exc:
+            scale_(torch.rand(2, 3))
+        assert exc.value.argument == "return" and exc.value.axis == 1, mode
