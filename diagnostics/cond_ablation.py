@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contracts.cli import ArgumentParser, TargetSpecError, pick_threads
+from contracts.cli import ArgumentParser, TargetSpecError, fail, pick_threads
 from contracts.cli import load_target as load_spec
 from diagnostics._ablation._types import TargetLoadError
 
@@ -174,6 +174,33 @@ def _init_distributed(device: str | None) -> tuple[int, int]:
     return info.rank, info.world_size
 
 
+def _check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags before anything runs (None: nothing), in one line."""
+    if not 0 <= args.seed < 2**63:
+        return f"--seed {args.seed}: must be in [0, 2**63)"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads {args.threads}: must be >= 1"
+    if args.device is not None:
+        import torch
+
+        try:
+            dev = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            return f"--device {args.device!r}: not a torch device (e.g. cpu, cuda, cuda:1)"
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            return f"--device {args.device!r}: this torch has no CUDA device"
+    for flag, value in (("--out", args.out), ("--tensorboard", args.tensorboard)):
+        if value is None:
+            continue
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            return f"{flag} {value}: is a file, not a directory"
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            return f"{flag} {value}: {parent} is a file, not a directory"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 done, 2 bad input)."""
     try:
@@ -181,13 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a bad argument (2, its line already written)
         return int(e.code or 0)
     t_start = time.perf_counter()
+    bad_arg = _check_args(args)
+    if bad_arg:
+        return fail("cond_ablation", bad_arg)
     from diagnostics._distributed import DistributedError
 
     try:
         rank, world = _init_distributed(args.device)
     except DistributedError as e:
-        sys.stderr.write(f"cond_ablation: error: {str(e).splitlines()[0]}\n")
-        return 2
+        return fail("cond_ablation", str(e))
     if rank != 0:
         args.quiet = True
     ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
@@ -197,11 +226,14 @@ def main(argv: list[str] | None = None) -> int:
 
     bad = [a for a in ablations if a not in ABLATIONS]
     if bad or not ablations:
-        sys.stderr.write(
-            f"cond_ablation: error: --ablations {args.ablations!r}: unknown "
-            f"{', '.join(bad) or '(empty)'}; choose from {','.join(ABLATIONS)}\n"
+        return fail(
+            "cond_ablation",
+            f"--ablations {args.ablations!r}: unknown {', '.join(bad) or '(empty)'}; choose "
+            f"from {','.join(ABLATIONS)}",
         )
-        return 2
+    twice = sorted({a for a in ablations if ablations.count(a) > 1})
+    if twice:
+        return fail("cond_ablation", f"--ablations {args.ablations!r}: {', '.join(twice)} twice")
     threads = pick_threads(args.threads)
     out = (
         Path(args.out) if args.out else Path("runs/cond_ablation") / time.strftime("%Y%m%d-%H%M%S")
@@ -209,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target = load_target(args.target, args.seed)
     except TargetLoadError as e:
-        sys.stderr.write(f"cond_ablation: error: {e}\n")
-        return 2
+        return fail("cond_ablation", str(e))
     t_loaded = time.perf_counter()
 
     report, err = None, None

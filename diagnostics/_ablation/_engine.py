@@ -36,9 +36,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -78,6 +79,19 @@ def _check_target(target: Any) -> AblationTarget:
     if target.times is not None and len(target.times) == 0:
         raise AblationError("AblationTarget.times is empty: give the diffusion times to probe")
     return target
+
+
+@contextlib.contextmanager
+def _buffers_restored(model: torch.nn.Module) -> Iterator[None]:
+    """Put back every buffer after the block, however it ends: the ablation's forwards must not
+    change the model it measures (BatchNorm's running statistics in train mode, counters)."""
+    saved = [(b, b.clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
 
 
 def run_ablation(
@@ -181,7 +195,7 @@ def run_ablation(
         return err
 
     model_was_training = target.model.training
-    with torch.no_grad():
+    with torch.no_grad(), _buffers_restored(target.model):
         for si, text in enumerate(site_texts):
             t0 = time.perf_counter()
             try:

@@ -101,11 +101,18 @@ def first_dim(obj: Any) -> int | None:
     return found[0] if found else None
 
 
-def tile(batch: Any, n: int, b: int) -> Any:
-    """Repeat every tensor leaf with leading dim ``b`` ``n`` times along dim 0."""
-    return tree_map(
-        lambda t: torch.cat([t] * n, 0) if t.dim() > 0 and t.shape[0] == b else t, batch
-    )
+def tile(batch: Any, n: int, b: int, vary: bool = False) -> Any:
+    """Repeat every tensor leaf with leading dim ``b`` ``n`` times along dim 0; ``vary``: copy
+    ``k`` of a floating leaf is scaled by ``1 + k / 2`` (the first copy keeps the values)."""
+
+    def rep(t: Tensor) -> Tensor:
+        if t.dim() == 0 or t.shape[0] != b:
+            return t
+        if vary and (t.is_floating_point() or t.is_complex()):
+            return torch.cat([t * (1 + k / 2) if k else t for k in range(n)], 0)
+        return torch.cat([t] * n, 0)
+
+    return tree_map(rep, batch)
 
 
 def describe(x: Any) -> str:

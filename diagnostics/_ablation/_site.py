@@ -156,6 +156,10 @@ class SitePass:
             return self.mean.to(device=c.device, dtype=c.dtype).expand_as(c).clone()
         if name == "random":
             gen = torch.Generator().manual_seed(seed_of(seed, 3, si, bi, ti))
+            if not (c.is_floating_point() or c.is_complex()):  # ids, classes, flags: a
+                # Gaussian cast to int would make ids no table holds; draw observed values
+                pick = torch.randint(0, c.numel(), c.shape, generator=gen)
+                return c.reshape(-1)[pick.reshape(-1).to(c.device)].reshape(c.shape)
             zt = torch.complex128 if c.is_complex() else torch.float64
             z = torch.randn(c.shape, generator=gen, dtype=zt)  # complex: E|z|^2 = 1
             return (self.mean + self.std * z).to(device=c.device, dtype=c.dtype)
@@ -209,18 +213,31 @@ class SitePass:
         try:
             ref = runner.call_seeded(batch, seed)
             out = runner.call_seeded(tile(batch, n, b), seed)
+            # the copies after the first with other values: a model that mixes examples
+            # (batch statistics, BatchNorm in train mode, a batch-mean condition) gives the
+            # first copy another output, where identical copies would hide it
+            varied = runner.call_seeded(tile(batch, n, b, vary=True), seed)
         except AblationError:
             raise
         except Exception as e:  # the model may not accept a larger batch
             return False, f"tiled forward failed: {type(e).__name__}"
-        if out.shape[0] != n * ref.shape[0] or ref.shape[0] != b:
+        _finite_intact(ref, bi)
+        if out.shape[0] != n * ref.shape[0] or ref.shape[0] != b or varied.shape != out.shape:
             return False, "output's leading dim does not follow the batch"
         chunks = out.reshape(n, *ref.shape)  # (n, B, ...)
+        first = varied.reshape(n, *ref.shape)[0]  # (B, ...): the copy with the batch's values
         scale = ref.abs().max().clamp_min(1e-12)
-        if not all(
-            torch.allclose(chunks[k], ref, atol=1e-5 * float(scale), rtol=1e-4) for k in range(n)
-        ):
+
+        def same(a: Tensor) -> bool:
+            return torch.allclose(a, ref, atol=1e-5 * float(scale), rtol=1e-4)
+
+        if not all(same(chunks[k]) for k in range(n)):
             return False, "the model is not batch-independent (tiled copies disagree)"
+        if not same(first):
+            return False, (
+                "the model mixes the examples of a batch (its output for one example changes "
+                "with the others': batch statistics, BatchNorm in train mode)"
+            )
         return True, ""
 
     def _tiled(
@@ -283,6 +300,7 @@ class SitePass:
                     site, batch, self._seed(bi, ti, a), lambda v, rep=rep: rep
                 )
         assert intact is not None, "_item: no intact output"
+        _finite_intact(intact, bi)
         effs = {a: example_effects(intact, outs[a]) for a in self.variants if a != SHUFFLE2}
         if SHUFFLE2 in outs:
             perm = self._perm(intact.shape[0], bi, ti)
@@ -465,6 +483,15 @@ class SitePass:
             abs_change=r6(float(mats["abs"].mean())),
             n=int(mats["rel"].shape[0]),
             curve=curve,
+        )
+
+
+def _finite_intact(out: Tensor, bi: int) -> None:
+    """The intact output must be finite: a NaN/Inf in it leaves nothing to compare."""
+    if not bool(torch.isfinite(out).all()):
+        raise AblationError(
+            f"the target's output on batch {bi} holds NaN/Inf before any ablation: there is "
+            "nothing to compare; hint: find where with diagnostics.NanWatch, or fix the inputs"
         )
 
 

@@ -411,3 +411,61 @@ def test_min_effect_validated_and_errors_in_the_hierarchy(healthy):
     assert issubclass(AblationError, TorchdxError) and issubclass(TargetLoadError, AblationError)
     with pytest.raises(TargetLoadError, match=r"--target 'nocolon': expected MODULE:FACTORY"):
         load_target("nocolon")
+
+
+def test_a_model_that_mixes_examples_is_run_one_variant_at_a_time_and_left_unchanged():
+    class CentredBN(torch.nn.Module):  # BatchNorm in train mode: each output reads the batch
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Linear(8, 4)
+            self.bn = torch.nn.BatchNorm1d(4)
+            self.head = torch.nn.Linear(4 + 3, 2)
+
+        def forward(self, x, cond):
+            return self.head(torch.cat([x, self.bn(self.enc(cond))], 1))
+
+    torch.manual_seed(0)
+    model = CentredBN().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tgt = AblationTarget(
+        model=model,
+        batches=[{"x": torch.randn(6, 3), "cond": torch.randn(6, 8)} for _ in range(2)],
+        sites=["enc"],
+    )
+    rep = run_ablation(tgt, ablations=["zero", "shuffle"], embeddings=False, **FAST)
+    s = rep.data["sites"][0]
+    assert not s["batched"] and any("mixes the examples" in n for n in s["notes"]), s["notes"]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running stats put back
+
+
+def test_a_non_finite_intact_output_is_an_error_not_a_verdict():
+    class NaNOut(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Linear(8, 4)
+
+        def forward(self, cond):
+            return self.enc(cond).log()  # negative values: NaN
+
+    for batched in (True, False):
+        tgt = AblationTarget(model=NaNOut(), batches=[{"cond": -torch.rand(4, 8) - 5}])
+        tgt.sites = ["enc"]
+        with pytest.raises(AblationError, match="holds NaN/Inf before any ablation"):
+            run_ablation(tgt, ablations=["zero"], embeddings=False, batch_variants=batched, **FAST)
+
+
+def test_random_on_an_integer_condition_draws_observed_values():
+    class ClassCond(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(5, 4)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, label):
+            return self.head(self.emb(label))
+
+    for seed in range(6):  # some seeds drew negative ids before
+        tgt = AblationTarget(model=ClassCond(), batches=[{"label": torch.arange(5) % 5}])
+        tgt.sites = ["arg:label"]
+        run_ablation(tgt, ablations=["random"], embeddings=False, seed=seed, **FAST)

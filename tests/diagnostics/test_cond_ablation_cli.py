@@ -93,6 +93,9 @@ def test_file_target_site_and_ablation_flags(tmp_path):
         (["--min-effect", "-0.1"], "argument --min-effect: '-0.1' must be a finite number >= 0"),
         (["--min-effect", "lots"], "argument --min-effect: 'lots' is not a number"),
         (["--min-effect", "nan"], "argument --min-effect: 'nan' must be a finite number >= 0"),
+        (["--seed", "-5"], r"--seed -5: must be in \[0, 2\*\*63\)"),
+        (["--device", "bogus"], "--device 'bogus': not a torch device"),
+        (["--ablations", "zero,zero"], "--ablations 'zero,zero': zero twice"),
     ],
 )
 def test_bad_site_or_ablation_exit_2(tmp_path, capsys, args, pattern):
@@ -177,3 +180,22 @@ def test_help_explains_the_rule(capsys):
     for word in ("floor", "channel", "content", "used", "weak", "constant", "ignored",
                  "inconclusive", "--min-effect"):  # fmt: skip
         assert word in text
+
+
+def test_out_pointing_at_a_file_is_refused_before_the_run(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for flag, value in (("--out", afile), ("--out", afile / "sub"), ("--tensorboard", afile)):
+        extra = [] if flag == "--out" else ["--out", str(tmp_path / "ok")]
+        rc = main(["--target", f"{EXAMPLE}:small_target", flag, str(value), *extra, *QUICK])
+        assert rc == 2
+        assert "is a file, not a directory" in _err(capsys)
+
+
+def test_threads_below_one_is_refused(tmp_path, capsys):
+    quick = [a for a in QUICK if a not in ("--threads", "1")]
+    rc = main(
+        ["--target", f"{EXAMPLE}:small_target", "--out", str(tmp_path), *quick, "--threads", "0"]
+    )
+    assert rc == 2
+    assert "--threads 0: must be >= 1" in _err(capsys)
