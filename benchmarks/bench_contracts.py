@@ -154,6 +154,19 @@ def paraformer_step(rounds: int, blocks: int = 3) -> dict[str, Any]:
     return out
 
 
+def step_in_fresh_process(
+    rounds: int, blocks: int = 3, module: str = "benchmarks.bench_contracts", *extra: str
+) -> dict[str, Any]:
+    """:func:`paraformer_step` run by ``python -m MODULE --step-only`` (plus ``extra``) in a
+    fresh process, its JSON read back."""
+    cmd = [sys.executable, "-m", module, "--step-only", "--step-rounds", str(rounds)]
+    cmd += ["--blocks", str(blocks), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def paraformer_step_processes(procs: int, rounds: int, blocks: int = 3) -> dict[str, Any]:
     """:func:`paraformer_step` in ``procs`` fresh processes, each its own baseline.
 
@@ -164,12 +177,7 @@ def paraformer_step_processes(procs: int, rounds: int, blocks: int = 3) -> dict[
     """
     runs = []
     for i in range(procs):
-        cmd = [sys.executable, "-m", "benchmarks.bench_contracts", "--step-only"]
-        cmd += ["--step-rounds", str(rounds), "--blocks", str(blocks)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"step process {i} failed:\n{done.stderr[-2000:]}")
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        runs.append(step_in_fresh_process(rounds, blocks))
         print(f"  process {i + 1}/{procs}: full {runs[-1]['ratio_full_vs_off']:.4f}x", flush=True)
     runs.sort(key=lambda r: r["ratio_full_vs_off"])
     out: dict[str, Any] = dict(runs[len(runs) // 2])

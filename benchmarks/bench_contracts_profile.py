@@ -33,7 +33,6 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -45,7 +44,12 @@ import torch
 
 import contracts
 from benchmarks._results import write_results
-from benchmarks.bench_contracts import paraformer_setup, paraformer_step, rounded
+from benchmarks.bench_contracts import (
+    paraformer_setup,
+    paraformer_step,
+    rounded,
+    step_in_fresh_process,
+)
 from contracts.cli import ArgumentParser, fail
 
 MODES = ("off", "shapes", "full")
@@ -300,14 +304,11 @@ def bounds(processes: int, rounds: int) -> dict[str, Any]:
     processes each, the bounds' processes alternated (so a slow spell of the machine touches
     them alike)."""
     per: dict[str, list[float]] = {b: [] for b in BOUNDS}
+    module = "benchmarks.bench_contracts_profile"
     for i in range(processes):
         for bound in BOUNDS:
-            cmd = [sys.executable, "-m", "benchmarks.bench_contracts_profile"]
-            cmd += ["--bound-worker", bound, "--bound-rounds", str(rounds)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"bound process {bound} failed:\n{done.stderr[-2000:]}")
-            per[bound].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            got = step_in_fresh_process(rounds, 3, module, "--bound", bound)
+            per[bound].append(got["ratio_full_vs_off"])
             print(f"  bound {bound} {i + 1}/{processes}: {per[bound][-1]:.4f}x", flush=True)
     ratio = {b: statistics.median(v) for b, v in per.items()}
     return {
@@ -339,15 +340,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--bound-rounds", type=int, default=100, help="training steps per mode in a bound process"
     )
-    p.add_argument("--bound-worker", choices=BOUNDS, help=argparse.SUPPRESS)
+    # one bound's process (what --bound-processes starts): the step's JSON, nothing else
+    p.add_argument("--step-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--step-rounds", type=int, default=100, help=argparse.SUPPRESS)
+    p.add_argument("--blocks", type=int, default=3, help=argparse.SUPPRESS)
+    p.add_argument("--bound", choices=BOUNDS, default="as_is", help=argparse.SUPPRESS)
     p.add_argument("--no-write", action="store_true", help="print only, do not write results")
     args = p.parse_args(argv)
     if args.steps < 1 or args.repeats < 1 or args.bound_rounds < 1 or args.bound_processes < 0:
         return fail(p, "--steps, --repeats and --bound-rounds must be >= 1, --bound-processes >= 0")
     torch.set_num_threads(1)
-    if args.bound_worker:  # one bound's process: print its ratio, nothing else
-        with stubbed_value_checks(args.bound_worker):
-            print(json.dumps(paraformer_step(args.bound_rounds)["ratio_full_vs_off"]))
+    if args.step_only:
+        with stubbed_value_checks(args.bound):
+            print(json.dumps(paraformer_step(args.step_rounds, args.blocks)))
         return 0
     got = rounded(profile(args.steps, args.repeats), 3)
     print(f"{'contract':34s} {'calls':>5s} {'shapes µs':>10s} {'full µs':>9s} {'warm':>7s}")

@@ -21,7 +21,7 @@ from ._errors import ContractError
 from ._plan import CHECKED, FLOAT_NAMES, Plan, Slot, TensorSpec
 from ._spec import FIXED, NAME, Expr
 from ._summary import summarize
-from ._values import widened
+from ._values import UNREDUCED, widened
 
 __all__ = ["describe_value", "explain", "explain_check", "permutation_hint", "value_details"]
 
@@ -96,18 +96,11 @@ def describe_value(x: Any) -> str:
     return f"{type(x).__name__} {r[:60] + '…' if len(r) > 60 else r}"
 
 
-# dtypes whose elementwise comparisons torch does not implement on the CPU
-_WIDENED = frozenset(
-    {getattr(torch, n) for n in dir(torch) if n.startswith("float8_")}
-    | {torch.uint16, torch.uint32, torch.uint64}
-)
-
-
 def value_details(x: torch.Tensor, lo: float | None, hi: float | None) -> tuple[str, dict]:
     """Count and locate the values of ``x`` outside ``[lo, hi]`` or non-finite."""
     with torch.no_grad():
         v = torch.view_as_real(x.detach()) if x.is_complex() else x.detach()
-        if v.dtype in _WIDENED:  # comparisons torch does not implement for these dtypes
+        if v.dtype in UNREDUCED:  # comparisons torch does not implement for these dtypes
             v = widened(v)
         if v.is_floating_point():
             nan = torch.isnan(v)
@@ -485,20 +478,26 @@ def explain(
     b: dict = {}
     level = _level()
     outputs = phase == "outputs"
+    self_obj = args[0] if plan.has_self and args else None
     try:
         # a return's failure: the arguments passed on entry, and fn may have written to them
         # since (x.mul_(100)), so only their shapes are walked again, for the dims' provenance
         self_obj = _check.check_inputs(plan, args, kwargs, SHAPES if outputs else level, prov, b)[1]
-        for k, v in bound or ():
-            if k not in b:
-                b[k], prov[k] = v, "a contracts.check in the call"
-        if outputs:
-            _check.check_outputs(plan, out, b, self_obj, level, prov)
     except Fail as again:
-        if not outputs or again.slot in {s.name for s in plan.returns} | {"return"}:
+        if not outputs:
             fail = again  # the explain pass sees the same first failure, now with provenance
     except Exception:
         pass
+    for k, v in bound or ():
+        if k not in b:
+            b[k], prov[k] = v, "a contracts.check in the call"
+    if outputs:
+        try:
+            _check.check_outputs(plan, out, b, self_obj, level, prov)
+        except Fail as again:
+            fail = again
+        except Exception:
+            pass
     return _error(plan.qualname, fail, _Call(plan, args, kwargs, out), prov, b)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ._errors import TorchdxError
+from ._values import UNREDUCED, widened
 
 __all__ = ["SummaryError", "summarize"]
 
@@ -69,8 +70,8 @@ def _real_stats(x: Tensor) -> Tensor:
     do not cancel.
     """
     acc = _acc_dtype(x.device)
-    if x.dtype.itemsize == 1:  # the float8s: torch has no isfinite/comparisons for them
-        x = x.float()  # exact
+    if x.dtype in UNREDUCED:  # the float8s: torch has no isfinite/comparisons for them
+        x = widened(x)
     finite = torch.isfinite(x)
     nan = torch.isnan(x).sum()
     posinf = (x == math.inf).sum()

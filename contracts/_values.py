@@ -33,7 +33,7 @@ import torch
 from ._plan import FLOAT_NAMES, TensorSpec
 from ._spec import Expr
 
-__all__ = ["cpu_value_check", "remember_extrema", "remember_mask", "widened"]
+__all__ = ["UNREDUCED", "cpu_value_check", "remember_extrema", "remember_mask", "widened"]
 
 _SMALL_MASK = 4096  # below this many elements a mask's row test is one any()/all() per axis
 _SHORT_ROWS = 256  # a row-test result this short is read as a list (cheaper than .all())
@@ -117,10 +117,18 @@ def cpu_value_check(spec: TensorSpec) -> Callable[[torch.Tensor, dict, Any], boo
     return ok
 
 
+# dtypes whose reductions and comparisons torch does not implement on the CPU
+UNREDUCED = frozenset(
+    {getattr(torch, n) for n in dir(torch) if n.startswith("float8_")}
+    | {torch.uint16, torch.uint32, torch.uint64}
+)
+
+
 def widened(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in a dtype torch reduces (``aminmax`` is not implemented for the float8s and the
-    unsigned integers past uint8): float8 as float32 and uint16/uint32 as int64, exactly;
-    uint64 as float64 (values past 2**53 rounded). Called only when a reduction raised."""
+    """``x`` (an :data:`UNREDUCED` dtype) in one torch reduces and compares: float8 as float32
+    and uint16/uint32 as int64, exactly; uint64 as float64 (values past 2**53 rounded). The
+    value checks call it only when a reduction raised (a dtype test on every check would cost
+    the common case); messages and summaries test :data:`UNREDUCED` first."""
     dt = x.dtype
     if dt.is_floating_point:
         return x.float()

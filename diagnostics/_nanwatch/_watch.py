@@ -160,6 +160,7 @@ class NanWatch:
         self._named = [(clean_name(n), p) for n, p in self.model.named_parameters()]
         self._params = [p for _, p in self._named]
         self._all_buffers = [(clean_name(n), b) for n, b in self.model.named_buffers()]
+        self._steady_buffers = self._all_buffers  # not seen changing (versions kept per step)
         self._mutated_buffers: list[Tensor] | None = None  # None: snapshot all (next step)
         self._eager_rec: Recorder | None = None
 
@@ -350,12 +351,12 @@ class NanWatch:
 
     def _snapshot_buffers(self, st: StepState) -> list[tuple[Tensor, int, Tensor]]:
         """Copies of the buffers the step may change: all of them on the first step, then
-        those seen changing (the others' versions are kept, to learn one that starts to)."""
+        those seen changing; the others' versions are kept, to learn one that starts to."""
         if self._mutated_buffers is None:
             bufs = self._buffers()
         else:
             bufs = self._mutated_buffers
-            st.buf_versions = [b._version for _, b in self._all_buffers]
+            st.buf_versions = [b._version for _, b in self._steady_buffers]
         return [(b, b._version, b.clone()) for b in bufs]
 
     def _learn_buffers(self, st: StepState) -> None:
@@ -363,15 +364,19 @@ class NanWatch:
         that starts to change later (an EMA after warm-up, a counter) joins them; the step
         where it first changed had no copy of it (``st.unsaved``)."""
         if self._mutated_buffers is None:
-            self._mutated_buffers = [b for b, v, _ in st.bufs if b._version != v]
+            changed = {id(b) for b, v, _ in st.bufs if b._version != v}
+        elif st.buf_versions is not None and any(
+            b._version != v for (_, b), v in zip(self._steady_buffers, st.buf_versions)
+        ):
+            changed = {id(b) for b in self._mutated_buffers}
+            for (name, b), v in zip(self._steady_buffers, st.buf_versions, strict=True):
+                if b._version != v:
+                    changed.add(id(b))
+                    st.unsaved.append(name)
+        else:
             return
-        if st.buf_versions is None:
-            return
-        known = {id(b) for b in self._mutated_buffers}
-        for (name, b), v in zip(self._all_buffers, st.buf_versions, strict=True):
-            if b._version != v and id(b) not in known:
-                self._mutated_buffers.append(b)
-                st.unsaved.append(name)
+        self._mutated_buffers = [b for _, b in self._all_buffers if id(b) in changed]
+        self._steady_buffers = [(n, b) for n, b in self._all_buffers if id(b) not in changed]
 
     # -- eager ----------------------------------------------------------------------------
     def _run_eager(self, st: StepState) -> Any:

@@ -71,3 +71,10 @@ def test_counts_match_reference(values):
     assert (f"NaN!{n_nan}" in s) == (n_nan > 0)
     assert (f"+Inf!{n_pinf}" in s) == (n_pinf > 0)
     assert (f"-Inf!{n_ninf}" in s) == (n_ninf > 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_tensors(dtype):
+    x = torch.tensor([1.0, 2.0, float("nan")]).to(dtype)
+    s = summarize(x)
+    assert "x∈[1, 2]" in s and "NaN!1" in s, s
