@@ -289,8 +289,8 @@ class GradFlow:
         follow the module list)."""
         model = self.model
         self._structure = structure_version()
-        self._every = [p for _, p in model.named_parameters()]
-        self._trainable = [p.requires_grad for p in self._every]
+        # the frozen ones: one unfrozen since is read from the next record on
+        self._frozen_params = [p for p in model.parameters() if not p.requires_grad]
         self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._frozen = _frozen_modules(model)
         # every name a parameter is known by (frozen ones, and each name of a tied one) ->
@@ -383,11 +383,10 @@ class GradFlow:
         Returns:
             A :class:`GradFlowReport`; gradients are only read, never modified.
         """
-        if (
-            structure_version() != self._structure
-            or [p.requires_grad for p in self._every] != self._trainable
+        if structure_version() != self._structure or any(
+            p.requires_grad for p in self._frozen_params
         ):
-            self._index()  # a module added or replaced, a parameter frozen or unfrozen
+            self._index()  # a module added or replaced, a parameter unfrozen
         grads = [p.grad for p in self._params]
         sparse = False
         common = True  # every gradient present and dense: no per-parameter bookkeeping
@@ -395,6 +394,10 @@ class GradFlow:
             if g is None or g.is_sparse:
                 common = False
                 break
+        # a parameter frozen since has no new gradient: looked for only when one is missing
+        if not common and not all(p.requires_grad for p in self._params):
+            self._index()
+            grads = [p.grad for p in self._params]
         if common:
             names, have, unused = self._all_names, self._all_idx, []
         else:

@@ -164,3 +164,14 @@ def test_gradflow_no_exploding_flag_against_a_history_of_zero_gradients():
     model(torch.randn(4, 2)).sum().backward()
     rep = gf.record()
     assert rep.total_norm > 0 and not rep.exploding and not rep.vanishing
+
+
+def test_gradflow_does_not_call_a_module_frozen_since_unused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    gf = GradFlow(model)
+    model[0].requires_grad_(False)
+    model.zero_grad()
+    model(torch.randn(3, 4)).sum().backward()
+    rep = gf.record()
+    assert rep.unused == [] and set(rep.param_norms) == {"1.weight", "1.bias"}
+    assert rep.frozen == ["0 (20 parameters)"]
