@@ -33,6 +33,7 @@ import argparse
 import json
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -299,6 +300,89 @@ def stubbed_value_checks(bound: str) -> Iterator[None]:
         fast.cpu_value_check = real
 
 
+@contextmanager
+def timed_value_checks(log: list) -> Iterator[None]:
+    """Value checks built inside are timed at each call and appended to ``log`` as ``(read,
+    us_in_step, us_warm)``: ``read`` is False for a lookup that found the tensor already
+    checked; a check that read the tensor (a reduction and its host read, or a small mask read
+    whole) is made twice more right after, its lookup skipped, and the second of those is its
+    warm time (None for a lookup). A timed check has no ``inline``, so a generated wrapper calls
+    it (as it does a stub, see :func:`stubbed_value_checks`)."""
+    import contracts._fast as fast
+
+    real = fast.cpu_value_check
+    clock = time.perf_counter
+
+    def timed(spec: Any) -> Callable:
+        ok = real(spec)
+        gate = ok.gate
+
+        def check(x: Any, b: dict, self_obj: Any) -> bool:
+            hits = gate[1]
+            t0 = clock()
+            good = ok(x, b, self_obj)
+            t = clock() - t0
+            if gate[1] > hits:  # a lookup hit: nothing read
+                log.append((False, t * 1e6, None))
+                return good
+            closed = gate[0]
+            gate[0] = 2  # the next two calls read the tensor without a lookup
+            ok(x, b, self_obj)
+            t1 = clock()
+            ok(x, b, self_obj)
+            warm = clock() - t1
+            gate[0] = closed
+            log.append((True, t * 1e6, warm * 1e6))
+            return good
+
+        check.gate = gate  # type: ignore[attr-defined]
+        return check
+
+    fast.cpu_value_check = timed
+    try:
+        yield
+    finally:
+        fast.cpu_value_check = real
+
+
+def value_reads(steps: int) -> dict[str, Any]:
+    """The value checks of the step in ``full`` (in this process; their wrappers must be built
+    here, see :func:`timed_value_checks`): per step, how many read their tensor and how many
+    found it already checked, and what the reads cost inside the step vs the same reads made
+    again right away (warm). Medians over ``steps`` steps."""
+    log: list = []
+    with timed_value_checks(log):
+        _model, _batch, step = paraformer_setup()
+        with contracts.mode("full"):
+            for _ in range(3):  # warm-up: every signature cached, the reference judge done
+                step()
+            per_step = []
+            for _ in range(steps):
+                log.clear()
+                step()
+                reads = [(t, w) for read, t, w in log if read]
+                lookups = [t for read, t, _ in log if not read]
+                per_step.append(
+                    (
+                        len(reads),
+                        len(lookups),
+                        sum(t for t, _ in reads),
+                        sum(w for _, w in reads),
+                        sum(lookups),
+                    )
+                )
+    med = [statistics.median(col) for col in zip(*per_step, strict=True)]
+    return {
+        "steps": steps,
+        "reads_per_step": med[0],
+        "lookups_per_step": med[1],
+        "us_reads_in_step": med[2],
+        "us_reads_warm": med[3],
+        "reads_in_step_vs_warm": med[2] / med[3] if med[3] > 0 else None,
+        "us_lookups_in_step": med[4],
+    }
+
+
 def bounds(processes: int, rounds: int) -> dict[str, Any]:
     """The step's ``full`` vs ``off`` ratio per bound: the median of ``processes`` fresh
     processes each, the bounds' processes alternated (so a slow spell of the machine touches
@@ -319,6 +403,16 @@ def bounds(processes: int, rounds: int) -> dict[str, Any]:
         "masks_pct": (ratio["as_is"] - ratio["mask_bodies_free"]) * 100,
         "values_pct": (ratio["as_is"] - ratio["value_bodies_free"]) * 100,
     }
+
+
+def _value_reads_in_fresh_process(steps: int) -> dict[str, Any]:
+    """:func:`value_reads` in a fresh process (this one's wrappers are built already)."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_contracts_profile", "--value-reads-only"]
+    cmd += ["--steps", str(steps)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-rounds", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--blocks", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--bound", choices=BOUNDS, default="as_is", help=argparse.SUPPRESS)
+    p.add_argument("--value-reads-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-write", action="store_true", help="print only, do not write results")
     args = p.parse_args(argv)
     if args.steps < 1 or args.repeats < 1 or args.bound_rounds < 1 or args.bound_processes < 0:
@@ -353,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.step_only:
         with stubbed_value_checks(args.bound):
             print(json.dumps(paraformer_step(args.step_rounds, args.blocks)))
+        return 0
+    if args.value_reads_only:
+        print(json.dumps(value_reads(args.steps)))
         return 0
     got = rounded(profile(args.steps, args.repeats), 3)
     print(f"{'contract':34s} {'calls':>5s} {'shapes µs':>10s} {'full µs':>9s} {'warm':>7s}")
@@ -367,6 +465,13 @@ def main(argv: list[str] | None = None) -> int:
         f"per step: shapes {t['shapes']:.0f} µs, full {t['full']:.0f} µs over "
         f"{got['calls_per_step']} calls; shapes warm {got['us_shapes_warm_per_step']:.0f} µs "
         f"(in the step {got['shapes_in_step_vs_warm']:.2f}x slower)"
+    )
+    got["value_reads"] = rounded(_value_reads_in_fresh_process(args.steps), 3)
+    v = got["value_reads"]
+    print(
+        f"value checks per step: {v['reads_per_step']:.0f} reads, {v['us_reads_in_step']:.0f} µs "
+        f"in the step vs {v['us_reads_warm']:.0f} µs warm ({v['reads_in_step_vs_warm']:.1f}x); "
+        f"{v['lookups_per_step']:.0f} lookups, {v['us_lookups_in_step']:.0f} µs"
     )
     if args.bound_processes:
         got["bounds"] = rounded(bounds(args.bound_processes, args.bound_rounds), 4)

@@ -70,17 +70,26 @@ def _label(annotation: Any) -> str:
 
 def _key(annotation: Any, name: str | None) -> Any:
     """A cache key that is equal for equal annotations: jaxtyping builds a new class at every
-    ``Float[Tensor, "B T"]``, so the class itself would miss the cache on every call."""
+    ``Float[Tensor, "B T"]``, so the class itself would miss the cache on every call. A bare
+    jaxtyping class (the usual check) is read off its class dict, without unwrapping."""
+    d = getattr(annotation, "__dict__", None)
+    if d is not None and "dim_str" in d and "dtypes" in d:
+        return (_jaxtyping_key(annotation), (), False, name)
     inner, meta, optional = unwrap(annotation)
     if hasattr(inner, "dim_str") and hasattr(inner, "dtypes"):
-        dts = inner.dtypes
-        inner = (
-            getattr(getattr(inner, "dtype", None), "__name__", None),
-            inner.dim_str,
-            tuple(dts) if isinstance(dts, (list, tuple)) else dts,
-            getattr(inner, "array_type", None),
-        )
+        inner = _jaxtyping_key(inner)
     return (inner, meta, optional, name)
+
+
+def _jaxtyping_key(hint: Any) -> tuple:
+    """What makes two jaxtyping classes check alike: dtype category, dims, dtypes, array type."""
+    dts = hint.dtypes
+    return (
+        getattr(getattr(hint, "dtype", None), "__name__", None),
+        hint.dim_str,
+        tuple(dts) if isinstance(dts, (list, tuple)) else dts,
+        getattr(hint, "array_type", None),
+    )
 
 
 def _slot(annotation: Any, name: str | None) -> Slot:

@@ -17,6 +17,7 @@ from benchmarks.bench_contracts_profile import (
     profile,
     stubbed_value_checks,
     timed_contracts,
+    timed_value_checks,
 )
 from contracts import Mask, Range
 from contracts._inline import WRAPPER_CODES
@@ -109,3 +110,19 @@ def test_a_bound_stubs_exactly_its_part_of_the_value_checks(bound, range_checked
     f, good_x, _ = _checked_pair()  # built after the stub was removed: checks again
     with contracts.mode("full"), pytest.raises(contracts.ContractError, match="m"):
         f(good_x, bad_m)
+
+
+def test_timed_value_checks_log_reads_and_lookups_and_still_check():
+    log: list = []
+    with timed_value_checks(log):
+        f, good_x, good_m = _checked_pair()  # built inside: timed
+        log.clear()
+        with contracts.mode("full"):
+            f(good_x.clone(), good_m)  # a new x: read; the same m: found by its lookup
+            with pytest.raises(contracts.ContractError, match="x"):
+                f(torch.full((2, 3), 5.0), good_m)
+    reads = [entry for entry in log if entry[0]]
+    lookups = [entry for entry in log if not entry[0]]
+    assert reads and lookups
+    assert all(t > 0 and warm is not None and warm > 0 for _, t, warm in reads)
+    assert all(warm is None for _, _, warm in lookups)
