@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 from ._check import call_arguments, torch_dtypes
 from ._config import FULL
@@ -37,6 +38,18 @@ def _const(message: str) -> Any:
     return lambda: message  # torch._check needs a closure over constants only
 
 
+def _require(cond: Any, message: Any) -> None:
+    """``torch._check(cond, message)``; a symbolic ``cond`` that the call's own sizes already
+    break fails the trace as a plain False does. Otherwise Dynamo would record the check as a
+    graph node and fail running it on fake tensors, an error no fallback catches: a violating
+    call would raise Dynamo's error after a recompilation (sizes made symbolic by automatic
+    dynamic shapes) and the eager ContractError on a first trace. A backed symbol is guarded
+    either way (``torch._check`` guards on it too); an unbacked one stays a runtime assert."""
+    if not guard_or_true(cond):  # (a bool is returned as it is)
+        cond = False
+    torch._check(cond, message)
+
+
 def _same(s: Any, want: Any, broadcast: bool) -> Any:
     """``s == want`` (a symbolic bool under dynamic shapes, so no guard is forced here)."""
     if broadcast:
@@ -48,11 +61,11 @@ def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_
     nd = len(shape)
     dims = spec.dims
     if spec.var_at < 0:
-        torch._check(nd == len(dims), _const(w["rank"]))
+        _require(nd == len(dims), _const(w["rank"]))
         pairs = list(zip(range(nd), range(nd)))  # (axis, index in dims)
     else:
         nb, na = spec.n_before, spec.n_after
-        torch._check(nd >= nb + na, _const(w["rank"]))
+        _require(nd >= nb + na, _const(w["rank"]))
         pairs = list(zip(range(nb), range(nb)))
         pairs += list(zip(range(nd - na, nd), range(nb + 1, len(dims))))
         var = dims[nb]
@@ -64,9 +77,9 @@ def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_
                 b[key] = sub
             else:
                 msg = _const(w[f"size{nb}"])
-                torch._check(len(have) == len(sub), msg)
+                _require(len(have) == len(sub), msg)
                 for h, s in zip(have, sub):
-                    torch._check(h == s, msg)
+                    _require(h == s, msg)
     deferred = []
     for axis, j in pairs:
         s = shape[axis]
@@ -78,17 +91,17 @@ def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_
             if have is None:
                 b[d.value] = s
             else:
-                torch._check(_same(s, have, d.broadcast), _const(w[f"size{j}"]))
+                _require(_same(s, have, d.broadcast), _const(w[f"size{j}"]))
         elif d.kind == FIXED:
-            torch._check(_same(s, d.value, d.broadcast), _const(w[f"size{j}"]))
+            _require(_same(s, d.value, d.broadcast), _const(w[f"size{j}"]))
         elif d.kind == EXPR:
             deferred.append((s, j, d))
         if not allow_empty:
-            torch._check(s >= 1, _const(w[f"empty{j}"]))
+            _require(s >= 1, _const(w[f"empty{j}"]))
     for s, j, d in deferred:
         if d.value.uses_args:
             continue  # f-string dims read the call's arguments: checked in eager only
-        torch._check(_same(s, d.value(b, self_obj), d.broadcast), _const(w[f"size{j}"]))
+        _require(_same(s, d.value(b, self_obj), d.broadcast), _const(w[f"size{j}"]))
 
 
 def _bound(bound: Any, b: dict, self_obj: Any) -> Any:

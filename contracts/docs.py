@@ -75,7 +75,8 @@ GUIDE = """
   graph. The messages carry the eager words (function, argument, axis, expected); the actual
   size is left out because sizes are symbols while tracing. Where torch lets the exception
   through (`fullgraph=False`: Dynamo falls back to eager for the frame) it is the eager
-  `ContractError`; with `fullgraph=True` a shape violation reaches the caller as Dynamo's error
+  `ContractError`, whatever the call history (a size that the call's own sizes already break
+  fails the trace, also when a recompilation made it symbolic); with `fullgraph=True` a shape violation reaches the caller as Dynamo's error
   (`Unsupported` / `TorchRuntimeError`) carrying those words, and a value violation as the
   `RuntimeError` of the device assert. Mode `off` compiles to nothing and `shapes` adds no op
   to the graph (guards only). `*#name` broadcast variadics and f-string dims are checked in

@@ -118,6 +118,30 @@ def test_without_fullgraph_the_eager_contract_error_comes_through():
         g(torch.tensor([[[0, 4]]]))
 
 
+@contract
+def _pair_sum(x: Float[Tensor, "B T"], y: Float[Tensor, "B T"]) -> Float[Tensor, "B T"]:
+    return x + y
+
+
+def _around_a_graph_break(x, y):
+    torch._dynamo.graph_break()
+    return _pair_sum(x, y) * 2
+
+
+@pytest.mark.parametrize("history", ["good call first", "bad call first"])
+def test_without_fullgraph_the_error_type_does_not_depend_on_the_call_history(history):
+    # a good call first makes the next trace's sizes symbolic (automatic dynamic shapes): the
+    # violating size must still fail the trace, not a graph node run on fake tensors
+    torch._dynamo.reset()
+    g = torch.compile(_around_a_graph_break, backend="eager")
+    good, bad = (torch.ones(2, 3), torch.ones(2, 3)), (torch.ones(2, 3), torch.ones(2, 4))
+    if history == "good call first":
+        g(*good)
+    with pytest.raises(ContractError, match=r"argument 'y', axis 1: expected size T=3, got 4"):
+        g(*bad)
+    assert torch.equal(g(*good), torch.full((2, 3), 4.0))
+
+
 def _graph_ops(fn, *args) -> list[str]:
     """The ops of the graph Dynamo captures for ``fn(*args)``."""
     graphs = []
