@@ -51,14 +51,16 @@ At each site (a module's output, or a forward argument) the condition is replace
 relative output change ||f(c) - f(a)|| / ||f(c)|| is measured per example, on the same inputs
 and noise, with a paired bootstrap 95% CI:
   floor    the site's own value through the same hook path (round-off, the model's randomness)
-  channel  zero / random / null: does replacing the condition at all change the output?
-  content  shuffle (another example's condition) / mean: is the content used?
+  channel  zero / random / null / mean (off-distribution): does replacing the condition at all
+           change the output?
+  content  shuffle (another example's real condition, in-distribution): is the content used?
 Verdict per site (and per label):
   used          content above the floor, CI low >= --min-effect
   weak          content above the floor, CI high < --min-effect
   constant      channel above the floor, content not (a fixed bias; e.g. a collapsed encoder)
   ignored       nothing above the floor
-  inconclusive  fewer than 6 examples, identical conditions, or CIs too wide to decide
+  inconclusive  fewer than 6 examples, identical conditions, a missing test (no shuffle; or
+                shuffle alone, nothing above the floor), or CIs too wide to decide
 With a sampler (the default target has one): quality-level metric deltas of the null and
 shuffle ablations and a guidance-scale sweep paired against scale 0.
 With no arguments: the embedded default (the shipped noise-conditioned SGMSE+ on held-out

@@ -5,7 +5,9 @@ One private package, one room per responsibility:
 * ``_types``: the target, the errors and the report records (what writers and the CLI use);
 * ``_runner``: site parsing and the scoped hooks that replace a site's value;
 * ``_run``: the state of one run and the streamed batches;
-* ``_site``: one site's pass (statistics, variants incl. the floor, summary);
+* ``_site``: one site's pass (statistics, per-batch plan, variants incl. the floor, calls);
+* ``_spread``: do the conditions differ over the run, what can a batch's shuffle swap;
+* ``_outcome``: a site's per-example numbers -> verdict, effects, interaction, labels;
 * ``_engine``: :func:`run_ablation` (sites, embeddings, sampler);
 * ``_stats``: per-example effects, bootstrap CIs, site statistics;
 * ``_verdict``: the rule (floor, channel, content -> verdict and reason);

@@ -6,7 +6,9 @@ Ablations (each compared with the intact run on the same inputs and the same noi
 * ``mean``: the site's per-dimension mean over the data (a first pass over the batches).
 * ``random``: Gaussian with the data's per-dimension mean and std.
 * ``shuffle``: the batch's conditions permuted (a derangement: every example gets another
-  example's condition; the mismatched-reference test).
+  example's condition; the mismatched-reference test). A batch of one example takes the
+  condition of a neighbouring batch's example; a batch whose shuffle swaps nothing (one
+  condition for every example) is left out of the shuffle statistics, and a note says so.
 * ``null``: the model's own unconditional input, given by ``AblationTarget.null``.
 
 Beside them every site runs the *identity* replacement (its own value through the same hook
@@ -16,8 +18,10 @@ model's RNG, so a model that is random in its forward (dropout left on) shows th
 the floor instead of hiding it; inputs and ``x_t`` noise are the same for every variant.
 
 The intact run and the ablated runs are batched together (the batch is tiled, the hook replaces
-the copies) when the model is batch-independent; the engine checks that on the first batch and
-falls back to one forward per variant otherwise. Batches are streamed (any re-iterable: a list,
+the copies) when the model is batch-independent; the engine checks that once per batch signature
+(sizes, shapes, dtypes: a trailing batch of another size is checked again) and falls back to one
+forward per variant otherwise. A site that runs several times per forward is replaced at each
+call by that call's own ablated value (by call index). Batches are streamed (any re-iterable: a list,
 a ``DataLoader``): only per-example numbers are kept, never activations.
 
 Under torch.distributed (``torchrun --nproc_per_node=N -m diagnostics.cond_ablation``) the
@@ -121,7 +125,7 @@ def run_ablation(
             model's own RNG, per variant) derives from it; same seed, same report.
         device: move the model and the batches there (default: leave them).
         batch_variants: run the intact and ablated variants as one tiled forward when the
-            model is batch-independent (checked on the first batch); default
+            model is batch-independent (checked once per batch signature); default
             ``target.batch_variants``.
         n_boot: bootstrap resamples for the 95% CIs.
         min_effect: content effect (CI low) at or above which a site is ``used`` (>= 0).
@@ -206,7 +210,8 @@ def run_ablation(
                 if quality and target.sample is not None:
                     t1 = time.perf_counter()
                     for a, deltas in quality_deltas(run, site_pass).items():
-                        result.ablations[a].metrics = deltas
+                        if a in result.ablations:  # an ablation measured on no example has none
+                            result.ablations[a].metrics = deltas
                     report.timing[f"quality:{text}"] = time.perf_counter() - t1
             except AblationError as err:
                 if err.site is None:
@@ -284,7 +289,8 @@ def _capture_embeddings(
     sizes: list[int] = []
     n = 0
     for _, bi, ti, raw in run.items(batches, times=False):
-        v, _ = run.runner.capture(site, run.model_input(raw, bi, ti), seed_of(run.seed, 2, bi, ti))
+        cap = run.runner.capture(site, run.model_input(raw, bi, ti), seed_of(run.seed, 2, bi, ti))
+        v = cap.values[0]  # the first call's value
         sizes.append(v.shape[0])
         if n < _MAX_EMBEDDINGS:
             v = v.reshape(v.shape[0], -1)  # (B, E)

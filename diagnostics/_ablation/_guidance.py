@@ -91,44 +91,76 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def quality_deltas(run: Run, site_pass: SitePass) -> dict[str, dict[str, MetricDelta]]:
-    """``{ablation: {metric: MetricDelta}}`` for the quality ablations run at the site."""
+    """``{ablation: {metric: MetricDelta}}`` for the quality ablations run at the site.
+
+    The shuffle leaves out a sampler batch of one example (a derangement of one element is the
+    identity: its delta would be 0 by construction) and says so in the site's notes."""
     names = [a for a in QUALITY_ABLATIONS if a in site_pass.todo]
     if not names:
         return {}
     batches = _sample_batches(run)
-    intact_parts = []
+    intact: list[dict[str, np.ndarray]] = []
     for bi, batch in enumerate(batches):
         batch = run.runner.to_device(batch)
         if bi not in run.intact_metrics:
             run.intact_metrics[bi] = _sample(run, batch, bi, QUALITY_SCALE)
-        intact_parts.append(run.intact_metrics[bi])
-    intact = _concat(intact_parts)
+        intact.append(run.intact_metrics[bi])
     out: dict[str, dict[str, MetricDelta]] = {}
     for a in names:
-        parts, reached = [], False
-        for bi, batch in enumerate(run.bar(batches, f"{site_pass.site.text}: quality {a}")):
-            batch = run.runner.to_device(batch)
-
-            def swap(c: Tensor, a: str = a, bi: int = bi) -> Any:
-                return site_pass.replacement(a, c, bi, _TI)
-
-            with run.runner.replaced(site_pass.site, swap, lenient=True) as fired:
-                parts.append(_sample(run, batch, bi, QUALITY_SCALE))
-            reached = reached or fired[0] > 0
-        if not reached:  # the deltas would be 0 by construction: say so instead
+        got = _ablated_samples(run, site_pass, a, batches)
+        if got is None:  # the deltas would be 0 by construction: say so instead
             site_pass.notes.append(
                 f"quality deltas skipped: the sampler never reached {site_pass.site.text!r}"
             )
             return {}
-        ablated = _concat(parts)
+        if not got:
+            continue
+        ablated = _concat(list(got.values()))
+        paired = _concat([intact[bi] for bi in got])
         out[a] = {
             m: paired_delta(
-                ablated[m], intact[m], run.n_boot, seed_of(run.seed, 12, site_pass.si, k)
+                ablated[m], paired[m], run.n_boot, seed_of(run.seed, 12, site_pass.si, k)
             )
-            for k, m in enumerate(intact)
-            if m in ablated
+            for k, m in enumerate(_concat(intact))
+            if m in ablated and m in paired
         }
     return out
+
+
+def _ablated_samples(
+    run: Run, site_pass: SitePass, name: str, batches: list[Any]
+) -> dict[int, dict[str, np.ndarray]] | None:
+    """The sampler's metrics per batch with ``name`` applied at the site (None: the sampler
+    never reached it). A batch where the shuffle cannot swap (one example) is left out."""
+    parts: dict[int, dict[str, np.ndarray]] = {}
+    reached, alone = False, []
+    for bi, batch in enumerate(run.bar(batches, f"{site_pass.site.text}: quality {name}")):
+        batch = run.runner.to_device(batch)
+        calls = itertools.count()
+        single = [False]
+
+        def swap(c: Tensor, bi: int = bi, calls: Any = calls, single: list = single) -> Any:
+            k = next(calls) % site_pass.n_calls  # the call's index within one network forward
+            if name == "shuffle" and c.shape[0] < 2:
+                single[0] = True
+                return c
+            return site_pass.replacement(name, c, bi, _TI, k)
+
+        with run.runner.replaced(site_pass.site, swap, lenient=True) as fired:
+            metrics = _sample(run, batch, bi, QUALITY_SCALE)
+        reached = reached or fired[0] > 0
+        if single[0]:
+            alone.append(bi)
+        else:
+            parts[bi] = metrics
+    if not reached:
+        return None
+    if alone:
+        site_pass.notes.append(
+            f"quality deltas of {name} leave out sampler batch{'es' * (len(alone) > 1)} "
+            f"{', '.join(map(str, alone))}: one example, nothing to shuffle it with"
+        )
+    return parts
 
 
 def run_guidance(run: Run) -> dict[str, Any]:

@@ -4,6 +4,7 @@ labels, seeds)."""
 from __future__ import annotations
 
 import ctypes
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,25 @@ class Run:
             for ti in range(len(self.times) if times else 1):
                 yield k, bi, ti, raw
                 k += 1
+
+    def paired_items(self) -> Iterator[tuple[int, int, int, Any, tuple[int, Any] | None]]:
+        """``(k, bi, ti, batch, neighbour)`` like :meth:`items`, with a neighbouring batch
+        ``(index, batch)`` for each: the previous one, the next one for the first batch, and
+        ``None`` when there is only one. The shuffle of a batch of one example takes its
+        condition from it (streamed: at most three batches are held)."""
+        it = enumerate(self.target.batches)
+        window = list(itertools.islice(it, 2))
+        prev: tuple[int, Any] | None = None
+        k = 0
+        while window:
+            bi, raw = window[0]
+            neighbour = prev if prev is not None else (window[1] if len(window) > 1 else None)
+            moved = self.runner.to_device(raw)
+            for ti in range(len(self.times)):
+                yield k, bi, ti, moved, neighbour
+                k += 1
+            prev = window.pop(0)
+            window.extend(itertools.islice(it, 1))
 
     def n_items(self) -> int | None:
         b = self.target.batches

@@ -28,9 +28,17 @@ from torch import Tensor, nn
 
 from diagnostics._ablation._types import AblationError, AblationTarget
 from diagnostics._hooks import HookSet, tensors_in
-from diagnostics._stats import varies
 
-__all__ = ["Runner", "Site", "derangement", "describe", "first_dim", "parse_site", "seed_of"]
+__all__ = [
+    "Captured",
+    "Runner",
+    "Site",
+    "derangement",
+    "describe",
+    "first_dim",
+    "parse_site",
+    "seed_of",
+]
 
 
 class _Abort(Exception):
@@ -126,7 +134,10 @@ def describe(x: Any) -> str:
 
 
 def derangement(b: int, gen: torch.Generator) -> Tensor:
-    """A permutation of range(b) with no fixed point (b >= 2): a random cycle."""
+    """A permutation of range(b) with no fixed point: a random cycle. ``b`` must be >= 2: the
+    only permutation of one element is the identity, which would shuffle nothing."""
+    if b < 2:
+        raise ValueError(f"derangement({b}): a batch of {b} example(s) cannot be deranged")
     order = torch.randperm(b, generator=gen)
     perm = torch.empty(b, dtype=torch.long)
     perm[order] = order.roll(-1)
@@ -234,22 +245,20 @@ class Runner:
 
     def capture(
         self, site: Site, batch: Any, seed: int, *, abort: bool = True, inputs: bool = False
-    ) -> tuple[Tensor, bool | None]:
-        """The site's (first) value on ``batch`` (the forward stops there when ``abort``), and
-        with ``inputs`` whether a module site's tensor inputs differ between examples (None
-        for an ``arg:`` site or without ``inputs``)."""
+    ) -> Captured:
+        """The site's value on ``batch``: at its first call (the forward stops there when
+        ``abort``) or at every call of the forward; with ``inputs``, a module site's tensor
+        inputs at each captured call too."""
         got: list[Tensor] = []
-        inputs_vary: list[bool] = []
+        seen: list[list[Tensor]] = []
 
         def look(mod: nn.Module, args: tuple) -> None:
-            if not inputs_vary:
-                inputs_vary.append(any(varies(t) for t in tensors_in(args) if t.dim() > 0))
+            seen.append([t.detach() for t in tensors_in(args) if t.dim() > 0])
 
         def grab(v: Tensor) -> Tensor:
-            if not got:
-                got.append(v.detach())
-                if abort:
-                    raise _Abort
+            got.append(v.detach())
+            if abort:
+                raise _Abort
             return v
 
         with HookSet() as hooks, self.replaced(site, grab) as fired:
@@ -265,7 +274,17 @@ class Runner:
                 "times); is it on the path the forward takes?",
                 site=site.text,
             )
-        return got[0], (inputs_vary[0] if inputs_vary else None)
+        return Captured(got, seen[: len(got)] if inputs and site.kind == "module" else None)
+
+
+@dataclass
+class Captured:
+    """A site's values on one batch, one per call of the forward (only the first when the
+    capture stopped there), and a module site's tensor inputs per call (``None``: an ``arg:``
+    site, or not asked)."""
+
+    values: list[Tensor]
+    inputs: list[list[Tensor]] | None
 
 
 def _output_hook(site: Site, fn: Callable[[Tensor], Any], fired: list[int]) -> Callable[..., Any]:

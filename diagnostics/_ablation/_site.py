@@ -1,61 +1,80 @@
-"""One site's pass: the statistics pass, the variants (ablations and the floor) per item, the
-summary and the verdict."""
+"""One site's pass: the statistics pass, the variants (ablations and the floor) per item, and
+the hand-over of the per-example numbers to :mod:`diagnostics._ablation._outcome`.
+
+Every decision that depends on a batch is taken per batch, not from the first one: how many
+examples it holds (a batch of one takes its shuffled condition from a neighbouring batch),
+whether its shuffle swaps anything, and whether its variants can run as one tiled forward
+(checked once per batch signature: sizes, shapes and dtypes of its tensors).
+
+A site that runs several times in one forward (an encoder applied to two inputs) gets its own
+ablated value at each call, by the call's index within the forward: the intact value of that
+call, ablated (the same shuffle permutation at every call; ``mean``/``random`` from that call's
+statistics). The number of calls must be the same for every batch and for every variant;
+otherwise the site is refused with an error that names it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diagnostics._ablation._run import Run, flat_labels, r6, trim_heap
+from diagnostics._ablation._outcome import INTERACTION, summarise
+from diagnostics._ablation._run import Run, trim_heap
 from diagnostics._ablation._runner import (
+    Captured,
     Site,
     derangement,
     describe,
     first_dim,
     seed_of,
     tile,
+    tree_map,
 )
-from diagnostics._ablation._types import (
-    ABLATIONS,
-    AblationError,
-    Curve,
-    Effect,
-    Interaction,
-    LabelResult,
-    SiteResult,
-)
-from diagnostics._ablation._verdict import (
-    FLOOR_MARGIN,
-    ROUNDOFF,
-    ablation_test,
-    decide,
-    floor_margin,
-)
-from diagnostics._stats import (
-    SiteStats,
-    bootstrap_ci,
-    example_effects,
-    flat_real,
-    varies,
-)
+from diagnostics._ablation._spread import LEFT_OUT, Spread, pairing, swaps_within
+from diagnostics._ablation._types import ABLATIONS, AblationError, SiteResult
+from diagnostics._stats import SiteStats, example_effects, flat_real
 
-__all__ = ["IDENTITY", "INTERACTION", "SitePass"]
+__all__ = ["IDENTITY", "INTERACTION", "SitePass", "trim_heap"]
 
-_RANDOM_FLOOR = 1e-3  # a floor above this (CI low) is randomness, not round-off: say so
-_KINDS = ("rel", "cos", "abs")  # per-example numbers kept per variant
 IDENTITY = "identity"  # the floor's variant: the site's own value through the same path
 SHUFFLE2 = "shuffle2"  # the shuffle applied twice: the same swap seen on another input
-INTERACTION = "interaction"  # per-example numbers of the interaction (not a forward)
 _VARIANT_ID = {name: k + 1 for k, name in enumerate((*ABLATIONS, IDENTITY, SHUFFLE2))}  # 0 intact
 _EPS = 1e-12
 
 
 class _Unbatchable(Exception):
     """An ablation's replacement cannot be concatenated with the tiled batch."""
+
+
+@dataclass
+class _Item:
+    """How one item ``(bi, ti)`` is run: its batch size and how its shuffle is made
+    (``"within"``: a derangement of the batch; ``"donor"``: a neighbouring batch's example;
+    ``None``: left out, for the :data:`~diagnostics._ablation._spread.LEFT_OUT` reason
+    ``left_out``)."""
+
+    bi: int
+    ti: int
+    b: int
+    shuffle: str | None = None
+    donor: list[Tensor] | None = None  # per call: the donor example's value (1, ...)
+    left_out: str | None = None
+
+
+@dataclass
+class ItemOut:
+    """One item's per-example numbers: ``effs[measure][kind]`` (``B``,), with ``ok`` 1 where
+    the measure was taken; the batch size; why its shuffle was left out; tiled or not."""
+
+    effs: dict[str, dict[str, np.ndarray]]
+    b: int
+    left_out: str | None
+    tiled: bool
 
 
 class SitePass:
@@ -67,48 +86,86 @@ class SitePass:
         self.si = si
         self.ablations = ablations
         self.notes: list[str] = []
-        self.mean: Tensor | None = None
-        self.std: Tensor | None = None
+        self.means: list[Tensor] = []  # per call: the site's data mean
+        self.stds: list[Tensor] = []
         self.null_spec: Any = None
         self.todo: list[str] = []  # ablations that apply here
-        self.batched = False
-        self.seq_only: set[str] = set()
+        self.seq_only: set[str] = set()  # ablations whose replacement cannot be tiled
+        self.tiling: dict[tuple, bool] = {}  # batch signature -> variants run tiled
+        self.n_calls = 1  # the site's calls per forward
         self.n_examples = 0
         self.sizes: list[int] = []  # examples per batch
-        self.value_varies = False  # the site's value differs between examples of a batch
-        self.inputs_vary: bool | None = None  # a module site's inputs do (None: arg site)
+        self.swaps: dict[int, bool] = {}  # batch -> its own shuffle swaps conditions
+        self.values = Spread()  # the site's values over the run
+        self.inputs = Spread()  # a module site's inputs over the run
+        self.left_out: dict[str, list[int]] = {}  # LEFT_OUT key -> batches out of the shuffle
 
     # -- set-up
-    def _statistics(self) -> tuple[Tensor, Any, int, int]:
-        """Pass 1: the site's data statistics and whether its value (and a module's inputs)
-        differ between examples; returns the first value and the first item."""
+    @property
+    def what(self) -> str:
+        """The site in words: ``module 'enc'`` or ``argument 'cond'``."""
+        kind = "module" if self.site.kind == "module" else "argument"
+        return f"{kind} {self.site.path!r}"
+
+    def _statistics(self) -> None:
+        """Pass 1: the site's data statistics per call, its calls per forward, and whether its
+        value (and a module's inputs) differ over the run and within each batch."""
         run, site = self.run_, self.site
-        stats = SiteStats()
         need = any(a in ("mean", "random") for a in self.ablations)
-        first = None
+        stats: list[SiteStats] = []
         for _, bi, ti, raw in run.bar(run.items(times=need), f"{site.text}: stats"):
             batch = run.model_input(raw, bi, ti)
-            v, inputs_vary = run.runner.capture(
-                site, batch, seed_of(run.seed, 2, bi, ti), inputs=True
-            )
-            if first is None:
-                first = (v, batch, bi, ti)
-            if ti == 0:
-                self.sizes.append(v.shape[0])
-            self.value_varies = self.value_varies or varies(v)
-            if inputs_vary is not None:
-                self.inputs_vary = bool(self.inputs_vary) or inputs_vary
-            stats.add(v)
-        assert first is not None, "SitePass: no items"
-        self.mean, self.std = stats.mean_std()
-        if stats.scalar and need:
+            seed = seed_of(run.seed, 2, bi, ti)
+            cap = run.runner.capture(site, batch, seed, abort=bool(stats) and self.n_calls == 1,
+                                     inputs=True)  # fmt: skip
+            if not stats:  # the first forward runs whole: it counts the calls
+                self.n_calls = len(cap.values)
+                stats = [SiteStats() for _ in cap.values]
+            elif self.n_calls > 1:
+                self.check_calls(len(cap.values), bi)
+            self._observe(cap, bi, ti)
+            for k, v in enumerate(cap.values):
+                stats[k].add(v)
+        assert stats, "SitePass: no items"
+        self.means, self.stds = map(list, zip(*(s.mean_std() for s in stats), strict=True))
+        if need and any(s.scalar for s in stats):
             self.notes.append(
                 "site value shape varies across batches: mean/random use scalar statistics"
             )
-        return first
+        if self.n_calls > 1:
+            self.notes.append(
+                f"{self.what} is called {self.n_calls} times per forward: each call gets its own "
+                "ablated value (by call index; the shuffle permutes every call alike)"
+            )
 
-    def _plan(self, first: Tensor, batch: Any, bi: int, ti: int) -> None:
-        """Which ablations apply here, and batched or one forward per variant."""
+    def _observe(self, cap: Captured, bi: int, ti: int) -> None:
+        """Record one batch's values (and inputs) for the run-wide and within-batch tests."""
+        for k, v in enumerate(cap.values):
+            self.values.add(("value", ti, k), v)
+        for k, call in enumerate(cap.inputs or []):
+            for j, t in enumerate(call):
+                self.inputs.add(("input", ti, k, j), t)
+        if ti == 0:
+            self.sizes.append(int(cap.values[0].shape[0]))
+            self.swaps[bi] = swaps_within(cap)
+
+    def check_calls(self, n: int, bi: int, variant: str | None = None) -> None:
+        """Refuse a forward that calls the site another number of times than the first one."""
+        if n == self.n_calls:
+            return
+        where, ref = f"on batch {bi}", "on batch 0"
+        if variant is not None:
+            where, ref = f"with the {variant} ablation on batch {bi}", "intact"
+        raise AblationError(
+            f"site {self.site.text!r}: {self.what} is called {n} time{'s' * (n != 1)} per "
+            f"forward {where} but {self.n_calls} time{'s' * (self.n_calls != 1)} {ref}; "
+            "each call is replaced by its index within the forward, so the number of calls "
+            "must not change: ablate a site that runs a fixed number of times",
+            site=self.site.text,
+        )
+
+    def _plan(self) -> None:
+        """Which ablations apply here."""
         site, run = self.site, self.run_
         spec = run.target.null
         if isinstance(spec, Mapping):
@@ -120,53 +177,91 @@ class SitePass:
             self.notes.append(
                 "null skipped: the target defines no null (unconditional) input for this site"
             )
-        if "shuffle" in self.todo and first.shape[0] < 2:
-            self.todo.remove("shuffle")
-            self.notes.append("shuffle skipped: batches of one example cannot be permuted")
         if not self.todo:
             raise AblationError(
                 f"site {site.text!r}: none of the ablations {', '.join(self.ablations)} applies",
                 site=site.text,
             )
-        self.batched = bool(run.batch_variants)
-        if self.batched:
-            self.batched, why = self._batchable(batch, len(self.variants) + 1, bi, ti)
-            if not self.batched:
-                self.notes.append(f"variants run one forward each ({why})")
 
-    @property
-    def variants(self) -> list[str]:
-        """The forwards per item besides the intact one."""
-        return [*self.todo, IDENTITY, *([SHUFFLE2] if "shuffle" in self.todo else [])]
+    def _variants(self, item: _Item) -> list[str]:
+        """The forwards of ``item`` besides the intact one."""
+        names = [a for a in self.todo if a != "shuffle" or item.shuffle]
+        return [*names, IDENTITY, *([SHUFFLE2] if item.shuffle == "within" else [])]
 
     @property
     def measures(self) -> list[str]:
         """The per-example numbers kept per item."""
         return [*self.todo, IDENTITY, *([INTERACTION] if "shuffle" in self.todo else [])]
 
+    # -- the shuffle of one item
+    def _item_plan(self, batch: Any, bi: int, ti: int, neighbour: tuple | None) -> _Item:
+        """How ``(bi, ti)`` runs: its size and its shuffle (within, from a donor, or left out)."""
+        item = _Item(bi, ti, self.sizes[bi])
+        if "shuffle" not in self.todo:
+            return item
+        if item.b >= 2:
+            item.shuffle = "within" if self.swaps[bi] else None
+            item.left_out = None if item.shuffle else "same"
+            return item
+        if neighbour is None:
+            item.left_out = "alone"
+            return item
+        run = self.run_
+        nbi, nraw = neighbour
+        abort = self.n_calls == 1
+        own = run.runner.capture(self.site, batch, seed_of(run.seed, 2, bi, ti), abort=abort,
+                                 inputs=True)  # fmt: skip
+        other_batch = run.model_input(run.runner.to_device(nraw), nbi, ti)
+        other = run.runner.capture(self.site, other_batch, seed_of(run.seed, 2, nbi, ti),
+                                   abort=abort, inputs=True)  # fmt: skip
+        if not abort:
+            self.check_calls(len(other.values), nbi)
+        item.left_out = pairing(own, other)
+        if item.left_out is None:
+            item.shuffle, item.donor = "donor", [v[:1] for v in other.values]
+        return item
+
     # -- replacements
-    def replacement(self, name: str, c: Tensor, bi: int, ti: int) -> Any:
-        """The ablated value of ``c`` (the site's value on item ``(bi, ti)``)."""
-        seed, si = self.run_.seed, self.si
+    def replacement(
+        self,
+        name: str,
+        c: Tensor,
+        bi: int,
+        ti: int,
+        call: int = 0,
+        donor: list[Tensor] | None = None,
+    ) -> Any:
+        """The ablated value of ``c`` (the site's value at call ``call`` on item ``(bi, ti)``);
+        ``donor``: the shuffle takes this (per call) instead of permuting the batch."""
         if name == IDENTITY:
             return c.clone()
         if name == "zero":
             return torch.zeros_like(c)
+        k = min(call, len(self.means) - 1)
         if name == "mean":
-            return self.mean.to(device=c.device, dtype=c.dtype).expand_as(c).clone()
+            return self.means[k].to(device=c.device, dtype=c.dtype).expand_as(c).clone()
         if name == "random":
-            gen = torch.Generator().manual_seed(seed_of(seed, 3, si, bi, ti))
-            if not (c.is_floating_point() or c.is_complex()):  # ids, classes, flags: a
-                # Gaussian cast to int would make ids no table holds; draw observed values
-                pick = torch.randint(0, c.numel(), c.shape, generator=gen)
-                return c.reshape(-1)[pick.reshape(-1).to(c.device)].reshape(c.shape)
-            zt = torch.complex128 if c.is_complex() else torch.float64
-            z = torch.randn(c.shape, generator=gen, dtype=zt)  # complex: E|z|^2 = 1
-            return (self.mean + self.std * z).to(device=c.device, dtype=c.dtype)
+            return self._random(c, bi, ti, call, k)
         if name in ("shuffle", SHUFFLE2):
+            if donor is not None:
+                assert name == "shuffle", "replacement: a donor item has no second shuffle"
+                return donor[call].to(device=c.device, dtype=c.dtype).expand_as(c).clone()
             perm = self._perm(c.shape[0], bi, ti).to(c.device)
             return c[perm] if name == "shuffle" else c[perm[perm]]
         return self._null(c)
+
+    def _random(self, c: Tensor, bi: int, ti: int, call: int, k: int) -> Tensor:
+        """A random condition: observed values for ids, else Gaussian with the data's
+        per-dimension mean and std (of call ``k``); its own draw per call."""
+        keys = (self.run_.seed, 3, self.si, bi, ti, *((call,) if call else ()))
+        gen = torch.Generator().manual_seed(seed_of(*keys))
+        if not (c.is_floating_point() or c.is_complex()):  # ids, classes, flags: a
+            # Gaussian cast to int would make ids no table holds; draw observed values
+            pick = torch.randint(0, c.numel(), c.shape, generator=gen)
+            return c.reshape(-1)[pick.reshape(-1).to(c.device)].reshape(c.shape)
+        zt = torch.complex128 if c.is_complex() else torch.float64
+        z = torch.randn(c.shape, generator=gen, dtype=zt)  # complex: E|z|^2 = 1
+        return (self.means[k] + self.stds[k] * z).to(device=c.device, dtype=c.dtype)
 
     def _perm(self, b: int, bi: int, ti: int) -> Tensor:
         """The shuffle's derangement of item ``(bi, ti)`` (``SHUFFLE2`` applies it twice)."""
@@ -202,6 +297,24 @@ class SitePass:
     def _seed(self, bi: int, ti: int, variant: str | None) -> int:
         """The model-RNG seed of one variant's forward (0: intact)."""
         return seed_of(self.run_.seed, 6, bi, ti, 0 if variant is None else _VARIANT_ID[variant])
+
+    def _tiles(self, batch: Any, item: _Item) -> bool:
+        """Run ``item``'s variants as one tiled forward? Checked once per batch signature (a
+        later batch of another size or shape is checked again)."""
+        if not self.run_.batch_variants:
+            return False
+        sig = _signature(batch)
+        if sig not in self.tiling:
+            n = len(self.todo) + 2 + ("shuffle" in self.todo)  # intact, variants, floor, swap
+            ok, why = self._batchable(batch, n, item.bi, item.ti)
+            self.tiling[sig] = ok
+            if not ok and len(self.tiling) == 1:
+                self.notes.append(f"variants run one forward each ({why})")
+            elif not ok:
+                self.notes.append(
+                    f"batch {item.bi} ({_shapes(batch)}): variants run one forward each ({why})"
+                )
+        return self.tiling[sig]
 
     def _batchable(self, batch: Any, n: int, bi: int, ti: int) -> tuple[bool, str]:
         """Is a tiled forward equal, chunk by chunk, to the plain forward (batch-independent)?"""
@@ -240,85 +353,130 @@ class SitePass:
             )
         return True, ""
 
-    def _tiled(
-        self, batch: Any, names: list[str], bi: int, ti: int
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """One forward over [intact, variant_1, ...] copies of the batch."""
+    def _tiled(self, batch: Any, names: list[str], item: _Item) -> tuple[Tensor, dict[str, Tensor]]:
+        """One forward over [intact, variant_1, ...] copies of the batch; every call of the
+        site replaces its copies from its own intact value."""
         b = first_dim(batch)
         assert b is not None, "_tiled: no batched tensor"
         n = len(names) + 1
+        calls = [0]
 
         def replace(v: Tensor) -> Tensor:
+            k = calls[0]
+            calls[0] += 1
             if v.shape[0] != n * b:
                 raise _Unbatchable("*")
             c = v[:b]
             parts = [c]
             for a in names:
-                r = self.replacement(a, c, bi, ti)
+                r = self.replacement(a, c, item.bi, item.ti, k, item.donor)
                 if r is None or not isinstance(r, Tensor) or r.shape != c.shape:
                     raise _Unbatchable(a)
                 parts.append(r)
             return torch.cat(parts, 0)  # (n*B, ...)
 
-        seed = self._seed(bi, ti, None)
+        seed = self._seed(item.bi, item.ti, None)
         out = self.run_.runner.call_replaced(self.site, tile(batch, n, b), seed, replace)
-        chunks = out.reshape(n, out.shape[0] // n, *out.shape[1:])  # (n, B, ...)
+        self.check_calls(calls[0], item.bi)
+        if out.shape[0] != n * b:
+            raise _Unbatchable("*")
+        chunks = out.reshape(n, b, *out.shape[1:])  # (n, B, ...)
         return chunks[0], {a: chunks[k + 1] for k, a in enumerate(names)}
 
-    def _item(self, batch: Any, bi: int, ti: int) -> tuple[dict[str, dict[str, np.ndarray]], int]:
-        """Per-example effects of every variant on item ``(bi, ti)``, and its batch size."""
-        run, site = self.run_, self.site
-        outs: dict[str, Tensor] = {}
-        intact: Tensor | None = None
-        group = [a for a in self.variants if a not in self.seq_only] if self.batched else []
+    def _try_tiled(
+        self, batch: Any, item: _Item, outs: dict[str, Tensor]
+    ) -> tuple[Tensor | None, bool]:
+        """The tiled forward of the variants that can be tiled (into ``outs``): the intact
+        output (or None) and whether every variant of the item ran tiled."""
+        variants = self._variants(item)
+        group = [a for a in variants if a not in self.seq_only]
         while group:
             try:
-                intact, got = self._tiled(batch, group, bi, ti)
-                outs.update(got)
-                break
+                intact, got = self._tiled(batch, group, item)
             except _Unbatchable as e:
                 if str(e) == "*":
-                    self.seq_only.update(group)
+                    self.tiling[_signature(batch)] = False
                     self.notes.append(
-                        "site value does not follow the tiled batch: one forward each"
+                        f"site value does not follow the tiled batch (batch {item.bi}): "
+                        "one forward each"
                     )
-                    break
+                    return None, False
                 self.seq_only.add(str(e))
                 self.notes.append(f"{e} runs one forward (its replacement cannot be batched)")
                 group = [a for a in group if a != str(e)]
-        rest = [a for a in self.variants if a not in outs]
+                continue
+            outs.update(got)
+            return intact, len(got) == len(variants)
+        return None, False
+
+    def _sequential(self, batch: Any, item: _Item, names: list[str], outs: dict) -> Tensor:
+        """One forward per variant in ``names`` (into ``outs``); returns the intact output.
+        Each call of the site gets the replacement made from that call's intact value."""
+        run, site = self.run_, self.site
+        kept: list[Tensor] = []
+        intact = run.runner.call_replaced(
+            site, batch, self._seed(item.bi, item.ti, None), lambda v: kept.append(v) or v
+        )
+        self.check_calls(len(kept), item.bi)
+        for a in names:
+            reps = [self.replacement(a, c.detach(), item.bi, item.ti, k, item.donor)
+                    for k, c in enumerate(kept)]  # fmt: skip
+            outs[a] = self._call_with(batch, item, a, reps)
+        return intact
+
+    def _call_with(self, batch: Any, item: _Item, name: str, reps: list[Any]) -> Tensor:
+        """The output with call ``k`` of the site replaced by ``reps[k]``."""
+        calls = [0]
+
+        def by_call(v: Tensor) -> Any:
+            k = calls[0]
+            calls[0] += 1
+            if k >= len(reps):
+                self.check_calls(k + 1, item.bi, name)
+            return reps[k]
+
+        seed = self._seed(item.bi, item.ti, name)
+        out = self.run_.runner.call_replaced(self.site, batch, seed, by_call)
+        self.check_calls(calls[0], item.bi, name)
+        return out
+
+    def _item(self, batch: Any, item: _Item) -> ItemOut:
+        """Per-example effects of every variant on ``item``."""
+        outs: dict[str, Tensor] = {}
+        intact, all_tiled = None, False
+        if self._tiles(batch, item):
+            intact, all_tiled = self._try_tiled(batch, item, outs)
+        rest = [a for a in self._variants(item) if a not in outs]
         if rest:
-            kept: list[Tensor] = []
-            intact_seq = run.runner.call_replaced(
-                site, batch, self._seed(bi, ti, None), lambda v: kept.append(v) or v
-            )
+            intact_seq = self._sequential(batch, item, rest, outs)
             intact = intact_seq if intact is None else intact
-            c = kept[0].detach()
-            for a in rest:
-                rep = self.replacement(a, c, bi, ti)
-                outs[a] = run.runner.call_replaced(
-                    site, batch, self._seed(bi, ti, a), lambda v, rep=rep: rep
-                )
         assert intact is not None, "_item: no intact output"
-        _finite_intact(intact, bi)
-        effs = {a: example_effects(intact, outs[a]) for a in self.variants if a != SHUFFLE2}
+        _finite_intact(intact, item.bi)
+        b = intact.shape[0]
+        effs = {a: example_effects(intact, outs[a]) for a in outs if a != SHUFFLE2}
         if SHUFFLE2 in outs:
-            perm = self._perm(intact.shape[0], bi, ti)
+            perm = self._perm(b, item.bi, item.ti)
             effs[INTERACTION] = _interaction(intact, outs["shuffle"], outs[SHUFFLE2], perm)
-        return effs, intact.shape[0]
+        for a in self.measures:
+            if a in effs:
+                effs[a]["ok"] = np.ones(b)
+            else:
+                effs[a] = _absent(b, a)
+        return ItemOut(effs, b, item.left_out, all_tiled)
 
     # -- the pass
-    def run(self) -> SiteResult:
+    def _outputs(self) -> tuple[dict[tuple[int, int], ItemOut], list[tuple[int, int]]]:
+        """This rank's items run; every rank's per-item numbers gathered (in item order)."""
         run, site = self.run_, self.site
-        first, batch, bi0, ti0 = self._statistics()
-        self._plan(first, batch, bi0, ti0)
         rank, world = run.sharding
-        done: dict[tuple[int, int], Any] = {}
+        done: dict[tuple[int, int], ItemOut] = {}
         order: list[tuple[int, int]] = []
-        for k, bi, ti, raw in run.bar(run.items(), site.text, total=run.n_items()):
+        items: Iterator = run.paired_items()
+        for k, bi, ti, raw, neighbour in run.bar(items, site.text, total=run.n_items()):
             order.append((bi, ti))
             if k % world == rank:  # this rank's shard
-                done[(bi, ti)] = self._item(run.model_input(raw, bi, ti), bi, ti)
+                batch = run.model_input(raw, bi, ti)
+                done[(bi, ti)] = self._item(batch, self._item_plan(batch, bi, ti, neighbour))
                 trim_heap()  # memory flat in the number of examples (see _run.trim_heap)
         if world > 1:  # every rank's per-example effects, in item order on every rank
             from diagnostics._distributed import all_gather_objects
@@ -332,158 +490,61 @@ class SitePass:
             for part, part_notes in parts:
                 done.update(part)
                 self.notes.extend(n for n in part_notes if n not in self.notes)
-        n_t = len(run.times)
-        per = {a: {k: [[] for _ in range(n_t)] for k in _KINDS} for a in self.measures}
+        return done, order
+
+    def run(self) -> SiteResult:
+        self._statistics()
+        self._plan()
+        done, order = self._outputs()
+        n_t = len(self.run_.times)
+        per: dict[str, dict[str, list[list[np.ndarray]]]] = {}
         for bi, ti in order:
-            effs, b = done[(bi, ti)]
+            out = done[(bi, ti)]
             for a in self.measures:
-                for k in _KINDS:
-                    per[a][k][ti].append(effs[a][k])
+                kinds = per.setdefault(a, {k: [[] for _ in range(n_t)] for k in out.effs[a]})
+                for k, v in out.effs[a].items():
+                    kinds[k][ti].append(v)
             if ti == 0:
-                self.n_examples += b
+                self.n_examples += out.b
+        self._note_left_out(done, order)
         mats = {a: _matrices(per[a], n_t) for a in self.measures}  # name -> kind -> (N, T)
-        return self._result(mats)
+        batched = all(done[key].tiled for key in order)  # the same on every rank
+        return summarise(self, mats, batched)
 
-    def _bseed(self, name: str) -> int:
-        if name == INTERACTION:
-            key = len(ABLATIONS) + 1
-        else:
-            key = len(ABLATIONS) if name in (IDENTITY, "floor") else ABLATIONS.index(name)
-        return seed_of(self.run_.seed, 7, self.si, key)
-
-    def _result(self, mats: dict[str, dict[str, np.ndarray]]) -> SiteResult:
-        run, site = self.run_, self.site
-        rel = {a: m["rel"].mean(axis=1) for a, m in mats.items()}  # (N,) per variant
-        conditions_vary = self.value_varies or bool(self.inputs_vary)
-        collapsed = site.kind == "module" and bool(self.inputs_vary) and not self.value_varies
-        floor = rel.pop(IDENTITY)
-        rel.pop(INTERACTION, None)
-        d = decide(
-            floor,
-            rel,
-            min_effect=run.min_effect,
-            n_boot=run.n_boot,
-            seed_for=self._bseed,
-            conditions_vary=conditions_vary,
-            collapsed=collapsed,
-        )
-        by_label: dict[str, LabelResult] = {}
-        labels = flat_labels(run.target.labels, self.sizes)
-        for label in sorted(set(labels or [])):
-            idx = np.asarray([i for i, v in enumerate(labels or []) if v == label])
-            dl = decide(
-                floor[idx],
-                {a: e[idx] for a, e in rel.items()},
-                min_effect=run.min_effect,
-                n_boot=run.n_boot,
-                seed_for=self._bseed,
-                conditions_vary=conditions_vary,
-                collapsed=collapsed,
-            )
-            by_label[label] = LabelResult(
-                n=int(idx.size),
-                verdict=dl.verdict,
-                reason=dl.reason,
-                floor=[dl.floor[0], *dl.floor[1]],
-                channel=dl.channel,
-                content=dl.content,
-            )
-        floor_effect = self._effect(IDENTITY, mats[IDENTITY])
-        if floor_effect.ci95[0] > _RANDOM_FLOOR:
+    def _note_left_out(self, done: dict[tuple[int, int], ItemOut], order: list) -> None:
+        """Say which batches the shuffle statistics leave out, and why."""
+        why = self.left_out
+        for bi, ti in order:
+            out = done[(bi, ti)]
+            if ti == 0 and out.left_out is not None:
+                why.setdefault(out.left_out, []).append(bi)
+        for key, batches in why.items():
+            shown = ", ".join(map(str, batches[:8])) + (", ..." if len(batches) > 8 else "")
+            n = sum(done[(bi, 0)].b for bi in batches)
             self.notes.append(
-                f"the floor is {floor_effect.effect:.2g}: the output changes between runs with the "
-                "same inputs, so the forward is random (dropout or CFG dropout left on: "
-                "model.train()?); effects inside the floor cannot be seen"
+                f"shuffle leaves out {n} example{'s' * (n != 1)} (batch"
+                f"{'es' * (len(batches) != 1)} {shown}): {LEFT_OUT[key]}"
             )
-        inter = None
-        reason = d.reason
-        if INTERACTION in mats:
-            inter = self._interaction(mats, floor, rel["shuffle"], d.verdict)
-            if inter.additive:
-                reason += (
-                    f"; additive: the change the condition causes does not depend on the input "
-                    f"(interaction {100 * inter.effect:.3g}% [{100 * inter.ci95[0]:.3g}, "
-                    f"{100 * inter.ci95[1]:.3g}], within the floor): the condition acts only as "
-                    "an additive bias on the output, it does not modulate the features"
-                )
-        return SiteResult(
-            site=site.text,
-            kind=site.kind,
-            verdict=d.verdict,
-            reason=reason,
-            floor=floor_effect,
-            channel=d.channel,
-            content=d.content,
-            ablations={a: self._effect(a, mats[a]) for a in self.todo},
-            by_label=by_label,
-            batched=self.batched and not self.seq_only,
-            notes=self.notes,
-            interaction=inter,
-            additive=bool(inter is not None and inter.additive),
-        )
 
-    def _interaction(
-        self,
-        mats: dict[str, dict[str, np.ndarray]],
-        floor: np.ndarray,
-        shuffle: np.ndarray,
-        verdict: str,
-    ) -> Interaction:
-        """The interaction summary and the additive flag (see :class:`Interaction`)."""
-        n_boot, bseed = self.run_.n_boot, self._bseed(INTERACTION)
-        m = mats[INTERACTION]
-        ie = m["rel"].mean(axis=1)  # (N,)
-        eff, lo, hi = bootstrap_ci(ie, n_boot=n_boot, seed=bseed)
-        share, slo, shi = bootstrap_ci(m["cos"].mean(axis=1), n_boot=n_boot, seed=bseed + 1)
-        f2 = np.sqrt(2.0) * floor  # four outputs against the floor's two
-        margin = max(ROUNDOFF, FLOOR_MARGIN * float(f2.mean()))
-        xm, xlo, xhi = bootstrap_ci(ie - f2, n_boot=n_boot, seed=bseed + 2)
-        # the shuffle's own test, with the seed and margin the verdict used (the same answer)
-        shuffled = ablation_test(
-            "shuffle", shuffle, floor, floor_margin(floor), n_boot, self._bseed("shuffle")
-        )
-        above = bool(xlo > margin)
-        used = verdict in ("used", "weak") and shuffled.above_floor
-        return Interaction(
-            effect=r6(eff),
-            ci95=[r6(lo), r6(hi)],
-            relative=r6(share),
-            relative_ci95=[r6(slo), r6(shi)],
-            excess=r6(xm),
-            excess_ci95=[r6(xlo), r6(xhi)],
-            above_floor=above,
-            additive=bool(used and not above),
-            n=int(ie.size),
-        )
 
-    def _effect(self, name: str, mats: dict[str, np.ndarray]) -> Effect:
-        run = self.run_
-        bseed = self._bseed(name)
-        eff, lo, hi = bootstrap_ci(mats["rel"].mean(axis=1), n_boot=run.n_boot, seed=bseed)
-        cos, clo, chi = bootstrap_ci(mats["cos"].mean(axis=1), n_boot=run.n_boot, seed=bseed + 1)
-        curve = None
-        if run.target.times is not None:
-            n_t = len(run.times)
-            pts = [
-                bootstrap_ci(mats["rel"][:, ti], n_boot=run.n_boot, seed=bseed + 10 + ti)
-                for ti in range(n_t)
-            ]
-            curve = Curve(
-                t=[r6(float(t)) for t in run.times],
-                effect=[r6(m) for m, _, _ in pts],
-                ci95=[[r6(a), r6(b)] for _, a, b in pts],
-                cosine=[r6(float(mats["cos"][:, ti].mean())) for ti in range(n_t)],
-                abs_change=[r6(float(mats["abs"][:, ti].mean())) for ti in range(n_t)],
-            )
-        return Effect(
-            effect=r6(eff),
-            ci95=[r6(lo), r6(hi)],
-            cosine=r6(cos),
-            cosine_ci95=[r6(clo), r6(chi)],
-            abs_change=r6(float(mats["abs"].mean())),
-            n=int(mats["rel"].shape[0]),
-            curve=curve,
-        )
+def _signature(batch: Any) -> tuple:
+    """The sizes, shapes and dtypes of a batch's tensors (what tiling depends on)."""
+    leaves: list[tuple] = []
+    tree_map(lambda t: leaves.append((tuple(t.shape), str(t.dtype))) or t, batch)
+    return tuple(leaves)
+
+
+def _shapes(batch: Any) -> str:
+    """A batch's tensor shapes in words, for a note."""
+    return ", ".join("x".join(map(str, s)) or "scalar" for s, _ in _signature(batch)[:4])
+
+
+def _absent(b: int, name: str) -> dict[str, np.ndarray]:
+    """The numbers of a measure not taken on an item (``ok`` 0: left out of its statistics)."""
+    kinds = ("rel", "cos", "abs", "sep") if name == INTERACTION else ("rel", "cos", "abs")
+    out = {k: np.full(b, np.nan) for k in kinds}
+    out["ok"] = np.zeros(b)
+    return out
 
 
 def _finite_intact(out: Tensor, bi: int) -> None:
@@ -501,18 +562,24 @@ def _interaction(intact: Tensor, shuffled: Tensor, twice: Tensor, perm: Tensor) 
     Example ``j`` sees the swap ``c_j -> c_pi(j)``: ``d_j = S_j - I_j``. Example ``m`` with
     ``pi(m) = j`` sees the same swap between the shuffled run (``c_pi(m) = c_j``) and the run
     shuffled twice (``c_pi(pi(m)) = c_pi(j)``): ``d'_j = T_m - S_m``. Returns ``rel`` =
-    ``||d - d'|| / ||I_j||``, ``cos`` (here: ``||d - d'|| / ||d||``) and ``abs`` = ``||d - d'||``.
+    ``||d - d'|| / ||I_j||``, ``cos`` (here: ``||d - d'|| / ||d||``), ``abs`` = ``||d - d'||``
+    and ``sep`` = ``||I_j - S_m|| / ||I_j||``: how far apart the two inputs are as the model
+    sees them with the same condition ``c_j`` (0: the same input, so ``d = d'`` trivially and
+    the example says nothing about the interaction).
     """
     i, s, t = flat_real(intact), flat_real(shuffled), flat_real(twice)  # (B, D)
     inv = torch.argsort(perm.to(i.device))  # inv[j] = m with perm[m] = j
     d = s - i  # (B, D): the swap seen on its own input
     d2 = t[inv] - s[inv]  # (B, D): the same swap seen on another input
     diff = (d - d2).norm(dim=1)  # (B,)
-    rel = diff / i.norm(dim=1).clamp_min(_EPS)
+    norm = i.norm(dim=1).clamp_min(_EPS)
+    rel = diff / norm
     share = diff / d.norm(dim=1).clamp_min(_EPS)
-    return {"rel": rel.cpu().numpy(), "cos": share.cpu().numpy(), "abs": diff.cpu().numpy()}
+    sep = (i - s[inv]).norm(dim=1) / norm
+    return {"rel": rel.cpu().numpy(), "cos": share.cpu().numpy(), "abs": diff.cpu().numpy(),
+            "sep": sep.cpu().numpy()}  # fmt: skip
 
 
 def _matrices(per: dict[str, list[list[np.ndarray]]], n_t: int) -> dict[str, np.ndarray]:
     """Per-kind ``(N, T)`` matrices from per-time lists of per-batch arrays."""
-    return {k: np.stack([np.concatenate(per[k][ti]) for ti in range(n_t)], axis=1) for k in _KINDS}
+    return {k: np.stack([np.concatenate(per[k][ti]) for ti in range(n_t)], axis=1) for k in per}

@@ -95,7 +95,7 @@ class AblationTarget:
             the embedding, so it can afford more examples than the ablation); default:
             ``batches``. Labels for them: ``embedding_labels`` (same format as ``labels``).
         batch_variants: run the intact and ablated variants as one tiled forward (checked for
-            batch independence on the first batch). Set False for models whose throughput
+            batch independence once per batch signature: size, shapes, dtypes). Set False for models whose throughput
             drops with larger batches (a conv net on one CPU thread; see the benchmark).
         name: a name for the report.
     """
@@ -187,7 +187,10 @@ class Interaction:
     For each example ``j`` the swap ``c_j -> c_pi(j)`` (the shuffle) changes the output by
     ``d_j = f(x_j, c_pi(j)) - f(x_j, c_j)``; the same swap applied to another input ``x_m``
     (one more tiled copy: the shuffle applied twice) changes it by ``d'_j``. A condition that
-    only adds a bias ``b(c)`` to the output gives ``d_j = d'_j``.
+    only adds a bias ``b(c)`` to the output gives ``d_j = d'_j``. That needs ``x_j != x_m`` as
+    the model sees them: examples whose partner's output with the same condition is the same
+    as their own are left out (identical inputs would give ``d_j = d'_j`` for any model), and
+    a site where too few remain has no interaction (``None``, a note says why).
 
     Attributes:
         effect, ci95: mean over examples of ``||d_j - d'_j|| / ||f(x_j, c_j)||`` (same units
@@ -240,7 +243,8 @@ class SiteResult:
         by_label: label -> :class:`LabelResult` (where the target has labels).
         batched: the variants ran as one tiled forward.
         notes: what the engine skipped or changed, in words.
-        interaction: the :class:`Interaction` of the shuffle (``None`` without shuffle).
+        interaction: the :class:`Interaction` of the shuffle (``None`` without shuffle, or
+            where it cannot be measured: the notes say why).
         additive: the condition acts only as an additive bias (``interaction.additive``).
     """
 

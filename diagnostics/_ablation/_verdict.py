@@ -6,29 +6,36 @@ Two tests per site, each against a **measured floor**:
   the same tiling and the same inputs and ``x_t`` noise, with its own draw of the model's RNG):
   round-off plus the model's own randomness (dropout left on);
 * **channel**: does replacing the condition with something else at all (``zero``, ``random``,
-  ``null``) change the output?
-* **content**: does giving each example another example's condition (``shuffle``, the
-  mismatched-reference test) or the data mean (``mean``) change it? This is the in-distribution
-  test, the one that answers "is the content used".
+  ``null``, ``mean``) change the output? These replacements are off the data distribution (the
+  data mean of unit-norm conditions is not unit-norm, zeros are not a condition): an effect
+  they cause may come from the replacement being unlike any condition, not from the content;
+* **content**: does giving each example another example's *real* condition (``shuffle``, the
+  mismatched-reference test) change it? This is the in-distribution test, the only one that
+  answers "is the content used".
 
 A test is *above the floor* when the paired per-example excess ``effect_i - floor_i`` has a
 95% CI whose low end exceeds ``max(ROUNDOFF, FLOOR_MARGIN * floor)``. The ablation of a test
-with the largest such low end decides it (and is named in the report).
+with the largest such low end decides it (and is named in the report). An ablation measured
+on only some examples (the engine leaves out a batch whose shuffle swaps nothing) is tested on
+those examples, paired with their floor; on fewer than ``MIN_EXAMPLES`` it is not tested.
 
 ============  ===================================================================================
 verdict       rule (checked top to bottom)
 ============  ===================================================================================
-inconclusive  fewer than ``MIN_EXAMPLES`` examples; or the conditions given in the batches are the
-              same for every example (shuffling tests nothing)
+inconclusive  fewer than ``MIN_EXAMPLES`` examples; or the conditions given over the whole run
+              are the same for every example (shuffling tests nothing)
 used          content above the floor and its CI low >= ``min_effect``
 weak          content above the floor, CI high < ``min_effect``
+inconclusive  no content test (no shuffle run, or the shuffle swapped no conditions) while the
+              channel is above the floor: used cannot be told from constant
 constant      content not above the floor, channel above it: the condition acts as a fixed bias
               (a module site whose value is the same for every example although the examples
               differ is a collapsed encoder, and says so)
+inconclusive  content not above the floor and no channel ablation run: ignored cannot be told
+              from constant
 ignored       nothing above the floor
 inconclusive  otherwise: a CI that straddles ``min_effect``, or an excess over the floor whose
-              CI reaches ``min_effect`` without leaving the floor (too wide to decide), or no
-              content ablation was run
+              CI reaches ``min_effect`` without leaving the floor (too wide to decide)
 ============  ===================================================================================
 
 Example:
@@ -57,26 +64,33 @@ __all__ = [
     "RULE",
     "VERDICTS",
     "Decision",
+    "ablation_test",
     "decide",
+    "floor_margin",
+    "masked_test",
 ]
 
 MIN_EFFECT = 0.05  # default min_effect: a content effect of >= 5% of the output norm is "used"
 MIN_EXAMPLES = 6  # fewer examples: no verdict (a bootstrap CI over 5 numbers means little)
 ROUNDOFF = 1e-6  # an excess over the floor below this is float round-off
 FLOOR_MARGIN = 0.1  # ... or below this fraction of the floor itself
-CHANNEL = ("zero", "random", "null")
-CONTENT = ("shuffle", "mean")
+CHANNEL = ("zero", "random", "null", "mean")  # off-distribution replacements
+CONTENT = ("shuffle",)  # in-distribution: real conditions of other examples
 VERDICTS = ("used", "weak", "constant", "ignored", "inconclusive")
 
 RULE = (
     "floor = the identity replacement (round-off and the model's own randomness); a test is "
     "above the floor when the CI of its paired excess over the floor is above round-off. "
-    "inconclusive: too few examples or identical conditions; used: content (shuffle/mean) above "
+    "content = shuffle (each example gets another example's real condition: in-distribution); "
+    "channel = zero/random/null/mean (off-distribution replacements). "
+    "inconclusive: too few examples or conditions identical over the run; used: content above "
     "the floor with CI low >= min_effect; weak: content above the floor, CI high < min_effect; "
-    "constant: channel (zero/random/null) above the floor, content not; ignored: nothing above "
-    "the floor; inconclusive: CIs too wide to decide. additive (a flag beside used/weak): the "
-    "change a shuffled condition causes does not depend on the input (interaction within "
-    "sqrt(2) x the floor)"
+    "inconclusive: no content test while the channel is above the floor; constant: channel "
+    "above the floor, content not; inconclusive: content within the floor and no channel "
+    "ablation run; ignored: nothing above the floor; inconclusive: CIs too wide to decide. "
+    "additive (a flag beside used/weak): the change a shuffled condition causes does not depend "
+    "on the input (interaction within sqrt(2) x the floor; measured only where the inputs the "
+    "shuffle pairs differ)"
 )
 
 _WHAT = {
@@ -115,17 +129,18 @@ def _best(
     names: tuple[str, ...],
     effects: Mapping[str, np.ndarray],
     floor: np.ndarray,
-    margin: float,
+    present: Mapping[str, np.ndarray],
     n_boot: int,
     seed_for: Callable[[str], int],
 ) -> Test | None:
-    """The test over ``names``: the ablation with the largest CI low of the excess."""
+    """The test over ``names``: the ablation with the largest CI low of the excess (an ablation
+    measured on fewer than ``MIN_EXAMPLES`` examples is not tested)."""
     best: Test | None = None
     for name in names:
         if name not in effects:
             continue
-        t = ablation_test(name, effects[name], floor, margin, n_boot, seed_for(name))
-        if best is None or t.excess_ci95[0] > best.excess_ci95[0]:
+        t = masked_test(name, effects[name], floor, present.get(name), n_boot, seed_for(name))
+        if t is not None and (best is None or t.excess_ci95[0] > best.excess_ci95[0]):
             best = t
     return best
 
@@ -154,6 +169,26 @@ def ablation_test(
     )
 
 
+def masked_test(
+    name: str,
+    effect: np.ndarray,
+    floor: np.ndarray,
+    present: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+) -> Test | None:
+    """:func:`ablation_test` on the examples where the ablation was measured (``present``; all
+    when ``None``), paired with their own floor; ``None`` on fewer than ``MIN_EXAMPLES``."""
+    f = np.asarray(floor, dtype=np.float64)
+    e = np.asarray(effect, dtype=np.float64)
+    if present is not None:
+        keep = np.asarray(present, dtype=bool)
+        f, e = f[keep], e[keep]
+    if f.size < MIN_EXAMPLES:
+        return None
+    return ablation_test(name, e, f, floor_margin(f), n_boot, seed)
+
+
 def decide(
     floor: np.ndarray,
     effects: Mapping[str, np.ndarray],
@@ -163,6 +198,8 @@ def decide(
     seed_for: Callable[[str], int] = lambda name: 0,
     conditions_vary: bool = True,
     collapsed: bool = False,
+    present: Mapping[str, np.ndarray] | None = None,
+    missing: Mapping[str, str] | None = None,
 ) -> Decision:
     """The verdict from per-example effects (see the module doc for the rule).
 
@@ -172,18 +209,30 @@ def decide(
         min_effect: the content effect (CI low) at or above which the site is ``used``.
         n_boot: bootstrap resamples.
         seed_for: bootstrap seed per ablation name (``"floor"`` for the floor).
-        conditions_vary: False when the conditions given in the batches are the same for
+        conditions_vary: False when the conditions given over the whole run are the same for
             every example (then shuffling tests nothing: ``inconclusive``).
         collapsed: the site's value is the same for every example although the examples
-            differ (named in the reason of a ``constant`` or ``ignored`` site).
+            differ (named in the reason of a ``constant``, ``ignored`` or ``inconclusive``
+            site).
+        present: ablation name -> ``(N,)`` bool: the examples where it was measured (default:
+            all); an ablation measured on fewer than ``MIN_EXAMPLES`` is not tested.
+        missing: ablation name -> why it was not measured (the reason quotes it).
     """
     f = np.asarray(floor, dtype=np.float64)
     n = int(f.size)
+    present = present or {}
+    missing = dict(missing or {})
     fm, flo, fhi = bootstrap_ci(f, n_boot=n_boot, seed=seed_for("floor"))
     floor_s = (_r(fm), [_r(flo), _r(fhi)])
-    margin = floor_margin(f)
-    channel = _best(CHANNEL, effects, f, margin, n_boot, seed_for)
-    content = _best(CONTENT, effects, f, margin, n_boot, seed_for)
+    channel = _best(CHANNEL, effects, f, present, n_boot, seed_for)
+    content = _best(CONTENT, effects, f, present, n_boot, seed_for)
+    for name in effects:
+        k = int(np.count_nonzero(present[name])) if name in present else n
+        if k < MIN_EXAMPLES and name not in missing:
+            missing[name] = (
+                f"{name} was measured on only {k} example{'s' * (k != 1)} (at least "
+                f"{MIN_EXAMPLES} are needed)"
+            )
     fl = f"the floor is {fm:.2g}"
 
     def out(verdict: str, reason: str) -> Decision:
@@ -205,48 +254,33 @@ def decide(
             "them tests nothing; give examples with different conditions",
         )
     if content is not None and content.above_floor:
-        if content.ci95[0] >= min_effect:
-            return out("used", f"{says(content)}; {fl}")
-        if content.ci95[1] < min_effect:
-            return out(
-                "weak",
-                f"{says(content)}: above the floor ({fm:.2g}) but below min_effect {min_effect:g}",
-            )
-        return out(
-            "inconclusive",
-            f"{says(content)}: the CI straddles min_effect {min_effect:g}; more examples "
-            "would decide",
-        )
-    # too wide: not above the floor, yet the excess over it may reach min_effect
-    wide = [t for t in (content, channel) if t is not None and t.excess_ci95[1] >= min_effect]
-    if content is None and channel is not None and channel.above_floor:
-        return out(
-            "inconclusive",
-            f"{says(channel)}, but no content ablation (shuffle, mean) was run, so used cannot "
-            "be told from constant",
-        )
+        return _used_or_weak(content, says(content), fm, min_effect, out)
     why_const = (
         "; the site's value is the same for every example although the examples differ "
         "(a collapsed encoder)"
         if collapsed
         else ""
     )
-    if channel is not None and channel.above_floor:
-        if content is not None and content.excess_ci95[1] >= min_effect:
+    if content is None and channel is not None and channel.above_floor:
+        why = _no_content(missing)
+        return out(
+            "inconclusive", f"{says(channel)}, but {why}, so used cannot be told from constant"
+        )
+    if channel is not None and channel.above_floor and content is not None:
+        if content.excess_ci95[1] >= min_effect:
             return out(
                 "inconclusive",
                 f"{says(content)}: not distinguishable from the floor ({fm:.2g}), but its excess "
                 f"over the floor {_ci(content.excess_ci95)} reaches min_effect {min_effect:g}: "
                 "too wide to decide",
             )
-        c = (
-            ""
-            if content is None
-            else f" while {_WHAT[content.ablation]} does not ({_pct(content.effect)})"
-        )
         return out(
-            "constant", f"{says(channel)}{c}: the condition acts as a fixed bias{why_const}; {fl}"
+            "constant",
+            f"{says(channel)} while {_WHAT[content.ablation]} does not "
+            f"({_pct(content.effect)}): the condition acts as a fixed bias{why_const}; {fl}",
         )
+    # too wide: not above the floor, yet the excess over it may reach min_effect
+    wide = [t for t in (content, channel) if t is not None and t.excess_ci95[1] >= min_effect]
     if wide:
         t = wide[0]
         return out(
@@ -254,12 +288,53 @@ def decide(
             f"{says(t)}: not distinguishable from the floor ({fm:.2g}), but its excess over the "
             f"floor {_ci(t.excess_ci95)} reaches min_effect {min_effect:g}: too wide to decide",
         )
+    if content is not None and channel is None:
+        return out(
+            "inconclusive",
+            f"{says(content)}, within the floor ({fm:.2g}), but {_no_channel(missing)}, so "
+            f"ignored cannot be told from constant{why_const}",
+        )
     tests = [t for t in (content, channel) if t is not None]
     if not tests:
-        return out("inconclusive", "no ablation was run at this site")
+        gone = "; ".join(missing.values())
+        return out("inconclusive", f"no ablation was tested at this site{': ' * bool(gone)}{gone}")
     top = max(tests, key=lambda t: t.effect)
     return out(
         "ignored",
         f"no ablation changes the output beyond the floor ({fm:.2g}); the largest, "
         f"{top.ablation}, changes it by {top.effect:.2g}{why_const}",
     )
+
+
+def _used_or_weak(
+    content: Test,
+    says: str,
+    fm: float,
+    min_effect: float,
+    out: Callable[[str, str], Decision],
+) -> Decision:
+    """The verdict of a content test above the floor: used, weak, or a CI that straddles."""
+    if content.ci95[0] >= min_effect:
+        return out("used", f"{says}; the floor is {fm:.2g}")
+    if content.ci95[1] < min_effect:
+        return out(
+            "weak", f"{says}: above the floor ({fm:.2g}) but below min_effect {min_effect:g}"
+        )
+    return out(
+        "inconclusive",
+        f"{says}: the CI straddles min_effect {min_effect:g}; more examples would decide",
+    )
+
+
+def _no_content(missing: Mapping[str, str]) -> str:
+    """Why there is no content test, in words."""
+    if any(name in missing for name in CONTENT):
+        return "; ".join(missing[name] for name in CONTENT if name in missing)
+    return f"no content ablation ({', '.join(CONTENT)}) was run"
+
+
+def _no_channel(missing: Mapping[str, str]) -> str:
+    """Why there is no channel test, in words."""
+    said = [missing[name] for name in CHANNEL if name in missing]
+    ran = f"no channel ablation ({', '.join(CHANNEL)}) was run"
+    return ran if not said else f"{ran} ({'; '.join(said)})"
