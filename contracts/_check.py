@@ -159,6 +159,24 @@ def check_tensor(
     if dts is not None and x.dtype not in dts:
         raise Fail("dtype", slot.name, spec=spec, got=x.dtype, floating=x.is_floating_point())
     _check_shape(spec, slot.name, x.shape, b, prov, deferred, allow_empty)
+    if spec.mask_axis is not None and allow_empty:  # (else the empty axis is refused above)
+        _check_mask_rows(spec, slot.name, x.shape)
+
+
+def _check_mask_rows(spec: TensorSpec, name: str, shape: tuple) -> None:
+    """A mask whose checked axis is empty while it has rows: every row lacks a valid position.
+
+    ``allow_empty`` accepts a mask with no rows (an empty batch: nothing to violate), never rows
+    with no position at all. The shape alone decides it, so the shape walk checks it (in every
+    mode that checks shapes, and before a signature is cached)."""
+    nd = len(shape)
+    axis = spec.mask_axis
+    if not -nd <= axis < nd or shape[axis]:
+        return
+    axis %= nd
+    rows = math.prod(shape[:axis]) * math.prod(shape[axis + 1 :])
+    if rows:
+        raise Fail("mask_empty", name, axis, rows=rows, padding=spec.mask_padding)
 
 
 def _check_py(slot: Slot, x: Any) -> None:

@@ -20,6 +20,7 @@ as torch's ``RuntimeError`` carrying them (see docs/CONTRACTS.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,6 +105,18 @@ def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_
         _require(_same(s, d.value(b, self_obj), d.broadcast), _const(w[f"size{j}"]))
 
 
+def _mask_rows(w: dict, spec: TensorSpec, shape: Any) -> None:
+    """A mask with rows but an empty checked axis: no row has a valid position (the eager
+    shape walk's rule, ``_check._check_mask_rows``)."""
+    nd = len(shape)
+    axis = spec.mask_axis
+    if not -nd <= axis < nd:
+        return  # the rank check words it
+    axis %= nd
+    rows = math.prod(shape[:axis]) * math.prod(shape[axis + 1 :])
+    _require(shape[axis] != 0 or rows == 0, _const(w["mask_empty"]))
+
+
 def _bound(bound: Any, b: dict, self_obj: Any) -> Any:
     return bound(b, self_obj) if isinstance(bound, Expr) else bound
 
@@ -143,6 +156,8 @@ def compiled_slot(
     if dts is not None:
         torch._check(x.dtype in dts, _const(w["dtype"]))
     _shape(w, spec, x.shape, b, self_obj, allow_empty)
+    if allow_empty and spec.mask_axis is not None:  # (else the empty axis fails in _shape)
+        _mask_rows(w, spec, x.shape)
     if level == FULL and spec.has_values and x.numel() != 0:
         _values(w, spec, x, b, self_obj)
 

@@ -31,6 +31,10 @@ EMPTY_HINT = (
     "empty batches and zero-length sequences are refused; pass allow_empty=True to @contract if "
     "they are meaningful here"
 )
+MASK_EMPTY_HINT = (
+    "allow_empty=True accepts empty batches (a mask with no rows), not rows without a single "
+    "position: a row with no valid position makes softmax return NaN"
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,6 +335,12 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         )
     if code == "mask":
         return _mask_words(f)
+    if code == "mask_empty":
+        return (
+            _mask_want(f.axis, d["padding"]),
+            f"an empty axis (size 0), so none of its {d['rows']} rows has one",
+            MASK_EMPTY_HINT,
+        )
     if code == "values":
         return _values_words(f, prov)
     raise AssertionError(f"contracts: no words for check {code!r}")  # pragma: no cover
@@ -563,6 +573,11 @@ def slot_words(function: str, slot: Slot) -> dict[str, str]:
         w["tensor"] += f" {spec.shape_words()} {dtype_words(spec)}"
         w["dtype"] = f"{where}: expected dtype {dtype_words(spec)}"
         w["values"] = f"{where}: expected {_values_want(spec)} (checked on the device)"
+        if spec.mask_axis is not None:  # allow_empty: an empty mask axis under rows
+            w["mask_empty"] = (
+                f"{where}: expected {_mask_want(spec.mask_axis, spec.mask_padding)}, got an "
+                "empty axis (size 0)"
+            )
         n_dims = len(spec.dims)
         for j, d in enumerate(spec.dims):  # axis from the end after a variadic entry
             axis = j if spec.var_at < 0 or j < spec.var_at else j - n_dims

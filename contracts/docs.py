@@ -62,6 +62,10 @@ GUIDE = """
   looking them up for a while, so fresh activations pay no lookup, but what it reduces is still
   remembered (a layer's return is the next layer's input: one reduction per activation). Writes
   that bypass the version counter (`.data`, NumPy or DLPack views) are not seen.
+- **Empty tensors.** By default every axis must be non-empty. `@contract(allow_empty=True)`
+  accepts zero-size axes (an empty batch), but a `Mask()` with rows and an empty checked axis
+  (`[B, 0]`) is refused in every mode that checks shapes: each of its rows has no valid
+  position, the case that makes a softmax return NaN. A mask with no rows (`[0, T]`) passes.
 - **Intermediate values.** `contracts.check(value, annotation, *, name=None)` returns `value`;
   inside a contracted call (found by walking up to the wrapper's frame, so calls that never use
   it pay nothing) its dims must agree with that call's bindings (and a dim it binds is

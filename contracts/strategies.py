@@ -29,7 +29,7 @@ from ._check import torch_dtypes
 from ._errors import TorchdxError
 from ._plan import Plan, Slot, TensorSpec
 from ._registry import all_plans, example_factory
-from ._spec import ELLIPSIS, EXPR, FIXED, NAME, VARIADIC, Expr
+from ._spec import ARGS, ELLIPSIS, EXPR, FIXED, NAME, VARIADIC, Expr
 
 __all__ = ["CannotGenerate", "inputs_for", "plan_of"]
 
@@ -80,6 +80,19 @@ def _bound(b: Any, bindings: dict, self_obj: Any) -> float | None:
     return b
 
 
+def _int_bounds(lo: Any, hi: Any, span: int) -> tuple[int, int]:
+    """The integers drawn for a Range on integers: ``[lo, hi]``; with one bound, from 0 or
+    ``span`` past the bound given (``Range(None, -1)``: ``[-1 - span, -1]``); ``[0, span]``
+    with none."""
+    ilo = math.ceil(lo) if lo is not None else None
+    ihi = math.floor(hi) if hi is not None else None
+    if ilo is None:
+        ilo = 0 if ihi is None or ihi >= 0 else ihi - span
+    if ihi is None:
+        ihi = ilo + span
+    return ilo, ihi
+
+
 def _make_tensor(
     spec: TensorSpec, shape: tuple[int, ...], gen: torch.Generator, bindings: dict, self_obj: Any
 ) -> torch.Tensor:
@@ -100,8 +113,7 @@ def _make_tensor(
         dt = torch.complex64 if torch.complex64 in dts else sorted(dts, key=str)[0]
         return torch.randn(shape, generator=gen, dtype=dt)
     if dts is not None and not any(d.is_floating_point for d in dts):
-        ilo = math.ceil(lo) if lo is not None else 0
-        ihi = math.floor(hi) if hi is not None else ilo + 9
+        ilo, ihi = _int_bounds(lo, hi, 9)
         assume(ilo <= ihi)
         return torch.randint(ilo, ihi + 1, shape, generator=gen, dtype=_int_dtype(spec))
     dt = _float_dtype(spec)
@@ -126,12 +138,18 @@ def _py_strategy(slot: Slot, plan: Plan, bindings: dict, self_obj: Any) -> Any:
     if hint is bool:
         return st.booleans()
     if hint is int:
-        ilo = math.ceil(lo) if lo is not None else 0
-        ihi = math.floor(hi) if hi is not None else ilo + 16
+        ilo, ihi = _int_bounds(lo, hi, 16)
+        if ilo > ihi:  # bounds from this draw's dims that leave no integer: draw again
+            return st.nothing()
         return st.integers(ilo, min(ihi, ilo + 64))
     if hint is float:
-        flo = lo if lo is not None else -10.0
+        if lo is None:
+            flo = -10.0 if hi is None or hi > -10.0 else hi - 20.0
+        else:
+            flo = lo
         fhi = hi if hi is not None else flo + 20.0
+        if flo > fhi:
+            return st.nothing()
         return st.floats(flo, fhi, allow_nan=False, allow_infinity=False)
     raise CannotGenerate(
         f"{plan.qualname}(): cannot generate argument {slot.name!r} of type "
@@ -188,10 +206,20 @@ def inputs_for(
         sizes: ``{dim: (min, max)}``, overriding the contract's ``sizes`` and the default (1, 8).
 
     Returns:
-        A hypothesis strategy. ``args`` never contains ``self``: call ``bound(*args, **kwargs)``.
+        A hypothesis strategy. ``args`` holds the positional-only parameters, in order (one
+        left to its default is passed as that default when a later one is drawn), ``kwargs``
+        the others; ``args`` never contains ``self``: call ``bound(*args, **kwargs)``.
+
+    Every dim form of the spec language is drawn consistently: named dims once per draw,
+    expressions (``"T-1"``, ``"2*D"``, ``"T//2"``, ``"max(T,D)"``, ``"self.n"``) evaluated
+    from them (a draw giving a size below 1, or below 0 with ``allow_empty``, is rejected), and
+    f-string dims (``"{n}"``) from the drawn arguments. Under ``allow_empty`` a Mask's checked
+    axis is not drawn empty under non-empty rows (the checker refuses that).
 
     Raises:
-        CannotGenerate: an argument's contract gives nothing to draw from.
+        CannotGenerate: an argument's contract gives nothing to draw from (a required
+            parameter with no annotation to draw from and no strategy, or a dim read by an
+            expression that no argument's shape binds: the checker refuses every call then).
     """
     plan = plan_of(fn)
     self_obj = _resolve_instance(plan, fn, instance)
@@ -210,6 +238,14 @@ def inputs_for(
                 f"{plan.qualname}(): argument {slot.name!r} is a bare torch.Tensor; annotate its "
                 "shape and dtype (Float[Tensor, '...']) so inputs can be generated"
             )
+    _check_expression_names(plan, set(names) | set(pre))
+    signature = _parameters(plan)
+    unchecked = _unchecked_parameters(plan, signature)
+    positional_only = [n for n, p in signature.items() if p.kind is p.POSITIONAL_ONLY]
+    nonempty = _mask_axis_names(plan) if plan.allow_empty else set()
+    keep = _needed_optionals(plan, set(pre))
+    strategies = plan.strategies
+    self_name = next(iter(_all_parameters(plan)), None) if plan.has_self else None
 
     @st.composite
     def draw(data: st.DrawFn) -> tuple[tuple, dict]:
@@ -217,50 +253,209 @@ def inputs_for(
         for n in names:
             if n not in b:
                 lo, hi = size_of.get(n, DEFAULT_SIZES)
-                b[n] = data(st.integers(max(lo, 1 if not plan.allow_empty else 0), hi))
+                least = 1 if not plan.allow_empty or n in nonempty else 0
+                # (a mask axis sized (0, 0) keeps its sizes: only mask rows of none then pass)
+                b[n] = data(st.integers(max(lo, least) if hi >= least else lo, hi))
         for v in variadics:
             k = data(st.integers(0, 2))
             b["*" + v] = tuple(data(st.integers(1, 4)) for _ in range(k))
         seed = data(st.integers(0, 2**31 - 1))
         gen = torch.Generator().manual_seed(seed)
-        kwargs: dict[str, Any] = {}
-        args: list[Any] = []
+        values: dict[str, Any] = {}
+        later: list[Slot] = []  # tensors with f-string dims: drawn once the other values are
         for slot in plan.params:
-            if slot.name in plan.strategies:
-                value = data(plan.strategies[slot.name](st))
+            if slot.name in strategies:
+                value = data(strategies[slot.name](st))
             elif slot.tensor is not None:
-                if slot.optional and slot.default is None and data(st.booleans()):
+                if (
+                    slot.optional
+                    and slot.default is None
+                    and slot.name not in keep
+                    and data(st.booleans())
+                ):
                     value = None
+                elif _reads_arguments(slot.tensor):
+                    later.append(slot)
+                    continue
                 else:
-                    shape: list[int] = []
-                    for d in slot.tensor.dims:
-                        if d.kind == FIXED:
-                            shape.append(d.value)
-                        elif d.kind == NAME:
-                            shape.append(b[d.value])
-                        elif d.kind == EXPR:
-                            s = d.value(b, self_obj)
-                            assume(isinstance(s, int) and s >= (0 if plan.allow_empty else 1))
-                            shape.append(s)
-                        elif d.kind == VARIADIC:
-                            shape.extend(b["*" + d.value])
-                        elif d.kind == ELLIPSIS:
-                            shape.extend([2] * data(st.integers(0, 2)))
-                        else:
-                            shape.append(data(st.integers(1, 4)))
-                    value = _make_tensor(slot.tensor, tuple(shape), gen, b, self_obj)
+                    value = _draw_tensor(plan, slot, data, gen, b, self_obj)
             elif slot.plain_tensor:
                 continue
             elif slot.default is not inspect.Parameter.empty:
                 continue
             else:
                 value = data(_py_strategy(slot, plan, b, self_obj))
-            if slot.position == 0 and plan.has_self:
-                continue
-            kwargs[slot.name] = value
-        return tuple(args), kwargs
+            values[slot.name] = value
+        for name in unchecked:  # parameters without a checked annotation, given a strategy
+            values[name] = data(strategies[name](st))
+        if later:
+            given = {n: p.default for n, p in signature.items() if p.default is not p.empty}
+            b[ARGS] = {**given, **values}
+            for slot in later:
+                values[slot.name] = _draw_tensor(plan, slot, data, gen, b, self_obj)
+            del b[ARGS]
+        if self_name is not None:
+            values.pop(self_name, None)
+        return _arrange(values, positional_only, signature)
 
     return draw()
+
+
+def _draw_tensor(
+    plan: Plan, slot: Slot, data: st.DrawFn, gen: torch.Generator, b: dict, self_obj: Any
+) -> torch.Tensor:
+    """One tensor argument: its shape from the drawn dims (expressions evaluated, f-string
+    dims read from the call's arguments in ``b``), then values meeting its constraints."""
+    spec = slot.tensor
+    least = 0 if plan.allow_empty else 1
+    shape: list[int] = []
+    for d in spec.dims:
+        if d.kind == FIXED:
+            shape.append(d.value)
+        elif d.kind == NAME:
+            shape.append(b[d.value])
+        elif d.kind == EXPR:
+            try:
+                s = d.value(b, self_obj)
+            except (KeyError, AttributeError, TypeError, ZeroDivisionError) as e:
+                if isinstance(e, ZeroDivisionError):
+                    assume(False)  # a divisor drawn as 0: draw again
+                raise CannotGenerate(
+                    f"{plan.qualname}(): the dim {d.value.source!r} of argument {slot.name!r} "
+                    f"cannot be evaluated from the drawn arguments ({type(e).__name__}: {e})"
+                ) from None
+            if isinstance(s, float) and s.is_integer():
+                s = int(s)  # "T/2" with T even: the checker compares 2 == 2.0
+            assume(isinstance(s, int) and not isinstance(s, bool) and s >= least)
+            shape.append(s)
+        elif d.kind == VARIADIC:
+            shape.extend(b["*" + d.value])
+        elif d.kind == ELLIPSIS:
+            shape.extend([2] * data(st.integers(0, 2)))
+        else:
+            shape.append(data(st.integers(1, 4)))
+    if spec.mask_axis is not None and shape:
+        # a mask needs a valid position in each row: no rows at all is fine (allow_empty), an
+        # empty mask axis under non-empty rows is refused by the checker
+        axis = spec.mask_axis % len(shape)
+        rows = math.prod(shape[:axis] + shape[axis + 1 :])
+        assume(not (shape[axis] == 0 and rows > 0))
+    return _make_tensor(spec, tuple(shape), gen, b, self_obj)
+
+
+def _reads_arguments(spec: TensorSpec) -> bool:
+    return any(d.kind == EXPR and d.value.uses_args for d in spec.dims)
+
+
+def _all_parameters(plan: Plan) -> dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(plan.fn).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _parameters(plan: Plan) -> dict[str, inspect.Parameter]:
+    """The parameters a generated call passes (``self`` left out), in signature order."""
+    params = _all_parameters(plan)
+    if plan.has_self and params:
+        params.pop(next(iter(params)))
+    return params
+
+
+def _unchecked_parameters(plan: Plan, signature: dict[str, inspect.Parameter]) -> list[str]:
+    """Required parameters without a checked annotation: drawn from ``strategies=``, else
+    nothing can be generated (the call would lack them)."""
+    checked = {s.name for s in plan.params}
+    out = []
+    for name, p in signature.items():
+        if name in checked or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if name in plan.strategies:
+            out.append(name)
+        elif p.default is p.empty:
+            raise CannotGenerate(
+                f"{plan.qualname}(): argument {name!r} has no tensor or number annotation to "
+                f"draw from; annotate it, give it a default or pass "
+                f"@contract(strategies={{{name!r}: lambda st: ...}})"
+            )
+    return out
+
+
+def _arrange(
+    values: dict[str, Any], positional_only: list[str], signature: dict[str, inspect.Parameter]
+) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for the drawn ``values``: positional-only parameters by position
+    (one left to its default is passed as that default when a later one is passed), the rest
+    by keyword."""
+    args: list[Any] = []
+    pending: list[Any] = []
+    for name in positional_only:
+        if name in values:
+            args += [*pending, values.pop(name)]
+            pending = []
+        else:
+            pending.append(signature[name].default)
+    return tuple(args), values
+
+
+def _expression_names(plan: Plan) -> list[tuple[str, str, frozenset[str]]]:
+    """``(argument, expression, dim names)`` of every expression an input check evaluates:
+    shape dims (``"T-1"``) and Range bounds (``"V-1"``); f-string dims are read at draw time."""
+    out = []
+    for slot in plan.params:
+        exprs: list[Expr] = []
+        if slot.tensor is not None:
+            spec = slot.tensor
+            exprs += [d.value for d in spec.dims if d.kind == EXPR and not d.value.uses_args]
+            exprs += [x for x in (spec.lo, spec.hi) if isinstance(x, Expr)]
+        if slot.pyrange is not None:
+            exprs += [x for x in (slot.pyrange.lo, slot.pyrange.hi) if isinstance(x, Expr)]
+        out += [(slot.name, e.source, e.names) for e in exprs]
+    return out
+
+
+def _check_expression_names(plan: Plan, bound: set[str]) -> None:
+    """A dim read by an expression must be bound by an argument's shape or by ``dims=``: the
+    checker refuses every call otherwise, so nothing can be generated."""
+    for arg, source, used in _expression_names(plan):
+        missing = sorted(used - bound)
+        if missing:
+            raise CannotGenerate(
+                f"{plan.qualname}(): argument {arg!r} reads {', '.join(missing)} in "
+                f"{source!r}, but no argument's shape binds it (a dim inside an expression is "
+                "never bound by it, so the contract refuses every call); name it as an axis of "
+                "an argument, or bind it from the model with dims="
+            )
+
+
+def _needed_optionals(plan: Plan, pre: set[str]) -> set[str]:
+    """Optional tensor arguments never drawn as None: the only ones binding a dim that an
+    expression reads (left out, that dim is unbound and the checker refuses the call)."""
+    read = set().union(*(used for _arg, _src, used in _expression_names(plan)))
+    required: set[str] = set(pre)
+    optional: dict[str, set[str]] = {}
+    for slot in plan.params:
+        if slot.tensor is None:
+            continue
+        bound = {d.value for d in slot.tensor.dims if d.kind == NAME}
+        if slot.optional and slot.default is None:
+            optional[slot.name] = bound
+        else:
+            required |= bound
+    return {name for name, bound in optional.items() if (bound & read) - required}
+
+
+def _mask_axis_names(plan: Plan) -> set[str]:
+    """Dims that are the checked axis of a Mask argument (drawn >= 1 even with allow_empty)."""
+    out = set()
+    for slot in plan.params:
+        spec = slot.tensor
+        if spec is None or spec.mask_axis is None or spec.var_at >= 0:
+            continue
+        d = spec.dims[spec.mask_axis % len(spec.dims)]
+        if d.kind == NAME:
+            out.add(d.value)
+    return out
 
 
 def bound_callable(plan: Plan, instance: Any = None) -> tuple[Callable, Any]:

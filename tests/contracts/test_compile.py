@@ -8,7 +8,7 @@ from typing import Annotated
 import pytest
 import torch
 import torch._dynamo
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 
@@ -184,3 +184,18 @@ def test_check_in_compiled_code_shares_the_call_bindings(dynamic):
     assert _graph_breaks() == 0
     text = _raises(g, torch.ones(2, 3), 1)  # h2 has T-1 columns
     assert "checked value 'h2', axis 1: expected size T" in text
+
+
+@contract(allow_empty=True)
+def _masked(
+    x: Float[Tensor, "B T"], m: Annotated[Bool[Tensor, "B T"], contracts.Mask()]
+) -> Float[Tensor, "B T"]:
+    return x * m
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compiled_allow_empty_takes_an_empty_batch_not_rows_without_positions(dynamic):
+    g = _compile(_masked, dynamic)
+    assert g(torch.ones(0, 3), torch.ones(0, 3, dtype=torch.bool)).shape == (0, 3)
+    text = _raises(g, torch.ones(2, 0), torch.ones(2, 0, dtype=torch.bool))
+    assert "_masked(): argument 'm'" in text and "got an empty axis (size 0)" in text

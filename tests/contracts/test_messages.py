@@ -137,3 +137,36 @@ def test_error_attributes():
     assert err.actual == "2"
     assert err.bindings == {"B": 4, "T": 10, "F": 80}
     assert type(err).__module__ == "contracts"
+
+
+@contract(allow_empty=True)
+def masked_sum(
+    x: Float[Tensor, "B T"], mask: Annotated[Bool[Tensor, "B T"], Mask()]
+) -> Float[Tensor, "B"]:
+    return (x * mask).sum(-1)
+
+
+def test_empty_mask_axis_under_allow_empty():
+    m = msg(masked_sum, torch.zeros(4, 0), torch.ones(4, 0, dtype=torch.bool))
+    assert m.splitlines() == [
+        "masked_sum(): argument 'mask', axis 1: expected at least one True (valid) position "
+        "per row along axis 1, got an empty axis (size 0), so none of its 4 rows has one",
+        "  mask: tensor[4, 0] bool cpu n=0 empty",
+        "  bindings: B=4 (x.shape[0]), T=0 (x.shape[1])",
+        "  hint: allow_empty=True accepts empty batches (a mask with no rows), not rows without "
+        "a single position: a row with no valid position makes softmax return NaN",
+    ]
+    with pytest.raises(ContractError) as e:
+        masked_sum(torch.zeros(4, 0), torch.ones(4, 0, dtype=torch.bool))
+    assert e.value.argument == "mask" and e.value.axis == 1
+    assert e.value.actual == "an empty axis (size 0), so none of its 4 rows has one"
+
+
+def test_summaries_in_messages_print_integers_exactly():
+    @contract
+    def ids(t: Annotated[Int[Tensor, "N"], Range(0, 10)]) -> None:
+        return None
+
+    m = msg(ids, torch.tensor([0, 2**63 - 1]))
+    assert "finite min=0, max=9223372036854775807; first bad at index (1,)" in m
+    assert "  t: tensor[2] i64 cpu n=2 x∈[0, 9223372036854775807] μ=4.6117e+18 σ=6.5219e+18" in m

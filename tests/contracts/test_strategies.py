@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated
 
 import pytest
@@ -169,3 +170,224 @@ def test_fuzz_bad_inputs_raise_contract_error_only(a, b, target):
     except contracts.ContractError as e:
         assert e.argument in good or e.argument.startswith("return")
         assert str(e).startswith("ranged(): ")
+
+
+# --- positional-only parameters, negative upper bounds, expression and f-string dims ----------
+
+
+@contract
+def posonly(
+    x: Float[Tensor, "B T"],
+    scale: Annotated[float, Range(0, 1)] = 0.5,
+    /,
+    y: Float[Tensor, "B"] | None = None,
+    *,
+    k: Annotated[int, Range(1, "T")],
+) -> Float[Tensor, "B T"]:
+    return x * scale
+
+
+@contract
+def posonly_required(x: Float[Tensor, "B"], lengths: Int[Tensor, "B"], /) -> None:
+    return None
+
+
+@FAST
+@given(inputs_for(posonly))
+def test_positional_only_parameters_are_passed_by_position(ai):
+    """Regression: positional-only parameters were passed by keyword (TypeError)."""
+    args, kw = ai
+    assert len(args) == 1 and "x" not in kw and "scale" not in kw
+    posonly(*args, **kw)
+
+
+@FAST
+@given(inputs_for(posonly_required))
+def test_two_positional_only_parameters(ai):
+    args, kw = ai
+    assert len(args) == 2 and kw == {}
+    posonly_required(*args, **kw)
+
+
+def test_positional_only_default_filled_when_a_later_one_is_drawn():
+    from contracts.strategies import _arrange
+
+    sig = inspect.signature(lambda a=1, b=2, c=3, /: None).parameters
+    assert _arrange({"c": 9}, ["a", "b", "c"], dict(sig)) == ((1, 2, 9), {})
+    assert _arrange({"a": 7}, ["a", "b", "c"], dict(sig)) == ((7,), {})
+
+
+@contract
+def negative(
+    x: Annotated[Float[Tensor, "B"], Range(None, -1)],
+    i: Annotated[Int[Tensor, "B"], Range(None, -1)],
+    j: Annotated[Int[Tensor, "B"], Range(None, 3)],
+    n: Annotated[int, Range(None, -1)],
+    f: Annotated[float, Range(None, -100.5)],
+    g: Annotated[float, Range(-1e3, None)],
+) -> None:
+    return None
+
+
+@FAST
+@given(inputs_for(negative))
+def test_negative_upper_bounds_generate_values_inside(ai):
+    """Regression: Range(None, -1) drew from [0, -1] (Unsatisfiable / InvalidArgument)."""
+    _, kw = ai
+    assert kw["x"].max() <= -1 and kw["i"].max() <= -1 and kw["j"].max() <= 3
+    assert kw["n"] <= -1 and kw["f"] <= -100.5 and kw["g"] >= -1e3
+    negative(**kw)
+
+
+class Halves(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 3
+
+    @contract(dims={"K": "self.n"})
+    def forward(
+        self,
+        x: Float[Tensor, "B T"],
+        prev: Float[Tensor, "B T-1"],
+        pairs: Float[Tensor, "B 2*D"],
+        d: Float[Tensor, "D"],
+        half: Float[Tensor, "T//2+1"],
+        ratio: Float[Tensor, "T/T"],
+        widest: Float[Tensor, "max(T,D)"],
+        model: Float[Tensor, "self.n K-1"],
+        tokens: Annotated[Int[Tensor, "B T"], Range(0, "D*2-1")],
+        steps: Annotated[int, Range("D", "D+4")],
+    ) -> Float[Tensor, "B T"]:
+        return x
+
+
+@FAST
+@given(inputs_for(Halves(), sizes={"T": (2, 6)}))
+def test_expression_dims_generated_consistently(ai):
+    """Every dim form the spec language accepts: arithmetic on drawn dims, // and / (an
+    integral float is a size), min/max, self attributes, expressions in Range bounds."""
+    _, kw = ai
+    b, t = kw["x"].shape
+    dd = kw["d"].shape[0]
+    assert kw["prev"].shape == (b, t - 1)
+    assert kw["pairs"].shape == (b, 2 * dd)
+    assert kw["half"].shape == (t // 2 + 1,)
+    assert kw["ratio"].shape == (1,)
+    assert kw["widest"].shape == (max(t, dd),)
+    assert kw["model"].shape == (3, 2)
+    assert 0 <= kw["tokens"].min() and kw["tokens"].max() <= 2 * dd - 1
+    assert dd <= kw["steps"] <= dd + 4
+    Halves()(**kw)
+
+
+@contract
+def fstring_dims(
+    n: Annotated[int, Range(1, 5)],
+    x: Float[Tensor, "B {n}"],
+    y: Float[Tensor, "{n}+B"],
+    width: int = 4,
+    z: Float[Tensor, "{width}"] | None = None,
+) -> None:
+    return None
+
+
+@FAST
+@given(inputs_for(fstring_dims))
+def test_fstring_dims_read_the_drawn_arguments(ai):
+    """Regression: f-string dims ("{n}") were evaluated without the call's arguments
+    (KeyError)."""
+    _, kw = ai
+    assert kw["x"].shape[1] == kw["n"] and kw["y"].shape == (kw["n"] + kw["x"].shape[0],)
+    if kw.get("z") is not None:
+        assert kw["z"].shape == (4,)
+    fstring_dims(**kw)
+
+
+def test_dim_only_inside_an_expression_cannot_be_generated():
+    """The checker refuses every call of such a contract (T is never bound), so say so rather
+    than fail with KeyError while drawing."""
+
+    @contract
+    def shifted(y: Float[Tensor, "B T-1"]) -> None:
+        return None
+
+    with pytest.raises(
+        CannotGenerate,
+        match=r"shifted\(\): argument 'y' reads T in 'T-1', but no argument's shape binds it",
+    ):
+        inputs_for(shifted)
+    with pytest.raises(contracts.ContractError, match="dim T is unbound"):
+        shifted(torch.zeros(2, 3))
+
+
+def test_unannotated_required_parameter():
+    @contract
+    def f(x: Float[Tensor, "B"], how) -> None:
+        return None
+
+    with pytest.raises(CannotGenerate, match="argument 'how' has no tensor or number annotation"):
+        inputs_for(f)
+
+    @contract(strategies={"how": lambda s: s.sampled_from(["a", "b"])})
+    def g(x: Float[Tensor, "B"], how, /) -> None:
+        assert how in ("a", "b")
+
+    @FAST
+    @given(inputs_for(g))
+    def ok(ai):
+        args, kw = ai
+        assert len(args) == 2
+        g(*args, **kw)
+
+    ok()
+
+
+@contract(allow_empty=True)
+def empty_ok(
+    x: Float[Tensor, "B T"],
+    mask: Annotated[Bool[Tensor, "B T"], Mask()],
+    pad: Annotated[Bool[Tensor, "B S"], Mask(padding=True)],
+) -> None:
+    return None
+
+
+@FAST
+@given(inputs_for(empty_ok, sizes={"B": (0, 3), "T": (0, 3), "S": (0, 3)}))
+def test_allow_empty_masks_keep_a_valid_position(ai):
+    """Empty batches are drawn, but a mask axis is never empty under rows (every row of a
+    Mask needs a valid position: see test_robustness.py)."""
+    _, kw = ai
+    assert kw["mask"].shape[1] >= 1 and kw["pad"].shape[1] >= 1
+    empty_ok(**kw)
+
+
+def test_allow_empty_draws_empty_batches():
+    seen = set()
+
+    @settings(max_examples=40, deadline=None, database=None)
+    @given(inputs_for(empty_ok, sizes={"B": (0, 3), "T": (0, 3), "S": (0, 3)}))
+    def collect(ai):
+        seen.add(ai[1]["x"].shape[0])
+
+    collect()
+    assert 0 in seen
+
+
+@contract
+def shifted_by_optional(
+    y: Float[Tensor, "B T-1"],
+    x: Float[Tensor, "B T"] | None = None,
+    lengths: Annotated[Int[Tensor, "B"], Range(1, "L")] | None = None,
+    frames: Float[Tensor, "L"] | None = None,
+) -> None:
+    return None
+
+
+@FAST
+@given(inputs_for(shifted_by_optional, sizes={"T": (2, 6)}))
+def test_optional_tensor_binding_an_expression_dim_is_drawn(ai):
+    """Only x binds T (read by "T-1"), only frames binds L (read by lengths' Range): left out,
+    the checker refuses the call, so they are always drawn."""
+    _, kw = ai
+    assert kw["x"] is not None and kw["frames"] is not None
+    shifted_by_optional(**kw)
