@@ -330,7 +330,9 @@ def check_slot(
     allow_empty: bool,
 ) -> None:
     """Check one argument or returned value (shape/dtype now, values queued for one fetch)."""
-    if slot.tensor is not None:
+    if slot.each is not None:
+        _check_sequence(slot, x, b, prov, deferred, pending, level, allow_empty)
+    elif slot.tensor is not None:
         check_tensor(slot, x, b, prov, deferred, allow_empty)
         if level == FULL and slot.tensor.has_values:
             values_pending(slot, x, pending)
@@ -341,6 +343,30 @@ def check_slot(
         _check_py(slot, x)
         if slot.pyrange is not None and level == FULL:
             check_pyrange(slot, x, b, self_obj)
+
+
+def _check_sequence(
+    slot: Slot,
+    x: Any,
+    b: dict,
+    prov: dict | None,
+    deferred: list,
+    pending: list,
+    level: int,
+    allow_empty: bool,
+) -> None:
+    """A list/tuple/Sequence of tensors: every element against the element spec, its dims
+    bound with the call's (all elements share them, as in jaxtyping); element ``i`` is named
+    ``name[i]``."""
+    if not isinstance(x, slot.each) or isinstance(x, (str, bytes, torch.Tensor)):
+        raise Fail("not_sequence", slot.name, spec=slot.tensor, each=slot.each, value=x)
+    for i, item in enumerate(x):
+        if item is None and slot.each_optional:
+            continue
+        el = slot.element(i)
+        check_tensor(el, item, b, prov, deferred, allow_empty)
+        if level == FULL and el.tensor.has_values:
+            values_pending(el, item, pending)
 
 
 def finish(deferred: list, pending: list, b: dict, self_obj: Any) -> None:

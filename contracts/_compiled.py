@@ -147,10 +147,24 @@ def compiled_slot(
 ) -> None:
     """Check one value while Dynamo traces (see the module docstring); ``w`` are its words."""
     spec = slot.tensor
+    if slot.each is not None:  # a list/tuple of tensors: each element (Dynamo unrolls it)
+        ok = isinstance(x, slot.each) and not isinstance(x, (str, bytes, torch.Tensor))
+        torch._check(ok, _const(w["sequence"]))
+        for item in x:
+            if item is None and slot.each_optional:
+                continue
+            _tensor(w, spec, item, b, self_obj, level, allow_empty)
+        return
     if spec is None:
         if slot.plain_tensor:
             torch._check(isinstance(x, torch.Tensor), _const(w["tensor"]))
         return  # Python values are fixed while tracing: Dynamo guards on them
+    _tensor(w, spec, x, b, self_obj, level, allow_empty)
+
+
+def _tensor(
+    w: dict, spec: TensorSpec, x: Any, b: dict, self_obj: Any, level: int, allow_empty: bool
+) -> None:
     torch._check(isinstance(x, torch.Tensor), _const(w["tensor"]))
     dts = torch_dtypes(spec.dtypes)
     if dts is not None:

@@ -284,6 +284,14 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
             "None",
             "this argument is not Optional; annotate it `X | None` if None is meaningful",
         )
+    if code == "not_sequence":
+        spec, x = d["spec"], d["value"]
+        kind = getattr(d["each"], "__name__", str(d["each"]))
+        return (
+            f"a {kind} of torch.Tensor {spec.shape_words()} {dtype_words(spec)}",
+            type(x).__name__,
+            None,
+        )
     if code == "not_tensor":
         spec, x = d["spec"], d["value"]
         hint = (
@@ -360,11 +368,22 @@ class _Call:
     def slot(self, name: str) -> Slot | None:
         if name in self.extra:
             return self.extra[name][0]
+        element = _element_of(name)
+        if element is not None:  # "xs[3]": element 3 of a sequence slot
+            seq = self.slot(element[0])
+            return seq.element(element[1]) if seq is not None and seq.each else None
         return self.plan.slot(name) if self.plan is not None else None
 
     def value(self, name: str) -> Any:
         if name in self.extra:
             return self.extra[name][1]
+        element = _element_of(name)
+        if element is not None:
+            seq = self.value(element[0])
+            try:
+                return seq[element[1]]
+            except Exception:
+                return _MISSING
         plan = self.plan
         slot = self.slot(name)
         if slot is None or plan is None:
@@ -381,6 +400,14 @@ class _Call:
         if 0 <= slot.position < len(self.args):
             return self.args[slot.position]
         return self.kwargs.get(name, _MISSING)
+
+
+def _element_of(name: str) -> tuple[str, int] | None:
+    """``("xs", 3)`` for the element name ``"xs[3]"`` (see ``Slot.element``), else None."""
+    if not name.endswith("]") or "[" not in name or name.startswith("return"):
+        return None
+    base, _, index = name[:-1].rpartition("[")
+    return (base, int(index)) if index.isdigit() else None
 
 
 def _slot_words(slot: Slot | None, name: str) -> str:
@@ -571,6 +598,12 @@ def slot_words(function: str, slot: Slot) -> dict[str, str]:
         least = "" if spec.var_at < 0 else "at least "
         w["rank"] = f"{where}: expected {least}{n} axes {spec.shape_words()}"
         w["tensor"] += f" {spec.shape_words()} {dtype_words(spec)}"
+        if slot.each is not None:
+            kind = getattr(slot.each, "__name__", str(slot.each))
+            w["sequence"] = f"{where}: expected a {kind} of {w['tensor'].split('expected a ')[1]}"
+            w["tensor"] = (
+                f"{where}: every element: expected a {w['tensor'].split('expected a ')[1]}"
+            )
         w["dtype"] = f"{where}: expected dtype {dtype_words(spec)}"
         w["values"] = f"{where}: expected {_values_want(spec)} (checked on the device)"
         if spec.mask_axis is not None:  # allow_empty: an empty mask axis under rows

@@ -67,13 +67,14 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
     read. Returns are cached the same way, per input signature, with the dims they bind.
     Ranges on Python numbers are checked every call in ``full`` mode. Plans whose checks depend
     on more than classes and ``self`` (beartype hints, f-string dims, a shape dim mixing ``self``
-    with other dims) always take the walk.
+    with other dims, a list or tuple of tensors) always take the walk.
     """
     params = plan.params
     has_self = plan.has_self
     key_self = _key_self(plan)
     eligible = (
         not plan.uses_args
+        and not any(s.each is not None for s in (*params, *plan.returns))  # elements: walked
         and key_self is not None
         and all(s.tensor is not None or s.plain_tensor or _plain_class(s.pyhint) for s in params)
         and all(

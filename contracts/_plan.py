@@ -19,7 +19,7 @@ import sys
 import types
 import typing
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -151,6 +151,14 @@ class Slot:
     pyhint: Any = None  # the non-tensor hint (checked with isinstance / beartype)
     pyrange: Range | None = None  # a Range on a Python number
     plain_tensor: bool = False  # annotated with torch.Tensor alone
+    # list[X] / tuple[X, ...] / Sequence[X] of tensors: the container class, and ``tensor`` is
+    # every element's spec (their dims bind with the call's, as jaxtyping means them)
+    each: type | None = None
+    each_optional: bool = False  # the elements may be None
+
+    def element(self, i: int) -> Slot:
+        """The slot of element ``i`` of a sequence slot: named ``name[i]``, checked alone."""
+        return Slot(f"{self.name}[{i}]", self.position, self.default, False, self.tensor)
 
 
 @dataclass
@@ -331,6 +339,16 @@ def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> 
         if getattr(inner, "array_type", tensor_t) not in (tensor_t, param_t):
             return None  # a numpy/jax annotation: not ours to check
         return Slot(name, position, default, optional, tensor_spec(where, inner, meta))
+    each = _sequence_of_tensors(inner)
+    if each is not None:
+        container, element = each
+        e_inner, e_meta, e_optional = unwrap(element)
+        if getattr(e_inner, "array_type", tensor_t) not in (tensor_t, param_t):
+            return None
+        spec = tensor_spec(where, e_inner, meta + e_meta)  # a constraint on the list: on each
+        slot = Slot(name, position, default, optional, spec, each=container)
+        slot.each_optional = e_optional
+        return slot
     if inner is tensor_t:
         spec_meta = [m for m in meta if isinstance(m, Constraint)]
         slot = Slot(name, position, default, optional, None, plain_tensor=True)
@@ -350,6 +368,24 @@ def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> 
     return Slot(
         name, position, default, optional, None, pyhint=inner, pyrange=ranges[0] if ranges else None
     )
+
+
+_SEQUENCES = {list: list, tuple: tuple, Sequence: Sequence}
+
+
+def _sequence_of_tensors(hint: Any) -> tuple[type, Any] | None:
+    """``(container, element hint)`` of ``list[X]``, ``tuple[X, ...]`` or ``Sequence[X]`` whose
+    element ``X`` (past ``Annotated``/``Optional``) is a jaxtyping annotation; else None."""
+    container = _SEQUENCES.get(typing.get_origin(hint))
+    if container is None:
+        return None
+    args = typing.get_args(hint)
+    if container is tuple:
+        if len(args) != 2 or args[1] is not Ellipsis:
+            return None  # a fixed-length tuple: beartype checks it
+    elif len(args) != 1:
+        return None
+    return (container, args[0]) if _is_jaxtyping(unwrap(args[0])[0]) else None
 
 
 def _warn_if_uncheckable(where: str, hint: Any) -> None:

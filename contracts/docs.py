@@ -66,6 +66,12 @@ GUIDE = """
   accepts zero-size axes (an empty batch), but a `Mask()` with rows and an empty checked axis
   (`[B, 0]`) is refused in every mode that checks shapes: each of its rows has no valid
   position, the case that makes a softmax return NaN. A mask with no rows (`[0, T]`) passes.
+- **Lists of tensors.** `list[X]`, `tuple[X, ...]` and `Sequence[X]` of a jaxtyping `X`
+  (with `Annotated` constraints on `X` or on the list) check every element, and the elements'
+  dims bind with the call's, as jaxtyping means them: `list[Float[Tensor, "B C T"]]` needs one
+  `B`, `C` and `T` for all (write `"B C _"` for skips of several lengths). A failing element is
+  named `xs[3]`. Such calls always take the reference walk (no signature cache), in eager and
+  under `torch.compile` alike.
 - **Intermediate values.** `contracts.check(value, annotation, *, name=None)` returns `value`;
   inside a contracted call (found by walking up to the wrapper's frame, so calls that never use
   it pay nothing) its dims must agree with that call's bindings (and a dim it binds is
@@ -127,6 +133,8 @@ def _shape(slot: Any) -> str:
         if slot.plain_tensor:
             return "tensor"
         return "scalar" if slot.pyhint in (int, float, bool, complex) else "-"
+    if slot.each is not None:  # a list/tuple of tensors, dims shared
+        return f"{getattr(slot.each, '__name__', 'sequence')} of {slot.tensor.shape_words()}"
     return slot.tensor.shape_words()
 
 

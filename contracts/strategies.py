@@ -278,7 +278,7 @@ def inputs_for(
                     later.append(slot)
                     continue
                 else:
-                    value = _draw_tensor(plan, slot, data, gen, b, self_obj)
+                    value = _draw_value(plan, slot, data, gen, b, self_obj)
             elif slot.plain_tensor:
                 continue
             elif slot.default is not inspect.Parameter.empty:
@@ -292,13 +292,26 @@ def inputs_for(
             given = {n: p.default for n, p in signature.items() if p.default is not p.empty}
             b[ARGS] = {**given, **values}
             for slot in later:
-                values[slot.name] = _draw_tensor(plan, slot, data, gen, b, self_obj)
+                values[slot.name] = _draw_value(plan, slot, data, gen, b, self_obj)
             del b[ARGS]
         if self_name is not None:
             values.pop(self_name, None)
         return _arrange(values, positional_only, signature)
 
     return draw()
+
+
+def _draw_value(
+    plan: Plan, slot: Slot, data: st.DrawFn, gen: torch.Generator, b: dict, self_obj: Any
+) -> Any:
+    """A tensor argument, or for a list/tuple of tensors one to three of them (their dims
+    shared, as the checker binds them)."""
+    if slot.each is None:
+        return _draw_tensor(plan, slot, data, gen, b, self_obj)
+    items = [
+        _draw_tensor(plan, slot, data, gen, b, self_obj) for _ in range(data(st.integers(1, 3)))
+    ]
+    return tuple(items) if slot.each is tuple else items
 
 
 def _draw_tensor(
