@@ -9,6 +9,7 @@ Tensors are described by the project's one formatter, :func:`contracts.summarize
 from __future__ import annotations
 
 import itertools
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,7 +75,27 @@ def dtype_words(spec: TensorSpec) -> str:
 
 
 def _hint_words(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    """``int``, ``list[int]``, ``Optional[str]``: a generic alias by its whole text (its
+    ``__name__`` is only the container's)."""
+    if typing.get_origin(hint) is None and getattr(hint, "__name__", None):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _beartype_reason(hint: Any, value: Any) -> str | None:
+    """What beartype finds wrong with ``value`` for a generic ``hint`` (which item, why)."""
+    if typing.get_origin(hint) is None:
+        return None
+    try:
+        from beartype.door import die_if_unbearable
+
+        die_if_unbearable(value, hint)
+    except Exception as e:
+        reason = " ".join(str(e).split())
+        if reason.startswith("Die_if_unbearable() "):  # beartype's own function name
+            reason = reason[len("Die_if_unbearable() ") :]
+        return f"beartype: {reason[:300]}" if reason else None
+    return None
 
 
 def _bound_words(bound: Any, value: float | None) -> str:
@@ -314,7 +335,11 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         return "a torch.Tensor", type(d["value"]).__name__, None
     if code == "pytype":
         x = d["value"]
-        return _hint_words(d["hint"]), f"{type(x).__name__} {x!r}"[:80], None
+        return (
+            _hint_words(d["hint"]),
+            f"{type(x).__name__} {x!r}"[:80],
+            _beartype_reason(d["hint"], x),
+        )
     if code == "pyrange":
         r = d["range"]
         return f"a value in {interval_words(r.lo, d['lo'], r.hi, d['hi'])}", repr(d["value"]), None

@@ -170,3 +170,17 @@ def test_summaries_in_messages_print_integers_exactly():
     m = msg(ids, torch.tensor([0, 2**63 - 1]))
     assert "finite min=0, max=9223372036854775807; first bad at index (1,)" in m
     assert "  t: tensor[2] i64 cpu n=2 x∈[0, 9223372036854775807] μ=4.6117e+18 σ=6.5219e+18" in m
+
+
+def test_a_generic_python_hint_is_named_whole_with_beartypes_reason():
+    @contract
+    def f(ids: list[int], x: Float[Tensor, "B"]) -> Float[Tensor, "B"]:
+        return x
+
+    f([1, 2], torch.ones(2))
+    with pytest.raises(ContractError) as e:
+        f([1, "a"], torch.ones(2))
+    text = str(e.value)
+    assert "f(): argument 'ids': expected list[int], got list [1, 'a']" in text
+    assert "hint: beartype: value [1, 'a'] violates type hint list[int]" in text
+    assert "index 1 item str 'a' not instance of int" in text
