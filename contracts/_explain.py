@@ -82,20 +82,24 @@ def _hint_words(hint: Any) -> str:
     return str(hint).replace("typing.", "")
 
 
-def _beartype_reason(hint: Any, value: Any) -> str | None:
-    """What beartype finds wrong with ``value`` for a generic ``hint`` (which item, why)."""
+def _beartype_reason(hint: Any, value: Any, name: str) -> str | None:
+    """Which part of ``value`` breaks a generic ``hint``, and beartype's words on that part."""
     if typing.get_origin(hint) is None:
         return None
+    bad = _check.misfit(value, hint)
+    if bad is None:
+        return None
+    path, part, part_hint = bad
+    text = f"{name}{path} = {part!r}"[:120] + f" does not satisfy {_hint_words(part_hint)}"
     try:
         from beartype.door import die_if_unbearable
 
-        die_if_unbearable(value, hint)
+        die_if_unbearable(part, part_hint)
     except Exception as e:
         reason = " ".join(str(e).split())
-        if reason.startswith("Die_if_unbearable() "):  # beartype's own function name
-            reason = reason[len("Die_if_unbearable() ") :]
-        return f"beartype: {reason[:300]}" if reason else None
-    return None
+        if ", as " in reason:  # beartype's why, after its restatement of value and hint
+            text += f" (beartype: {reason.split(', as ', 1)[1][:200].rstrip('.')})"
+    return text
 
 
 def _bound_words(bound: Any, value: float | None) -> str:
@@ -338,7 +342,7 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         return (
             _hint_words(d["hint"]),
             f"{type(x).__name__} {x!r}"[:80],
-            _beartype_reason(d["hint"], x),
+            _beartype_reason(d["hint"], x, f.slot),
         )
     if code == "pyrange":
         r = d["range"]
