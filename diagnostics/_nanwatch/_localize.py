@@ -7,29 +7,39 @@ backward hooks. The producing module's call is then re-run alone under the op fi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+import torch.nn.modules.module as _torch_module
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .._hooks import HookSet, tensors_in
 from .._summary import summarize
 from ._compiled import eager_replay
 from ._numerics import RngState, dense, find_loss, grads_l2, kind_of, pick, quiet_hooks, rank
 from ._opfinder import OpFinder
-from ._recorder import Call, Recorder
+from ._recorder import Call, Recorder, changed_since_recorded
 from ._sidestate import ModuleAttrs, ObjectStates
-from ._source import recording_node_stacks
+from ._source import recording_node_stacks, source_of
 from ._state import StepState
 from ._types import NonFiniteError, NonFiniteReport
 
 if TYPE_CHECKING:
     from ._watch import NanWatch
 
-__all__ = ["Localizer", "report_from"]
+__all__ = [
+    "Localizer",
+    "apply_param_origin",
+    "apply_stale_origin",
+    "nonfinite_params",
+    "report_from",
+]
 
 _MAX_OP_CANDIDATES = 8
+_MAX_SNAPSHOTS = 2  # extra replays that copy a producer's inputs written in place
 _NO_FINDINGS: dict[str, Any] = {"fwd": [], "bwd": [], "headroom": [], "root_input": 0.0}
 
 
@@ -89,12 +99,101 @@ def nonfinite_grads(named: list[tuple[str, Tensor]], limit: int | None = 20) -> 
     return bad if limit is None else bad[:limit]
 
 
+BadParam = tuple[str, Tensor, int, int, int]  # (name, parameter, NaN count, Inf count, numel)
+
+
+def nonfinite_params(named: list[tuple[str, Tensor]]) -> list[BadParam]:
+    """The parameters holding NaN/Inf (failure path only: one fused norm, then element-wise
+    counts of the few whose norm is non-finite)."""
+    have = [(n, p) for n, p in named if (p.is_floating_point() or p.is_complex()) and p.numel()]
+    if not have:
+        return []
+    norms = grads_l2([p.detach() for _, p in have]).tolist()
+    bad = []
+    for (n, p), v in zip(have, norms, strict=True):
+        if math.isfinite(v):
+            continue
+        d = p.detach()
+        nan, inf = int(torch.isnan(d).sum()), int(torch.isinf(d).sum())
+        if nan or inf:  # (an overflowing norm of finite values is not)
+            bad.append((n, p, nan, inf, p.numel()))
+    return bad
+
+
+def apply_param_origin(
+    rep: NonFiniteReport,
+    bad: list[BadParam],
+    module: nn.Module | None,
+    res: dict[str, Any] | None = None,
+) -> None:
+    """Name the parameters that held NaN/Inf before the step. The value was not produced by the
+    step (``origin="parameter"``; module/op are where it was first used) when the op pass found
+    an op reading one of them (``res["param"]``), or, with no producing op found (or no op pass:
+    eager mode), when the producing module holds one of them itself."""
+    if not bad:
+        return
+    rep.nonfinite_params = [(n, nan, inf, numel) for n, _, nan, inf, numel in bad]
+    ids = {id(p) for _, p, *_ in bad}
+    used = res is not None and res.get("param") is not None
+    produced = res is not None and bool(res.get("op")) and not used
+    held = (
+        not produced
+        and module is not None
+        and any(id(p) in ids for p in module.parameters(recurse=False))
+    )
+    if held or used:
+        rep.origin = "parameter"
+        nan = any(b[2] for b in bad)
+        rep.kind = kind_of(nan, any(b[3] for b in bad))
+        rep.notes.append(
+            "the parameter(s) held non-finite values before this step (a previous optimizer "
+            "step, a bad checkpoint or initialization, an in-place write): every step that uses "
+            "them fails; the module/op named is where the value was first used"
+        )
+    else:
+        rep.notes.append(
+            f"parameter(s) {', '.join(repr(b[0]) for b in bad[:5])} held non-finite values "
+            "before this step, but the first producer found does not use them"
+        )
+
+
+def apply_stale_origin(
+    rep: NonFiniteReport, stale: list[str], grads: dict[str, Tensor | None], explained: bool
+) -> None:
+    """Name the gradients that were non-finite before this step's backward (``stale``; ``grads``
+    maps names to what the step left); when they explain every non-finite gradient
+    (``explained``), they are the report's origin."""
+    if not stale:
+        return
+    rep.stale_grads = list(stale)
+    if explained:
+        gs = [dense(g) for g in (grads.get(n) for n in stale) if g is not None]
+        nan = any(bool(torch.isnan(g).any()) for g in gs)
+        rep.origin, rep.phase = "stale_grad", "backward"
+        rep.module = rep.module_type = rep.op = None
+        rep.kind = kind_of(nan, not nan or any(bool(torch.isinf(g).any()) for g in gs))
+        rep.candidates = []
+    else:
+        rep.notes.append(
+            f"the .grad of {', '.join(map(repr, stale[:5]))} was already non-finite before "
+            "this step's backward (stale: .grad accumulates; call optimizer.zero_grad())"
+        )
+
+
 class Localizer:
     """Replays one failing step of ``watch`` and builds its report."""
 
     def __init__(self, watch: NanWatch) -> None:
         self.w = watch
         self.replay_clean = False  # the (last) replay had a finite loss and finite gradients
+        self.rec: Recorder | None = None  # the replay's recorder (calls per module)
+        self.post_grads: dict[str, Tensor | None] = {}
+        self.stale: list[str] = []  # gradients non-finite before the step and after it
+        self.only_stale = False  # ... and no other gradient is non-finite
+        self.bad_params: list[BadParam] = []
+        self._param_ptrs: dict[int, str] = {}
+        self._snapshots = 0
+        self._notes: list[str] = []  # from the extra replays of the op-level refinement
 
     def localize(self, st: StepState) -> NonFiniteReport:
         """Replay ``st`` and return its report; the user's post-step state is put back."""
@@ -102,11 +201,21 @@ class Localizer:
         assert st.loss is not None and st.rng is not None, "localize() needs a run step"
         post_rng = RngState()
         post_grads = [p.grad for p in w._params]
+        self.post_grads = {n: g for (n, _), g in zip(w._named, post_grads, strict=True)}
         post_bufs = [(b, b.clone()) for b in w._buffers()]
         post_objs = ObjectStates(w.scaler, w.stateful) if st.saved is not None else None
         post_attrs = ModuleAttrs(w.model)
         orig_loss = st.loss.detach().clone()
-        nonfinite = nonfinite_grads(w._named)
+        all_bad = nonfinite_grads(w._named, limit=None)
+        nonfinite = all_bad[:20]
+        self.stale = [n for n in st.stale if n in set(all_bad)]
+        self.only_stale = bool(self.stale) and set(all_bad) <= set(self.stale)
+        # parameters are the step's own inputs: a replayable step does not change them, so what
+        # they hold now is what they held before it
+        self.bad_params = nonfinite_params(w._named)
+        self._param_ptrs = {}
+        for n, p, *_ in self.bad_params:
+            self._param_ptrs.setdefault(p.untyped_storage().data_ptr(), n)
         changed = [n for (n, p), v in zip(w._named, st.versions, strict=False) if p._version != v]
         rep: NonFiniteReport | None = None
         try:
@@ -166,7 +275,7 @@ class Localizer:
         plan = [False, True] if w.backward_hooks else [False]
         for i, backward in enumerate(plan):
             self._reset_to_pre_step(st)
-            rec = Recorder(w.model, keep_refs=True, backward=backward)
+            rec = self.rec = Recorder(w.model, keep_refs=True, backward=backward)
             try:
                 with HookSet() as hooks, quiet_hooks():
                     rec.install(hooks)
@@ -186,12 +295,17 @@ class Localizer:
             loss = find_loss(result).detach()
             ev = rec.stacked()
             values = ev.tolist() if ev is not None else []
-            found, kept = rec.analyze(values), (rec, loss)
+            # the gradients this replay left, kept: a failing replay 2 must not leave the
+            # analysis of replay 1 with the cleared gradients of its own start
+            found, kept = rec.analyze(values), (rec, loss, [p.grad for p in w._params])
             if found["fwd"] or not math.isfinite(float(loss.float())) or i == len(plan) - 1:
                 break
             for p in w._params:
                 p.grad = None
-        rec, loss = kept
+        rec, loss, grads = kept
+        self.rec = rec
+        for p, g in zip(w._params, grads, strict=True):
+            p.grad = g
         rep = report_from(found, loss, st.index, mode="replay")
         rep.notes += notes
         same = torch.equal(loss, orig_loss) or (
@@ -199,6 +313,14 @@ class Localizer:
         )
         replay_grads_bad = bool(nonfinite_grads(w._named))
         self.replay_clean = math.isfinite(float(loss.float())) and not replay_grads_bad
+        stale = self.stale
+        if self.only_stale and self.replay_clean and same:
+            # the step computed finite gradients (the replay, from grad=None, shows it); they
+            # were added to gradients that were already non-finite
+            rep.loss = summarize(orig_loss)
+            apply_stale_origin(rep, stale, self.post_grads, explained=True)
+            self.replay_clean = False  # this rank's own .grad was at fault (under DDP)
+            return rep
         if self.replay_clean and self.w.compiled:
             rep.replayable = False
             rep.module = rep.module_type = None
@@ -243,6 +365,7 @@ class Localizer:
                     "grad=None; check the gradients before calling watch.run"
                 )
         self._refine(rep, found, float(loss.float()), st)
+        apply_stale_origin(rep, stale, self.post_grads, explained=False)
         return rep
 
     # -- op-level refinement --------------------------------------------------------------
@@ -253,18 +376,19 @@ class Localizer:
         real = [] if cands and cands[0][1] == "grad_output" else cands
         if not real:  # produced outside every module: one op-level pass over the whole step
             self._reset_to_pre_step(st)
-            finder = OpFinder()
+            finder = OpFinder(params=self._param_ptrs)
             with recording_node_stacks(), finder:
                 st.call()
-            if finder.found:
-                rep.op = finder.found["op"]
-                rep.phase = finder.found["phase"]
-                rep.kind = finder.found["kind"]
-                rep.op_inputs = finder.found["inputs"]
-                rep.op_outputs = finder.found["outputs"]
-                rep.source = finder.found["source"]
+            res = finder.result()
+            if res is None:
+                left = finder.leftover()
+                res = {"leftover": left} if left is not None else None
+            if res and res.get("op"):
+                rep.phase = res["phase"]
+            _apply_op(rep, res)
             if finder.constant_ops:
                 rep.notes.append(f"mask-like constant ops skipped: {finder.constant_ops[:3]}")
+            apply_param_origin(rep, self.bad_params, None, res)
             return
         seen: set[str] = set()
         chosen = None
@@ -274,9 +398,9 @@ class Localizer:
                 continue
             seen.add(call.name)
             tried += 1
-            res = _op_pass(call, rep.phase)
-            if res is None or res.get("op") or res.get("unknown"):
-                chosen = (call, detail, res)
+            c, res = self._op_pass_calls(call, detail, rep.phase, st)
+            if res is None or not res.get("constants"):
+                chosen = (c, detail, res)
                 break
             rep.notes.append(
                 f"module {call.name!r} only writes constant -inf/NaN ({res['constants'][:2]}): "
@@ -287,50 +411,269 @@ class Localizer:
         else:
             call, detail, res = chosen
         rep.module, rep.module_type = call.name, type(call.module).__name__
+        n_calls = self.rec.ncalls.get(id(call.module), 1) if self.rec is not None else 1
+        if n_calls > 1:
+            rep.call_index, rep.call_count = call.index, n_calls
+            if not (res and res.get("op")) and rep.phase == "backward" and detail:
+                rep.call_index = None
+                rep.notes.append(
+                    f"module {call.name!r} was called {n_calls} times in the step and its "
+                    f"parameter gradient {detail!r} sums all calls; no single call's backward "
+                    "reproduced the value alone"
+                )
         if rep.candidates and rep.candidates[0] != call.name:
             if call.name in rep.candidates:
                 rep.candidates.remove(call.name)
             rep.candidates.insert(0, call.name)
-        if res and res.get("op"):
-            rep.op = res["op"]
-            rep.kind = res["kind"]
-            rep.op_inputs, rep.op_outputs = res["inputs"], res["outputs"]
-            rep.source = res["source"]
-        elif res and res.get("unknown"):
-            rep.notes.append(res["unknown"])
-        _describe(rep, call, detail, st.ctx, self.w.batch_dim)
+        _apply_op(rep, res)
+        if rep.source is None and call.site is not None:
+            rep.source = source_of(call.site)  # no op named: the line that called the module
+        _describe(rep, call, detail, st.ctx, self.w.batch_dim, self._batch_size())
+        apply_param_origin(rep, self.bad_params, call.module, res)
+        rep.notes += self._notes
+
+    def _op_pass_calls(
+        self, call: Call, detail: str, phase: str, st: StepState
+    ) -> tuple[Call, dict[str, Any] | None]:
+        """The op pass of a candidate. A parameter gradient of a module called several times
+        (a shared module) sums all its calls, so each of them is tried, latest first, until
+        one reproduces the value; any other candidate names its own call."""
+        calls = [call]
+        if phase == "backward" and detail and self.rec is not None:
+            every = self.rec.calls_of.get(id(call.module), [])
+            if len(every) > 1:
+                calls = list(reversed(every))[:_MAX_OP_CANDIDATES]
+        first: tuple[Call, dict[str, Any] | None] | None = None
+        for c in calls:
+            if changed_since_recorded(c) and not c.snapped and self._snapshots < _MAX_SNAPSHOTS:
+                self._snapshot(st, c)
+            res = _op_pass(c, phase, self._param_ptrs)
+            if first is None:
+                first = (c, res)
+            if res is not None and (res.get("op") or res.get("leftover")):
+                return c, res
+        assert first is not None
+        return first
+
+    def _snapshot(self, st: StepState, call: Call) -> None:
+        """One more replay of the step that copies ``call``'s inputs where the recorder saw
+        them (before the module ran) and its outputs where it saw them, because the module or
+        the rest of the step wrote into them in place afterwards (their summaries and the op
+        pass need the values the module saw). Failure path only; the copies are of this one
+        module call."""
+        self._snapshots += 1
+        self._reset_to_pre_step(st)
+        order: list[int] = []
+        count = [0]
+
+        def pre(mod: nn.Module, args: Any, kwargs: Any) -> None:
+            count[0] += 1
+            order.append(count[0])
+            if count[0] == call.index:
+                call.snap_args, call.snap_kwargs = _copy(args), _copy(kwargs)
+
+        def post(mod: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            k = order.pop() if order else None
+            if k == call.index:
+                call.snap_outputs = _copy(output)
+
+        try:
+            with HookSet() as hooks:
+                hooks.add(
+                    call.module.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
+                )
+                hooks.add(call.module.register_forward_hook(post, with_kwargs=True))
+                st.call()
+        except Exception as exc:  # the summaries fall back to the values written in place
+            call.snap_args = call.snap_kwargs = call.snap_outputs = None
+            self._notes.append(
+                f"could not copy the inputs of {call.name!r} (written in place) in an extra "
+                f"replay: {type(exc).__name__}: {str(exc)[:120]}"
+            )
+            return
+        call.snapped = call.snap_args is not None and call.snap_outputs is not None
+
+    def _batch_size(self) -> int | None:
+        """The batch size: the batch axis of the model's first input with one."""
+        if self.rec is None:
+            return None
+        calls = self.rec.calls_of.get(id(self.w.model)) or []
+        if not calls:
+            return None
+        bd = self.w.batch_dim
+        for t in tensors_in((calls[0].args, calls[0].kwargs)):
+            if t.dim() > bd:
+                return int(t.shape[bd])
+        return None
 
 
-def _op_pass(call: Call, phase: str) -> dict[str, Any] | None:
-    """Re-run one module call under the op finder (forward, or its backward)."""
+def _apply_op(rep: NonFiniteReport, res: dict[str, Any] | None) -> None:
+    """Copy an op pass's finding into the report."""
+    if not res:
+        return
+    if res.get("op"):
+        rep.op = res["op"]
+        rep.kind = res["kind"]
+        rep.op_inputs, rep.op_outputs = res["inputs"], res["outputs"]
+        rep.source = res["source"]
+        if res.get("uninit"):
+            rep.uninitialized = res["uninit"]
+            rep.notes.append(_uninit_note(res["uninit"], f"op {res['op']} read it"))
+    elif res.get("leftover"):
+        rep.uninitialized = res["leftover"]
+        rep.source = res["leftover"].get("source")
+        rep.notes.append(_uninit_note(res["leftover"], "it was never (fully) written"))
+    elif res.get("unknown"):
+        rep.notes.append(res["unknown"])
+    if res.get("mismatch"):
+        rep.notes.append(res["mismatch"])
+
+
+def _uninit_note(alloc: dict[str, Any], how: str) -> str:
+    src = alloc.get("source") or {}
+    at = f" at {src.get('file')}:{src.get('line')}" if src else ""
+    return (
+        f"the non-finite values come from uninitialised memory allocated by {alloc['op']}{at}: "
+        f"{how} before every element was written. empty()/new_empty()/empty_like() leave "
+        "memory as it was; use zeros()/full() or write every element"
+    )
+
+
+def _copy(obj: Any) -> Any:
+    """``obj`` with every tensor replaced by a detached copy."""
+    return tree_map(lambda x: x.detach().clone() if isinstance(x, Tensor) else x, obj)
+
+
+def _stand_ins(orig: Any, snap: Any) -> Any:
+    """Fresh copies of the snapshot ``snap`` of ``orig`` with ``orig``'s autograd standing: a
+    tensor that required grad requires it again, a non-leaf is a non-leaf (so an in-place write
+    into it is allowed as it was in the step)."""
+    leaves_o, _ = tree_flatten(orig)
+    leaves_s, spec = tree_flatten(snap)
+    out = []
+    for o, x in zip(leaves_o, leaves_s, strict=False):
+        if isinstance(x, Tensor):
+            x = x.clone()
+            if (
+                isinstance(o, Tensor)
+                and o.requires_grad
+                and (x.is_floating_point() or x.is_complex())
+            ):
+                x.requires_grad_(True)
+                if not o.is_leaf:
+                    with torch.enable_grad():
+                        x = x.clone()
+        out.append(x)
+    return tree_unflatten(out, spec)
+
+
+def _call_as_recorded(module: nn.Module, args: Any, kwargs: Any) -> Any:
+    """Call ``module`` from the point where the recorder took its inputs: the recorder's
+    pre-hook is the module's first, so the module's own pre-hooks (a user's included) run here
+    once, as in a normal call; global forward pre-hooks (``register_module_forward_pre_hook``)
+    had already run before it, so they are left out of this call (not of its submodules')."""
+    glob = _torch_module._global_forward_pre_hooks
+    if not glob:
+        return module(*args, **kwargs)
+    saved = dict(glob)
+
+    def restore(*_: Any) -> None:
+        if not glob:
+            glob.update(saved)  # the call's own hook list is already taken
+
+    handle = module.register_forward_pre_hook(restore, prepend=True)
+    glob.clear()
+    try:
+        return module(*args, **kwargs)
+    finally:
+        handle.remove()
+        if not glob:
+            glob.update(saved)
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    """Bit-identical tensors in two outputs (NaN equals NaN)."""
+    ta, tb = tensors_in(a), tensors_in(b)
+    if len(ta) != len(tb):
+        return False
+    for x, y in zip(ta, tb, strict=True):
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return False
+        x, y = x.detach(), y.detach()
+        if x.is_floating_point() or x.is_complex():
+            nx, ny = x.isnan(), y.isnan()
+            if not torch.equal(nx, ny) or not torch.equal(
+                x.masked_fill(nx, 0), y.masked_fill(ny, 0)
+            ):
+                return False
+        elif not torch.equal(x, y):
+            return False
+    return True
+
+
+def _autocast(call: Call) -> contextlib.ExitStack:
+    """The autocast regions the module ran in during the step (``torch.autocast`` blocks of the
+    step function), entered again for its op pass."""
+    stack = contextlib.ExitStack()
+    for device, dtype in call.autocast:
+        stack.enter_context(torch.autocast(device, dtype=dtype))
+    return stack
+
+
+def _op_pass(call: Call, phase: str, params: dict[int, str] | None = None) -> dict[str, Any] | None:
+    """Re-run one module call under the op finder (forward, or its backward), in the grad mode
+    and autocast regions it ran in."""
     if call.args is None or call.rng is None:
         return None
     saved = RngState()
+    mismatch = None
     try:
         call.rng.restore()
+        if call.snapped:  # inputs written in place after the recorder saw them: the copies
+            args, kwargs = (
+                _stand_ins(call.args, call.snap_args),
+                _stand_ins(call.kwargs, call.snap_kwargs),
+            )
+        else:
+            args, kwargs = call.args, call.kwargs
         if phase == "forward":
-            finder = OpFinder()
-            with torch.set_grad_enabled(call.grad_enabled), finder:
-                call.module(*call.args, **call.kwargs)
+            finder = OpFinder(stop=_op_pass.__code__, site=call.site, params=params)
+            with torch.set_grad_enabled(call.grad_enabled), _autocast(call), finder:
+                out = _call_as_recorded(call.module, args, kwargs)
+            ref = call.snap_outputs if call.snapped else call.outputs
+            if (call.snapped or not changed_since_recorded(call)) and not _same_values(out, ref):
+                mismatch = (
+                    f"the op pass re-ran module {call.name!r} alone and got other values than "
+                    "the step's call (state kept between calls, or a non-deterministic kernel); "
+                    "the op named may not be the step's"
+                )
         else:
             gout = call.grad_output
             if gout is None:
                 return {"unknown": "backward op unknown: no grad_output was captured"}
-            args = tuple(
-                a.detach().requires_grad_(a.requires_grad) if isinstance(a, Tensor) else a
-                for a in call.args
-            )
-            with torch.enable_grad(), recording_node_stacks():
-                out = call.module(*args, **call.kwargs)
+            leaves: list[Tensor] = []
+            fwd_args = []
+            with torch.enable_grad():
+                for a in args:
+                    if isinstance(a, Tensor) and a.requires_grad:
+                        leaf = a.detach().requires_grad_(True)
+                        leaves.append(leaf)
+                        # a non-leaf input stays one: an in-place write into it is allowed
+                        fwd_args.append(leaf if a.is_leaf else leaf.clone())
+                    else:
+                        fwd_args.append(a)
+            with torch.enable_grad(), recording_node_stacks(), _autocast(call):
+                out = _call_as_recorded(call.module, tuple(fwd_args), kwargs)
             outs = list(tensors_in(out))
             pairs = [
                 (o, g)
                 for o, g in zip(outs, gout, strict=False)
                 if g is not None and o.requires_grad
             ]
-            wrt = [a for a in args if isinstance(a, Tensor) and a.requires_grad]
-            wrt += [p for p in call.module.parameters() if p.requires_grad]
-            finder = OpFinder(backward_only=True)
+            wrt = leaves + [p for p in call.module.parameters() if p.requires_grad]
+            finder = OpFinder(
+                backward_only=True, stop=_op_pass.__code__, site=call.site, params=params
+            )
             if pairs and wrt:
                 with finder:
                     torch.autograd.grad(
@@ -340,37 +683,62 @@ def _op_pass(call: Call, phase: str) -> dict[str, Any] | None:
         return {"unknown": f"op pass failed: {type(exc).__name__}: {str(exc)[:120]}"}
     finally:
         saved.restore()
-    if finder.found:
-        return finder.found
-    if finder.constant_ops:
-        return {"constants": finder.constant_ops}
-    return {
-        "unknown": "the op pass over the module alone did not reproduce the value "
-        "(inputs modified in place, or the value depends on other calls)"
-    }
+    res = finder.result()
+    if res is None:
+        left = finder.leftover()
+        if left is not None:
+            res = {"leftover": left}
+        elif finder.constant_ops:
+            return {"constants": finder.constant_ops}
+        else:
+            res = {
+                "unknown": "the op pass over the module alone did not reproduce the value "
+                "(the value depends on other calls, or on state the module keeps)"
+            }
+    if mismatch is not None:
+        res = {**res, "mismatch": mismatch}
+    return res
 
 
 def _describe(
-    rep: NonFiniteReport, call: Call, detail: str, ctx: dict[str, Tensor], batch_dim: int
+    rep: NonFiniteReport,
+    call: Call,
+    detail: str,
+    ctx: dict[str, Tensor],
+    batch_dim: int,
+    batch_size: int | None = None,
 ) -> None:
-    """Summaries, bad batch items, padding and t of the producer."""
+    """Summaries, bad batch items, padding and t of the producer.
+
+    Bad items are read off activations only (a forward output, a gradient w.r.t. a module
+    input): a parameter's gradient has no batch axis (it sums over the batch)."""
     if rep.phase == "forward":
-        ins = list(tensors_in((call.args, call.kwargs)))
-        outs = list(tensors_in(call.outputs))
+        if call.snapped:  # written in place after the recorder saw them: the copies
+            ins = list(tensors_in((call.snap_args, call.snap_kwargs)))
+            outs = list(tensors_in(call.snap_outputs))
+        else:
+            ins = list(tensors_in((call.args, call.kwargs)))
+            outs = list(tensors_in(call.outputs))
+        acts = outs
     else:
         ins = [g for g in (call.grad_output or ()) if isinstance(g, Tensor)]
         outs = [g for g in (call.grad_input or ()) if isinstance(g, Tensor)]
+        acts = list(outs)  # gradients w.r.t. activations
         if detail:
             p = dict(call.module.named_parameters()).get(detail.rsplit(".", 1)[-1])
             if p is not None and p.grad is not None:
                 outs = [*outs, p.grad]
     rep.inputs = [summarize(t) for t in ins[:8]]
     rep.outputs = [summarize(t) for t in outs[:8]]
+    params = {id(p) for p in call.module.parameters()}
     bad = next(
         (
             t
-            for t in outs
-            if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())
+            for t in acts
+            if (t.is_floating_point() or t.is_complex())
+            and not t.is_sparse
+            and id(t) not in params
+            and not bool(torch.isfinite(t).all())
         ),
         None,
     )
@@ -379,7 +747,7 @@ def _describe(
     mask = ctx.get("padding_mask")
     valid = ~mask if mask is not None else ctx.get("valid_mask")
     t = ctx.get("t")
-    B = valid.shape[0] if valid is not None else (t.shape[0] if t is not None else None)
+    B = valid.shape[0] if valid is not None else (t.shape[0] if t is not None else batch_size)
     nf = ~torch.isfinite(bad)
     b_ax = batch_dim if bad.dim() > batch_dim else None
     if B is not None and (b_ax is None or bad.shape[b_ax] != B):

@@ -1,8 +1,21 @@
-"""The op finder: a ``TorchDispatchMode`` that names the first aten op producing NaN/Inf."""
+"""The op finder: a ``TorchDispatchMode`` that names the first aten op producing NaN/Inf.
+
+Besides the producer rule it knows two sources of non-finite values that are not produced by
+an op from finite inputs:
+
+- memory allocated uninitialised (``empty``, ``new_empty``, ``empty_like``, ``empty_strided``,
+  ...) holds whatever was there before: such an allocation is never the producer. It is
+  remembered, and when an op reads non-finite values from it before it was overwritten, that
+  op is named together with the allocation (``uninit``); an allocation that still holds
+  non-finite values when the pass ends is named on its own (``leftover``);
+- a parameter that already held NaN/Inf before the step (``params``): the first op whose
+  non-finite output comes from it is named (``param_use``).
+"""
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -13,20 +26,95 @@ from torch.utils._pytree import tree_flatten
 from .._hooks import max_abs, tensors_in
 from .._summary import summarize
 from ._numerics import is_producer, kind_of
-from ._source import from_node, from_stack
+from ._source import Site, from_node, from_stack, source_of
 
-__all__ = ["OpFinder"]
+__all__ = ["UNINITIALIZED_OPS", "OpFinder"]
+
+# ops whose result is uninitialised memory (aten overload packet names)
+UNINITIALIZED_OPS = frozenset(
+    {
+        "empty",
+        "empty_like",
+        "new_empty",
+        "empty_strided",
+        "new_empty_strided",
+        "empty_permuted",
+    }
+)
+# ops that pass values through unchanged besides views (copies, casts): a non-finite value they
+# pass on is followed to the op that uses it
+_PASS_THROUGH = frozenset(
+    {"clone", "_to_copy", "contiguous", "detach", "alias", "lift_fresh", "lift_fresh_copy"}
+)
+# in-place ops that write every element of their target whatever it held
+_OVERWRITES = frozenset(
+    {
+        "fill_",
+        "zero_",
+        "copy_",
+        "normal_",
+        "uniform_",
+        "random_",
+        "bernoulli_",
+        "exponential_",
+        "geometric_",
+        "log_normal_",
+        "cauchy_",
+    }
+)
+
+
+def _storage(t: Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # sparse, nested, tensor subclasses without a plain storage
+        return None
+
+
+def _all_finite(t: Tensor) -> bool:
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 class OpFinder(TorchDispatchMode):
-    """Runs every aten op and stops at the first one that *produces* NaN/Inf (one sync per op)."""
+    """Runs every aten op and stops at the first one that *produces* NaN/Inf (one sync per op).
 
-    def __init__(self, backward_only: bool = False) -> None:
+    Args:
+        backward_only: check only ops run by autograd nodes (the backward op pass).
+        stop: the code object of the op pass's own frame: the source line is looked for only in
+            the frames inside it (the module re-run), so an op of a torch built-in module is not
+            attributed to whatever user code called the op pass.
+        site: the user line that called the module in the replay, used when no frame inside
+            the module is user code (``nn.Linear``, ``nn.LayerNorm``, ...).
+        params: ``{storage pointer: name}`` of the parameters holding non-finite values.
+    """
+
+    def __init__(
+        self,
+        backward_only: bool = False,
+        *,
+        stop: Any = None,
+        site: Site | None = None,
+        params: dict[int, str] | None = None,
+    ) -> None:
         super().__init__()
         self.backward_only = backward_only
+        self.stop = stop
+        self.site = site
+        self.params = params or {}
         self.found: dict[str, Any] | None = None
+        self.param_use: dict[str, Any] | None = None
+        self.uninit_read: dict[str, Any] | None = None
+        self._uninit: dict[int, tuple[Any, str, Any]] = {}  # storage -> (weakref, op, source)
         self.constant_ops: list[str] = []
         self.n_ops = 0
+
+    def _source(self, node: Any) -> dict[str, Any] | None:
+        """Forward: the user line running now; backward: the forward line that made the node;
+        either within the op pass's module call, else the line that called the module."""
+        src = from_stack(self.stop) if node is None else from_node(node, self.stop)
+        return src if src is not None else source_of(self.site)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
@@ -40,6 +128,12 @@ class OpFinder(TorchDispatchMode):
         if not check:
             return out
         self.n_ops += 1
+        packet = func.overloadpacket.__name__
+        if packet in UNINITIALIZED_OPS:  # never a producer: remember what it allocated
+            self._allocated(out, str(func).replace("::", "."), node)
+            return out
+        if self._uninit:
+            self._overwritten(func, packet, args, kwargs)
         touts = [t for t in tensors_in(out) if t.is_floating_point() or t.is_complex()]
         if not touts:
             return out
@@ -47,20 +141,118 @@ class OpFinder(TorchDispatchMode):
         if math.isfinite(out_m):
             return out
         in_v = 0.0 if in_m is None else float(in_m)
-        if not is_producer(in_v, out_m):
-            return out
         name = str(func).replace("::", ".")
+        if not is_producer(in_v, out_m):  # non-finite in, non-finite out: a consumer
+            through = func.is_view or packet in _PASS_THROUGH or packet == "copy_"
+            if self.params:
+                self._param_read(name, tin, touts, node, through)
+            if self._uninit:
+                self._uninit_read(name, tin, touts, node, through)
+            return out
         if any(isinstance(a, float) and not math.isfinite(a) for a in flat_in):
             self.constant_ops.append(name)  # masked_fill(m, -inf), full(-inf): a mask, not a fault
             return out
+        self.found = self._finding(name, tin, touts, node)
+        if self._uninit:  # finite but arbitrary values read from uninitialised memory
+            alloc = self._uninit_input(tin, finite=True)
+            if alloc is not None:
+                self.found["uninit"] = alloc
+        return out
+
+    def _finding(
+        self, name: str, tin: list[Tensor], touts: list[Tensor], node: Any
+    ) -> dict[str, Any]:
         nan = any(bool(torch.isnan(t).any()) for t in touts)
-        self.found = {
+        return {
             "op": name + (f" in {node.name()}" if node is not None else ""),
             "phase": "backward" if node is not None else "forward",
             "kind": kind_of(nan, not nan or any(bool(torch.isinf(t).any()) for t in touts)),
             "inputs": [summarize(t) for t in tin][:6],
             "outputs": [summarize(t) for t in touts][:4],
-            # forward: the user line running now; backward: the forward line that made the node
-            "source": from_stack() if node is None else from_node(node),
+            "source": self._source(node),
         }
-        return out
+
+    # -- parameters holding non-finite values -----------------------------------------------
+    def _param_read(
+        self, name: str, tin: list[Tensor], touts: list[Tensor], node: Any, through: bool
+    ) -> None:
+        """An op whose non-finite output comes from a parameter that held NaN/Inf: a view, copy
+        or cast passes it on (its output is followed); the first other op is named."""
+        for t in tin:
+            pname = self.params.get(_storage(t))  # the parameter, a view or a copy of it
+            if pname is None or _all_finite(t):
+                continue
+            if through:
+                for o in touts:
+                    key = _storage(o)
+                    if key is not None:
+                        self.params.setdefault(key, pname)
+            elif self.param_use is None:
+                self.param_use = self._finding(name, tin, touts, node)
+                self.param_use["param"] = pname
+            return
+
+    # -- uninitialised memory ---------------------------------------------------------------
+    def _allocated(self, out: Any, name: str, node: Any) -> None:
+        for t in tensors_in(out):
+            key = _storage(t)
+            if key is not None and (t.is_floating_point() or t.is_complex()):
+                self._uninit[key] = (weakref.ref(t), name, self._source(node))
+
+    def _overwritten(self, func: Any, packet: str, args: Any, kwargs: Any) -> None:
+        """Forget an allocation that an op writes whole (``fill_``, ``copy_``, ``out=``)."""
+        written = []
+        if packet in _OVERWRITES and args and isinstance(args[0], Tensor):
+            written.append(args[0])
+        out = kwargs.get("out")
+        written += tensors_in(out) if out is not None else []
+        for t in written:
+            key = _storage(t)
+            entry = self._uninit.get(key) if key is not None else None
+            base = entry[0]() if entry is not None else None
+            if base is not None and t.data_ptr() == base.data_ptr() and t.numel() >= base.numel():
+                del self._uninit[key]
+
+    def _uninit_read(
+        self, name: str, tin: list[Tensor], touts: list[Tensor], node: Any, through: bool
+    ) -> None:
+        """An op whose non-finite output comes from uninitialised memory: a view, copy or cast
+        passes it on (its output is followed); the first other op is named."""
+        alloc = self._uninit_input(tin, finite=False)
+        if alloc is None:
+            return
+        if through:
+            for o in touts:
+                key = _storage(o)
+                if key is not None and key not in self._uninit:
+                    self._uninit[key] = (weakref.ref(o), alloc["op"], alloc["source"])
+        elif self.uninit_read is None:
+            self.uninit_read = self._finding(name, tin, touts, node)
+            self.uninit_read["uninit"] = alloc
+
+    def _uninit_input(self, tin: list[Tensor], *, finite: bool) -> dict[str, Any] | None:
+        """The allocation an input was read from (a non-finite input, unless ``finite``)."""
+        for t in tin:
+            key = _storage(t)
+            entry = self._uninit.get(key) if key is not None else None
+            if entry is None or entry[0]() is None:  # freed: the pointer may be reused
+                continue
+            if finite or not _all_finite(t):
+                return {"op": entry[1], "source": entry[2]}
+        return None
+
+    def leftover(self) -> dict[str, Any] | None:
+        """An uninitialised allocation that still holds non-finite values (never fully
+        written): the source of a module output that no op produced."""
+        for ref, name, src in self._uninit.values():
+            t = ref()
+            if t is not None and not _all_finite(t):
+                return {"op": name, "source": src}
+        return None
+
+    def result(self) -> dict[str, Any] | None:
+        """The finding: the producing op; else the first op that read a non-finite parameter
+        or uninitialised memory (``param_use`` / ``uninit``); else None."""
+        if self.found is not None:
+            return self.found
+        return self.param_use or self.uninit_read

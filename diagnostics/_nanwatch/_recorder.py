@@ -11,9 +11,10 @@ from torch import Tensor, nn
 
 from .._hooks import HookSet, amax_abs, tensors_in
 from ._compiled import clean_name, is_compile_wrapper
-from ._numerics import RngState, is_producer
+from ._numerics import RngState, dense, is_producer
+from ._source import Site, caller_site
 
-__all__ = ["Call", "Recorder"]
+__all__ = ["Call", "Recorder", "autocast_state", "changed_since_recorded"]
 
 _RECENT = 4  # module outputs remembered for the next module's input
 
@@ -32,6 +33,45 @@ class Call:
     out_dtype: torch.dtype | None = None
     grad_output: Any = None
     grad_input: Any = None
+    # replay only (keep_refs): the user line that called the module, which call of the module
+    # this is (1-based, forward order), and the (tensor, version) of its inputs and outputs when
+    # recorded: a later in-place write shows as a changed version (then the localizer takes a
+    # copy of them in one more replay: snap_args / snap_kwargs / snap_outputs)
+    site: Site | None = None
+    index: int = 1  # 0: a recompute inside backward (activation checkpointing)
+    seen: list[tuple[Tensor, int]] | None = None
+    snap_args: Any = None
+    snap_kwargs: Any = None
+    snap_outputs: Any = None
+    snapped: bool = False
+    grad_fns: list[Any] | None = None  # autograd nodes of its outputs (to match its backward)
+    autocast: tuple[tuple[str, torch.dtype], ...] = ()  # (device type, dtype) enabled at the call
+
+
+_AUTOCAST_DEVICES = ("cuda", "cpu")
+
+
+def autocast_state() -> tuple[tuple[str, torch.dtype], ...]:
+    """The autocast regions the caller runs in, ``((device type, dtype), ...)``."""
+    return tuple(
+        (d, torch.get_autocast_dtype(d)) for d in _AUTOCAST_DEVICES if torch.is_autocast_enabled(d)
+    )
+
+
+def _versions(tensors: list[Tensor]) -> list[tuple[Tensor, int]]:
+    out = []
+    for t in tensors:
+        try:
+            out.append((t, t._version))
+        except RuntimeError:  # inference tensors keep no version counter
+            pass
+    return out
+
+
+def changed_since_recorded(call: Call) -> bool:
+    """Whether an input or output of ``call`` was written in place after the recorder saw it
+    (by the module itself, or later in the step): its recorded values are gone."""
+    return any(t._version != v for t, v in call.seen or ())
 
 
 _Pair = tuple[Tensor, Tensor]  # (min, max) of a set of tensors, float32 scalars, NaN-propagating
@@ -76,6 +116,11 @@ class Recorder:
         self._last_call: dict[int, Call] = {}
         self._last_gout: dict[int, _Pair] = {}
         self._calls: dict[int, Call] = {}  # without keep_refs: one Call per module, reused
+        # keep_refs only: calls per module (count, and the forward calls whose backward has not
+        # run yet: backward runs them in reverse creation order, so the last one is next)
+        self.ncalls: dict[int, int] = {}
+        self._pending: dict[int, list[Call]] = {}
+        self.calls_of: dict[int, list[Call]] = {}
         self._plan: list[tuple[Any, ...]] | None = None
         # the last few module outputs and their values: a module's input is usually the output
         # of the module called just before it, so its value is known without a reduction.
@@ -136,6 +181,9 @@ class Recorder:
         self._last_call.clear()
         self._last_gout.clear()
         self._recent.clear()
+        self.ncalls.clear()
+        self._pending.clear()
+        self.calls_of.clear()
 
     def release(self) -> None:
         """Drop the references to recent module outputs (call when the step is over)."""
@@ -164,7 +212,9 @@ class Recorder:
         if self._plan is None:
             self._plan = self._build_plan()
         for mod, pre, post, bwd, params in self._plan:
-            hooks.add(mod.register_forward_pre_hook(pre, with_kwargs=True), "fwd-pre")
+            # first of the module's pre-hooks: its inputs are recorded as the caller passed them,
+            # and a user's pre-hook runs once when the op pass calls the module again
+            hooks.add(mod.register_forward_pre_hook(pre, with_kwargs=True, prepend=True), "fwd-pre")
             hooks.add(mod.register_forward_hook(post, with_kwargs=True), "fwd")
             if bwd is not None:
                 hooks.add(mod.register_full_backward_pre_hook(bwd[0]), "bwd-pre")
@@ -184,6 +234,14 @@ class Recorder:
             if self.keep_refs:
                 call = Call(name, mod, grad_enabled=torch.is_grad_enabled())
                 call.args, call.kwargs, call.rng = args, kwargs, RngState()
+                call.site = caller_site()
+                call.autocast = autocast_state()
+                call.seen = _versions(tin)
+                if torch._C._current_graph_task_id() == -1:  # not a recompute in backward
+                    call.index = self.ncalls[id(mod)] = self.ncalls.get(id(mod), 0) + 1
+                    self.calls_of.setdefault(id(mod), []).append(call)
+                else:  # activation checkpointing: a forward re-run inside backward
+                    call.index = 0
             self._stack.setdefault(id(mod), []).append((call, in_m))
             return None
 
@@ -204,6 +262,11 @@ class Recorder:
             call.out_dtype = touts[0].dtype if touts else None
             if self.keep_refs:
                 call.outputs = output
+                outs = [output] if type(output) is Tensor else tensors_in(output)
+                call.seen = (call.seen or []) + _versions(outs)
+                if call.index and any(t.requires_grad for t in touts):  # its backward will run
+                    call.grad_fns = [t.grad_fn for t in touts if t.grad_fn is not None]
+                    self._pending.setdefault(id(mod), []).append(call)
             self._last_call[id(mod)] = call
             out_m = self._value(touts)
             self._remember(touts, out_m)
@@ -218,9 +281,33 @@ class Recorder:
             call = Call("?", mod)
         return call
 
+    def _bwd_call(self, mod: nn.Module) -> Call:
+        """The forward call whose backward starts now. For a module called several times (a
+        shared module): the call whose outputs' autograd nodes the running backward-hook node
+        feeds; else (none matched) its latest forward call whose backward has not run yet, as
+        autograd runs the nodes of one device in reverse creation order."""
+        pending = self._pending.get(id(mod))
+        if not pending:
+            return self._call_for(mod)
+        idx = len(pending) - 1
+        node = torch._C._current_autograd_node() if idx else None
+        if node is not None:
+            nexts = [f for f, _ in node.next_functions if f is not None]
+            idx = next(
+                (
+                    i
+                    for i in range(len(pending) - 1, -1, -1)
+                    if any(f is g for g in pending[i].grad_fns or () for f in nexts)
+                ),
+                idx,
+            )
+        call = pending.pop(idx)
+        self._last_call[id(mod)] = call  # parameter-gradient hooks fire after it
+        return call
+
     def _bpre(self, mod: nn.Module):
         def hook(m: nn.Module, grad_output: Any) -> None:
-            call = self._call_for(mod)
+            call = self._bwd_call(mod) if self.keep_refs else self._call_for(mod)
             v = self._value([g for g in grad_output if isinstance(g, Tensor)])
             self._bstack.setdefault(id(mod), []).append((call, v))
             self._last_gout[id(mod)] = v
@@ -249,7 +336,7 @@ class Recorder:
     def _phook(self, mod: nn.Module, pname: str):
         def hook(grad: Tensor) -> None:
             call = self._call_for(mod)
-            v = self._value([grad])
+            v = self._value([dense(grad)])  # a sparse gradient (Embedding(sparse=True))
             gout = self._last_gout.get(id(mod))
             if gout is None:  # no backward pre-hook ran (backward hooks off): assume finite
                 z = self._zero_on(v[0].device)

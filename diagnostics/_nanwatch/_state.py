@@ -34,6 +34,8 @@ class StepState:
             of a parameter, i.e. an optimizer step inside ``fn``, makes the step unreplayable).
         saved: the GradScaler's and the ``stateful`` objects' state before the step (None when
             the watch has neither).
+        stale: parameters whose ``.grad`` was already non-finite before the step (looked at only
+            after a step that did not end healthy, and before a watch's first step).
         result / loss: what ``fn`` returned, and the loss found in it.
     """
 
@@ -48,6 +50,7 @@ class StepState:
     unsaved: list[str] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     saved: ObjectStates | None = None
+    stale: list[str] = field(default_factory=list)
     result: Any = None
     loss: Tensor | None = None
 

@@ -53,6 +53,20 @@ class NonFiniteReport:
             torch.distributed).
         observed_on: the rank of the process holding this report (every rank raises the same
             report at the same step); ``None`` outside torch.distributed.
+        origin: where the non-finite value came from: ``"step"`` (produced during this step:
+            ``module``/``op`` name the producer), ``"parameter"`` (it was already in a
+            parameter before the step: ``nonfinite_params``; ``module``/``op`` name the first
+            module/op that used it) or ``"stale_grad"`` (a ``.grad`` was non-finite before this
+            step's backward, left by an earlier step without ``zero_grad()``: ``stale_grads``).
+        nonfinite_params: ``(name, NaN count, Inf count, numel)`` of every parameter holding
+            non-finite values before the step (checked on the failure path only).
+        stale_grads: parameters whose ``.grad`` was non-finite before this step's backward.
+        call_index / call_count: for a module called more than once in the step (a shared
+            module): which call (1-based, in forward order) produced the value, and how many
+            calls there were; ``None`` otherwise.
+        uninitialized: ``{"op", "source"}`` when the non-finite values were read from memory
+            allocated uninitialised (``empty``, ``new_empty``, ``empty_like``, ...) and not
+            (fully) written before it was read: the allocating op and its line.
         step: index of the step within this NanWatch (0-based).
         mode: ``"replay"`` or ``"eager"``.
         replayable: ``False`` when the replay did not reproduce the original result.
@@ -79,6 +93,12 @@ class NonFiniteReport:
     rank: int | None = None
     fault_ranks: list[int] = field(default_factory=list)
     observed_on: int | None = None
+    origin: str = "step"
+    nonfinite_params: list[tuple[str, int, int, int]] = field(default_factory=list)
+    stale_grads: list[str] = field(default_factory=list)
+    call_index: int | None = None
+    call_count: int | None = None
+    uninitialized: dict[str, Any] | None = None
     step: int = 0
     mode: str = "replay"
     replayable: bool = True
@@ -89,14 +109,38 @@ class NonFiniteReport:
         if self.module is None:
             return "outside every module (step function code)"
         name = repr(self.module) if self.module else "'' (root model)"
-        return f"module {name}" + (f" ({self.module_type})" if self.module_type else "")
+        info = [self.module_type] if self.module_type else []
+        if self.call_count is not None and self.call_count > 1:
+            info.append(f"call {self.call_index} of {self.call_count}")
+        return f"module {name}" + (f" ({', '.join(info)})" if info else "")
 
     def headline(self) -> str:
+        kind = self.kind.upper()
+        if self.origin == "parameter" and self.nonfinite_params:
+            s = f"{kind} already in {_params_phrase(self.nonfinite_params)} before this step, "
+            s += "not produced by it"
+            if self.module is not None or self.op:
+                s += "; first used by " + (
+                    self.where if self.module is not None else "the step function's code"
+                )
+                if self.op:
+                    s += f" at op {self.op}"
+            return s
+        if self.origin == "stale_grad" and self.stale_grads:
+            names = ", ".join(map(repr, self.stale_grads[:5]))
+            more = f" and {len(self.stale_grads) - 5} more" if len(self.stale_grads) > 5 else ""
+            return (
+                f"{kind} in the .grad of {names}{more} from before this step: it was non-finite "
+                "before this step's backward (a stale gradient, not produced by this step; .grad "
+                "accumulates: call optimizer.zero_grad() between steps)"
+            )
         if not self.replayable and self.module is None and self.op is None:
-            return f"{self.kind.upper()} in this step, not localized (see the notes)"
-        s = f"{self.kind.upper()} first produced in {self.phase} by {self.where}"
+            return f"{kind} in this step, not localized (see the notes)"
+        s = f"{kind} first produced in {self.phase} by {self.where}"
         if self.op:
             s += f" at op {self.op}"
+        if self.uninitialized:
+            s += f", from uninitialised memory allocated by {self.uninitialized.get('op')}"
         return s
 
     def source_line(self) -> str:
@@ -134,6 +178,20 @@ class NonFiniteReport:
             lines.append(f"  bad values only in padded positions: {self.in_padding_only}")
         if self.bad_t:
             lines.append(f"  diffusion t of bad items: {self.bad_t}")
+        if self.nonfinite_params:
+            lines.append(
+                "  non-finite parameters (before this step): "
+                + ", ".join(_param_count(p) for p in self.nonfinite_params)
+            )
+        if self.stale_grads:
+            lines.append(
+                "  stale non-finite grads (before this step's backward): "
+                + ", ".join(self.stale_grads)
+            )
+        if self.uninitialized:
+            src = self.uninitialized.get("source") or {}
+            where = f" at {src.get('file')}:{src.get('line')}: {src.get('code')}" if src else ""
+            lines.append(f"  uninitialised memory: {self.uninitialized.get('op')}{where}")
         if self.nonfinite_grads:
             lines.append(f"  non-finite grads: {', '.join(self.nonfinite_grads)}")
         if len(self.candidates) > 1:
@@ -157,6 +215,18 @@ class NonFiniteReport:
             )
             body = [b for b in body if b != self.source_line()]
         return head + "```\n" + "\n".join(body[1:]) + "\n```"
+
+
+def _param_count(p: tuple[str, int, int, int]) -> str:
+    name, nan, inf, n = p
+    what = ", ".join(f"{c} {k}" for c, k in ((nan, "NaN"), (inf, "Inf")) if c) or "0 non-finite"
+    return f"{name!r} ({what} of {n} values)"
+
+
+def _params_phrase(params: list[tuple[str, int, int, int]]) -> str:
+    s = "parameter " if len(params) == 1 else "parameters "
+    s += ", ".join(_param_count(p) for p in params[:3])
+    return s + (f" and {len(params) - 3} more" if len(params) > 3 else "")
 
 
 class NonFiniteError(TorchdxError, FloatingPointError):

@@ -21,7 +21,14 @@ from .._hooks import HookSet
 from .._structure import structure_version
 from .._summary import summarize
 from ._compiled import clean_name, has_compiled, unwrap_compiled
-from ._localize import Localizer, nonfinite_grads, report_from
+from ._localize import (
+    Localizer,
+    apply_param_origin,
+    apply_stale_origin,
+    nonfinite_grads,
+    nonfinite_params,
+    report_from,
+)
 from ._numerics import RngState, find_loss, grads_norm_all, quiet_hooks
 from ._recorder import Recorder
 from ._sidestate import ObjectStates, check_stateful
@@ -151,6 +158,11 @@ class NanWatch:
         self.steps = 0
         self.skipped_steps = 0
         self.last_status = "none"
+        # whether a .grad may hold NaN/Inf left from before the next step: unknown before the
+        # first step, false after a healthy one; only then are the gradients looked at before
+        # a step (one fused check), so a non-finite .grad the step merely accumulates into is
+        # reported as stale, not as produced by it
+        self._grads_unchecked = True
 
     def _index(self) -> None:
         """List the model's parameters (frozen ones too: one unfrozen later is read from then
@@ -185,10 +197,15 @@ class NanWatch:
             NonFiniteError: the loss or a gradient is NaN/Inf; ``.report`` localizes it.
             NanWatchError: bad usage (no loss returned, non-scalar loss, bad context).
         """
+        if not callable(step_fn):
+            raise NanWatchError(_not_callable(step_fn))
         st = StepState(step_fn, args, kwargs, self._check_context(context), self.steps)
         if structure_version() != self._structure:  # a module/parameter added or replaced
             self._index()
         self.steps += 1
+        if self._grads_unchecked:  # after a step that did not end healthy (or the first one)
+            st.stale = nonfinite_grads(self._named, limit=None)
+        self._grads_unchecked = True  # until this step ends healthy
         if self.mode == "eager":
             return self._run_eager(st)
         st.rng = RngState()
@@ -226,6 +243,7 @@ class NanWatch:
         else:
             status = "nonfinite"
         self.last_status = status
+        self._grads_unchecked = status != "ok"
         return status
 
     # -- torch.distributed ----------------------------------------------------------------
@@ -412,20 +430,58 @@ class NanWatch:
             return result
         pairs = [vals[2 + 2 * i : 4 + 2 * i] for i in range(len(rec.events))]
         found = rec.analyze(pairs)
+        bad_grads = nonfinite_grads(self._named, limit=None)
+        stale = [n for n in st.stale if n in set(bad_grads)]
         if not bwd and not found["fwd"] and math.isfinite(vals[0]):
-            found["bwd"] = rec.backward_from_grads(nonfinite_grads(self._named, limit=None))
+            fresh = [n for n in bad_grads if n not in set(stale)]  # stale ones: not this step's
+            found["bwd"] = rec.backward_from_grads(fresh)
         report = report_from(found, loss, st.index, mode="eager")
+        report.nonfinite_grads = bad_grads[:20]
+        if found["fwd"] or not math.isfinite(vals[0]):
+            # step_fn does no optimizer step, so the parameters hold what they held before it
+            producer = found["fwd"][0][0].module if found["fwd"] else None
+            apply_param_origin(report, nonfinite_params(self._named), producer)
+        only_stale = not found["fwd"] and not found["bwd"] and math.isfinite(vals[0])
+        grads = {n: p.grad for n, p in self._named}
+        apply_stale_origin(report, stale, grads, explained=only_stale and bool(stale))
         report.notes.append(
             "eager mode: module-level attribution only (no op, no tensor summaries); use "
             "mode='replay' on a replayable step for the op"
         )
-        if found["bwd"] and not bwd:
+        if found["bwd"] and not bwd and report.origin == "step":
             report.notes.append(
                 "backward attribution from the parameter gradients after the step: the module "
                 "called last in forward whose own parameter gradient is non-finite (no backward "
                 "hooks in eager mode; NanWatch(..., backward_hooks=True) adds them)"
             )
         if self._dist.distributed:  # local producers (forward or parameter-gradient hooks)
-            clean = not found["fwd"] and not found["bwd"] and math.isfinite(vals[0])
+            clean = (
+                not found["fwd"]
+                and not found["bwd"]
+                and math.isfinite(vals[0])
+                and report.origin != "stale_grad"
+            )
             report = self._agree(report, clean, flags[:, 0].gt(0).tolist(), st.index)
         raise NonFiniteError(report)
+
+
+def _not_callable(step_fn: Any) -> str:
+    """The message for ``watch.run(x)`` with ``x`` not a function."""
+    got = type(step_fn).__name__
+    if isinstance(step_fn, Tensor):
+        shown = summarize(step_fn)
+        hint = (
+            "pass the step function itself, not its result: watch.run(step, x, y), not "
+            "watch.run(step(x, y))"
+        )
+    else:
+        shown = repr(step_fn)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        hint = (
+            "watch.run(step, *args) calls step(*args), which runs forward + backward and "
+            "returns the loss; pass the function first, then its arguments"
+        )
+    return (
+        f"NanWatch.run(step_fn): expected a callable (the step function), got {got} "
+        f"({shown}); hint: {hint}"
+    )
