@@ -85,8 +85,9 @@ Examples:
         "--site",
         action="append",
         metavar="SITE",
-        help="dotted module path whose output is replaced ('enc[0]' for a tuple "
-        "element) or arg:NAME for a forward argument; repeatable",
+        help="dotted module path whose output is replaced ('enc[0]', 'lstm[1][0]', "
+        "'enc[hidden]' for an element of a tuple/dict output) or arg:NAME for a forward "
+        "argument ('arg:cond[text]' for an element of a dict/tuple argument); repeatable",
     )
     p.add_argument(
         "--ablations",

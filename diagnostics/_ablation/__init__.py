@@ -3,7 +3,8 @@
 One private package, one room per responsibility:
 
 * ``_types``: the target, the errors and the report records (what writers and the CLI use);
-* ``_runner``: site parsing and the scoped hooks that replace a site's value;
+* ``_runner``: site parsing (elements of tuple/dict values), the batch axis of a site's value
+  and the scoped hooks that replace it (every forward on a copy of the batch, RNGs seeded);
 * ``_run``: the state of one run and the streamed batches;
 * ``_site``: one site's pass (statistics, per-batch plan, variants incl. the floor, calls);
 * ``_spread``: do the conditions differ over the run, what can a batch's shuffle swap;

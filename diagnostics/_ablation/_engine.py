@@ -41,11 +41,13 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -83,6 +85,20 @@ def _check_target(target: Any) -> AblationTarget:
     if target.times is not None and len(target.times) == 0:
         raise AblationError("AblationTarget.times is empty: give the diffusion times to probe")
     return target
+
+
+@contextlib.contextmanager
+def _rng_restored(devices: list[int]) -> Iterator[None]:
+    """Put back the global RNG states (torch CPU and ``devices``, NumPy, Python) after the
+    block: every forward already runs under its own fork (``forked_rng``); this also covers
+    the target's other callbacks and the analysis thread."""
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
 
 
 @contextlib.contextmanager
@@ -199,7 +215,7 @@ def run_ablation(
         return err
 
     model_was_training = target.model.training
-    with torch.no_grad(), _buffers_restored(target.model):
+    with torch.no_grad(), _rng_restored(run.runner.fork_devices), _buffers_restored(target.model):
         for si, text in enumerate(site_texts):
             t0 = time.perf_counter()
             try:
@@ -285,6 +301,9 @@ def _capture_embeddings(
     batches, given = target.batches, target.labels
     if target.embedding_batches is not None:
         batches, given = target.embedding_batches, target.embedding_labels
+    if text not in run.runner.layouts:  # a site not ablated: find its batch axis
+        first = run.runner.to_device(next(iter(batches)))
+        run.runner.detect_layout(site, run.model_input(first, 0, 0), seed_of(run.seed, 2, 0, 0))
     embs: list[Tensor] = []
     sizes: list[int] = []
     n = 0

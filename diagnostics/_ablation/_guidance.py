@@ -20,10 +20,9 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from diagnostics._ablation._runner import seed_of
+from diagnostics._ablation._runner import forked_rng, seed_of
 from diagnostics._ablation._types import MetricDelta
 from diagnostics._stats import bootstrap_ci
 
@@ -59,8 +58,7 @@ def _sample(run: Run, batch: Any, bi: int, scale: float) -> dict[str, np.ndarray
     """The sampler on ``batch`` with this batch's RNG and sampler seed."""
     runner, target = run.runner, run.target
     assert target.sample is not None, "_sample: the target has no sample()"
-    with torch.random.fork_rng(devices=runner.fork_devices):
-        torch.manual_seed(seed_of(run.seed, 8, bi))
+    with forked_rng(runner.fork_devices, seed_of(run.seed, 8, bi)):
         metrics = target.sample(runner.model, batch, scale, seed_of(run.seed, 9, bi) % 2**31)
     return _arrays(metrics)
 

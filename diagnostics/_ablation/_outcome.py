@@ -60,33 +60,69 @@ def _bseed(sp: SitePass, name: str) -> int:
 
 
 def _present(m: dict[str, np.ndarray]) -> np.ndarray:
-    """``(N,)`` bool: the examples where a measure was taken at every time."""
-    return m["ok"].all(axis=1)
+    """``(N,)`` bool: the examples where a measure was taken at every time (and, for the
+    shuffle, whose condition it swapped at one time or more)."""
+    ok = m["ok"].all(axis=1)
+    return ok & m["swap"].any(axis=1) if "swap" in m else ok
 
 
-def _missing(sp: SitePass, present: dict[str, np.ndarray]) -> dict[str, str]:
+def _weights(m: dict[str, np.ndarray]) -> np.ndarray:
+    """``(N, T)``: the times an example's value averages: where the shuffle swapped its
+    condition (a swap that gives an example its own condition is no test), else every time."""
+    return m["swap"] if "swap" in m else np.ones_like(m["ok"])
+
+
+def _over_times(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``(N,)``: the ``w``-weighted mean over times of ``x`` ``(N, T)`` (NaN without weight)."""
+    total = w.sum(axis=1)
+    mean = (np.nan_to_num(x) * w).sum(axis=1) / np.maximum(total, 1e-300)
+    return np.where(total > 0, mean, np.nan)
+
+
+def _missing(sp: SitePass, present: dict[str, np.ndarray], has_floor: np.ndarray) -> dict[str, str]:
     """Why an ablation asked for was measured on no example, in words."""
+    if not has_floor.any():
+        why = "the identity (floor) run's output is NaN/Inf on every example"
+        return {a: why for a in sp.todo}
+    out = {  # an ablation run on every example yet measured on none: its outputs
+        a: f"{a} makes the output NaN/Inf on every example"
+        for a in sp.todo
+        if a != "shuffle" and not present[a].any()
+    }
     if "shuffle" not in present or present["shuffle"].any():
-        return {}
+        return out
     why = [LEFT_OUT[k] for k in LEFT_OUT if k in sp.left_out]
+    if not why:  # every batch was shuffled: the outputs were not numbers
+        out["shuffle"] = (
+            "the shuffle tested nothing: on every example it swapped, the shuffled output is "
+            "NaN/Inf"
+        )
+        return out
     if list(sp.left_out) == ["same"]:
-        return {
-            "shuffle": "the shuffle tested nothing: within every batch the conditions are the "
-            "same for every example (they differ only between batches), so shuffling them "
-            "swaps nothing"
-        }
-    return {"shuffle": "the shuffle tested nothing: " + "; ".join(why or ["no batch to shuffle"])}
+        out["shuffle"] = (
+            "the shuffle tested nothing: within every batch the conditions are the same for "
+            "every example (they differ only between batches), so shuffling them swaps nothing"
+        )
+        return out
+    out["shuffle"] = "the shuffle tested nothing: " + "; ".join(why)
+    return out
 
 
 def summarise(sp: SitePass, mats: Mats, batched: bool) -> SiteResult:
     """The :class:`SiteResult` of a site pass from its per-example matrices."""
     run, site = sp.run_, sp.site
-    present = {a: _present(mats[a]) for a in sp.todo}
-    rel = {a: mats[a]["rel"].mean(axis=1) for a in sp.todo}  # (N,) per ablation
-    floor = mats[_IDENTITY]["rel"].mean(axis=1)
+    # an example without a floor (the identity's output NaN/Inf) has no effect either
+    has_floor = _present(mats[_IDENTITY])
+    present = {a: _present(mats[a]) & has_floor for a in sp.todo}
+    rel = {a: _over_times(mats[a]["rel"], _weights(mats[a])) for a in sp.todo}  # (N,)
+    floor_t = np.where(has_floor[:, None], np.nan_to_num(mats[_IDENTITY]["rel"]), 0.0)
+    floor = floor_t.mean(axis=1)
+    # the shuffle's floor: over the same times as its effect (paired per example)
+    floors = {a: np.nan_to_num(_over_times(floor_t, _weights(mats[a])))
+              for a in sp.todo if "swap" in mats[a]}  # fmt: skip
     conditions_vary = sp.values.varies or sp.inputs.varies
     collapsed = site.kind == "module" and sp.inputs.varies and not sp.values.varies
-    missing = _missing(sp, present)
+    missing = _missing(sp, present, has_floor)
 
     def verdict(idx: np.ndarray) -> Decision:
         return decide(
@@ -99,10 +135,13 @@ def summarise(sp: SitePass, mats: Mats, batched: bool) -> SiteResult:
             collapsed=collapsed,
             present={a: p[idx] for a, p in present.items()},
             missing=missing,
+            floors={a: f[idx] for a, f in floors.items()},
         )
 
     d = verdict(np.arange(floor.size))
-    floor_effect = _effect(sp, _IDENTITY, mats[_IDENTITY], np.ones(floor.size, dtype=bool))
+    keep = has_floor if has_floor.any() else np.ones(floor.size, dtype=bool)
+    floor_effect = _effect(sp, _IDENTITY, {k: np.nan_to_num(v) for k, v in
+                                           mats[_IDENTITY].items()}, keep)  # fmt: skip
     if floor_effect.ci95[0] > _RANDOM_FLOOR:
         sp.notes.append(
             f"the floor is {floor_effect.effect:.2g}: the output changes between runs with the "
@@ -111,7 +150,9 @@ def summarise(sp: SitePass, mats: Mats, batched: bool) -> SiteResult:
         )
     inter = None
     if INTERACTION in mats:
-        inter = _interaction(sp, mats[INTERACTION], floor, present["shuffle"], d)
+        m = mats[INTERACTION]
+        inter = _interaction(sp, m, np.nan_to_num(_over_times(floor_t, _weights(m))),
+                             present["shuffle"], d)  # fmt: skip
     reason = d.reason
     if inter is not None and inter.additive:
         reason += (
@@ -162,10 +203,12 @@ def _measurable(
     inputs that differ as the model sees them), or None with a note saying why none can;
     ``shuffled``: the examples the shuffle ran on."""
     ran = _present(m)
-    sep = np.where(ran, np.nan_to_num(m["sep"]).mean(axis=1), 0.0)
+    sep = np.where(ran, np.nan_to_num(_over_times(m["sep"], _weights(m))), 0.0)
     ok = ran & (sep > floor_margin(floor))
     why = None
-    if ran.sum() < MIN_EXAMPLES:
+    if shuffled.sum() < MIN_EXAMPLES:
+        why = f"the shuffle was measured on only {int(shuffled.sum())} examples"
+    elif ran.sum() < MIN_EXAMPLES:
         why = (
             f"the shuffle's swap was seen on two inputs for only {int(ran.sum())} examples "
             "(a batch of one example has no second input)"
@@ -203,10 +246,11 @@ def _interaction(
     if ok is None:
         return None
     n_boot, bseed = sp.run_.n_boot, _bseed(sp, INTERACTION)
-    ie = m["rel"][ok].mean(axis=1)  # (N',)
+    w = _weights(m)
+    ie = _over_times(m["rel"], w)[ok]  # (N',)
     f = floor[ok]
     eff, lo, hi = bootstrap_ci(ie, n_boot=n_boot, seed=bseed)
-    share, slo, shi = bootstrap_ci(m["cos"][ok].mean(axis=1), n_boot=n_boot, seed=bseed + 1)
+    share, slo, shi = bootstrap_ci(_over_times(m["cos"], w)[ok], n_boot=n_boot, seed=bseed + 1)
     f2 = np.sqrt(2.0) * f  # four outputs against the floor's two
     margin = max(ROUNDOFF, FLOOR_MARGIN * float(f2.mean()))
     xm, xlo, xhi = bootstrap_ci(ie - f2, n_boot=n_boot, seed=bseed + 2)
@@ -231,27 +275,30 @@ def _effect(sp: SitePass, name: str, m: dict[str, np.ndarray], keep: np.ndarray)
     run = sp.run_
     bseed = _bseed(sp, name)
     rel, cosm, absm = m["rel"][keep], m["cos"][keep], m["abs"][keep]  # (N', T)
-    eff, lo, hi = bootstrap_ci(rel.mean(axis=1), n_boot=run.n_boot, seed=bseed)
-    cos, clo, chi = bootstrap_ci(cosm.mean(axis=1), n_boot=run.n_boot, seed=bseed + 1)
+    w = _weights(m)[keep] > 0  # (N', T): the times each example's value averages
+    eff, lo, hi = bootstrap_ci(_over_times(rel, w), n_boot=run.n_boot, seed=bseed)
+    cos, clo, chi = bootstrap_ci(_over_times(cosm, w), n_boot=run.n_boot, seed=bseed + 1)
     curve = None
     if run.target.times is not None:
         n_t = len(run.times)
+        at = [w[:, ti] if w[:, ti].any() else np.ones(len(w), dtype=bool) for ti in range(n_t)]
         pts = [
-            bootstrap_ci(rel[:, ti], n_boot=run.n_boot, seed=bseed + 10 + ti) for ti in range(n_t)
+            bootstrap_ci(rel[at[ti], ti], n_boot=run.n_boot, seed=bseed + 10 + ti)
+            for ti in range(n_t)
         ]
         curve = Curve(
             t=[r6(float(t)) for t in run.times],
             effect=[r6(x) for x, _, _ in pts],
             ci95=[[r6(a), r6(b)] for _, a, b in pts],
-            cosine=[r6(float(cosm[:, ti].mean())) for ti in range(n_t)],
-            abs_change=[r6(float(absm[:, ti].mean())) for ti in range(n_t)],
+            cosine=[r6(float(cosm[at[ti], ti].mean())) for ti in range(n_t)],
+            abs_change=[r6(float(absm[at[ti], ti].mean())) for ti in range(n_t)],
         )
     return Effect(
         effect=r6(eff),
         ci95=[r6(lo), r6(hi)],
         cosine=r6(cos),
         cosine_ci95=[r6(clo), r6(chi)],
-        abs_change=r6(float(absm.mean())),
+        abs_change=r6(float(_over_times(absm, w).mean())),
         n=int(rel.shape[0]),
         curve=curve,
     )

@@ -16,7 +16,7 @@ otherwise the site is refused with an error that names it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from diagnostics._ablation._outcome import INTERACTION, summarise
 from diagnostics._ablation._run import Run, trim_heap
 from diagnostics._ablation._runner import (
     Captured,
+    Layout,
     Site,
     derangement,
     describe,
@@ -35,7 +36,7 @@ from diagnostics._ablation._runner import (
     tile,
     tree_map,
 )
-from diagnostics._ablation._spread import LEFT_OUT, Spread, pairing, swaps_within
+from diagnostics._ablation._spread import LEFT_OUT, Spread, pairing, swapped_rows, swaps_within
 from diagnostics._ablation._types import ABLATIONS, AblationError, SiteResult
 from diagnostics._stats import SiteStats, example_effects, flat_real
 
@@ -45,6 +46,9 @@ IDENTITY = "identity"  # the floor's variant: the site's own value through the s
 SHUFFLE2 = "shuffle2"  # the shuffle applied twice: the same swap seen on another input
 _VARIANT_ID = {name: k + 1 for k, name in enumerate((*ABLATIONS, IDENTITY, SHUFFLE2))}  # 0 intact
 _EPS = 1e-12
+# an intact output this far below the batch's largest (or exactly zero) has no relative change
+_ZERO_OUTPUT = 1e-6
+_ZERO = "zero output"  # the key of the zero-output note
 
 
 class _Unbatchable(Exception):
@@ -75,6 +79,9 @@ class ItemOut:
     b: int
     left_out: str | None
     tiled: bool
+    zero: np.ndarray | None = None  # (B,) the intact output is zero
+    unswapped: np.ndarray | None = None  # (B,) the shuffle gave the example its own condition
+    nonfinite: dict[str, np.ndarray] = field(default_factory=dict)  # variant -> (B,) NaN/Inf
 
 
 class SitePass:
@@ -93,12 +100,15 @@ class SitePass:
         self.seq_only: set[str] = set()  # ablations whose replacement cannot be tiled
         self.tiling: dict[tuple, bool] = {}  # batch signature -> variants run tiled
         self.n_calls = 1  # the site's calls per forward
+        self.layout: Layout | None = None  # the site's batch axis (found in the stats pass)
         self.n_examples = 0
         self.sizes: list[int] = []  # examples per batch
         self.swaps: dict[int, bool] = {}  # batch -> its own shuffle swaps conditions
         self.values = Spread()  # the site's values over the run
         self.inputs = Spread()  # a module site's inputs over the run
         self.left_out: dict[str, list[int]] = {}  # LEFT_OUT key -> batches out of the shuffle
+        # (bi, ti) -> (B,) bool: the shuffle gives the example a condition other than its own
+        self.swapped: dict[tuple[int, int], np.ndarray] = {}
 
     # -- set-up
     @property
@@ -116,6 +126,10 @@ class SitePass:
         for _, bi, ti, raw in run.bar(run.items(times=need), f"{site.text}: stats"):
             batch = run.model_input(raw, bi, ti)
             seed = seed_of(run.seed, 2, bi, ti)
+            if not stats:  # where the site's examples are (its batch axis): once per site
+                self.layout = run.runner.detect_layout(site, batch, seed)
+                if self.layout.note:
+                    self.notes.append(self.layout.note)
             cap = run.runner.capture(site, batch, seed, abort=bool(stats) and self.n_calls == 1,
                                      inputs=True)  # fmt: skip
             if not stats:  # the first forward runs whole: it counts the calls
@@ -146,8 +160,12 @@ class SitePass:
             for j, t in enumerate(call):
                 self.inputs.add(("input", ti, k, j), t)
         if ti == 0:
-            self.sizes.append(int(cap.values[0].shape[0]))
+            b = int(cap.values[0].shape[0])
+            self.sizes.append(b)
             self.swaps[bi] = swaps_within(cap)
+            if "shuffle" in self.ablations and b >= 2 and self.swaps[bi]:
+                for t in range(len(self.run_.times)):  # each time has its own permutation
+                    self.swapped[(bi, t)] = swapped_rows(cap, self._perm(b, bi, t))
 
     def check_calls(self, n: int, bi: int, variant: str | None = None) -> None:
         """Refuse a forward that calls the site another number of times than the first one."""
@@ -269,8 +287,12 @@ class SitePass:
         return derangement(b, gen)
 
     def _null(self, c: Tensor) -> Any:
+        """The target's null for ``c`` (batch on dim 0), given and broadcast in the site's own
+        layout (a GRU's ``h_n`` as ``[layers, B, H]``), returned with the batch on dim 0."""
         site, spec = self.site, self.null_spec
-        out = spec(c) if callable(spec) and not isinstance(spec, Tensor) else spec
+        ax = self.layout.value if self.layout is not None else 0
+        own = c.movedim(0, ax)  # the value as the model holds it
+        out = spec(own) if callable(spec) and not isinstance(spec, Tensor) else spec
         if out is None:
             if site.kind == "module":
                 raise AblationError(
@@ -284,14 +306,15 @@ class SitePass:
                 site=site.text,
             )
         out = out.detach().to(device=c.device, dtype=c.dtype)
-        try:
-            return out.expand_as(c).clone() if out.shape != c.shape else out
+        try:  # a copy: the model may change it in place (the null may be its parameter)
+            out = out.expand_as(own).clone()
         except RuntimeError:
             raise AblationError(
                 f"site {site.text!r}: the null input {list(out.shape)} does not broadcast to the "
-                f"site's value {list(c.shape)}",
+                f"site's value {list(own.shape)}",
                 site=site.text,
             ) from None
+        return out.movedim(ax, 0)
 
     # -- forwards
     def _seed(self, bi: int, ti: int, variant: str | None) -> int:
@@ -345,6 +368,11 @@ class SitePass:
             return torch.allclose(a, ref, atol=1e-5 * float(scale), rtol=1e-4)
 
         if not all(same(chunks[k]) for k in range(n)):
+            if not same(runner.call_seeded(batch, seed_of(self.run_.seed, 5, bi, ti, 1))):
+                return False, (
+                    "the forward is random: another draw of the RNG gives another output "
+                    "(dropout left on?), so tiled copies cannot be checked against it"
+                )
             return False, "the model is not batch-independent (tiled copies disagree)"
         if not same(first):
             return False, (
@@ -415,7 +443,10 @@ class SitePass:
         run, site = self.run_, self.site
         kept: list[Tensor] = []
         intact = run.runner.call_replaced(
-            site, batch, self._seed(item.bi, item.ti, None), lambda v: kept.append(v) or v
+            site,
+            batch,
+            self._seed(item.bi, item.ti, None),
+            lambda v: kept.append(v.detach().clone()) or v,
         )
         self.check_calls(len(kept), item.bi)
         for a in names:
@@ -453,16 +484,44 @@ class SitePass:
         assert intact is not None, "_item: no intact output"
         _finite_intact(intact, item.bi)
         b = intact.shape[0]
+        if b != item.b:
+            raise AblationError(
+                f"site {self.site.text!r}: {self.what} holds {item.b} examples on batch "
+                f"{item.bi} but the output has {b} (its leading dim): the site's batch axis "
+                "must be the output's batch",
+                site=self.site.text,
+            )
         effs = {a: example_effects(intact, outs[a]) for a in outs if a != SHUFFLE2}
+        # where the plain relative change is not a number: a variant's output that is NaN/Inf
+        # (the model cannot take that replacement: left out of that variant's effect), and a
+        # zero intact output, whose change is taken against the larger of the two outputs
+        # (1 when it becomes non-zero, 0 when it stays zero), never against a clamped 1e-12
+        zero_t = _zero_rows(intact)  # (B,) bool
+        zero = zero_t.cpu().numpy()
+        if zero.any():
+            for a, e in effs.items():
+                den = _against(flat_real(intact), flat_real(outs[a]), zero_t)
+                e["rel"] = e["abs"] / den
+        bad = {a: ~_finite_rows(o) for a, o in outs.items()}
         if SHUFFLE2 in outs:
             perm = self._perm(b, item.bi, item.ti)
             effs[INTERACTION] = _interaction(intact, outs["shuffle"], outs[SHUFFLE2], perm)
+            inv = torch.argsort(perm).numpy()  # example m = inv[j] sees j's swap on its input
+            bad[INTERACTION] = bad["shuffle"] | bad["shuffle"][inv] | bad[SHUFFLE2][inv]
         for a in self.measures:
             if a in effs:
-                effs[a]["ok"] = np.ones(b)
+                effs[a]["ok"] = (~bad[a]).astype(np.float64)
             else:
                 effs[a] = _absent(b, a)
-        return ItemOut(effs, b, item.left_out, all_tiled)
+        # an example whose shuffled condition equals its own (another example of the batch has
+        # the same one) was not swapped: its shuffle effect is 0 by construction, not a finding
+        swapped = self.swapped.get((item.bi, item.ti)) if item.shuffle == "within" else None
+        for a in ("shuffle", INTERACTION):
+            if a in effs and "swap" not in effs[a]:  # measured here (_absent gives zeros)
+                effs[a]["swap"] = np.ones(b) if swapped is None else swapped.astype(np.float64)
+        unswapped = None if swapped is None else ~swapped
+        nonfinite = {a: m for a, m in bad.items() if a in self.todo and m.any()}
+        return ItemOut(effs, b, item.left_out, all_tiled, zero, unswapped, nonfinite)
 
     # -- the pass
     def _outputs(self) -> tuple[dict[tuple[int, int], ItemOut], list[tuple[int, int]]]:
@@ -507,9 +566,88 @@ class SitePass:
             if ti == 0:
                 self.n_examples += out.b
         self._note_left_out(done, order)
+        self._note_undefined(done, order)
+        self._note_unswapped(done, order)
+        mutated = self.run_.runner.mutated
+        if mutated:
+            self.notes.append(
+                f"the forward changes its input{'s' * (len(mutated) > 1)} "
+                f"{', '.join(mutated[:4])} in place: every forward is given a copy of the "
+                "batch, so the batches stay as they were and every variant sees the same inputs"
+            )
         mats = {a: _matrices(per[a], n_t) for a in self.measures}  # name -> kind -> (N, T)
         batched = all(done[key].tiled for key in order)  # the same on every rank
         return summarise(self, mats, batched)
+
+    def _note_undefined(self, done: dict[tuple[int, int], ItemOut], order: list) -> None:
+        """Say which examples have a zero intact output (their relative change is taken
+        against the larger output) and which a variant makes NaN/Inf (left out of it)."""
+        n_t = len(self.run_.times)
+        sizes = [done[(bi, 0)].b for bi, ti in order if ti == 0]
+        rows: dict[str, list[np.ndarray]] = {}
+
+        def mark(key: str, bi: int, m: np.ndarray) -> None:
+            rows.setdefault(key, [np.zeros(n, dtype=bool) for n in sizes])[bi] |= m
+
+        everywhere = True  # the intact output is zero on every example at every time
+        for bi, ti in order:
+            out = done[(bi, ti)]
+            if out.zero is not None:
+                mark(_ZERO, bi, out.zero)
+            everywhere = everywhere and out.zero is not None and bool(out.zero.all())
+            for a, m in out.nonfinite.items():
+                mark(a, bi, m)
+        at = " (at one diffusion time or more)" if n_t > 1 else ""
+
+        def count(key: str) -> int:
+            return int(np.concatenate(rows[key]).sum()) if key in rows else 0
+
+        k = count(_ZERO)
+        if everywhere:
+            self.notes.append(
+                "the intact output is zero on every example: each change is taken against the "
+                "ablated output (1 when it is not zero); is the compared output the right "
+                "tensor?"
+            )
+        elif k:
+            self.notes.append(
+                f"the intact output is zero on {k} example{'s' * (k != 1)}{at}: their relative "
+                "change is taken against the larger of the intact and ablated outputs (1 when "
+                "a zero output becomes non-zero, 0 when it stays zero)"
+            )
+        for a in self.todo:
+            k = count(a)
+            if k:
+                self.notes.append(
+                    f"{a} makes the output NaN/Inf on {k} example{'s' * (k != 1)}{at}: the "
+                    "model cannot take that replacement; they are left out of its effect"
+                )
+
+    def _note_unswapped(self, done: dict[tuple[int, int], ItemOut], order: list) -> None:
+        """Say how many examples the shuffle gave their own condition (left out of it)."""
+        n_t = len(self.run_.times)
+        never: dict[int, np.ndarray] = {}
+        some = 0
+        for bi, ti in order:
+            m = done[(bi, ti)].unswapped
+            if m is not None:
+                never[bi] = never.get(bi, np.ones_like(m)) & m
+                some += int(m.sum())
+        k = sum(int(m.sum()) for m in never.values())
+        if k:
+            shown = [bi for bi, m in never.items() if m.any()]
+            where = ", ".join(map(str, shown[:8])) + (", ..." if len(shown) > 8 else "")
+            self.notes.append(
+                f"shuffle leaves out {k} example{'s' * (k != 1)} (batch"
+                f"{'es' * (len(shown) != 1)} {where}) that it gave their own condition "
+                "(another example of the batch has the same one): a swap that changes nothing "
+                "is not a test"
+            )
+        if n_t > 1 and some:
+            self.notes.append(
+                "with diffusion times, each time has its own shuffle: an example's shuffle "
+                "effect is its mean over the times where its condition was swapped"
+            )
 
     def _note_left_out(self, done: dict[tuple[int, int], ItemOut], order: list) -> None:
         """Say which batches the shuffle statistics leave out, and why."""
@@ -544,7 +682,30 @@ def _absent(b: int, name: str) -> dict[str, np.ndarray]:
     kinds = ("rel", "cos", "abs", "sep") if name == INTERACTION else ("rel", "cos", "abs")
     out = {k: np.full(b, np.nan) for k in kinds}
     out["ok"] = np.zeros(b)
+    if name in ("shuffle", INTERACTION):
+        out["swap"] = np.zeros(b)
     return out
+
+
+def _zero_rows(out: Tensor) -> Tensor:
+    """``(B,)`` bool: the examples whose output is zero (or below ``_ZERO_OUTPUT`` of the
+    batch's largest): no relative change can be taken against them."""
+    norms = flat_real(out).norm(dim=1)
+    return norms <= _ZERO_OUTPUT * norms.max()
+
+
+def _against(ref: Tensor, other: Tensor, zero: Tensor) -> np.ndarray:
+    """``(B,)`` denominators of a relative change: ``||ref||``, or where ``ref`` is zero the
+    larger of ``||ref||`` and ``||other||`` (``ref``, ``other``: ``(B, D)`` float64)."""
+    r = ref.norm(dim=1)
+    o = torch.nan_to_num(other.norm(dim=1), nan=0.0, posinf=0.0)
+    return torch.where(zero, torch.maximum(r, o), r).clamp_min(_EPS).cpu().numpy()
+
+
+def _finite_rows(out: Tensor) -> np.ndarray:
+    """``(B,)`` bool: the examples whose output is finite everywhere."""
+    x = torch.view_as_real(out) if out.is_complex() else out
+    return torch.isfinite(x).reshape(x.shape[0], -1).all(dim=1).cpu().numpy()
 
 
 def _finite_intact(out: Tensor, bi: int) -> None:
@@ -572,12 +733,11 @@ def _interaction(intact: Tensor, shuffled: Tensor, twice: Tensor, perm: Tensor) 
     d = s - i  # (B, D): the swap seen on its own input
     d2 = t[inv] - s[inv]  # (B, D): the same swap seen on another input
     diff = (d - d2).norm(dim=1)  # (B,)
-    norm = i.norm(dim=1).clamp_min(_EPS)
-    rel = diff / norm
+    zero = _zero_rows(intact).to(i.device)  # a zero intact output: against the larger output
+    rel = diff.cpu().numpy() / _against(i, s, zero)
     share = diff / d.norm(dim=1).clamp_min(_EPS)
-    sep = (i - s[inv]).norm(dim=1) / norm
-    return {"rel": rel.cpu().numpy(), "cos": share.cpu().numpy(), "abs": diff.cpu().numpy(),
-            "sep": sep.cpu().numpy()}  # fmt: skip
+    sep = (i - s[inv]).norm(dim=1).cpu().numpy() / _against(i, s[inv], zero)
+    return {"rel": rel, "cos": share.cpu().numpy(), "abs": diff.cpu().numpy(), "sep": sep}
 
 
 def _matrices(per: dict[str, list[list[np.ndarray]]], n_t: int) -> dict[str, np.ndarray]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from diagnostics._ablation._runner import Captured
-from diagnostics._stats import varies
+from diagnostics._stats import VARY_TOL, flat_real, varies
 
-__all__ = ["LEFT_OUT", "Spread", "differs", "pairing", "swaps_within"]
+__all__ = ["LEFT_OUT", "Spread", "differs", "pairing", "swapped_rows", "swaps_within"]
 
 # why a batch is left out of the shuffle statistics -> the words of the note and the reason
 LEFT_OUT = {
@@ -75,6 +76,24 @@ def swaps_within(cap: Captured) -> bool:
     if any(varies(v) for v in cap.values):
         return True
     return any(varies(t) for call in cap.inputs or [] for t in call)
+
+
+def swapped_rows(cap: Captured, perm: Tensor) -> np.ndarray:
+    """``(B,)`` bool: does the permutation ``perm`` give example ``j`` a condition other than
+    its own (the site's value, or a module site's inputs, differ between rows ``j`` and
+    ``perm[j]``)? Examples that share a condition (a class id, a repeated reference) are not
+    swapped by a permutation that pairs them."""
+    b = perm.numel()
+    out = np.zeros(b, dtype=bool)
+    tensors = [*cap.values, *(t for call in cap.inputs or [] for t in call)]
+    for t in tensors:
+        if t.dim() == 0 or t.shape[0] != b:
+            continue
+        x = flat_real(t)  # (B, D)
+        scale = float(x.norm(dim=1).max().clamp_min(1e-12))
+        d = (x - x[perm.to(x.device)]).norm(dim=1) > VARY_TOL * scale
+        out |= d.cpu().numpy()
+    return out
 
 
 def pairing(own: Captured, other: Captured) -> str | None:

@@ -132,14 +132,17 @@ def _best(
     present: Mapping[str, np.ndarray],
     n_boot: int,
     seed_for: Callable[[str], int],
+    floors: Mapping[str, np.ndarray] | None = None,
 ) -> Test | None:
     """The test over ``names``: the ablation with the largest CI low of the excess (an ablation
-    measured on fewer than ``MIN_EXAMPLES`` examples is not tested)."""
+    measured on fewer than ``MIN_EXAMPLES`` examples is not tested); ``floors``: an
+    ablation's own per-example floor (over the same times as its effect), default ``floor``."""
     best: Test | None = None
     for name in names:
         if name not in effects:
             continue
-        t = masked_test(name, effects[name], floor, present.get(name), n_boot, seed_for(name))
+        f = floor if floors is None or name not in floors else floors[name]
+        t = masked_test(name, effects[name], f, present.get(name), n_boot, seed_for(name))
         if t is not None and (best is None or t.excess_ci95[0] > best.excess_ci95[0]):
             best = t
     return best
@@ -200,6 +203,7 @@ def decide(
     collapsed: bool = False,
     present: Mapping[str, np.ndarray] | None = None,
     missing: Mapping[str, str] | None = None,
+    floors: Mapping[str, np.ndarray] | None = None,
 ) -> Decision:
     """The verdict from per-example effects (see the module doc for the rule).
 
@@ -217,6 +221,9 @@ def decide(
         present: ablation name -> ``(N,)`` bool: the examples where it was measured (default:
             all); an ablation measured on fewer than ``MIN_EXAMPLES`` is not tested.
         missing: ablation name -> why it was not measured (the reason quotes it).
+        floors: ablation name -> ``(N,)`` its own per-example floor, where its effect averages
+            other times than the floor's (the shuffle over the times it swapped); default
+            ``floor``.
     """
     f = np.asarray(floor, dtype=np.float64)
     n = int(f.size)
@@ -224,8 +231,8 @@ def decide(
     missing = dict(missing or {})
     fm, flo, fhi = bootstrap_ci(f, n_boot=n_boot, seed=seed_for("floor"))
     floor_s = (_r(fm), [_r(flo), _r(fhi)])
-    channel = _best(CHANNEL, effects, f, present, n_boot, seed_for)
-    content = _best(CONTENT, effects, f, present, n_boot, seed_for)
+    channel = _best(CHANNEL, effects, f, present, n_boot, seed_for, floors)
+    content = _best(CONTENT, effects, f, present, n_boot, seed_for, floors)
     for name in effects:
         k = int(np.count_nonzero(present[name])) if name in present else n
         if k < MIN_EXAMPLES and name not in missing:
@@ -296,7 +303,7 @@ def decide(
         )
     tests = [t for t in (content, channel) if t is not None]
     if not tests:
-        gone = "; ".join(missing.values())
+        gone = "; ".join(dict.fromkeys(missing.values()))
         return out("inconclusive", f"no ablation was tested at this site{': ' * bool(gone)}{gone}")
     top = max(tests, key=lambda t: t.effect)
     return out(
