@@ -12,7 +12,10 @@ Numbers (all on the ``(N, E)`` matrix of embeddings, one row per example):
 * ``spread``: ``sqrt(total variance) / mean norm``: how much the embeddings differ relative to
   their size.
 * ``collapsed``: ``spread < COLLAPSE_SPREAD`` (0.05) or ``effective_rank < COLLAPSE_RANK`` (1.5);
-  ``collapse_reason`` says which.
+  ``collapse_reason`` says which. The rank test is judged only when the embeddings could span
+  two directions (``min(N - 1, E) >= 2``: two embeddings, or 1-dimensional ones, always lie on
+  one line); a note says when it was not.
+* ``nonfinite``: rows holding NaN/Inf, left out of every number above (named in ``notes``).
 * ``silhouette``: silhouette score by label (sklearn, Euclidean), in [-1, 1]; near 0 or below:
   no clustering by label. ``None`` without labels or with fewer than 2 labels.
 * ``umap``: 2-D UMAP coordinates (umap-learn, imported lazily) for the scatter.
@@ -66,6 +69,7 @@ class EmbeddingReport:
     umap: np.ndarray | None = None  # (N, 2)
     notes: list[str] = field(default_factory=list)
     embeddings: np.ndarray | None = None  # (N, E), kept for the TensorBoard projector
+    nonfinite: int = 0  # rows with NaN/Inf, left out (``n`` counts the rows analysed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready numbers (no coordinates, no raw embeddings)."""
@@ -84,6 +88,7 @@ class EmbeddingReport:
             "silhouette": None if self.silhouette is None else _r(self.silhouette),
             "n_labels": None if self.labels is None else len(set(self.labels)),
             "umap": self.umap is not None,
+            "nonfinite": self.nonfinite,
             "notes": list(self.notes),
         }
 
@@ -151,6 +156,33 @@ def _effective_rank(x: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def _umap(x: np.ndarray, n: int, seed: int, notes: list[str]) -> np.ndarray | None:
+    """2-D UMAP coordinates, or None with a note when umap-learn is missing, fails to import
+    (a numba/llvmlite mismatch raises more than ImportError) or fails to fit."""
+    try:
+        import umap as umap_lib
+    except ImportError as exc:
+        notes.append(f"UMAP skipped: umap-learn is not installed (pip install umap-learn): {exc}")
+        return None
+    except Exception as exc:
+        notes.append(f"UMAP skipped: importing umap-learn failed: {type(exc).__name__}: {exc}")
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reducer = umap_lib.UMAP(
+                n_neighbors=min(15, n - 1),
+                n_components=2,
+                random_state=seed,
+                init="spectral" if n > 10 else "random",
+            )
+            coords = np.asarray(reducer.fit_transform(x.astype(np.float32)))
+    except Exception as exc:
+        notes.append(f"UMAP skipped: the fit failed: {type(exc).__name__}: {exc}")
+        return None
+    return coords
+
+
 def analyze_embeddings(
     embeddings: Tensor | np.ndarray,
     labels: Sequence[Any] | None = None,
@@ -178,36 +210,71 @@ def analyze_embeddings(
         (True, 'spread 2.5e-05 < 0.05: the embeddings barely differ')
     """
     x = embeddings.detach().cpu() if isinstance(embeddings, Tensor) else torch.as_tensor(embeddings)
+    if x.dim() == 0 or x.shape[0] < 2:
+        got = "a scalar" if x.dim() == 0 else f"{x.shape[0]} (shape {tuple(x.shape)})"
+        raise ValueError(f"analyze_embeddings: need at least 2 embeddings (rows), got {got}")
     if x.is_complex():
         x = torch.view_as_real(x)  # (N, ..., 2)
     x = x.reshape(x.shape[0], -1).to(torch.float64).numpy()  # (N, E)
-    n, dim = x.shape
-    assert n >= 2, f"analyze_embeddings: need at least 2 embeddings, got {n}"
+    if isinstance(labels, (Tensor, np.ndarray)):
+        labels = labels.tolist()  # class ids as numbers ("3"), not "tensor(3)"
     labs = None if labels is None else [str(v) for v in labels]
-    assert labs is None or len(labs) == n, (
-        f"analyze_embeddings: {len(labs) if labs else 0} labels for {n} embeddings"
+    assert labs is None or len(labs) == x.shape[0], (
+        f"analyze_embeddings: {len(labs) if labs else 0} labels for {x.shape[0]} embeddings"
     )
     notes: list[str] = []
+    finite = np.isfinite(x).all(axis=1)  # (N,)
+    bad = int((~finite).sum())
+    if bad:
+        rows = np.flatnonzero(~finite)
+        notes.append(
+            f"{bad} of {x.shape[0]} embeddings hold NaN/Inf (rows {', '.join(map(str, rows[:8]))}"
+            + (" ..." if bad > 8 else "")
+            + "): left out of every statistic"
+        )
+        x = x[finite]
+        labs = None if labs is None else [v for v, ok in zip(labs, finite, strict=True) if ok]
+        if x.shape[0] < 2:
+            raise ValueError(
+                f"analyze_embeddings: {bad} of {bad + x.shape[0]} embeddings hold NaN/Inf; "
+                "fewer than 2 finite ones are left to analyse"
+            )
+    n, dim = x.shape
     var = x.var(axis=0)  # (E,)
     dead = int((var <= 1e-8 * max(float(var.max()), 1e-30)).sum()) if var.max() > 0 else dim
     norms = np.linalg.norm(x, axis=1)  # (N,)
     unit = x / np.maximum(norms[:, None], 1e-12)
-    gram = unit @ unit.T  # (N, N)
-    mean_cos = float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
+    # mean over pairs i != j of <u_i, u_j> = (|sum u|^2 - sum |u|^2) / (N (N-1)): O(N E), no
+    # N x N Gram matrix (3.2 GB at N = 20 000)
+    total = unit.sum(axis=0)
+    mean_cos = float((total @ total - (unit * unit).sum()) / (n * (n - 1)))
     eff_rank = _effective_rank(x)
     spread = float(np.sqrt(var.sum()) / max(norms.mean(), 1e-12))
     reasons = []
     if spread < COLLAPSE_SPREAD:
         reasons.append(f"spread {spread:.2g} < {COLLAPSE_SPREAD}: the embeddings barely differ")
-    if eff_rank < COLLAPSE_RANK:
-        reasons.append(f"effective rank {eff_rank:.2f} < {COLLAPSE_RANK}: one direction or none")
+    if min(n - 1, dim) >= 2:
+        if eff_rank < COLLAPSE_RANK:
+            reasons.append(
+                f"effective rank {eff_rank:.2f} < {COLLAPSE_RANK}: one direction or none"
+            )
+    else:
+        notes.append(
+            f"effective rank not judged: {n} embeddings of dimension {dim} span at most "
+            f"{min(n - 1, dim)} direction(s) whatever they are"
+        )
     sil = None
     if labs is not None:
         k = len(set(labs))
         if 2 <= k <= n - 1 and spread > 0:
-            from sklearn.metrics import silhouette_score
-
-            sil = float(silhouette_score(x, labs))
+            try:
+                from sklearn.metrics import silhouette_score
+            except Exception as exc:  # scikit-learn comes with umap-learn (the viz extra)
+                notes.append(f"silhouette skipped: scikit-learn not importable ({exc!r})")
+            else:
+                sil = float(silhouette_score(x, labs))
+        elif spread == 0:
+            notes.append(f"silhouette skipped: all {n} embeddings are identical")
         else:
             notes.append(f"silhouette skipped: {k} distinct labels for {n} embeddings")
     coords = None
@@ -215,20 +282,7 @@ def analyze_embeddings(
         if n < 5:
             notes.append(f"UMAP skipped: {n} embeddings (need >= 5)")
         else:
-            try:
-                import umap as umap_lib
-            except ImportError:
-                notes.append("UMAP skipped: umap-learn is not installed (pip install umap-learn)")
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    reducer = umap_lib.UMAP(
-                        n_neighbors=min(15, n - 1),
-                        n_components=2,
-                        random_state=seed,
-                        init="spectral" if n > 10 else "random",
-                    )
-                    coords = np.asarray(reducer.fit_transform(x.astype(np.float32)))
+            coords = _umap(x, n, seed, notes)
     return EmbeddingReport(
         n=n,
         dim=dim,
@@ -247,4 +301,5 @@ def analyze_embeddings(
         umap=coords,
         notes=notes,
         embeddings=x.astype(np.float32) if keep else None,
+        nonfinite=bad,
     )

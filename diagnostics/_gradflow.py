@@ -20,6 +20,7 @@ import statistics
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,36 @@ from torch import Tensor, nn
 from contracts import TorchdxError
 
 from . import _distributed as _dd
-from ._monitor_grads import adam_second_moments
+from ._monitor_grads import update_directions
 from ._structure import structure_version
 
 __all__ = ["GradFlow", "GradFlowError", "GradFlowReport"]
+
+_GRAD = attrgetter("grad")
+_IS_SPARSE = attrgetter("is_sparse")
+_REQUIRES_GRAD = attrgetter("requires_grad")
+_ORIG = "_orig_mod"  # the attribute torch.compile's wrapper keeps the original module under
+
+
+def _unwrap(model: Any) -> tuple[Any, Any]:
+    """``(the user's module, the DDP wrapper or None)`` behind ``torch.compile``,
+    ``DistributedDataParallel`` and ``DataParallel`` wrappers, in any nesting."""
+    ddp = None
+    while True:
+        if _dd._is_ddp(model):
+            ddp, model = model, model.module
+        elif isinstance(model, nn.DataParallel):
+            model = model.module
+        elif isinstance(getattr(model, _ORIG, None), nn.Module) and _ORIG in model._modules:
+            model = model._modules[_ORIG]
+        else:
+            return model, ddp
+
+
+def _clean(name: str) -> str:
+    """A parameter or module path without the ``_orig_mod`` segments of compiled submodules
+    (``enc._orig_mod.0.weight`` -> ``enc.0.weight``): the names of the user's model."""
+    return name if _ORIG not in name else ".".join(p for p in name.split(".") if p != _ORIG)
 
 
 class GradFlowError(TorchdxError, ValueError):
@@ -63,7 +90,7 @@ def _frozen_modules(model: nn.Module) -> list[str]:
         if layers:
             frozen.append(name)
     return [
-        f"{n} ({sum(p.numel() for p in model.get_submodule(n).parameters()):,} parameters)"
+        f"{_clean(n)} ({sum(p.numel() for p in model.get_submodule(n).parameters()):,} parameters)"
         for n in frozen
     ]
 
@@ -78,6 +105,8 @@ class GradFlowReport:
         param_norms: ``{parameter name: L2 norm of its gradient}`` (params with a gradient).
         module_norms: ``{module path: L2 norm over its subtree}``; ``""`` is the root.
         unused: trainable parameters whose ``.grad`` is None (no gradient reached them).
+            A parameter frozen since GradFlow was built is frozen, not read, even when it
+            still holds a stale ``.grad``.
         zero: parameters whose gradient is all zeros.
         nonfinite: parameters whose gradient norm is NaN/Inf.
         frozen: modules whose weights are all frozen (``requires_grad=False``) while the rest
@@ -90,9 +119,11 @@ class GradFlowReport:
             the history window (exploding also when non-finite).
         exploding_modules / vanishing_modules: the same test per module against its own history.
         update_ratios: ``{parameter: estimated |update| / |weight|}`` when an optimizer was given
-            (``lr * |g|`` for SGD-like optimizers, ``lr * |g / (sqrt(v_hat) + eps)|`` when the
-            optimizer keeps Adam's ``exp_avg_sq``, ``v_hat`` bias-corrected as Adam does),
-            else None.
+            (``lr * |g / (sqrt(v_hat) + eps)|`` when the optimizer keeps Adam's ``exp_avg_sq``,
+            ``v_hat`` bias-corrected as Adam does; the exact next step of RMSprop, Adagrad and
+            SGD with momentum or weight decay; ``lr * |g|`` otherwise: plain SGD, Adam before
+            its first step, optimizers it does not know), of the unscaled gradients under a
+            GradScaler; else None.
         scale: the GradScaler scale the norms were divided by (None without a scaler).
         overflow: non-finite gradients under an enabled GradScaler (the scaler skips the step).
         rank: torch.distributed rank (None outside it).
@@ -256,9 +287,7 @@ class GradFlow:
         local: bool = True,
         comm_hook: tuple[Any, Any] | None = None,
     ) -> None:
-        self.ddp = model if _dd._is_ddp(model) else None
-        if self.ddp is not None:
-            model = self.ddp.module
+        model, self.ddp = _unwrap(model)  # names of the user's model, not module./_orig_mod.
         if not isinstance(model, nn.Module):
             raise GradFlowError(
                 f"GradFlow(model): expected an nn.Module, got {type(model).__name__}"
@@ -282,22 +311,39 @@ class GradFlow:
         if self.ddp is not None and local:
             self._register_hook(comm_hook)
 
+    def _signature(self) -> list[tuple[str, int, bool]]:
+        """What the index depends on: every parameter name (each name of a tied one), the
+        parameter's identity and whether it trains."""
+        return [
+            (n, id(p), p.requires_grad)
+            for n, p in self.model.named_parameters(remove_duplicate=False)
+        ]
+
+    def _refresh(self) -> None:
+        """Something registered a parameter, buffer or module somewhere in the process: index
+        again only when this model's parameters changed (a loss module built each step, a
+        compiled graph, another model must not cost a full index nor restart the history)."""
+        self._structure = structure_version()
+        if self._signature() != self._sig:
+            self._index()
+
     def _index(self) -> None:
         """Index the model's trainable parameters: names, module subtrees, the norms' plan.
-        Done again when a parameter, buffer or module was registered since (a new head), or a
-        parameter was frozen or unfrozen; the module-norm history restarts then (its rows
-        follow the module list)."""
+        Done again when a parameter or module of this model was registered since (a new head),
+        or a parameter was frozen or unfrozen; the module-norm history restarts then only when
+        the list of modules changed (its rows follow that list)."""
         model = self.model
         self._structure = structure_version()
+        self._sig = self._signature()
         # the frozen ones: one unfrozen since is read from the next record on
         self._frozen_params = [p for p in model.parameters() if not p.requires_grad]
-        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._named = [(_clean(n), p) for n, p in model.named_parameters() if p.requires_grad]
         self._frozen = _frozen_modules(model)
         # every name a parameter is known by (frozen ones, and each name of a tied one) ->
         # the name its norm is reported under (None: frozen, no norm)
         first = {id(p): n for n, p in self._named}
         self._known = {
-            n: first.get(id(p)) for n, p in model.named_parameters(remove_duplicate=False)
+            _clean(n): first.get(id(p)) for n, p in model.named_parameters(remove_duplicate=False)
         }
         self._tied = any(c is not None and c != n for n, c in self._known.items())
         names = [n for n, _ in self._named]
@@ -307,6 +353,7 @@ class GradFlow:
             parts = n.split(".")[:-1]
             for d in range(1, len(parts) + 1):
                 mods.setdefault(".".join(parts[:d]), []).append(i)
+        old_mods = getattr(self, "_mod_names", None)
         self._mod_names = list(mods)
         # module squared norm = its own parameters' squares + its child modules' sums, summed
         # deepest module first: one pass of plain floats (numpy's per-call cost, paid cold after
@@ -321,15 +368,17 @@ class GradFlow:
                 kids[m.rpartition(".")[0]].append(row[m])
         deepest_first = sorted(mods, key=lambda m: -(m.count(".") + 1 if m else 0))
         self._mod_plan = [(row[m], _getter(own[m]), _getter(kids[m])) for m in deepest_first]
-        self._mod_hist: deque[list[float]] = deque(maxlen=self.window)  # finite steps
+        if old_mods != self._mod_names:  # finite steps; rows follow the module list
+            self._mod_hist: deque[list[float]] = deque(maxlen=self.window)
         self._pos = {id(p): i for i, (_, p) in enumerate(self._named)}
         self._params = [p for _, p in self._named]
         self._all_names = [n for n, _ in self._named]  # shared by every report (read-only)
         self._all_idx = list(range(len(self._named)))
-        # one device and one full-precision dtype (gradients share their parameter's): the
-        # norms need no grouping
+        # one device and one float dtype (gradients share their parameter's): the norms need no
+        # grouping; float32-accumulated unless float64
         kinds = {(p.device, p.dtype) for _, p in self._named}
-        self._uniform = len(kinds) == 1 and next(iter(kinds))[1] in (torch.float32, torch.float64)
+        dt = next(iter(kinds))[1] if len(kinds) == 1 else None
+        self._uniform = dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
     def _register_hook(self, comm_hook: tuple[Any, Any] | None) -> None:
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -372,9 +421,11 @@ class GradFlow:
 
         Args:
             optimizer: when given, per-parameter update/weight ratios are estimated from its
-                ``lr`` (and Adam's ``exp_avg_sq`` when present).
-            scaler: a ``torch.amp.GradScaler``; norms are divided by its scale unless the
-                optimizer's gradients were already unscaled (``scaler.unscale_(optimizer)``).
+                ``lr`` and state (Adam's ``exp_avg_sq``, momentum buffers, RMSprop's and
+                Adagrad's accumulators); read only.
+            scaler: a ``torch.amp.GradScaler``; norms and ratios are of the gradients divided
+                by its scale unless they were already unscaled (``scaler.unscale_(optimizer)``;
+                without ``optimizer``: unscaled for any optimizer of the scaler).
             output: the model's output of this step: fills ``ddp_unused`` (parameters it does
                 not depend on, as DDP's ``find_unused_parameters`` would find them).
             gather: under torch.distributed, every rank's local total norm into
@@ -383,21 +434,23 @@ class GradFlow:
         Returns:
             A :class:`GradFlowReport`; gradients are only read, never modified.
         """
-        if structure_version() != self._structure or any(
-            p.requires_grad for p in self._frozen_params
+        if structure_version() != self._structure:
+            self._refresh()  # a module added or replaced (checked against this model)
+        # C-speed passes (map/attrgetter, no Python bytecode per parameter): the gradients, and
+        # whether one is missing or sparse (the AttributeError of a None) or a parameter was
+        # frozen (its stale .grad must not be read as a gradient) or unfrozen since the index
+        grads = list(map(_GRAD, self._params))
+        try:
+            common = not any(map(_IS_SPARSE, grads))  # every gradient present and dense
+        except AttributeError:
+            common = False
+        if not all(map(_REQUIRES_GRAD, self._params)) or any(
+            map(_REQUIRES_GRAD, self._frozen_params)
         ):
-            self._index()  # a module added or replaced, a parameter unfrozen
-        grads = [p.grad for p in self._params]
-        sparse = False
-        common = True  # every gradient present and dense: no per-parameter bookkeeping
-        for g in grads:
-            if g is None or g.is_sparse:
-                common = False
-                break
-        # a parameter frozen since has no new gradient: looked for only when one is missing
-        if not common and not all(p.requires_grad for p in self._params):
             self._index()
-            grads = [p.grad for p in self._params]
+            grads = list(map(_GRAD, self._params))
+            common = all(g is not None and not g.is_sparse for g in grads)
+        sparse = False
         if common:
             names, have, unused = self._all_names, self._all_idx, []
         else:
@@ -421,10 +474,11 @@ class GradFlow:
             scale_t = scaler._scale if isinstance(getattr(scaler, "_scale", None), Tensor) else None
             if scale_t is None:
                 scale_t = torch.tensor(float(scaler.get_scale()))
-            extra.append(scale_t.float().reshape(1).to(dev))
+            scale_t = scale_t.float().reshape(1).to(dev)
+            extra.append(scale_t)
         ratio_idx = None
         if optimizer is not None and grads:
-            ratio_idx, rt = _update_ratios(optimizer, self._named, have, grads, dev)
+            ratio_idx, rt = _update_ratios(optimizer, self._named, have, grads, dev, scale_t)
             extra.append(rt)
         local_idx: list[int] = []
         if self._local:
@@ -451,7 +505,7 @@ class GradFlow:
             for k, v in zip(bad, redo.tolist(), strict=True):
                 pn[k] = v / scale if scale and math.isfinite(scale) else v
         if len(have) == len(self._named):  # every parameter has a gradient (the common case)
-            sq = [v * v for v in pn]
+            sq = list(map(operator.mul, pn, pn))
         else:
             sq = [0.0] * len(self._named)
             for i, v in zip(have, pn, strict=True):
@@ -544,13 +598,21 @@ def _getter(idx: list[int]) -> Callable[[list[float]], tuple[float, ...]]:
 def _fused_norms(grads: list[Tensor], uniform: bool = False) -> Tensor:
     """L2 norm per gradient (same order) as one float32 vector; one kernel per group.
 
-    ``uniform``: the caller knows every gradient has one device and one full-precision float
-    dtype (the common case, checked once per model): no grouping.
+    ``uniform``: the caller knows every gradient has one device and one real float dtype (the
+    common case, checked once per model): no grouping. Half-precision gradients are accumulated
+    in float32 (fp16 squares overflow past ``|g|`` ~ 256), also when the model was converted
+    (``model.half()``) after the caller checked; a model moved since to float64 or onto several
+    devices is grouped as below.
     """
     if not grads:
         return torch.zeros(0)
     if uniform:
-        return torch.stack(torch._foreach_norm(grads)).float()
+        try:
+            if grads[0].dtype == torch.float64:
+                return torch.stack(torch._foreach_norm(grads)).float()
+            return torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        except RuntimeError:  # float64 among float32, or gradients on several devices
+            pass
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, g in enumerate(grads):
         groups.setdefault((g.device, g.dtype), []).append(i)
@@ -559,8 +621,8 @@ def _fused_norms(grads: list[Tensor], uniform: bool = False) -> Tensor:
     for (_, gdt), idx in groups.items():
         gs = [grads[i] for i in idx]
         if gdt in (torch.float16, torch.bfloat16):
-            # fp16 squares overflow past |g| ~ 256: norm of the fp32 view of each gradient
-            v = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in gs])
+            # fp16 squares overflow past |g| ~ 256: accumulated (and returned) in float32
+            v = torch.stack(torch._foreach_norm(gs, 2, dtype=torch.float32))
         else:
             v = torch.stack(torch._foreach_norm(gs)).float()
         parts.append(v.to(dev, non_blocking=True))
@@ -574,25 +636,35 @@ def _fused_norms(grads: list[Tensor], uniform: bool = False) -> Tensor:
 
 
 def _scaled(scaler: Any, optimizer: Any) -> bool:
-    """Whether the gradients still carry the scaler's scale."""
+    """Whether the gradients still carry the scaler's scale: the optimizer's stage is READY
+    (not unscaled, not stepped). Without an optimizer: no optimizer of this scaler has been
+    unscaled (``scaler.unscale_(opt)``) or stepped since the last ``update()``."""
     if not scaler.is_enabled():
         return False
-    if optimizer is None:
-        return True
     states = getattr(scaler, "_per_optimizer_states", {})
+    if optimizer is None:
+        stages = [st.get("stage") for st in list(states.values())]
+        return all(getattr(stage, "name", "READY") == "READY" for stage in stages)
     stage = states.get(id(optimizer), {}).get("stage")
     return getattr(stage, "name", "READY") == "READY"
 
 
 def _update_ratios(
-    optimizer: Any, named: list[tuple[str, Tensor]], have: list[int], grads: list[Tensor], dev
+    optimizer: Any,
+    named: list[tuple[str, Tensor]],
+    have: list[int],
+    grads: list[Tensor],
+    dev: torch.device,
+    scale: Tensor | None = None,
 ) -> tuple[list[int], Tensor]:
     """Estimated |update| / |weight| per parameter with a gradient (device vector).
 
-    Fused: one ``_foreach`` kernel per step of the formula over all parameters. Adam-like ones
-    (with ``exp_avg_sq``): ``lr * |g / (sqrt(v_hat) + eps)|``, ``v_hat`` bias-corrected as
-    Adam steps with it (:func:`adam_second_moments`, the TrainingMonitor's reading too);
-    others ``lr * |g|``.
+    Fused: ``_foreach`` kernels over all parameters. The update is ``lr * d`` with ``d`` from
+    :func:`update_directions` (Adam-like: ``g / (sqrt(v_hat) + eps)``, ``v_hat`` bias-corrected
+    as Adam steps with it, the TrainingMonitor's reading too; RMSprop, Adagrad and SGD with
+    momentum or weight decay: the step they are about to take), else ``d = g``. ``scale``: the
+    GradScaler scale the gradients still carry (device tensor): they are unscaled first, as the
+    optimizer will see them.
     """
     lr_of = {id(p): float(g.get("lr", 0.0)) for g in optimizer.param_groups for p in g["params"]}
     idx: list[int] = []
@@ -609,28 +681,18 @@ def _update_ratios(
         gs.append(g)
     if not idx:
         return [], torch.zeros(0, device=dev)
+    if scale is not None:  # new tensors: the user's gradients are not touched
+        inv = (1.0 / scale).reshape(())
+        try:
+            gs = torch._foreach_mul(gs, inv.to(gs[0].device))
+        except RuntimeError:  # gradients on several devices
+            gs = [g * inv.to(g.device) for g in gs]
     u: list[Tensor | None] = [None] * len(idx)
-    adaptive = adam_second_moments(optimizer, params, gs)
-    if adaptive:
-        ks, vs, scale, eps = zip(*adaptive, strict=True)
-        den = torch._foreach_sqrt(list(vs))
-        torch._foreach_mul_(den, list(scale))  # Adam's bias correction of v
-        torch._foreach_add_(den, list(eps))
-        q = torch._foreach_div([gs[k] for k in ks], den)
-        for k, n in zip(ks, torch._foreach_norm(q), strict=True):
-            u[k] = n
-    plain = [k for k in range(len(idx)) if u[k] is None]
-    if plain:
-        for k, n in zip(plain, torch._foreach_norm([gs[k] for k in plain]), strict=True):
-            u[k] = n
-    up = _stack_on(u, dev) * torch.tensor(lrs, device=dev)
-    w = _stack_on(torch._foreach_norm([p.detach() for p in params]), dev)
+    ks, ds = update_directions(optimizer, params, gs)
+    for k, d in zip(ks, ds, strict=True):
+        u[k] = d
+    dirs = [gs[k] if d is None else d for k, d in enumerate(u)]
+    # uniform: one fused kernel unless the dtypes or devices differ (grouped then)
+    up = _fused_norms(dirs, uniform=True).to(dev) * torch.tensor(lrs, device=dev)
+    w = _fused_norms([p.detach() for p in params], uniform=True).to(dev)
     return idx, up / w.clamp_min(1e-12)
-
-
-def _stack_on(xs: list[Tensor], dev: torch.device) -> Tensor:
-    """0-d tensors as one float32 vector on ``dev`` (one op when they share a device)."""
-    try:
-        return torch.stack(xs).float().to(dev)
-    except RuntimeError:  # spread over devices
-        return torch.stack([x.float().to(dev) for x in xs])

@@ -18,7 +18,7 @@ Cost and guarantees: the norms are computed on the device with ``torch._foreach_
 transfer: one host sync per logged step, histogram steps included (their values travel in the
 same transfer). Nothing observed is written to: training with the monitor is bit-identical to
 training without it. On an exception inside a ``with`` block (or :meth:`guard`) the exception is written as text and the
-writer flushed before it propagates.
+writer flushed before it propagates; a monitor left open is flushed at interpreter exit.
 
 Tag layout (what ``python -m diagnostics.inspect_run`` reads):
 ``train/loss``, ``train/<name>`` (extra scalars without a ``/``), ``val/<name>`` (extra scalars
@@ -31,12 +31,16 @@ named ``val_<name>``), verbatim ``<prefix>/<name>`` for extra names with a ``/``
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
+import sys
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -44,9 +48,11 @@ from torch import Tensor, nn
 
 from contracts import TorchdxError
 
-from ._gradflow import _fused_norms
-from ._monitor_grads import adam_second_moments, histogram_payload, write_histograms
+from ._gradflow import _clean, _fused_norms, _scaled
+from ._gradflow import _unwrap as _unwrap_all
+from ._monitor_grads import histogram_payload, needs_directions, update_directions, write_histograms
 from ._monitor_render import custom_scalars_layout, grad_flow_image, summary_markdown
+from ._structure import structure_version
 
 __all__ = ["MonitorConfig", "TrainingMonitor", "TrainingMonitorError"]
 
@@ -94,13 +100,27 @@ class MonitorConfig:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
+    return _unwrap_all(model)[0]
+
+
+_REQUIRES_GRAD = attrgetter("requires_grad")
+# monitors not closed yet: flushed and closed at interpreter exit (an uncaught exception, or
+# sys.exit, in a loop without ``with``), so the steps logged before a crash reach the disk
+_OPEN: weakref.WeakSet[TrainingMonitor] = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    crash = getattr(sys, "last_value", None)  # set by the interpreter for an uncaught exception
+    for mon in list(_OPEN):
+        try:
+            if crash is not None and crash is not mon._last_value_at_start and not mon.closed:
+                mon.log_exception(crash)
+            mon.close()
+        except Exception:  # at exit: never mask the program's own outcome
+            pass
+
+
+atexit.register(_close_at_exit)
 
 
 def _group_of(name: str, depth: int) -> str:
@@ -122,7 +142,15 @@ class TrainingMonitor:
         nanwatch: a :class:`~diagnostics.NanWatch` whose ``last_status`` is logged.
         cfg_monitor: a :class:`~diagnostics.CFGDropoutMonitor` whose drop rate is logged.
         layout: write a custom-scalars layout (default True).
-        ratio_every: update ratios every this many logged steps under an adaptive optimizer.
+        ratio_every: update ratios every this many logged steps when the update direction is
+            not the gradient (Adam, RMSprop, Adagrad, SGD with momentum or weight decay).
+        scaler: a ``torch.amp.GradScaler``: gradient norms, update ratios and gradient
+            histograms are of the unscaled gradients (divided by the scale while the gradients
+            still carry it).
+
+    A monitor never closed is flushed and closed at interpreter exit (an uncaught exception,
+    written as ``monitor/exception``, or ``sys.exit``); a signal that kills the process runs no
+    exit code.
 
     Example:
         >>> with TrainingMonitor(model, "runs/exp1", every=10, optimizer=opt) as mon:
@@ -145,6 +173,7 @@ class TrainingMonitor:
         cfg_monitor: Any = None,
         layout: bool = True,
         ratio_every: int = 10,
+        scaler: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TrainingMonitorError(
@@ -169,26 +198,17 @@ class TrainingMonitor:
             )
         self.model, self.optimizer = model, optimizer
         self.nanwatch, self.cfg_monitor = nanwatch, cfg_monitor
-        inner = _unwrap(model)  # group names of the user's module, not "module." / "_orig_mod."
-        self._named = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
+        self.scaler = scaler
+        self._inner = _unwrap(model)  # group names of the user's module, not module./_orig_mod.
+        self.groups: list[str] = []
+        self._counts: dict[str, int] = {}  # param_count/<group> written
+        self._index()
         if not self._named:
             raise TrainingMonitorError(
                 f"TrainingMonitor: {type(model).__name__} has no trainable parameters"
             )
-        self.groups: list[str] = []
-        index: dict[str, int] = {}
-        self._gidx: list[int] = []
-        for n, _ in self._named:
-            g = _group_of(n, depth)
-            if g not in index:
-                index[g] = len(self.groups)
-                self.groups.append(g)
-            self._gidx.append(index[g])
-        self._gi_cache: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
-        self._gi_all = torch.tensor(self._gidx, device=self._named[0][1].device)  # (P,)
         self._cfg_seen = 0  # CFGDropoutMonitor.history entries already logged
         self._layout_written = False
-        self._counts_written = False
         self._grad_logs = 0  # logged steps with gradients (update-ratio cadence)
         self._adaptive_seen = False
         self._layout_prefixes: set[str] = set()
@@ -200,6 +220,42 @@ class TrainingMonitor:
         self._flow_steps: list[int] = []  # grad-norm history for the closing figure
         self._flow: list[list[float]] = []  # per logged step: grad norm per group (nan: none)
         self.closed = False
+        self._last_value_at_start = getattr(sys, "last_value", None)
+        _OPEN.add(self)
+
+    def _signature(self) -> list[tuple[str, int, bool]]:
+        return [(n, id(p), p.requires_grad) for n, p in self._inner.named_parameters()]
+
+    def _index(self) -> None:
+        """List the trainable parameters and their groups; done again when this model's
+        parameters change (a module added, a parameter frozen or unfrozen). Groups keep their
+        order; new ones are appended (older heat-map columns show them blank)."""
+        self._structure = structure_version()
+        self._sig = self._signature()
+        named = list(self._inner.named_parameters())
+        self._named = [(_clean(n), p) for n, p in named if p.requires_grad]
+        self._frozen_params = [p for _, p in named if not p.requires_grad]
+        index = {g: j for j, g in enumerate(self.groups)}
+        self._gidx: list[int] = []
+        for n, _ in self._named:
+            g = _group_of(n, self.cfg.depth)
+            if g not in index:
+                index[g] = len(self.groups)
+                self.groups.append(g)
+            self._gidx.append(index[g])
+        self._gi_cache: dict[tuple[Any, tuple[int, ...]], Tensor] = {}
+        if self._named:
+            self._gi_all = torch.tensor(self._gidx, device=self._named[0][1].device)  # (P,)
+        self._counts_written = False  # (again) the size of each group
+
+    def _check_index(self) -> None:
+        """Index again when something registered a parameter or module (anywhere: checked
+        against this model) or a frozen parameter was unfrozen."""
+        moved = structure_version() != self._structure
+        if moved or any(map(_REQUIRES_GRAD, self._frozen_params)):
+            self._structure = structure_version()
+            if self._signature() != self._sig:
+                self._index()
 
     def __repr__(self) -> str:
         where = getattr(self.writer, "log_dir", "?")
@@ -247,20 +303,30 @@ class TrainingMonitor:
         grads_stats = False
         have: list[int] = []
         if train:
-            have = [i for i, (_, p) in enumerate(self._named) if p.grad is not None]
+            self._check_index()
+            # a parameter frozen since may keep a stale .grad: not a gradient of this step
+            have = [
+                i for i, (_, p) in enumerate(self._named) if p.grad is not None and p.requires_grad
+            ]
         n_upd, adaptive_opt = 0, False
+        scale = None  # the GradScaler scale the gradients still carry (device tensor)
+        if have and self.scaler is not None and _scaled(self.scaler, self.optimizer):
+            sc = getattr(self.scaler, "_scale", None)
+            scale = sc if isinstance(sc, Tensor) else torch.tensor(float(self.scaler.get_scale()))
         if have:
             grads_stats = True
             adaptive_opt = self._is_adaptive()
             ratio_step = self._grad_logs % self.cfg.ratio_every == 0
             self._grad_logs += 1
-            grad_t, n_upd = self._grad_tensors(have, directions=adaptive_opt and ratio_step)
+            grad_t, n_upd = self._grad_tensors(
+                have, directions=adaptive_opt and ratio_step, scale=scale
+            )
             tensors += grad_t
         hist_step = bool(train and have and self.cfg.hist_every and step % self.cfg.hist_every == 0)
         spans: list[tuple[str, int]] = []
         n_values = sum(t.numel() for t in tensors)
         if hist_step:  # the histogram values travel in the same transfer
-            pieces, spans = self._hist_payload(have)
+            pieces, spans = self._hist_payload(have, scale)
             tensors += pieces
         values: list[float] = []
         host = torch.zeros(0)
@@ -284,13 +350,14 @@ class TrainingMonitor:
                 if ratio_now and lrs is not None and lrs[j] is not None and pnorm[j] > 0:
                     out.append((f"update_ratio/{g}", lrs[j] * unorm[j] / pnorm[j]))
             out.append(("grad_norm/total", total))
-            if not self._counts_written:  # once: the size of each group (inspect_run reads it)
-                counts = [0] * G
+            if not self._counts_written:  # the size of each group (inspect_run reads it): once,
+                counts = [0] * G  # and again for a group that changed (a module added)
                 for (_, prm), j in zip(self._named, self._gidx, strict=True):
                     counts[j] += prm.numel()
-                out += [
-                    (f"param_count/{g}", float(n)) for g, n in zip(self.groups, counts, strict=True)
-                ]
+                for g, n in zip(self.groups, counts, strict=True):
+                    if n and self._counts.get(g) != n:
+                        out.append((f"param_count/{g}", float(n)))
+                        self._counts[g] = n
                 self._counts_written = True
             if len(self._flow) < 5000:
                 present_set = {self._gidx[i] for i in have}
@@ -314,27 +381,37 @@ class TrainingMonitor:
         self.logged_steps += 1
 
     def _is_adaptive(self) -> bool:
-        """Does the optimizer keep Adam's second moment (for any parameter yet)?"""
-        if not self._adaptive_seen:  # checked until it is (it stays adaptive)
-            state = getattr(self.optimizer, "state", None)
-            self._adaptive_seen = bool(state) and any("exp_avg_sq" in st for st in state.values())
+        """Is some update direction not the gradient (Adam's second moment kept, RMSprop,
+        Adagrad, SGD with momentum or weight decay)? Once it is, it stays so."""
+        if not self._adaptive_seen:  # checked until it is
+            self._adaptive_seen = needs_directions(self.optimizer)
         return self._adaptive_seen
 
-    def _grad_tensors(self, have: list[int], directions: bool) -> tuple[list[Tensor], int]:
+    def _grad_tensors(
+        self, have: list[int], directions: bool, scale: Tensor | None = None
+    ) -> tuple[list[Tensor], int]:
         """Device tensors: group gradient norms (G), parameter norms (G), the total norm (1)
-        and, when the optimizer is adaptive, group norms of the update direction (G).
+        and, when the update direction is not the gradient, group norms of the direction (G).
 
-        The update direction of a parameter is its gradient, or ``grad / (sqrt(v_hat) + eps)``
-        when the optimizer keeps Adam's second moment ``v`` (``exp_avg_sq``; ``v_hat`` its
-        bias-corrected value) for it, so
-        ``update_ratio = lr * |direction| / |param|`` estimates |Δθ|/|θ| for SGD and Adam
-        alike (as GradFlow's update ratios do). Returns the tensors and how many parameters
-        had an adaptive direction (0: the fourth block is absent).
+        The update direction of a parameter is its gradient, or what
+        :func:`~diagnostics._monitor_grads.update_directions` reads off the optimizer:
+        ``grad / (sqrt(v_hat) + eps)`` when it keeps Adam's second moment ``v`` (``exp_avg_sq``;
+        ``v_hat`` its bias-corrected value), the step RMSprop, Adagrad or SGD with momentum is
+        about to take; so ``update_ratio = lr * |direction| / |param|`` estimates |Δθ|/|θ|
+        (as GradFlow's update ratios do). ``scale``: the GradScaler scale the gradients carry;
+        every gradient-side number is unscaled. A sparse gradient is read through its values.
+        Returns the tensors and how many parameters had their own direction (0: the fourth
+        block is absent).
         """
         params = [self._named[i][1] for i in have]
         grads = [p.grad for p in params]
+        grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
         dev = grads[0].device
         gn = _fused_norms(grads).to(dev)  # (P,)
+        inv = None
+        if scale is not None:  # norms are linear in the gradient: unscaled after the fact
+            inv = (1.0 / scale.float()).reshape(()).to(dev)
+            gn = gn * inv
         pn = _fused_norms([p.detach() for p in params]).to(dev)  # (P,)
         key = (dev, tuple(have))
         if len(have) == len(self._named) and key not in self._gi_cache:
@@ -348,18 +425,16 @@ class TrainingMonitor:
         gsq = zeros.index_add(0, gi, gn.square())  # (G,) squared group grad norms
         psq = zeros.index_add(0, gi, pn.square())  # (G,)
         out = [gsq.sqrt(), psq.sqrt(), gsq.sum().sqrt().reshape(1)]
-        adaptive = adam_second_moments(self.optimizer, params, grads) if directions else []
-        if adaptive:
-            idx, vs, scale, eps = zip(*adaptive, strict=True)
-            den = torch._foreach_sqrt(list(vs))
-            torch._foreach_mul_(den, list(scale))  # Adam's bias correction of v
-            torch._foreach_add_(den, list(eps))
+        if directions and inv is not None:  # the optimizer's rules see unscaled gradients
+            grads = [g * inv.to(g.device) for g in grads]  # new tensors: .grad is untouched
+        idx, ds = update_directions(self.optimizer, params, grads) if directions else ([], [])
+        if idx:
             dirs = list(grads)
-            for k, u in zip(idx, torch._foreach_div([grads[k] for k in idx], den), strict=True):
+            for k, u in zip(idx, ds, strict=True):
                 dirs[k] = u
             un = _fused_norms(dirs).to(dev)  # (P,)
             out.append(zeros.index_add(0, gi, un.square()).sqrt())  # (G,)
-        return out, len(adaptive)
+        return out, len(idx)
 
     def _emit(self, step: int, pairs: list[tuple[str, float]]) -> None:
         """Write the scalars of one step: as ONE event through a SummaryWriter's file writer
@@ -422,12 +497,20 @@ class TrainingMonitor:
         rate = sum(d for d, _ in hist) / total
         return [("cfg/drop_rate", rate), ("cfg/p", float(mon.p)), ("cfg/drop_n", float(total))]
 
-    def _hist_payload(self, have: list[int]) -> tuple[list[Tensor], list[tuple[str, int]]]:
+    def _hist_payload(
+        self, have: list[int], scale: Tensor | None = None
+    ) -> tuple[list[Tensor], list[tuple[str, int]]]:
         by_group: dict[int, list[tuple[Tensor, Tensor]]] = {}
         for i in have:
             p = self._named[i][1]
-            by_group.setdefault(self._gidx[i], []).append((p, p.grad))
-        return histogram_payload({self.groups[j]: pg for j, pg in by_group.items()})
+            g = p.grad.coalesce().values() if p.grad.is_sparse else p.grad
+            by_group.setdefault(self._gidx[i], []).append((p, g))
+        pieces, spans = histogram_payload({self.groups[j]: pg for j, pg in by_group.items()})
+        if scale is not None:  # gradients as the optimizer will see them
+            inv = (1.0 / scale.float()).reshape(())
+            pieces = [x * inv.to(x.device) if tag.startswith("grads/") else x
+                      for x, (tag, _) in zip(pieces, spans, strict=True)]  # fmt: skip
+        return pieces, spans
 
     def _write_layout(self) -> None:
         """Write the custom-scalars layout; rewritten when a new tag prefix appears."""
@@ -443,7 +526,8 @@ class TrainingMonitor:
         counts = [0] * len(self.groups)
         for (_, p), j in zip(self._named, self._gidx, strict=True):
             counts[j] += p.numel()
-        last = self._flow[-1] if self._flow else [math.nan] * len(self.groups)
+        last = list(self._flow[-1]) if self._flow else []
+        last += [math.nan] * (len(self.groups) - len(last))  # a group added since
         head = (
             f"TrainingMonitor over {type(self.model).__name__}: {self.logged_steps} logged steps "
             f"(every={self.cfg.every}, hist_every={self.cfg.hist_every}), last step "

@@ -62,6 +62,10 @@ def summary_markdown(head: str, groups: list[str], counts: list[int], last: list
 def grad_flow_image(groups: list[str], steps: list[int], flow: list[list[float]]) -> Any:
     """HWC uint8 heat map: log10 gradient norm per group (rows) over logged steps (columns).
 
+    Each column sits at its step on the x axis (steps logged out of order are sorted; a step
+    logged twice shows its last values; uneven gaps keep their width); a row shorter than
+    ``groups`` (a group added later in the run) is blank before it appeared.
+
     Raises:
         ImportError: matplotlib is not installed (the ``viz`` extra).
     """
@@ -69,16 +73,27 @@ def grad_flow_image(groups: list[str], steps: list[int], flow: list[list[float]]
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: lazily
     from matplotlib.figure import Figure
 
-    data = np.log10(np.clip(np.array(flow, dtype=float).T, 1e-12, None))  # (G, S)
+    last = {s: i for i, s in enumerate(steps)}  # step -> its last logged column
+    xs = sorted(last)
+    rows = [flow[last[s]] + [float("nan")] * (len(groups) - len(flow[last[s]])) for s in xs]
+    data = np.log10(np.clip(np.array(rows, dtype=float).T, 1e-12, None))  # (G, S)
+    x = np.array(xs, dtype=float)
+    if len(x) > 1:  # column edges halfway between neighbouring steps
+        mid = (x[1:] + x[:-1]) / 2
+        edges = np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
+    else:
+        edges = np.array([x[0] - 0.5, x[0] + 0.5])
     fig = Figure(figsize=(8, 1.2 + 0.35 * len(groups)), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    extent = (steps[0] - 0.5, steps[-1] + 0.5, len(groups) - 0.5, -0.5)
-    im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap="viridis", extent=extent)
+    mesh = ax.pcolormesh(
+        edges, np.arange(len(groups) + 1) - 0.5, np.ma.masked_invalid(data), cmap="viridis"
+    )
+    ax.set_ylim(len(groups) - 0.5, -0.5)  # first group on top
     ax.set_yticks(range(len(groups)), groups)
     ax.set_xlabel("step")
-    ax.set_title("gradient flow: log10 gradient norm per module group (dark = vanishing)")
-    fig.colorbar(im, ax=ax, label="log10 |grad|")
+    ax.set_title("gradient flow: log10 gradient norm per group (dark = vanishing)")
+    fig.colorbar(mesh, ax=ax, label="log10 |grad|")
     fig.tight_layout()
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)

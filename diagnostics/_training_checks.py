@@ -16,7 +16,10 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import is_dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -54,12 +57,12 @@ def check_padding_leak(
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         base = float(loss_fn(logits, targets, mask))
-        t2 = torch.where(
-            mask, targets, torch.randint(0, logits.shape[-1], targets.shape, generator=g)
-        )
-        l2 = torch.where(
-            mask[..., None], logits, 3 * torch.randn(logits.shape, generator=g, dtype=logits.dtype)
-        )
+        # drawn on the host from the check's own generator (the caller's RNG is untouched),
+        # then moved to the batch's device and dtype (a CUDA batch, int32 targets)
+        noise_t = torch.randint(0, logits.shape[-1], targets.shape, generator=g)
+        noise_l = 3 * torch.randn(logits.shape, generator=g, dtype=torch.float32)
+        t2 = torch.where(mask, targets, noise_t.to(targets.device, targets.dtype))
+        l2 = torch.where(mask[..., None], logits, noise_l.to(logits.device, logits.dtype))
         moved = float(loss_fn(l2, t2, mask))
     if not math.isclose(base, moved, rel_tol=1e-5, abs_tol=1e-6):
         raise TrainingCheckError(
@@ -72,28 +75,44 @@ def check_padding_leak(
 
 
 def check_no_retained_graph(obj: Any, name: str = "obj") -> None:
-    """Raise :class:`TrainingCheckError` if ``obj`` (a tensor or nested dict/list/tuple of them)
-    holds a tensor attached to an autograd graph.
+    """Raise :class:`TrainingCheckError` if ``obj`` holds a tensor attached to an autograd graph
+    (a ``grad_fn``): a tensor, or one inside dicts (any mapping), lists, tuples, sets, deques,
+    dataclass instances and ``SimpleNamespace`` records, nested (each container visited once,
+    so a cycle ends). Other objects are not looked into.
 
     Seed guide, "Memory leak during training": keeping ``loss`` (not ``loss.item()``) in a
-    history list keeps every step's graph alive, so memory grows with the step count.
+    history list keeps every step's graph alive, so memory grows with the step count. A leaf
+    that requires grad (a parameter) holds no graph and is not flagged.
     """
+    seen: set[int] = set()
 
     def walk(o: Any, path: str) -> None:
         if isinstance(o, Tensor):
-            if o.requires_grad or o.grad_fn is not None:
+            if o.grad_fn is not None:
                 raise TrainingCheckError(
                     f"check_no_retained_graph: {path} is a tensor attached to an autograd "
-                    f"graph (grad_fn={type(o.grad_fn).__name__ if o.grad_fn else None}); it "
+                    f"graph (grad_fn={type(o.grad_fn).__name__}); it "
                     "keeps the step's whole graph alive and memory grows each step -- store "
                     ".item() or .detach()"
                 )
-        elif isinstance(o, dict):
-            for k, v in o.items():
+            return
+        if o is None or isinstance(o, (str, bytes, bytearray, int, float, complex, bool)):
+            return
+        if id(o) in seen:
+            return
+        seen.add(id(o))
+        if isinstance(o, Mapping):
+            for k, v in list(o.items()):
                 walk(v, f"{path}[{k!r}]")
-        elif isinstance(o, (list, tuple)):
-            for i, v in enumerate(o):
+        elif isinstance(o, (list, tuple, deque)):
+            for i, v in enumerate(list(o)):
                 walk(v, f"{path}[{i}]")
+        elif isinstance(o, (set, frozenset)):
+            for v in list(o):
+                walk(v, f"{path}{{...}}")
+        elif (is_dataclass(o) and not isinstance(o, type)) or isinstance(o, SimpleNamespace):
+            for k, v in list(vars(o).items()):  # a record of a step
+                walk(v, f"{path}.{k}")
 
     walk(obj, name)
 
@@ -102,10 +121,11 @@ class LossWatch:
     """Flag a training loss that oscillates wildly or blows up instead of falling.
 
     Seed guide, "Loss oscillates wildly during training": over the last ``window`` steps, if
-    the mean step-to-step change exceeds ``rel_jump`` x the mean loss, the direction flips on
-    more than ``flip_share`` of the steps and the second half of the window is not below the
-    first -- or the second half's mean is over twice the first's (divergence) -- the learning
-    rate is the usual cause.
+    the mean step-to-step change exceeds ``rel_jump`` x the mean ``|loss|``, the direction flips
+    on more than ``flip_share`` of the steps and the second half of the window is not below the
+    first -- or the second half's mean rose above the first's by more than the first half's
+    mean ``|loss|`` (divergence: over twice the first for a positive loss) -- the learning rate
+    is the usual cause. Negative losses are judged the same way (falling is improving).
 
     Example:
         >>> watch = LossWatch(optimizer)                     # doctest: +SKIP
@@ -141,8 +161,12 @@ class LossWatch:
         jump = float(d.abs().mean() / w.abs().mean().clamp(min=1e-12))
         flips = float((d[1:].sign() * d[:-1].sign() < 0).double().mean())
         half = self.window // 2
-        falling = float(w[half:].mean()) < 0.95 * float(w[:half].mean())
-        if float(w[half:].mean()) > 2.0 * float(w[:half].mean()):
+        # rises and falls against the first half's magnitude, so a negative loss (a negative
+        # log-likelihood, -SI-SDR) that keeps falling is not read as diverging
+        first, second = float(w[:half].mean()), float(w[half:].mean())
+        size = float(w[:half].abs().mean())
+        falling = second < first - 0.05 * size
+        if second - first > size:  # a positive loss: the second half's mean over twice the first
             raise TrainingCheckError(
                 f"LossWatch: loss diverges over steps {step - self.window + 1}-{step} "
                 f"({float(w[0]):.3g} -> {float(w[-1]):.3g}); learning rate too high ({lr_s}) -- "
