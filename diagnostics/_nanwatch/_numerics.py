@@ -5,6 +5,7 @@ gradient reductions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_flatten
 
 from ._types import NanWatchError
 
@@ -26,7 +28,52 @@ __all__ = [
     "pick",
     "quiet_hooks",
     "rank",
+    "tensors_of",
 ]
+
+
+_LEAF_TYPES = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)
+_MAX_DEPTH = 4  # containers pytree does not know, nested this deep at most
+
+
+def tensors_of(obj: Any) -> list[Tensor]:
+    """Every tensor in a module's inputs or outputs: :func:`tensors_in` (tuples, lists, dicts,
+    pytree nodes), and also inside containers pytree does not know, which it keeps as a single
+    opaque leaf: dataclasses and ``Mapping``/``list``/``tuple`` subclasses (a model's output
+    object, a batch object). Plain containers take the same path as ``tensors_in``."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    out: list[Tensor] = []
+    _walk(obj, out, 0)
+    return out
+
+
+def _walk(obj: Any, out: list[Tensor], depth: int) -> None:
+    kind = type(obj)
+    if kind is tuple or kind is list:
+        items: Any = obj
+    elif kind is dict:
+        items = obj.values()
+    else:
+        leaves, _ = tree_flatten(obj)
+        if not (len(leaves) == 1 and leaves[0] is obj):  # a pytree node: its leaves
+            items = leaves
+        elif depth >= _MAX_DEPTH:
+            return
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            items = [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
+        elif isinstance(obj, Mapping):
+            items = list(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            items = obj
+        else:
+            return
+        depth += 1
+    for x in items:
+        if isinstance(x, Tensor):
+            out.append(x)
+        elif not isinstance(x, _LEAF_TYPES):
+            _walk(x, out, depth)
 
 
 def rank() -> int | None:

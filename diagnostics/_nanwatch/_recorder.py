@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._hooks import HookSet, amax_abs, tensors_in
+from .._hooks import HookSet, amax_abs
 from ._compiled import clean_name, is_compile_wrapper
-from ._numerics import RngState, dense, is_producer
+from ._numerics import RngState, dense, is_producer, tensors_of
 from ._source import Site, caller_site
 
 __all__ = ["Call", "Recorder", "autocast_state", "changed_since_recorded"]
@@ -46,6 +46,12 @@ class Call:
     snapped: bool = False
     grad_fns: list[Any] | None = None  # autograd nodes of its outputs (to match its backward)
     autocast: tuple[tuple[str, torch.dtype], ...] = ()  # (device type, dtype) enabled at the call
+    parent: Call | None = None  # replay only: the module call running when this one began
+    # replay only: (buffer, copy) of the buffers in the module's subtree that the step writes in
+    # place (BatchNorm's running statistics), as they were when the call began: its op pass
+    # runs from them, not from what the rest of the replay left
+    buffers: list[tuple[Tensor, Tensor]] | None = None
+    in_max: float | None = None  # max|x| of its inputs (set by ``Recorder.analyze``)
 
 
 _AUTOCAST_DEVICES = ("cuda", "cpu")
@@ -91,6 +97,15 @@ def _lohi(t: Tensor) -> _Pair:
     return lo, hi
 
 
+def _pop_open(stack: list[Call], call: Call) -> None:
+    """Remove ``call`` (by identity) from the stack of running calls; it is the last one unless
+    a module's forward raised inside another's."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i] is call:
+            del stack[i:]
+            return
+
+
 class Recorder:
     """Hooks on every module (+ parameters) recording max|x| of inputs/outputs/grads on device.
 
@@ -101,9 +116,16 @@ class Recorder:
     """
 
     def __init__(
-        self, model: nn.Module, *, keep_refs: bool, backward: bool, params: bool = True
+        self,
+        model: nn.Module,
+        *,
+        keep_refs: bool,
+        backward: bool,
+        params: bool = True,
+        mutable: list[Tensor] | None = None,
     ) -> None:
         self.model = model
+        self._mutable = {id(b) for b in mutable or ()}  # keep_refs: buffers written in place
         self.keep_refs = keep_refs
         self.backward = backward
         self.params = params
@@ -122,6 +144,7 @@ class Recorder:
         self._pending: dict[int, list[Call]] = {}
         self.calls_of: dict[int, list[Call]] = {}
         self._plan: list[tuple[Any, ...]] | None = None
+        self._open: list[Call] = []  # keep_refs only: the module calls running now, outermost first
         # the last few module outputs and their values: a module's input is usually the output
         # of the module called just before it, so its value is known without a reduction.
         # (tensor, version) are kept so that an id reused by a new tensor or an in-place change
@@ -184,11 +207,13 @@ class Recorder:
         self.ncalls.clear()
         self._pending.clear()
         self.calls_of.clear()
+        self._open.clear()
 
     def release(self) -> None:
         """Drop the references to recent module outputs (call when the step is over)."""
         self._recent.clear()
         self._stack.clear()
+        self._open.clear()
 
     def _build_plan(self) -> list[tuple[Any, ...]]:
         plan = []
@@ -203,7 +228,8 @@ class Recorder:
             if self.params:  # every parameter: which ones need grad is read at each install
                 for pname, p in mod.named_parameters(prefix=name, recurse=False):
                     params.append((p, self._phook(mod, pname)))
-            plan.append((mod, self._pre(name), self._post(name), bwd, params))
+            bufs = [b for b in mod.buffers() if id(b) in self._mutable] if self.keep_refs else []
+            plan.append((mod, self._pre(name, bufs), self._post(name), bwd, params))
         return plan
 
     def install(self, hooks: HookSet) -> None:
@@ -223,12 +249,12 @@ class Recorder:
                 if p.requires_grad:  # frozen or unfrozen since the last step: read now
                     hooks.add(p.register_hook(fn), "param")
 
-    def _pre(self, name: str):
+    def _pre(self, name: str, bufs: list[Tensor]):
         def hook(mod: nn.Module, args: Any, kwargs: Any) -> None:
             if type(args) is tuple and len(args) == 1 and not kwargs and type(args[0]) is Tensor:
                 tin = [args[0]]  # the common case, without walking containers
             else:
-                tin = tensors_in(args) + tensors_in(kwargs) if kwargs else tensors_in(args)
+                tin = tensors_of(args) + tensors_of(kwargs) if kwargs else tensors_of(args)
             in_m = self._input_value(tin)
             call = None
             if self.keep_refs:
@@ -237,6 +263,10 @@ class Recorder:
                 call.site = caller_site()
                 call.autocast = autocast_state()
                 call.seen = _versions(tin)
+                call.parent = self._open[-1] if self._open else None
+                if bufs:
+                    call.buffers = [(b, b.detach().clone()) for b in bufs]
+                self._open.append(call)
                 if torch._C._current_graph_task_id() == -1:  # not a recompute in backward
                     call.index = self.ncalls[id(mod)] = self.ncalls.get(id(mod), 0) + 1
                     self.calls_of.setdefault(id(mod), []).append(call)
@@ -258,11 +288,12 @@ class Recorder:
             if type(output) is Tensor:
                 touts = [output] if output.is_floating_point() or output.is_complex() else []
             else:
-                touts = [t for t in tensors_in(output) if t.is_floating_point() or t.is_complex()]
+                touts = [t for t in tensors_of(output) if t.is_floating_point() or t.is_complex()]
             call.out_dtype = touts[0].dtype if touts else None
             if self.keep_refs:
+                _pop_open(self._open, call)
                 call.outputs = output
-                outs = [output] if type(output) is Tensor else tensors_in(output)
+                outs = [output] if type(output) is Tensor else tensors_of(output)
                 call.seen = (call.seen or []) + _versions(outs)
                 if call.index and any(t.requires_grad for t in touts):  # its backward will run
                     call.grad_fns = [t.grad_fn for t in touts if t.grad_fn is not None]
@@ -368,6 +399,14 @@ class Recorder:
                 out.append((call, owners.pop(call.name), 0.0, math.nan))
         return out
 
+    def first_nonfinite_input(self, values: list[list[float]]) -> Call | None:
+        """The first module to complete whose input held NaN/Inf (the innermost first user of
+        a non-finite value that came into the model)."""
+        for (kind, call, _), (a, _b) in zip(self.events, values, strict=False):
+            if kind == "fwd" and not math.isfinite(a):
+                return call
+        return None
+
     def analyze(self, values: list[list[float]]) -> dict[str, Any]:
         """Producer candidates per phase from the synced event values."""
         fwd: list[tuple[Call, str, float, float]] = []
@@ -377,6 +416,7 @@ class Recorder:
         gout_of: dict[str, tuple[Call, float]] = {}  # module path -> its latest grad_output
         for (kind, call, detail), (a, b) in zip(self.events, values, strict=False):
             if kind == "fwd":
+                call.in_max = a
                 if is_producer(a, b):
                     fwd.append((call, "", a, b))
                 dt = call.out_dtype

@@ -11,6 +11,7 @@ that leaves a different value than the step did is named in ``report.notes``.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,21 +23,38 @@ __all__ = ["ModuleAttrs", "ObjectStates", "check_stateful"]
 _MAX_NOTED = 5
 
 
+# (read, write) method names of the objects ``stateful`` accepts, tried in order: optimizers,
+# schedulers and user objects; torch.Generator and numpy's RandomState; random.Random and the
+# ``random`` module itself
+_PROTOCOLS = (
+    ("state_dict", "load_state_dict"),
+    ("get_state", "set_state"),
+    ("getstate", "setstate"),
+)
+
+
+def _protocol(obj: Any) -> tuple[str, str] | None:
+    for get, put in _PROTOCOLS:
+        if callable(getattr(obj, get, None)) and callable(getattr(obj, put, None)):
+            return get, put
+    return None
+
+
 def check_stateful(stateful: Sequence[Any], error: type[Exception]) -> list[Any]:
-    """``stateful`` as a list; each item must have ``state_dict`` and ``load_state_dict``."""
+    """``stateful`` as a list; each item must have ``state_dict``/``load_state_dict`` (an
+    optimizer, a scheduler), ``get_state``/``set_state`` (a ``torch.Generator``) or
+    ``getstate``/``setstate`` (``random.Random``, the ``random`` module)."""
     if isinstance(stateful, (str, bytes)) or not isinstance(stateful, Sequence):
         raise error(
             f"NanWatch(stateful=...): expected a list or tuple of objects, got "
             f"{type(stateful).__name__}; hint: stateful=[optimizer, scheduler]"
         )
     for i, obj in enumerate(stateful):
-        if not (
-            callable(getattr(obj, "state_dict", None))
-            and callable(getattr(obj, "load_state_dict", None))
-        ):
+        if _protocol(obj) is None:
             raise error(
                 f"NanWatch(stateful=[...]): item {i} ({type(obj).__name__}) has no "
-                "state_dict()/load_state_dict(); only such objects can be restored around replays"
+                "state_dict()/load_state_dict() (nor get_state()/set_state(), "
+                "getstate()/setstate()); only such objects can be restored around replays"
             )
     return list(stateful)
 
@@ -59,35 +77,44 @@ class ObjectStates:
         self.scaler_vars = (
             {k: _clone(v) for k, v in vars(scaler).items()} if scaler is not None else None
         )
-        self.states = [(obj, copy.deepcopy(obj.state_dict())) for obj in stateful]
+        self.states = []
+        for obj in stateful:
+            get, put = _protocol(obj) or _PROTOCOLS[0]
+            self.states.append((getattr(obj, put), _clone(getattr(obj, get)())))
 
     def restore(self) -> None:
         """Put the snapshot back (the snapshot itself stays intact for a later restore)."""
         if self.scaler is not None and self.scaler_vars is not None:
             for k, v in self.scaler_vars.items():
                 setattr(self.scaler, k, _clone(v))
-        for obj, state in self.states:
-            obj.load_state_dict(copy.deepcopy(state))  # load_state_dict may keep references
+        for put, state in self.states:
+            put(_clone(state))  # load_state_dict may keep references
 
 
 _MAX_COPY = 1000  # containers larger than this are compared by identity, not copied
 
 
 def _snapshot(value: Any) -> Any:
-    """A copy of a small attribute value (so in-place changes show); big or uncopyable values
-    are kept by reference (identity comparison only)."""
+    """A copy of a small attribute value (so in-place changes show); big or uncopyable values,
+    and values whose copy does not compare equal to them (objects compared by identity, such
+    as a ``torch.compile`` wrapper's ``dynamo_ctx``, or containers holding such objects), are
+    kept by reference (identity comparison only): a copy of those would always look changed,
+    and restoring it would swap the user's object for a copy."""
     if isinstance(value, (int, float, bool, str, bytes, type(None), torch.dtype, torch.device)):
         return value
     try:
         if hasattr(value, "__len__") and len(value) > _MAX_COPY:
             return value
-        return copy.deepcopy(value)
+        dup = copy.deepcopy(value)
     except Exception:  # not copyable
         return value
+    return dup if _same(dup, value) else value
 
 
 def _same(a: Any, b: Any) -> bool:
     if a is b:
+        return True
+    if type(a) is float and type(b) is float and math.isnan(a) and math.isnan(b):
         return True
     try:
         return type(a) is type(b) and bool(a == b)

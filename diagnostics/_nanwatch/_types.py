@@ -56,10 +56,16 @@ class NonFiniteReport:
         origin: where the non-finite value came from: ``"step"`` (produced during this step:
             ``module``/``op`` name the producer), ``"parameter"`` (it was already in a
             parameter before the step: ``nonfinite_params``; ``module``/``op`` name the first
-            module/op that used it) or ``"stale_grad"`` (a ``.grad`` was non-finite before this
-            step's backward, left by an earlier step without ``zero_grad()``: ``stale_grads``).
+            module/op that used it), ``"buffer"`` (already in a buffer, e.g. a BatchNorm's
+            running statistics: ``nonfinite_buffers``), ``"input"`` (already in the step's
+            arguments, i.e. the data: ``nonfinite_inputs``) or ``"stale_grad"`` (a ``.grad`` was
+            non-finite before this step's backward, left by an earlier step without
+            ``zero_grad()``: ``stale_grads``).
         nonfinite_params: ``(name, NaN count, Inf count, numel)`` of every parameter holding
             non-finite values before the step (checked on the failure path only).
+        nonfinite_buffers: the same for buffers (replay mode: their pre-step values).
+        nonfinite_inputs: the same for the tensors among the step function's arguments, named
+            ``args[0]``, ``kwargs['x']``, ``args[0]['image']``.
         stale_grads: parameters whose ``.grad`` was non-finite before this step's backward.
         call_index / call_count: for a module called more than once in the step (a shared
             module): which call (1-based, in forward order) produced the value, and how many
@@ -67,6 +73,9 @@ class NonFiniteReport:
         uninitialized: ``{"op", "source"}`` when the non-finite values were read from memory
             allocated uninitialised (``empty``, ``new_empty``, ``empty_like``, ...) and not
             (fully) written before it was read: the allocating op and its line.
+        masked_forward: ``{"op", "source"}`` for a backward fault whose NaN/Inf an op made in
+            forward where the forward then masked it (``torch.where(h > 0, h.sqrt(), 0)``):
+            autograd still multiplies the zero gradient of the masked branch by it.
         step: index of the step within this NanWatch (0-based).
         mode: ``"replay"`` or ``"eager"``.
         replayable: ``False`` when the replay did not reproduce the original result.
@@ -95,10 +104,13 @@ class NonFiniteReport:
     observed_on: int | None = None
     origin: str = "step"
     nonfinite_params: list[tuple[str, int, int, int]] = field(default_factory=list)
+    nonfinite_buffers: list[tuple[str, int, int, int]] = field(default_factory=list)
+    nonfinite_inputs: list[tuple[str, int, int, int]] = field(default_factory=list)
     stale_grads: list[str] = field(default_factory=list)
     call_index: int | None = None
     call_count: int | None = None
     uninitialized: dict[str, Any] | None = None
+    masked_forward: dict[str, Any] | None = None
     step: int = 0
     mode: str = "replay"
     replayable: bool = True
@@ -116,9 +128,16 @@ class NonFiniteReport:
 
     def headline(self) -> str:
         kind = self.kind.upper()
-        if self.origin == "parameter" and self.nonfinite_params:
-            s = f"{kind} already in {_params_phrase(self.nonfinite_params)} before this step, "
+        held = {
+            "parameter": (self.nonfinite_params, "parameter"),
+            "buffer": (self.nonfinite_buffers, "buffer"),
+            "input": (self.nonfinite_inputs, "the step's input"),
+        }.get(self.origin)
+        if held is not None and held[0]:
+            s = f"{kind} already in {_params_phrase(held[0], held[1])} before this step, "
             s += "not produced by it"
+            if self.origin == "input":
+                s += " (check the data)"
             if self.module is not None or self.op:
                 s += "; first used by " + (
                     self.where if self.module is not None else "the step function's code"
@@ -141,6 +160,11 @@ class NonFiniteReport:
             s += f" at op {self.op}"
         if self.uninitialized:
             s += f", from uninitialised memory allocated by {self.uninitialized.get('op')}"
+        if self.masked_forward:
+            s += (
+                f": the gradient of a value that op {self.masked_forward.get('op')} made "
+                "non-finite in forward and the forward masked"
+            )
         return s
 
     def source_line(self) -> str:
@@ -183,6 +207,12 @@ class NonFiniteReport:
                 "  non-finite parameters (before this step): "
                 + ", ".join(_param_count(p) for p in self.nonfinite_params)
             )
+        for title, rows in (
+            ("non-finite buffers (before this step)", self.nonfinite_buffers),
+            ("non-finite step inputs", self.nonfinite_inputs),
+        ):
+            if rows:
+                lines.append(f"  {title}: " + ", ".join(_param_count(p) for p in rows))
         if self.stale_grads:
             lines.append(
                 "  stale non-finite grads (before this step's backward): "
@@ -223,8 +253,8 @@ def _param_count(p: tuple[str, int, int, int]) -> str:
     return f"{name!r} ({what} of {n} values)"
 
 
-def _params_phrase(params: list[tuple[str, int, int, int]]) -> str:
-    s = "parameter " if len(params) == 1 else "parameters "
+def _params_phrase(params: list[tuple[str, int, int, int]], noun: str = "parameter") -> str:
+    s = f"{noun} " if len(params) == 1 else f"{noun}s "
     s += ", ".join(_param_count(p) for p in params[:3])
     return s + (f" and {len(params) - 3} more" if len(params) > 3 else "")
 

@@ -23,9 +23,11 @@ from .._summary import summarize
 from ._compiled import clean_name, has_compiled, unwrap_compiled
 from ._localize import (
     Localizer,
+    apply_input_origin,
     apply_param_origin,
     apply_stale_origin,
     nonfinite_grads,
+    nonfinite_inputs,
     nonfinite_params,
     report_from,
 )
@@ -381,8 +383,8 @@ class NanWatch:
         """Learn which buffers steps change: from the first step's copies, then each buffer
         that starts to change later (an EMA after warm-up, a counter) joins them; the step
         where it first changed had no copy of it (``st.unsaved``)."""
-        if self._mutated_buffers is None:
-            changed = {id(b) for b, v, _ in st.bufs if b._version != v}
+        if self._mutated_buffers is None:  # (the first step, or the first after a re-index)
+            changed = _changed_buffers(st.bufs)
         elif st.buf_versions is not None and any(
             b._version != v for (_, b), v in zip(self._steady_buffers, st.buf_versions)
         ):
@@ -440,7 +442,27 @@ class NanWatch:
         if found["fwd"] or not math.isfinite(vals[0]):
             # step_fn does no optimizer step, so the parameters hold what they held before it
             producer = found["fwd"][0][0].module if found["fwd"] else None
-            apply_param_origin(report, nonfinite_params(self._named), producer)
+            inputs = nonfinite_inputs(st.args, st.kwargs)
+            apply_param_origin(report, nonfinite_params(self._named), producer, inputs=inputs)
+            held = _nonfinite_buffers_of(producer)
+            if held:
+                pname = found["fwd"][0][0].name
+                held = [f"{pname}.{n}" if pname else n for n in held]
+                report.notes.append(
+                    f"module {pname!r} holds NaN/Inf in buffer(s) "
+                    f"{', '.join(map(repr, held[:5]))} after the step (eager mode keeps no "
+                    "pre-step copy: read before the step, e.g. BatchNorm running statistics in "
+                    "eval mode, they are the origin; mode='replay' tells)"
+                )
+            if report.nonfinite_params:
+                report.notes.append(
+                    "eager mode reads the parameters after the step: 'before this step' assumes "
+                    "step_fn runs no optimizer.step() (one inside it may have written them)"
+                )
+            if not found["fwd"] and report.origin == "step" and any(b[2] for b in inputs):
+                # nothing in the model made the NaN and the data held NaN: named by the first
+                # module that received it (no op pass in eager mode)
+                apply_input_origin(report, inputs, rec.first_nonfinite_input(pairs))
         only_stale = not found["fwd"] and not found["bwd"] and math.isfinite(vals[0])
         grads = {n: p.grad for n, p in self._named}
         apply_stale_origin(report, stale, grads, explained=only_stale and bool(stale))
@@ -463,6 +485,36 @@ class NanWatch:
             )
             report = self._agree(report, clean, flags[:, 0].gt(0).tolist(), st.index)
         raise NonFiniteError(report)
+
+
+def _nonfinite_buffers_of(module: nn.Module | None) -> list[str]:
+    """Names of ``module``'s own buffers holding NaN/Inf (eager failure path only)."""
+    if module is None:
+        return []
+    return [
+        n
+        for n, b in module.named_buffers(recurse=False)
+        if (b.is_floating_point() or b.is_complex()) and not bool(torch.isfinite(b).all())
+    ]
+
+
+def _changed_buffers(bufs: list[tuple[Tensor, int, Tensor]]) -> set[int]:
+    """Ids of the buffers a step changed, from ``(buffer, version before, copy before)``: by
+    version counter, and for the others by value: some kernels write a buffer without moving
+    its version (``native_batch_norm`` updates BatchNorm's running statistics so), which a
+    version check alone would miss. Done once (first step, or after a re-index); later steps
+    copy the buffers found here."""
+    changed = {id(b) for b, v, _ in bufs if b._version != v}
+    rest = [(b, c) for b, _, c in bufs if id(b) not in changed]
+    if rest:
+        flags = []
+        for b, c in rest:
+            try:
+                flags.append((b.shape != c.shape) or bool(torch.ne(b, c).any()))
+            except Exception:  # not comparable element-wise (sparse, a subclass): copy it
+                flags.append(True)
+        changed |= {id(b) for (b, _), f in zip(rest, flags, strict=True) if f}
+    return changed
 
 
 def _not_callable(step_fn: Any) -> str:
