@@ -11,9 +11,11 @@ instance or a subclass, is deleted again, so the owner ends as it was).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import threading
 import types
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,6 +162,41 @@ def _register(stack: _Stack, plan: Plan) -> None:
         register(plan)
 
 
+def _base_value(cls: type, attribute: str, start: int) -> Any:
+    for base in cls.__mro__[start:]:
+        if attribute in base.__dict__:
+            return base.__dict__[attribute]
+    return _MISSING
+
+
+def _inherited(owner: Any, attribute: str, found: Any) -> Any:
+    """The callable a first layer wraps when ``owner`` inherits ``attribute`` (a subclass's
+    method defined on a base, an instance's method defined on its class): the value the base
+    holds *at each call*, so a contract attached to the base (or the class) later, or removed
+    from it, is seen; captured once, a removed contract kept checking through this layer.
+    ``found`` (the value now) is returned unchanged where the lookup cannot be repeated."""
+    cls, start = (owner, 1) if isinstance(owner, type) else (type(owner), 0)
+    raw = _base_value(cls, attribute, start)
+    if not isinstance(raw, (types.FunctionType, staticmethod, classmethod)):
+        return found  # (__getattr__, a callable object, a C method: as found)
+
+    if isinstance(owner, type):
+
+        def call(*args: Any, **kwargs: Any) -> Any:  # args as the layer's descriptor passes them
+            v = _base_value(cls, attribute, start)
+            f = v.__func__ if isinstance(v, (staticmethod, classmethod)) else v
+            return f(*args, **kwargs)
+
+    else:
+        ref = weakref.ref(owner)  # (the layer lives in the instance: no cycle through it)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            v = _base_value(cls, attribute, start)
+            return v.__get__(ref(), cls)(*args, **kwargs)
+
+    return functools.wraps(found)(call)
+
+
 def _install_value(stack: _Stack, plan: Plan) -> Any:
     wrapped = wrap(plan)
     wrapped.__contract_stack__ = stack  # type: ignore[attr-defined]
@@ -210,6 +247,8 @@ def attach(
                 func, kind = current.__func__, type(current)
             if not callable(func):
                 raise AnnotationError(f"attach(): {attribute!r} of {owner!r} is not callable")
+            if own is _MISSING:  # inherited: what a base (or the class) holds at each call
+                func = _inherited(owner, attribute, func)
             stack = _Stack(owner, attribute, own, func, kind)
             inner = func
         try:

@@ -24,7 +24,9 @@ import torch
 from ._config import FULL
 from ._plan import Plan, Slot, TensorSpec
 from ._spec import ARGS, EXPR, FIXED, NAME, VARIADIC, Expr
-from ._values import widened
+from ._summary import _SPARSE
+from ._summary import _values as summary_values
+from ._values import UNREDUCED, widened
 
 __all__ = ["Fail", "check_inputs", "check_outputs", "torch_dtypes"]
 
@@ -117,7 +119,7 @@ def _check_shape(
                 prov[key] = f"{name}.shape[{nb}:{nd - na}]"
         elif var.broadcast or ("#" + key) in b:
             _broadcast_variadic(key, var.broadcast, have, sub, b, name, nb)
-        elif have != sub:
+        elif have != sub and tuple(have) != sub:  # (bindings= may give a list)
             raise Fail("variadic", name, nb, dim=key, want=have, got=sub)
 
 
@@ -159,9 +161,17 @@ def check_tensor(
     dts = torch_dtypes(spec.dtypes)
     if dts is not None and x.dtype not in dts:
         raise Fail("dtype", slot.name, spec=spec, got=x.dtype, floating=x.is_floating_point())
-    _check_shape(spec, slot.name, x.shape, b, prov, deferred, allow_empty)
-    if spec.mask_axis is not None and allow_empty:  # (else the empty axis is refused above)
-        _check_mask_rows(spec, slot.name, x.shape)
+    try:
+        shape = x.shape
+    except RuntimeError:  # a nested tensor: its components' sizes differ, it has no one shape
+        raise Fail("nested", slot.name, spec=spec, value=x) from None
+    _check_shape(spec, slot.name, shape, b, prov, deferred, allow_empty)
+    if spec.mask_axis is not None:
+        if spec.var_at >= 0 and not -len(shape) <= spec.mask_axis < len(shape):
+            # (a fixed rank is checked at decoration; "*b T" has its rank from the call)
+            raise Fail("mask_axis", slot.name, spec=spec, shape=tuple(shape))
+        if allow_empty:  # (else the empty axis is refused above)
+            _check_mask_rows(spec, slot.name, shape)
 
 
 def _check_mask_rows(spec: TensorSpec, name: str, shape: tuple) -> None:
@@ -244,8 +254,8 @@ def bound_value(bound: Any, b: dict, self_obj: Any, slot: str) -> float | None:
         return bound(b, self_obj)
     except KeyError as e:
         raise Fail("bound_unbound", slot, bound=bound, dim=e.args[0]) from None
-    except AttributeError as e:
-        raise Fail("bound_error", slot, bound=bound, error=str(e)) from None
+    except Exception as e:  # self without the attribute, a division by zero, ...
+        raise Fail("bound_error", slot, bound=bound, error=f"{type(e).__name__}: {e}") from None
 
 
 def check_pyrange(slot: Slot, x: Any, b: dict, self_obj: Any) -> None:
@@ -263,11 +273,20 @@ def check_pyrange(slot: Slot, x: Any, b: dict, self_obj: Any) -> None:
 
 
 def _check_deferred(deferred: list, b: dict, self_obj: Any) -> None:
-    for name, axis, expr, s, bc in deferred:
+    """Expression dims (``(name, axis, expr, size, broadcast)``) and ranges on Python numbers
+    (``(slot, value)``), once every shape of the call has bound its dims."""
+    for item in deferred:
+        if len(item) == 2:
+            check_pyrange(item[0], item[1], b, self_obj)
+            continue
+        name, axis, expr, s, bc = item
         try:
             want = expr(b, self_obj)
         except KeyError as e:
             raise Fail("expr_unbound", name, axis, expr=expr, got=s, dim=e.args[0]) from None
+        except Exception as e:  # self without the attribute, an f-string argument that is no
+            # size, a division by zero: words, not a traceback
+            raise Fail("expr_error", name, axis, expr=expr, got=s, error=e) from None
         if s != want and not (bc and s == 1):
             raise Fail("expr", name, axis, expr=expr, want=want, got=s)
 
@@ -278,18 +297,45 @@ def values_pending(slot: Slot, x: torch.Tensor, pending: list) -> None:
     if x.numel() == 0 or x.is_meta:  # a meta tensor has a shape but no values to check
         return
     if spec.mask_axis is not None:
-        valid = ~x if spec.mask_padding else x
-        pending.append((slot, x, valid.any(dim=spec.mask_axis).all()))
+        try:
+            valid = ~x if spec.mask_padding else x
+            red = valid.any(dim=spec.mask_axis).all()
+        except (RuntimeError, NotImplementedError):  # a sparse mask: its rows, made dense
+            valid = readable(x, dense=True)
+            red = (~valid if spec.mask_padding else valid).any(dim=spec.mask_axis).all()
+        pending.append((slot, x, red))
         return
     if not x.is_floating_point() and not x.is_complex():
         if spec.lo is None and spec.hi is None:
             return  # integers are always finite
-    v = (torch.view_as_real(x) if x.is_complex() else x).detach()
     try:
+        v = (torch.view_as_real(x) if x.is_complex() else x).detach()
         red = torch.aminmax(v)
-    except (RuntimeError, NotImplementedError):  # a dtype torch does not reduce (float8)
-        red = torch.aminmax(widened(v))
+    except (RuntimeError, NotImplementedError):  # a dtype or layout torch does not reduce
+        v = readable(x.detach())
+        red = torch.aminmax(torch.view_as_real(v) if v.is_complex() else v)
     pending.append((slot, x, red))
+
+
+def readable(x: torch.Tensor, dense: bool = False) -> torch.Tensor:
+    """A strided tensor that torch reduces and compares, with the extrema of ``x`` (of any
+    layout and dtype): a sparse tensor's stored values, and a zero when it leaves elements
+    unstored (``dense``: the tensor made dense, for the rows of a mask); a quantized tensor's
+    dequantized values; float8 and wide unsigned dtypes widened (:func:`widened`). Called
+    only when a reduction raised, so common tensors pay nothing for it."""
+    if x.layout is not torch.strided:
+        if dense or x.layout not in _SPARSE:
+            x = x.to_dense()
+        else:
+            flat, _n, zeros = summary_values(x)
+            x = torch.cat([flat, flat.new_zeros(1)]) if zeros else flat
+    if x.is_quantized:
+        x = x.dequantize()
+    if x.is_complex():
+        x = x.clone()  # (.real/.imag of a view into a compressed tensor raise)
+    if x.dtype in UNREDUCED:
+        x = widened(x)
+    return x
 
 
 def _fetch(pending: list) -> list:
@@ -378,7 +424,7 @@ def check_slot(
     else:
         _check_py(slot, x)
         if slot.pyrange is not None and level == FULL:
-            check_pyrange(slot, x, b, self_obj)
+            deferred.append((slot, x))  # a bound may read a dim a later argument binds
 
 
 def _check_sequence(
@@ -393,10 +439,18 @@ def _check_sequence(
 ) -> None:
     """A list/tuple/Sequence of tensors: every element against the element spec, its dims
     bound with the call's (all elements share them, as in jaxtyping); element ``i`` is named
-    ``name[i]``."""
+    ``name[i]``. A dict/Mapping of tensors likewise, value by value (``name['key']``), each
+    key against the key hint."""
     if not isinstance(x, slot.each) or isinstance(x, (str, bytes, torch.Tensor)):
         raise Fail("not_sequence", slot.name, spec=slot.tensor, each=slot.each, value=x)
-    for i, item in enumerate(x):
+    items = x.items() if slot.is_mapping else enumerate(x)
+    key_hint = slot.each_key
+    plain = isinstance(key_hint, type) and typing.get_origin(key_hint) is None
+    for i, item in items:
+        if key_hint is not None and not (
+            isinstance(i, key_hint) if plain else bearable(i, key_hint)
+        ):
+            raise Fail("dict_key", slot.name, key=i, hint=key_hint)
         if item is None and slot.each_optional:
             continue
         el = slot.element(i)
@@ -425,7 +479,7 @@ def check_inputs(
         b[ARGS] = plan.bind_arguments(args, kwargs)
     for name, e in plan.self_dims:
         try:
-            b[name] = e(b, self_obj)
+            b[name] = _size(e(b, self_obj))
         except Exception as exc:
             raise Fail("self_dim", "self", dim=name, expr=e, error=exc) from None
         if prov is not None:
@@ -436,6 +490,17 @@ def check_inputs(
         check_slot(slot, x, b, prov, deferred, pending, level, self_obj, plan.allow_empty)
     finish(deferred, pending, b, self_obj)
     return b, self_obj
+
+
+def _size(v: Any) -> int:
+    """A ``dims=`` value as a size: an int (a NumPy integer or a 0-d integer tensor read as
+    one, a float only when whole, ``"self.n / 2"``); anything else (None: an attribute not set
+    yet) would leave the dim to be bound by the first shape that has it, unchecked."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, bool) or not hasattr(v, "__index__"):
+        raise TypeError(f"{v!r} ({type(v).__name__}) is not a size")
+    return v.__index__()
 
 
 def call_arguments(plan: Plan, args: tuple, kwargs: dict) -> list[tuple[Slot, Any]]:
@@ -450,7 +515,7 @@ def call_arguments(plan: Plan, args: tuple, kwargs: dict) -> list[tuple[Slot, An
         pos = slot.position
         if 0 <= pos < nargs:
             x = args[pos]
-        elif slot.name in kwargs:
+        elif slot.keyword and slot.name in kwargs:  # (a positional-only name there is **kw's)
             x = kwargs[slot.name]
         elif slot.default is not inspect.Parameter.empty:
             x = slot.default
@@ -467,6 +532,8 @@ def returned_items(plan: Plan, out: Any) -> list[tuple[Slot, Any]]:
     if kind == "single":
         return [(plan.returns[0], out)]
     if kind == "tuple":
+        if out is None and plan.return_optional:  # tuple[...] | None
+            return []
         if not isinstance(out, (tuple, list)) or len(out) != len(plan.returns):
             raise Fail("return_arity", "return", want=len(plan.returns), value=out)
         return list(zip(plan.returns, out))

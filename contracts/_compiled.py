@@ -21,6 +21,7 @@ as torch's ``RuntimeError`` carrying them (see docs/CONTRACTS.md).
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,7 +78,7 @@ def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_
             if have is None:
                 b[key] = sub
             else:
-                msg = _const(w[f"size{nb}"])
+                msg = _const(w["variadic"])  # (no f-string here: Dynamo may hold nb as a symbol)
                 _require(len(have) == len(sub), msg)
                 for h, s in zip(have, sub):
                     _require(h == s, msg)
@@ -92,17 +93,17 @@ def _shape(w: dict, spec: TensorSpec, shape: Any, b: dict, self_obj: Any, allow_
             if have is None:
                 b[d.value] = s
             else:
-                _require(_same(s, have, d.broadcast), _const(w[f"size{j}"]))
+                _require(_same(s, have, d.broadcast), _const(w["size"][j]))
         elif d.kind == FIXED:
-            _require(_same(s, d.value, d.broadcast), _const(w[f"size{j}"]))
+            _require(_same(s, d.value, d.broadcast), _const(w["size"][j]))
         elif d.kind == EXPR:
             deferred.append((s, j, d))
         if not allow_empty:
-            _require(s >= 1, _const(w[f"empty{j}"]))
+            _require(s >= 1, _const(w["empty"][j]))
     for s, j, d in deferred:
         if d.value.uses_args:
             continue  # f-string dims read the call's arguments: checked in eager only
-        _require(_same(s, d.value(b, self_obj), d.broadcast), _const(w[f"size{j}"]))
+        _require(_same(s, d.value(b, self_obj), d.broadcast), _const(w["size"][j]))
 
 
 def _mask_rows(w: dict, spec: TensorSpec, shape: Any) -> None:
@@ -147,10 +148,10 @@ def compiled_slot(
 ) -> None:
     """Check one value while Dynamo traces (see the module docstring); ``w`` are its words."""
     spec = slot.tensor
-    if slot.each is not None:  # a list/tuple of tensors: each element (Dynamo unrolls it)
+    if slot.each is not None:  # a list/tuple/dict of tensors: each one (Dynamo unrolls it)
         ok = isinstance(x, slot.each) and not isinstance(x, (str, bytes, torch.Tensor))
         torch._check(ok, _const(w["sequence"]))
-        for item in x:
+        for item in x.values() if slot.is_mapping else x:
             if item is None and slot.each_optional:
                 continue
             _tensor(w, spec, item, b, self_obj, level, allow_empty)
@@ -158,8 +159,42 @@ def compiled_slot(
     if spec is None:
         if slot.plain_tensor:
             torch._check(isinstance(x, torch.Tensor), _const(w["tensor"]))
-        return  # Python values are fixed while tracing: Dynamo guards on them
+            return
+        _python(w, slot, x)
+        if level == FULL and slot.pyrange is not None:
+            _python_range(w, slot, x, b, self_obj)
+        return
     _tensor(w, spec, x, b, self_obj, level, allow_empty)
+
+
+_SYMBOLIC = {int: (int, torch.SymInt), float: (int, float, torch.SymInt, torch.SymFloat)}
+
+
+def _python(w: dict, slot: Slot, x: Any) -> None:
+    """A Python argument's class (a plain class hint; generic hints are eager's, through
+    beartype): a constant while tracing, or a symbol (``dynamic=True`` makes ints ``SymInt``)."""
+    hint = slot.pyhint
+    if not isinstance(hint, type) or typing.get_origin(hint) is not None:
+        return
+    ok = isinstance(x, _SYMBOLIC.get(hint, hint))
+    if hint is int and isinstance(x, bool):
+        ok = False  # (as eager: a bool is not an int argument)
+    torch._check(ok, _const(w["pytype"]))
+
+
+def _python_range(w: dict, slot: Slot, x: Any, b: dict, self_obj: Any) -> None:
+    """A Range on a Python number (``_check.check_pyrange``), a guard when ``x`` is a symbol."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, torch.SymInt, torch.SymFloat)):
+        return
+    r = slot.pyrange
+    lo, hi = _bound(r.lo, b, self_obj), _bound(r.hi, b, self_obj)
+    msg = _const(w["pyrange"])
+    if not isinstance(x, (int, torch.SymInt)):
+        _require(x - x == 0, msg)  # finite (NaN and inf give NaN; math.isfinite is no op here)
+    if lo is not None:
+        _require(x >= lo, msg)
+    if hi is not None:
+        _require(x <= hi, msg)
 
 
 def _tensor(
@@ -170,6 +205,9 @@ def _tensor(
     if dts is not None:
         torch._check(x.dtype in dts, _const(w["dtype"]))
     _shape(w, spec, x.shape, b, self_obj, allow_empty)
+    if spec.mask_axis is not None and spec.var_at >= 0:  # the axis must exist ("*b T")
+        nd = len(x.shape)
+        torch._check(-nd <= spec.mask_axis < nd, _const(w["mask_axis"]))
     if allow_empty and spec.mask_axis is not None:  # (else the empty axis fails in _shape)
         _mask_rows(w, spec, x.shape)
     if level == FULL and spec.has_values and x.numel() != 0:
@@ -182,10 +220,24 @@ def compiled_inputs(
     """The input contract of one call, while Dynamo traces it."""
     b: dict = {}
     self_obj = args[0] if plan.has_self and args else None
+    ranged = []
     for name, e in plan.self_dims:
-        b[name] = e(b, self_obj)
+        v = e(b, self_obj)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        ok = hasattr(v, "__index__") and not isinstance(v, bool)  # (None: not set yet)
+        msg = f"{plan.qualname}(): self: expected dims[{name!r}] = {e.source} to be a size"
+        torch._check(ok, _const(msg))
+        b[name] = v
     for slot, x in call_arguments(plan, args, kwargs):
+        if slot.tensor is None and slot.pyrange is not None:  # its bounds may read dims that
+            _python(words[slot.name], slot, x)  # later arguments bind: checked after them
+            ranged.append((slot, x))
+            continue
         compiled_slot(words[slot.name], slot, x, b, self_obj, level, plan.allow_empty)
+    if level == FULL:
+        for slot, x in ranged:
+            _python_range(words[slot.name], slot, x, b, self_obj)
     return b, self_obj
 
 
@@ -194,6 +246,8 @@ def compiled_outputs(plan: Plan, words: dict, out: Any, b: dict, self_obj: Any, 
     kind = plan.return_kind
     if kind == "single":
         items = [(plan.returns[0], out)]
+    elif kind == "tuple" and out is None and plan.return_optional:
+        items = []  # tuple[...] | None
     elif kind == "tuple":
         n = len(plan.returns)
         ok = isinstance(out, (tuple, list)) and len(out) == n

@@ -106,6 +106,12 @@ def contract(fn: Callable | None = None, /, **options: Any) -> Any:
             return type(f)(decorate(f.__func__))
         if not callable(f):
             raise AnnotationError(f"@contract decorates functions, not {type(f).__name__}")
+        if isinstance(f, type):  # wrapped, the class would become a function (no isinstance,
+            # no subclassing), and its own annotations are not its constructor's
+            raise AnnotationError(
+                f"@contract decorates functions and methods, not classes ({f.__qualname__}); "
+                "put it on the method to check (__init__, forward, __call__)"
+            )
         plan = build_plan(f, opts)
         register(plan)
         if state.level == OFF:

@@ -8,6 +8,8 @@ Tensors are described by the project's one formatter, :func:`contracts.summarize
 
 from __future__ import annotations
 
+import ast
+import inspect
 import itertools
 import typing
 from collections.abc import Mapping
@@ -20,7 +22,7 @@ from ._check import Fail
 from ._config import FULL, OFF, SHAPES, state
 from ._errors import ContractError
 from ._plan import CHECKED, FLOAT_NAMES, Plan, Slot, TensorSpec
-from ._spec import FIXED, NAME, Expr
+from ._spec import FIXED, NAME, Expr, ExprError
 from ._summary import summarize
 from ._values import UNREDUCED, widened
 
@@ -58,20 +60,52 @@ def _dtype(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
 
 
+# jaxtyping's dtype classes in words, when the annotation accepts the whole class
+_CATEGORY_WORDS = {
+    "Int": "signed integer",
+    "UInt": "unsigned integer",
+    "Integer": "integer",
+    "Complex": "complex",
+    "Num": "numeric",
+    "Real": "integer or float",
+    "Inexact": "float or complex",
+}
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def _dtype_list(names: frozenset[str]) -> str:
+    """The torch dtypes of ``names``, grouped: ``"uint8/16/32/64, int8/16/32/64"``."""
+    parts = ["bool"] if "bool" in names else []
+    for family in ("uint", "int"):
+        bits = [b for b in (8, 16, 32, 64) if f"{family}{b}" in names]
+        if bits:
+            parts.append(family + "/".join(map(str, bits)))
+    floats = [n for n in _FLOATS if n in names]
+    if floats:
+        parts.append("/".join(floats))
+    parts += sorted(n for n in names if n.startswith("float8"))
+    complexes = [n for n in ("complex32", "complex64", "complex128") if n in names]
+    if complexes:
+        parts.append("/".join(complexes))
+    return ", ".join(parts)
+
+
 def dtype_words(spec: TensorSpec) -> str:
-    """``"float (float16/bfloat16/float32/float64)"``, ``"bool"``, ``"any dtype"``, ..."""
+    """``"float (float16/bfloat16/float32/float64)"``, ``"signed integer (int8/16/32/64)"``,
+    ``"bool"``, ``"any dtype"``, ``"float32"``: what the annotation accepts, in words that list
+    exactly the dtypes it accepts (``Int`` refuses uint8, ``Integer`` takes it)."""
     names, category = spec.dtypes, spec.category
     if names is None:
         return "any dtype"
     if names == FLOAT_NAMES or category == "Float":
         return "float (float16/bfloat16/float32/float64)"
-    if category in ("Int", "Integer"):
-        return "integer (int8/16/32/64, uint8)"
     if category == "Bool":
         return "bool"
-    if category == "Complex":
-        return "complex (complex64/complex128)"
-    return "/".join(sorted(_dtype(d) for d in _check.torch_dtypes(names)))
+    known = frozenset(_dtype(d) for d in _check.torch_dtypes(names))
+    listed = _dtype_list(known)
+    if category in _CATEGORY_WORDS and len(known) > 1:
+        return f"{_CATEGORY_WORDS[category]} ({listed})"
+    return listed.replace(", ", "/")
 
 
 def _hint_words(hint: Any) -> str:
@@ -90,7 +124,7 @@ def _beartype_reason(hint: Any, value: Any, name: str) -> str | None:
     if bad is None:
         return None
     path, part, part_hint = bad
-    text = f"{name}{path} = {part!r}"[:120] + f" does not satisfy {_hint_words(part_hint)}"
+    text = f"{name}{path} = {short_repr(part, 100)} does not satisfy {_hint_words(part_hint)}"
     try:
         from beartype.door import die_if_unbearable
 
@@ -115,22 +149,69 @@ def interval_words(lo_b: Any, lo: Any, hi_b: Any, hi: Any) -> str:
     return f"{left}, {right}"
 
 
+def short_repr(x: Any, limit: int = 60) -> str:
+    """``repr(x)`` cut to about ``limit`` characters, with every tensor in it (also inside a
+    list, tuple or dict) summarized on one line instead of printed whole."""
+    if isinstance(x, torch.Tensor):
+        return summarize(x)
+    if isinstance(x, (list, tuple, dict)) and _holds_tensor(x):
+        if isinstance(x, dict):
+            shown = [f"{k!r}: {short_repr(v, limit)}" for k, v in list(x.items())[:3]]
+            left, right = "{", "}"
+        else:
+            shown = [short_repr(v, limit) for v in x[:3]]
+            left, right = ("(", ")") if isinstance(x, tuple) else ("[", "]")
+        if len(x) > 3:
+            shown.append(f"… ({len(x)} items)")
+        return left + ", ".join(shown) + right
+    r = repr(x)
+    return r[:limit] + "…" if len(r) > limit else r
+
+
+def _holds_tensor(x: Any) -> bool:
+    values = x.values() if isinstance(x, dict) else x
+    return any(isinstance(v, (torch.Tensor, list, tuple, dict)) for v in values)
+
+
 def describe_value(x: Any) -> str:
     """A short, never-whole description of an argument value (tensors summarized)."""
     if isinstance(x, torch.Tensor):
         return summarize(x)
     if x is None:
         return "None"
-    r = repr(x)
-    return f"{type(x).__name__} {r[:60] + '…' if len(r) > 60 else r}"
+    return f"{type(x).__name__} {short_repr(x)}"
+
+
+_DENSE_MAX = 1 << 24  # a sparse tensor up to this many elements is made dense to locate values
+
+
+def _comparable(x: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """``x`` as a strided tensor torch compares, and how its indices read: a sparse tensor
+    made dense when small enough (else its stored values, and a zero for the unstored ones:
+    ``"stored values"``), a quantized one dequantized, float8 and wide unsigned dtypes
+    widened."""
+    v = x.detach()
+    where = ""
+    if v.layout is not torch.strided:
+        if v.numel() <= _DENSE_MAX:
+            v = v.to_dense()
+        else:
+            v, where = _check.readable(v), "stored values"
+    if v.is_quantized:
+        v = v.dequantize()
+    if v.dtype in UNREDUCED:  # comparisons torch does not implement for these dtypes
+        v = widened(v)
+    return v, where
 
 
 def value_details(x: torch.Tensor, lo: float | None, hi: float | None) -> tuple[str, dict]:
-    """Count and locate the values of ``x`` outside ``[lo, hi]`` or non-finite."""
+    """Count and locate the values of ``x`` outside ``[lo, hi]`` or non-finite (for a complex
+    tensor: the elements with a non-finite part, or a part outside the bounds)."""
     with torch.no_grad():
-        v = torch.view_as_real(x.detach()) if x.is_complex() else x.detach()
-        if v.dtype in UNREDUCED:  # comparisons torch does not implement for these dtypes
-            v = widened(v)
+        v, where = _comparable(x)
+        part = 0
+        if v.is_complex():  # judged per element: a bad real or imaginary part makes it bad
+            v, part = torch.view_as_real(v), 1
         if v.is_floating_point():
             nan = torch.isnan(v)
             posinf = torch.isposinf(v)
@@ -142,6 +223,9 @@ def value_details(x: torch.Tensor, lo: float | None, hi: float | None) -> tuple[
             bad |= v < lo
         if hi is not None:
             bad |= v > hi
+        if part:
+            bad, nan = bad.any(-1), nan.any(-1)
+            posinf, neginf = posinf.any(-1), neginf.any(-1)
         n_bad = int(bad.sum())
         idx = bad.nonzero()
         first = tuple(int(i) for i in idx[0]) if len(idx) else None
@@ -149,15 +233,15 @@ def value_details(x: torch.Tensor, lo: float | None, hi: float | None) -> tuple[
         fv = v[finite]
         info = {
             "count": n_bad,
-            "numel": v.numel(),
+            "numel": bad.numel(),
             "nan": int(nan.sum()),
             "+inf": int(posinf.sum()),
             "-inf": int(neginf.sum()),
-            "min": fv.min().item() if fv.numel() else None,
-            "max": fv.max().item() if fv.numel() else None,
+            "min": fv.min().item() if fv.numel() and not part else None,
+            "max": fv.max().item() if fv.numel() and not part else None,
             "first_bad_index": first,
         }
-    parts = [f"{n_bad} of {info['numel']} values outside it"]
+    parts = [f"{n_bad} of {info['numel']} {where or 'values'} outside it"]
     nonfin = [
         f"{info[k]} {k.upper() if k == 'nan' else k.replace('inf', 'Inf')}"
         for k in ("nan", "+inf", "-inf")
@@ -167,7 +251,7 @@ def value_details(x: torch.Tensor, lo: float | None, hi: float | None) -> tuple[
         parts.append("non-finite: " + ", ".join(nonfin))
     if info["min"] is not None:
         parts.append(f"finite min={_fmt(info['min'])}, max={_fmt(info['max'])}")
-    if first is not None:
+    if first is not None and not where:
         parts.append(f"first bad at index {first}")
     return "; ".join(parts), info
 
@@ -221,6 +305,8 @@ def _mask_want(axis: int, padding: bool) -> str:
 
 def _mask_words(f: Fail) -> tuple[str, str, str]:
     x, axis = f.data["value"], f.axis
+    if x.layout is not torch.strided:  # a sparse mask: its rows, made dense
+        x = x.to_dense()
     padding = f.data.get("padding", False)
     valid = ~x if padding else x
     empty_rows = (~valid.any(dim=axis)).nonzero()
@@ -303,12 +389,27 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         return f"size {d['expr'].source}={d['want']}", f"{d['got']}", None
     if code == "expr_unbound":
         return f"size {d['expr'].source}", f"{d['got']} (dim {d['dim']} is unbound)", None
-    if code == "none":
+    if code == "expr_error":
+        e = d["error"]
+        why = str(e) if isinstance(e, ExprError) else f"{type(e).__name__}: {e}"
+        return f"size {d['expr'].source}", f"{d['got']} (the size cannot be evaluated: {why})", None
+    if code == "nested":
+        spec = d["spec"]
         return (
-            f"a tensor {d['spec'].shape_words()}",
-            "None",
-            "this argument is not Optional; annotate it `X | None` if None is meaningful",
+            f"a tensor {spec.shape_words()}",
+            "a nested tensor (its components differ in size: it has no one shape to check)",
+            "check each component (contracts.check in a loop over .unbind()), or pass a padded "
+            "tensor and a mask",
         )
+    if code == "none":
+        if f.slot == "return":  # (not return[0]: a tuple's element is no missing return)
+            hint = (
+                "the function returned None: a missing return statement? (annotate the "
+                "return `X | None` if None is meaningful)"
+            )
+        else:
+            hint = f"{f.slot} is not Optional; annotate it `X | None` if None is meaningful"
+        return f"a tensor {d['spec'].shape_words()}", "None", hint
     if code == "not_sequence":
         spec, x = d["spec"], d["value"]
         kind = getattr(d["each"], "__name__", str(d["each"]))
@@ -317,6 +418,9 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
             type(x).__name__,
             None,
         )
+    if code == "dict_key":
+        key = d["key"]
+        return f"keys of type {_hint_words(d['hint'])}", f"key {key!r} ({type(key).__name__})", None
     if code == "not_tensor":
         spec, x = d["spec"], d["value"]
         hint = (
@@ -330,8 +434,10 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         hint = None
         if spec.category == "Bool":
             hint = f"use {f.slot}.bool() (masks are True for valid positions)"
-        elif spec.category in ("Int", "Integer") and d["floating"]:
+        elif spec.category in ("Int", "Integer") and (d["floating"] or got.is_complex):
             hint = f"use {f.slot}.long()"
+        elif spec.category == "Int" and got.is_signed is False and got != torch.bool:
+            hint = f"Int is jaxtyping's signed integers; use {f.slot}.long(), or annotate Integer"
         elif spec.category == "Float" and not d["floating"]:
             hint = f"use {f.slot}.float()"
         return f"dtype {dtype_words(spec)}", _dtype(got), hint
@@ -341,7 +447,7 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         x = d["value"]
         return (
             _hint_words(d["hint"]),
-            f"{type(x).__name__} {x!r}"[:80],
+            f"{type(x).__name__} {short_repr(x, 70)}",
             _beartype_reason(d["hint"], x, f.slot),
         )
     if code == "pyrange":
@@ -372,6 +478,15 @@ def words(f: Fail, prov: dict) -> tuple[str, str, str | None]:
         )
     if code == "mask":
         return _mask_words(f)
+    if code == "mask_axis":
+        spec, shape = d["spec"], d["shape"]
+        axis = spec.mask_axis
+        least = axis + 1 if axis >= 0 else -axis
+        return (
+            f"a mask with an axis {axis} to check (at least {least} axes) {spec.shape_words()}",
+            f"{len(shape)} axes {list(shape)}",
+            None,
+        )
     if code == "mask_empty":
         return (
             _mask_want(f.axis, d["padding"]),
@@ -394,28 +509,56 @@ class _Call:
         self.plan, self.args, self.kwargs, self.out = plan, args, kwargs, out
         self.extra: dict[str, tuple[Slot, Any]] = {}  # checked intermediates
 
-    def slot(self, name: str) -> Slot | None:
+    def _direct(self, name: str) -> Slot | None:
         if name in self.extra:
             return self.extra[name][0]
-        element = _element_of(name)
-        if element is not None:  # "xs[3]": element 3 of a sequence slot
-            seq = self.slot(element[0])
-            return seq.element(element[1]) if seq is not None and seq.each else None
         return self.plan.slot(name) if self.plan is not None else None
+
+    def _element(self, name: str) -> tuple[Slot, Any] | None:
+        """``(container slot, index or key)`` for an element name (``"xs[3]"``,
+        ``"feats['a']"``, ``"return[0][1]"``; see ``Slot.element``), else None."""
+        if not name.endswith("]"):
+            return None
+        for i, c in enumerate(name):
+            if c != "[":
+                continue
+            seq = self._direct(name[:i])
+            if seq is None or seq.each is None:
+                continue
+            try:
+                return seq, ast.literal_eval(name[i + 1 : -1])
+            except (ValueError, SyntaxError):
+                return None
+        return None
+
+    def slot(self, name: str) -> Slot | None:
+        direct = self._direct(name)
+        if direct is not None:
+            return direct
+        element = self._element(name)
+        return element[0].element(element[1]) if element is not None else None
+
+    def is_default(self, name: str) -> bool:
+        """Whether argument ``name`` was left to its default in this call."""
+        slot = self._direct(name)
+        if slot is None or name in self.extra or name.startswith("return") or slot.position < -1:
+            return False
+        return not (0 <= slot.position < len(self.args) or (slot.keyword and name in self.kwargs))
 
     def value(self, name: str) -> Any:
         if name in self.extra:
             return self.extra[name][1]
-        element = _element_of(name)
-        if element is not None:
-            seq = self.value(element[0])
+        plan = self.plan
+        slot = self._direct(name)
+        if slot is None:
+            element = self._element(name)
+            if element is None:
+                return _MISSING
             try:
-                return seq[element[1]]
+                return self.value(element[0].name)[element[1]]
             except Exception:
                 return _MISSING
-        plan = self.plan
-        slot = self.slot(name)
-        if slot is None or plan is None:
+        if plan is None:
             return _MISSING
         out = self.out
         if name.startswith("return"):
@@ -428,15 +571,11 @@ class _Call:
             return out.get(key, _MISSING) if isinstance(out, Mapping) else _MISSING
         if 0 <= slot.position < len(self.args):
             return self.args[slot.position]
-        return self.kwargs.get(name, _MISSING)
-
-
-def _element_of(name: str) -> tuple[str, int] | None:
-    """``("xs", 3)`` for the element name ``"xs[3]"`` (see ``Slot.element``), else None."""
-    if not name.endswith("]") or "[" not in name or name.startswith("return"):
-        return None
-    base, _, index = name[:-1].rpartition("[")
-    return (base, int(index)) if index.isdigit() else None
+        if slot.keyword and name in self.kwargs:
+            return self.kwargs[name]
+        if slot.default is not inspect.Parameter.empty:
+            return slot.default
+        return _MISSING
 
 
 def _slot_words(slot: Slot | None, name: str) -> str:
@@ -502,11 +641,15 @@ def _error(function: str, fail: Fail, call: _Call, prov: dict, b: dict) -> Contr
     lines = [head + f": expected {expected}, got {actual}"]
     dim = fail.data.get("dim") if fail.code in ("dim", "variadic") else None
     if dim is not None and dim in prov:
+        axes = f"{fail.axis}"
+        if fail.code == "variadic":  # the axes it spans, as its binding's provenance reads
+            axes += f":{fail.axis + len(fail.data['got'])}"
         lines.append(
-            f"  {dim}={bindings[dim]} from {prov[dim]}, but {fail.slot}.shape[{fail.axis}]={actual}"
+            f"  {dim}={bindings[dim]} from {prov[dim]}, but {fail.slot}.shape[{axes}]={actual}"
         )
     if value is not _MISSING:
-        lines.append(f"  {fail.slot}: {describe_value(value)}")
+        default = " (its default)" if call.is_default(fail.slot) else ""
+        lines.append(f"  {fail.slot}{default}: {describe_value(value)}")
     lines.append(f"  bindings: {bindings_words}")
     if hint is None and isinstance(value, torch.Tensor):
         hint = _transpose_hint(call, fail, value, prov, b)
@@ -621,6 +764,10 @@ def slot_words(function: str, slot: Slot) -> dict[str, str]:
     """The fixed words of one slot's compiled checks (see :func:`compiled_words`)."""
     where = f"{function}(): {_slot_words(slot, slot.name)}"
     w = {"where": where, "tensor": f"{where}: expected a torch.Tensor"}
+    if slot.tensor is None and not slot.plain_tensor:  # a Python value
+        w["pytype"] = f"{where}: expected {_hint_words(slot.pyhint)}"
+        if slot.pyrange is not None:
+            w["pyrange"] = f"{where}: expected a value in {slot.pyrange.describe()}"
     spec = slot.tensor
     if spec is not None:
         n = len(spec.dims) if spec.var_at < 0 else spec.n_before + spec.n_after
@@ -635,16 +782,26 @@ def slot_words(function: str, slot: Slot) -> dict[str, str]:
             )
         w["dtype"] = f"{where}: expected dtype {dtype_words(spec)}"
         w["values"] = f"{where}: expected {_values_want(spec)} (checked on the device)"
+        if spec.mask_axis is not None:  # "*b T": the rank the checked axis needs
+            axis = spec.mask_axis
+            w["mask_axis"] = (
+                f"{where}: expected a mask with an axis {axis} to check (at least "
+                f"{axis + 1 if axis >= 0 else -axis} axes) {spec.shape_words()}"
+            )
         if spec.mask_axis is not None:  # allow_empty: an empty mask axis under rows
             w["mask_empty"] = (
                 f"{where}: expected {_mask_want(spec.mask_axis, spec.mask_padding)}, got an "
                 "empty axis (size 0)"
             )
         n_dims = len(spec.dims)
-        for j, d in enumerate(spec.dims):  # axis from the end after a variadic entry
-            axis = j if spec.var_at < 0 or j < spec.var_at else j - n_dims
-            w[f"size{j}"] = f"{where}, axis {axis}: expected size {d}"
-            w[f"empty{j}"] = f"{where}, axis {axis}: expected a non-empty axis (size ≥ 1)"
+        sizes, empties = [], []  # per entry of the shape (tuples: while tracing, Dynamo may
+        for j, d in enumerate(spec.dims):  # hold an index as a symbol, which no key formats)
+            axis = j if spec.var_at < 0 or j <= spec.var_at else j - n_dims  # from the end
+            sizes.append(f"{where}, axis {axis}: expected size {d}")  # after a variadic entry
+            empties.append(f"{where}, axis {axis}: expected a non-empty axis (size ≥ 1)")
+        w["size"], w["empty"] = tuple(sizes), tuple(empties)  # type: ignore[assignment]
+        if spec.var_at >= 0:  # the variadic entry's axes, from where they start
+            w["variadic"] = f"{where}, axis {spec.var_at}: expected axes {spec.dims[spec.var_at]}"
     return w
 
 

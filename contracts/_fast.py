@@ -84,12 +84,22 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
     )
     # ranges on Python numbers depend on the value, not the class: checked every call (full)
     py_ranges = tuple(s for s in params if s.tensor is None and s.pyrange is not None)
+    # a positional-only parameter is looked up in kwargs under None (no keyword is None):
+    # the name there belongs to **kwargs
     slots = tuple(
-        (s.position, s.name, s.default is not inspect.Parameter.empty, s.default, s.optional)
+        (
+            s.position,
+            s.name if s.keyword else None,
+            s.default is not inspect.Parameter.empty,
+            s.default,
+            s.optional,
+        )
         for s in params
     )
     value_slots = tuple(
-        (i, s) for i, s in enumerate(params) if s.tensor is not None and s.tensor.has_values
+        (s.name if s.keyword else None, s)
+        for s in params
+        if s.tensor is not None and s.tensor.has_values
     )
     single = plan.return_kind == "single"
     single_values = single and plan.returns[0].tensor is not None
@@ -128,12 +138,12 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
     def values_of(args: tuple, kwargs: dict) -> list:
         out = []
         nargs = len(args)
-        for _i, s in value_slots:
+        for name, s in value_slots:
             pos = s.position
             if 0 <= pos < nargs:
                 x = args[pos]
             else:
-                x = kwargs.get(s.name, s.default)
+                x = kwargs.get(name, s.default)
             if isinstance(x, tensor):
                 out.append((s, x))
         return out
@@ -146,7 +156,11 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
                 ok = cpu_ok.get(slot.name)
                 if ok is None:
                     ok = cpu_ok[slot.name] = cpu_value_check(slot.tensor)
-                if not ok(x, b, self_obj):
+                try:
+                    good = ok(x, b, self_obj)
+                except Exception:  # a layout these checks do not read (sparse, quantized)
+                    good = False
+                if not good:
                     pending: list = []
                     values_pending(slot, x, pending)
                     judge_values(pending, b, self_obj)
@@ -157,7 +171,10 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
         if not eligible:
             b, self_obj = check_inputs(plan, args, kwargs, level, None)
             return b, self_obj, None
-        key = signature(args, kwargs)
+        try:
+            key = signature(args, kwargs)
+        except Exception:  # a tensor without one shape (nested): the walk words it
+            key = None
         if key is None:
             b, self_obj = check_inputs(plan, args, kwargs, level, None)
             return b, self_obj, None
@@ -179,7 +196,8 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
                 nargs = len(args)
                 for slot in py_ranges:
                     pos = slot.position
-                    x = args[pos] if 0 <= pos < nargs else kwargs.get(slot.name, slot.default)
+                    name = slot.name if slot.keyword else None
+                    x = args[pos] if 0 <= pos < nargs else kwargs.get(name, slot.default)
                     check_pyrange(slot, x, b, self_obj)
             if value_slots:
                 judge(values_of(args, kwargs), b, self_obj)
@@ -192,26 +210,26 @@ def compile_checker(plan: Plan) -> tuple[Callable, Callable, dict]:
         n = len(entry[0])
         # dims that contracts.check bound inside the call join the return's signature
         extra = tuple(list(b.items())[n:]) if len(b) != n else ()
-        if single and out.__class__ is tensor:
-            okey: tuple = (out.shape, out.dtype)
-            values = [(plan.returns[0], out)] if level == FULL and single_values else ()
-        else:
-            try:
+        try:
+            if single and out.__class__ is tensor:
+                okey: tuple = (out.shape, out.dtype)
+                values = [(plan.returns[0], out)] if level == FULL and single_values else ()
+            else:
                 items = returned_items(plan, out)
-            except Fail:
-                check_outputs(plan, out, b, self_obj, level, None)  # raises the same Fail
-                return
-            key: list = []
-            values = []
-            for slot, x in items:
-                if isinstance(x, tensor):
-                    key.append(x.shape)
-                    key.append(x.dtype)
-                    if level == FULL and slot.tensor is not None and slot.tensor.has_values:
-                        values.append((slot, x))
-                else:
-                    key.append(x.__class__)
-            okey = tuple(key)
+                key: list = []
+                values = []
+                for slot, x in items:
+                    if isinstance(x, tensor):
+                        key.append(x.shape)
+                        key.append(x.dtype)
+                        if level == FULL and slot.tensor is not None and slot.tensor.has_values:
+                            values.append((slot, x))
+                    else:
+                        key.append(x.__class__)
+                okey = tuple(key)
+        except Exception:  # a wrong container (Fail), a tensor without one shape (nested)
+            check_outputs(plan, out, b, self_obj, level, None)  # raises the worded Fail
+            return
         if extra:
             okey = (okey, extra)
         seen = entry[1]
@@ -370,7 +388,7 @@ def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> lis
         a("    return generic(*args, **kwargs)")
     a("try:")
     a(f"    entry = cache_get(({', '.join(key)},))")
-    a("except TypeError:  # a value read off self that cannot be hashed: the walk")
+    a("except Exception:  # a value off self that cannot be hashed, a nested tensor: the walk")
     a("    return generic(*args, **kwargs)")
     a("if entry is None:")
     a("    return generic(*args, **kwargs)  # walks, and caches the signature if it passes")
@@ -412,7 +430,10 @@ def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> lis
             a("            raise explain(PLAN, f, args, kwargs) from None")
             a("    else:")
         for s in valued:
-            L += _inline_values(s.tensor, f"x{s.position}", f"{s.position}", env, "        ")
+            a("        try:")
+            L += _inline_values(s.tensor, f"x{s.position}", f"{s.position}", env, "            ")
+            a("        except Exception:  # a layout the CPU checks do not read (sparse)")
+            a("            good = False")
             a("        if not good:")
             a("            return generic(*args, **kwargs)  # the reference judges and words it")
     a("plan = PLAN")
@@ -459,12 +480,12 @@ def _return_lines(plan: Plan, env: dict) -> list[str]:
     if kind != "single" and tensors:  # (single: tested above)
         a("    if " + " and ".join(f"{r}.__class__ is Tensor" for _, r in tensors) + ":")
         pad = "        "
-    a(f"{pad}okey = ({', '.join(key)},)")
-    a(f"{pad}if nc != nb:  # dims a contracts.check in fn bound join the key (as in outputs)")
-    a(f"{pad}    okey = (okey, tuple(list(b.items())[nb:]))")
     a(f"{pad}try:")
+    a(f"{pad}    okey = ({', '.join(key)},)")
+    a(f"{pad}    if nc != nb:  # dims a contracts.check in fn bound join the key (as in outputs)")
+    a(f"{pad}        okey = (okey, tuple(list(b.items())[nb:]))")
     a(f"{pad}    added = entry[1].get(okey)")
-    a(f"{pad}except TypeError:  # a binding that cannot be hashed: the reference walks")
+    a(f"{pad}except Exception:  # a binding that cannot be hashed, a nested tensor: the reference")
     a(f"{pad}    added = None")
     valued = [(s, r) for s, r in tensors if s.tensor is not None and s.tensor.has_values]
     if not valued:
@@ -489,7 +510,10 @@ def _return_lines(plan: Plan, env: dict) -> list[str]:
         a(f"{pad}        return out")
         a(f"{pad}    passed = True")
         for i, (s, r) in enumerate(valued):
-            L += _inline_values(s.tensor, r, f"R{i}", env, pad + "    ")
+            a(f"{pad}    try:")
+            L += _inline_values(s.tensor, r, f"R{i}", env, pad + "        ")
+            a(f"{pad}    except Exception:  # a layout the CPU checks do not read (sparse)")
+            a(f"{pad}        good = False")
             a(f"{pad}    passed = passed and good")
         a(f"{pad}    if passed:")
         a(f"{pad}        return out")

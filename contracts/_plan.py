@@ -151,14 +151,24 @@ class Slot:
     pyhint: Any = None  # the non-tensor hint (checked with isinstance / beartype)
     pyrange: Range | None = None  # a Range on a Python number
     plain_tensor: bool = False  # annotated with torch.Tensor alone
-    # list[X] / tuple[X, ...] / Sequence[X] of tensors: the container class, and ``tensor`` is
-    # every element's spec (their dims bind with the call's, as jaxtyping means them)
+    # list[X] / tuple[X, ...] / Sequence[X] / dict[K, X] / Mapping[K, X] of tensors: the
+    # container class, and ``tensor`` is every element's (every value's) spec (their dims bind
+    # with the call's, as jaxtyping means them)
     each: type | None = None
     each_optional: bool = False  # the elements may be None
+    each_key: Any = None  # dict[K, X]: the key hint K (None for sequences)
+    keyword: bool = True  # may be passed by keyword (False: positional-only)
 
-    def element(self, i: int) -> Slot:
-        """The slot of element ``i`` of a sequence slot: named ``name[i]``, checked alone."""
-        return Slot(f"{self.name}[{i}]", self.position, self.default, False, self.tensor)
+    @property
+    def is_mapping(self) -> bool:
+        """Whether this slot is a dict/Mapping of tensors (elements named ``name['key']``)."""
+        return self.each is not None and issubclass(self.each, Mapping)
+
+    def element(self, i: Any) -> Slot:
+        """The slot of element ``i`` of a sequence slot (``name[i]``) or of the value at key
+        ``i`` of a mapping slot (``name['a']``), checked alone."""
+        index = repr(i) if self.is_mapping else i
+        return Slot(f"{self.name}[{index}]", self.position, self.default, False, self.tensor)
 
 
 @dataclass
@@ -172,6 +182,7 @@ class Plan:
     returns: list[Slot]
     return_kind: str  # "none", "single", "tuple", "dict"
     return_keys: tuple[Any, ...] = ()  # per return slot: None, the tuple index or the dict key
+    return_optional: bool = False  # a tuple return annotated ``tuple[...] | None``
     self_dims: tuple[tuple[str, Expr], ...] = ()
     has_self: bool = False
     options: ContractOptions = field(default_factory=ContractOptions)
@@ -337,17 +348,21 @@ def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> 
     tensor_t, param_t = _torch_types()
     if _is_jaxtyping(inner):
         if getattr(inner, "array_type", tensor_t) not in (tensor_t, param_t):
+            _warn_other_array(where, inner)
             return None  # a numpy/jax annotation: not ours to check
         return Slot(name, position, default, optional, tensor_spec(where, inner, meta))
     each = _sequence_of_tensors(inner)
     if each is not None:
-        container, element = each
+        container, element, key = each
         e_inner, e_meta, e_optional = unwrap(element)
         if getattr(e_inner, "array_type", tensor_t) not in (tensor_t, param_t):
+            _warn_other_array(where, e_inner)
             return None
         spec = tensor_spec(where, e_inner, meta + e_meta)  # a constraint on the list: on each
-        slot = Slot(name, position, default, optional, spec, each=container)
+        slot = Slot(name, position, default, optional, spec, each=container, each_key=key)
         slot.each_optional = e_optional
+        if key is not None:
+            _warn_if_uncheckable(where, key)
         return slot
     if inner is tensor_t:
         spec_meta = [m for m in meta if isinstance(m, Constraint)]
@@ -370,22 +385,41 @@ def make_slot(where: str, name: str, position: int, default: Any, hint: Any) -> 
     )
 
 
-_SEQUENCES = {list: list, tuple: tuple, Sequence: Sequence}
+_SEQUENCES = {list: list, tuple: tuple, Sequence: Sequence, dict: dict, Mapping: Mapping}
 
 
-def _sequence_of_tensors(hint: Any) -> tuple[type, Any] | None:
-    """``(container, element hint)`` of ``list[X]``, ``tuple[X, ...]`` or ``Sequence[X]`` whose
-    element ``X`` (past ``Annotated``/``Optional``) is a jaxtyping annotation; else None."""
+def _sequence_of_tensors(hint: Any) -> tuple[type, Any, Any] | None:
+    """``(container, element hint, key hint)`` of ``list[X]``, ``tuple[X, ...]``,
+    ``Sequence[X]`` (key hint None), ``dict[K, X]`` or ``Mapping[K, X]`` whose element ``X``
+    (past ``Annotated``/``Optional``) is a jaxtyping annotation; else None."""
     container = _SEQUENCES.get(typing.get_origin(hint))
     if container is None:
         return None
     args = typing.get_args(hint)
+    key = None
     if container is tuple:
         if len(args) != 2 or args[1] is not Ellipsis:
             return None  # a fixed-length tuple: beartype checks it
+        element = args[0]
+    elif container in (dict, Mapping):
+        if len(args) != 2:
+            return None
+        key, element = args
+        key = None if key is typing.Any else key
     elif len(args) != 1:
         return None
-    return (container, args[0]) if _is_jaxtyping(unwrap(args[0])[0]) else None
+    else:
+        element = args[0]
+    return (container, element, key) if _is_jaxtyping(unwrap(element)[0]) else None
+
+
+def _warn_other_array(where: str, hint: Any) -> None:
+    array = getattr(hint, "array_type", None)
+    name = getattr(array, "__qualname__", repr(array))
+    _warn(
+        f"{where}: {name} annotations are not checked (contracts check torch tensors); "
+        "it is left unchecked"
+    )
 
 
 def _warn_if_uncheckable(where: str, hint: Any) -> None:
@@ -431,10 +465,10 @@ def _return_slots(
     if hint is inspect.Parameter.empty or hint is None or hint is type(None):
         return "none", []
     inner, _meta, _opt = unwrap(hint)
-    if typing.get_origin(inner) is tuple:
+    if typing.get_origin(inner) is tuple and not (
+        len(typing.get_args(inner)) == 2 and typing.get_args(inner)[1] is Ellipsis
+    ):  # (tuple[X, ...] is one value, every element checked: below)
         args = typing.get_args(inner)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return "none", []
         slots = []
         for i, a in enumerate(args):
             s = make_slot(f"{where} return[{i}]", f"return[{i}]", -1, inspect.Parameter.empty, a)
@@ -532,11 +566,20 @@ def build_plan(
             pos = i if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else -1
             slot = make_slot(f"{where} argument {name!r}", name, pos, p.default, hints[name])
             if slot is not None:
+                slot.keyword = p.kind is not p.POSITIONAL_ONLY  # never read from **kwargs
                 params.append(slot)
         unknown = set(hints) - set(sig.parameters) - {"return"}
         if unknown:
             raise AnnotationError(f"{where}: no parameter named {', '.join(sorted(unknown))}")
     else:
+        named = sorted(k for k in hints if k != "return")
+        if named:
+            _warn(
+                f"{where}: the signature of {qual}() cannot be read (a builtin?), so an "
+                f"argument passed by position cannot be matched to its annotation: "
+                f"{', '.join(map(repr, named))} {'is' if len(named) == 1 else 'are'} checked "
+                "only when passed by keyword"
+            )
         for name, h in hints.items():
             if name == "return":
                 continue
@@ -575,6 +618,7 @@ def build_plan(
         returns=[s for _, s in rslots],
         return_kind=kind,
         return_keys=tuple(k for k, _ in rslots),
+        return_optional=kind == "tuple" and unwrap(return_hint)[2],
         self_dims=tuple(self_dims),
         has_self=has_self,
         options=options,

@@ -22,7 +22,7 @@ from typing import Any
 
 from ._errors import AnnotationError
 
-__all__ = ["Dim", "Expr", "compile_expr", "parse_shape"]
+__all__ = ["Dim", "Expr", "ExprError", "compile_expr", "parse_shape"]
 
 # Dim kinds
 FIXED = "fixed"  # a literal size: 80
@@ -194,6 +194,11 @@ def compile_expr(source: str) -> Expr:
 ARGS = "{args}"  # bindings key of the call's arguments, for f-string dims
 
 
+class ExprError(Exception):
+    """An f-string dim cannot be evaluated in this call; the message says why (a checker
+    turns it into a ContractError: it is the call that is wrong, not the annotation)."""
+
+
 def compile_fstring(source: str) -> Expr:
     """Compile a jaxtyping f-string dim (``"{size}"``, ``"{self.n}+3"``) once.
 
@@ -216,13 +221,22 @@ def compile_fstring(source: str) -> Expr:
             args.setdefault("self", self_obj)
         try:
             text = source.format(**args)
-        except (KeyError, AttributeError, IndexError) as e:
-            raise KeyError(str(e).strip("'")) from None
+        except KeyError as e:
+            raise ExprError(f"{{{e.args[0]}}} names no argument of the call") from None
+        except (AttributeError, IndexError, TypeError, ValueError) as e:
+            raise ExprError(f"{type(e).__name__}: {e}") from None
         if text.isdigit():
             return int(text)
         expr = cache.get(text)
         if expr is None:
-            expr = cache[text] = compile_expr(text)
+            try:
+                expr = compile_expr(text)
+            except AnnotationError:
+                raise ExprError(
+                    f"it reads {text!r}, which is neither a size nor an expression over dims"
+                ) from None
+            if len(cache) < 256:
+                cache[text] = expr
         return expr(b, self_obj)
 
     uses_self = any(f.split(".")[0] == "self" for f in fields)

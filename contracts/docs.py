@@ -66,12 +66,15 @@ GUIDE = """
   accepts zero-size axes (an empty batch), but a `Mask()` with rows and an empty checked axis
   (`[B, 0]`) is refused in every mode that checks shapes: each of its rows has no valid
   position, the case that makes a softmax return NaN. A mask with no rows (`[0, T]`) passes.
-- **Lists of tensors.** `list[X]`, `tuple[X, ...]` and `Sequence[X]` of a jaxtyping `X`
-  (with `Annotated` constraints on `X` or on the list) check every element, and the elements'
-  dims bind with the call's, as jaxtyping means them: `list[Float[Tensor, "B C T"]]` needs one
-  `B`, `C` and `T` for all (write `"B C _"` for skips of several lengths). A failing element is
-  named `xs[3]`. Such calls always take the reference walk (no signature cache), in eager and
-  under `torch.compile` alike.
+- **Lists and dicts of tensors.** `list[X]`, `tuple[X, ...]` and `Sequence[X]` of a
+  jaxtyping `X` (with `Annotated` constraints on `X` or on the list) check every element, and
+  the elements' dims bind with the call's, as jaxtyping means them: `list[Float[Tensor, "B C
+  T"]]` needs one `B`, `C` and `T` for all (write `"B C _"` for skips of several lengths).
+  `dict[K, X]` and `Mapping[K, X]` check every value so (and every key against `K`). A
+  failing element is named `xs[3]` or `feats['mel']`; as a return annotation they are checked
+  the same way. Such calls always take the reference walk (no signature cache), in eager and
+  under `torch.compile` alike. A `NamedTuple` or dataclass is checked as its class only (as
+  beartype does): its fields' annotations are not.
 - **Intermediate values.** `contracts.check(value, annotation, *, name=None)` returns `value`;
   inside a contracted call (found by walking up to the wrapper's frame, so calls that never use
   it pay nothing) its dims must agree with that call's bindings (and a dim it binds is
@@ -102,9 +105,18 @@ GUIDE = """
   jaxtyping + beartype and `contract` and asserts they agree. Refused, with the reason: `?name`
   (PyTree-path dims: tensors have no PyTree path) and arbitrary Python inside braces.
 - **Nothing unchecked without a word.** An annotation that cannot be resolved (NameError), a
-  hint beartype cannot check, or `Annotated` metadata that is not a constraint raises
-  `contracts.ContractWarning` at decoration, naming function and argument; the suite makes it
-  an error for `models`.
+  hint beartype cannot check, `Annotated` metadata that is not a constraint, or annotations
+  given for a callable whose signature cannot be read (a builtin, through `attach`: checked
+  only when passed by keyword) raises `contracts.ContractWarning` at decoration, naming
+  function and argument; the suite makes it an error for `models`.
+- **Arguments.** Positional-only parameters are read from the call's positions only (a
+  keyword of the same name belongs to `**kwargs`); an argument left to its default is checked
+  as passed, and a message says so (`w (its default): …`). `dims=` values must be sizes (an
+  int, or a whole float): `None` (an attribute not set yet) is refused, not left unbound. A
+  `Range` on a Python number may read dims bound by later arguments. Sparse (COO and
+  compressed), quantized and MKL-DNN tensors get their values checked (a sparse tensor's
+  stored values and its unstored zeros); a nested tensor is refused where a shape is
+  annotated (its components have no one shape).
 - **Property tests.** Every contract gets one: generated from its annotations by the pytest
   plugin, or, for the contracts marked `generate=False` (inputs strategies cannot derive:
   lists of tensors, value relations between arguments, models as arguments), hand-written in

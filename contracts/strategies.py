@@ -25,11 +25,11 @@ import torch
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from ._check import torch_dtypes
+from ._check import _size, torch_dtypes
 from ._errors import TorchdxError
 from ._plan import Plan, Slot, TensorSpec
 from ._registry import all_plans, example_factory
-from ._spec import ARGS, ELLIPSIS, EXPR, FIXED, NAME, VARIADIC, Expr
+from ._spec import ARGS, ELLIPSIS, EXPR, FIXED, NAME, VARIADIC, Expr, ExprError
 
 __all__ = ["CannotGenerate", "inputs_for", "plan_of"]
 
@@ -113,20 +113,42 @@ def _make_tensor(
         dt = torch.complex64 if torch.complex64 in dts else sorted(dts, key=str)[0]
         return torch.randn(shape, generator=gen, dtype=dt)
     if dts is not None and not any(d.is_floating_point for d in dts):
+        dt = _int_dtype(spec)
+        info = torch.iinfo(dt)
         ilo, ihi = _int_bounds(lo, hi, 9)
-        assume(ilo <= ihi)
-        return torch.randint(ilo, ihi + 1, shape, generator=gen, dtype=_int_dtype(spec))
+        ilo, ihi = max(ilo, info.min), min(ihi, info.max)  # what the dtype holds
+        if ilo > ihi:
+            _no_values(spec, dt, lo, hi)
+        return torch.randint(ilo, ihi + 1, shape, generator=gen, dtype=dt)
     dt = _float_dtype(spec)
+    top = torch.finfo(dt).max
+    if (lo is not None and lo > top) or (hi is not None and hi < -top):
+        _no_values(spec, dt, lo, hi)
+    lo = None if lo is None else max(lo, -top)  # the finite values the dtype holds
+    hi = None if hi is None else min(hi, top)
     if lo is not None and hi is not None:
         assume(lo <= hi)
         x = lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=torch.float64)
         return x.clamp(lo, hi).to(dt)
     x = torch.randn(shape, generator=gen, dtype=torch.float64)
     if lo is not None:
-        x = lo + x.abs()
+        x = (lo + x.abs()).clamp(max=top)
     elif hi is not None:
-        x = hi - x.abs()
+        x = (hi - x.abs()).clamp(min=-top)
     return x.to(dt)
+
+
+def _no_values(spec: TensorSpec, dt: torch.dtype, lo: Any, hi: Any) -> None:
+    """No value of ``dt`` lies in the range: with number bounds no draw can succeed (say so);
+    with expression bounds this draw's dims made it empty (draw again)."""
+    if isinstance(spec.lo, Expr) or isinstance(spec.hi, Expr):
+        assume(False)
+    left = "(-∞" if lo is None else f"[{lo}"
+    right = "∞)" if hi is None else f"{hi}]"
+    raise CannotGenerate(
+        f"no {str(dt).replace('torch.', '')} value lies in {left}, {right}, the Range of a "
+        f"tensor {spec.shape_words()}; widen the Range or the dtype"
+    )
 
 
 def _py_strategy(slot: Slot, plan: Plan, bindings: dict, self_obj: Any) -> Any:
@@ -227,7 +249,12 @@ def inputs_for(
     names, variadics = _dim_names(plan)
     pre: dict[str, Any] = {}
     for name, e in plan.self_dims:
-        pre[name] = e(pre, self_obj)
+        try:
+            pre[name] = _size(e(pre, self_obj))  # (as the checker reads it: 3.0 is 3)
+        except Exception as err:  # None (not set yet), a missing attribute
+            raise CannotGenerate(
+                f"{plan.qualname}(): dims[{name!r}] = {e.source}: {type(err).__name__}: {err}"
+            ) from None
     # fail early (at strategy construction) for arguments we cannot draw
     for slot in plan.params:
         if slot.tensor is None and not slot.plain_tensor and slot.name not in plan.strategies:
@@ -304,14 +331,29 @@ def inputs_for(
 def _draw_value(
     plan: Plan, slot: Slot, data: st.DrawFn, gen: torch.Generator, b: dict, self_obj: Any
 ) -> Any:
-    """A tensor argument, or for a list/tuple of tensors one to three of them (their dims
-    shared, as the checker binds them)."""
+    """A tensor argument, or for a list/tuple/dict of tensors one to three of them (their dims
+    shared, as the checker binds them; a dict's keys are drawn from its key hint)."""
     if slot.each is None:
         return _draw_tensor(plan, slot, data, gen, b, self_obj)
-    items = [
-        _draw_tensor(plan, slot, data, gen, b, self_obj) for _ in range(data(st.integers(1, 3)))
-    ]
+    n = data(st.integers(1, 3))
+    items = [_draw_tensor(plan, slot, data, gen, b, self_obj) for _ in range(n)]
+    if slot.is_mapping:
+        keys = _KEYS.get(slot.each_key)
+        if keys is None:
+            raise CannotGenerate(
+                f"{plan.qualname}(): cannot draw the keys of argument {slot.name!r} "
+                f"({slot.each_key!r}); pass @contract(strategies={{{slot.name!r}: ...}})"
+            )
+        return dict(zip(data(st.lists(keys, min_size=n, max_size=n, unique=True)), items))
     return tuple(items) if slot.each is tuple else items
+
+
+# the keys drawn for a dict of tensors, by key hint (None: dict[Any, X] or no key hint)
+_KEYS = {
+    str: st.text("abcdefgh", min_size=1, max_size=4),
+    int: st.integers(0, 64),
+    None: st.text("abcdefgh", min_size=1, max_size=4),
+}
 
 
 def _draw_tensor(
@@ -330,7 +372,7 @@ def _draw_tensor(
         elif d.kind == EXPR:
             try:
                 s = d.value(b, self_obj)
-            except (KeyError, AttributeError, TypeError, ZeroDivisionError) as e:
+            except (KeyError, AttributeError, TypeError, ZeroDivisionError, ExprError) as e:
                 if isinstance(e, ZeroDivisionError):
                     assume(False)  # a divisor drawn as 0: draw again
                 raise CannotGenerate(
@@ -347,7 +389,8 @@ def _draw_tensor(
             shape.extend([2] * data(st.integers(0, 2)))
         else:
             shape.append(data(st.integers(1, 4)))
-    if spec.mask_axis is not None and shape:
+    if spec.mask_axis is not None:
+        assume(-len(shape) <= spec.mask_axis < len(shape))  # ("*b T": the axis must exist)
         # a mask needs a valid position in each row: no rows at all is fine (allow_empty), an
         # empty mask axis under non-empty rows is refused by the checker
         axis = spec.mask_axis % len(shape)
