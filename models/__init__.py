@@ -13,6 +13,22 @@ Every model package has the same layout: ``_config.py`` (a config dataclass with
 the one format of :mod:`models._checkpoint` (config, weights, step, metrics, torch version).
 The AudioSR and diffusion-buffer loops are one loop (:mod:`models._training`). Models never
 import ``diagnostics`` in library code; a training function takes a monitor from its caller.
+
+Inputs that do not match a model's parameters raise :class:`models.DtypeError` /
+:class:`models.DeviceError` (both :class:`models.InputError`, a ``contracts.ContractError``),
+loaded from :mod:`models._guards` on first use.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__: list[str] = ["DeviceError", "DtypeError", "InputError"]
+
+
+def __getattr__(name: str) -> Any:
+    """The error classes, imported lazily (importing ``models`` stays light)."""
+    if name in __all__:
+        return getattr(importlib.import_module("models._guards"), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

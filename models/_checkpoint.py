@@ -21,15 +21,23 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 from contracts import TorchdxError
 
-__all__ = ["checkpoint_format", "read_checkpoint", "write_checkpoint"]
+__all__ = [
+    "build_from_checkpoint",
+    "check_save_args",
+    "checkpoint_format",
+    "load_weights",
+    "read_checkpoint",
+    "write_checkpoint",
+]
 
 _RESERVED = ("format", "config", "step", "metrics", "torch_version")
 
@@ -65,7 +73,11 @@ def write_checkpoint(
         ...                  weights={"state_dict": model.state_dict()}, step=200)  # doctest: +SKIP
     """
     clash = sorted(set(extra) & (set(_RESERVED) | set(weights)))
-    assert not clash, f"write_checkpoint: extra metadata reuses reserved keys {clash}"
+    if clash:  # would replace the weights or the config; raised even under python -O
+        raise AssertionError(
+            f"write_checkpoint: extra metadata reuses reserved keys {clash}; pass config, step "
+            "and metrics as the arguments of that name and rename the extra keys"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"format": checkpoint_format(kind), "config": dict(config)}
@@ -139,3 +151,59 @@ def read_checkpoint(
     if not isinstance(ckpt.get("config"), dict):
         raise error(f"{where}: {name!r} has no config dict (keys {sorted(ckpt)})")
     return ckpt
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def build_from_checkpoint(
+    path: str | Path,
+    ckpt: Mapping[str, Any],
+    build: Callable[[dict[str, Any]], M],
+    error: type[TorchdxError],
+    where: str = "load_checkpoint",
+) -> M:
+    """``build(ckpt["config"])``, re-raising a bad config as ``error`` naming the file.
+
+    A config that no longer validates (edited by hand, or written by a version with other
+    fields) fails in the config's own check; the message says which file holds it.
+    """
+    try:
+        return build(dict(ckpt["config"]))
+    except (TorchdxError, TypeError, ValueError) as err:
+        raise error(f"{where}: {str(path)!r} has a bad config: {err}") from err
+
+
+def load_weights(
+    path: str | Path,
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    error: type[TorchdxError],
+    what: str = "weights",
+    where: str = "load_checkpoint",
+) -> None:
+    """``model.load_state_dict(state, strict=True)``, re-raising a mismatch as ``error`` naming
+    the file and the first missing / unexpected / mis-shaped keys."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        detail = " ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
+        raise error(
+            f"{where}: the {what} in {str(path)!r} do not fit its config ({detail[:600]}); the "
+            "config stored with them was changed after they were saved, or the file mixes two "
+            "models"
+        ) from err
+
+
+def check_save_args(
+    where: str, model: Any, path: Any, cls: type, signature: str, error: type[TorchdxError]
+) -> None:
+    """Raise ``error`` when ``model`` is not a ``cls`` (arguments swapped, or another model)."""
+    if not isinstance(model, cls):
+        swapped = isinstance(model, (str, Path)) and isinstance(path, nn.Module)
+        hint = "the arguments look swapped; " if swapped else ""
+        raise error(
+            f"{where}: argument 'model' is a {type(model).__name__}, expected a {cls.__name__}; "
+            f"{hint}the signature is {signature}"
+        )

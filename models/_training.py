@@ -26,19 +26,29 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from contracts import TorchdxError
 from contracts.cli import ArgumentParser
+from models._fields import is_int
 
 __all__ = [
     "Monitor",
     "TrainResult",
     "TrainSpec",
+    "TrainingError",
     "add_common_arguments",
+    "error_line",
     "eval_loss",
     "open_loss_watch",
     "open_monitor",
     "run_cli",
     "run_training",
 ]
+
+
+class TrainingError(TorchdxError, ValueError):
+    """A bad argument of :func:`run_training` (steps, batch, clips, learning rate)."""
+
+    __module__ = "models._training"
 
 
 class Monitor(Protocol):
@@ -121,6 +131,13 @@ def run_training(
     Returns:
         a :class:`TrainResult`.
     """
+    for name, value, lo in (("steps", steps, 0), ("batch", batch, 1), ("n_clips", n_clips, 1)):
+        if not is_int(value) or value < lo:
+            raise TrainingError(
+                f"run_training: argument {name!r} = {value!r} is invalid: expected an int >= {lo}"
+            )
+    if not 0 < lr < float("inf"):
+        raise TrainingError(f"run_training: argument 'lr' = {lr!r} is invalid: expected > 0")
     torch.manual_seed(seed)
     model = spec.build(cfg)
     train_t = spec.data(n_clips, seed, seconds, "train")
@@ -165,6 +182,14 @@ def run_training(
             monitor.close()
     return res
 
+
+def error_line(err: BaseException) -> str:
+    """``"error: ..."`` in one line for a CLI: the error's first line plus its hint, if any."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    hint = next((ln for ln in lines[1:] if ln.startswith("hint:")), None)
+    return "error: " + " ".join(
+        [lines[0] if lines else type(err).__name__, *([hint] if hint else [])]
+    )
 
 def open_monitor(logdir: str, **kwargs: Any) -> Callable[[nn.Module, Any], Monitor]:
     """A factory of ``diagnostics.TrainingMonitor`` writing to ``logdir`` (for ``--tensorboard``).
@@ -212,16 +237,36 @@ def add_common_arguments(p: ArgumentParser, logdir: str) -> None:
 
 
 def run_cli(spec: TrainSpec, args: argparse.Namespace, cfg: Any) -> int:
-    """Run the training a parsed command line asks for; returns the exit status."""
+    """Run the training a parsed command line asks for; returns the exit status.
+
+    ``cfg`` is the config, or a zero-argument factory of it (so that a bad flag that the config
+    refuses is reported like any other bad argument: one line, exit status 2).
+    """
     if args.steps < 1 or args.batch < 1:
         print(f"error: --steps={args.steps} and --batch={args.batch} must be >= 1", file=sys.stderr)
         return 2
-    torch.set_num_threads(1)  # small models: one thread is fastest on a shared machine
-    monitor = open_monitor(args.tensorboard) if args.tensorboard else None
-    res = run_training(
-        spec, cfg, args.steps, args.batch, args.lr, seconds=args.seconds, seed=args.seed,
-        logdir=args.logdir, monitor=monitor,
-    )  # fmt: skip
+    if not 0 < args.lr < float("inf") or not 0 < args.seconds < float("inf"):
+        print(f"error: --lr={args.lr} and --seconds={args.seconds} must be > 0", file=sys.stderr)
+        return 2
+    try:
+        if callable(cfg):
+            cfg = cfg()
+        torch.set_num_threads(1)  # small models: one thread is fastest on a shared machine
+        monitor = open_monitor(args.tensorboard) if args.tensorboard else None
+        res = run_training(
+            spec,
+            cfg,
+            args.steps,
+            args.batch,
+            args.lr,
+            seconds=args.seconds,
+            seed=args.seed,
+            logdir=args.logdir,
+            monitor=monitor,
+        )
+    except TorchdxError as err:  # a config, clip length or buffer the model refuses
+        print(error_line(err), file=sys.stderr)
+        return 2
     print(
         f"eval loss {res.eval_before:.4f} -> {res.eval_after:.4f} "
         f"({res.eval_after / res.eval_before:.2%} of the start); TensorBoard: "

@@ -7,6 +7,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from models._fields import is_int
+
 from ._compat import contract
 from ._errors import AudioError
 
@@ -25,11 +27,16 @@ def si_sdr(est: Float[Tensor, "*B L"], ref: Float[Tensor, "*B L"]) -> Float[Tens
         ref: reference ``[..., L]``.
 
     Returns:
-        SI-SDR in dB, one value per leading index (a scalar for 1-D input).
+        SI-SDR in dB, one value per leading index (a scalar for 1-D input); computed in float32
+        at least (float16 energies overflow).
 
     Example:
         >>> si_sdr(clean + 0.1 * torch.randn_like(clean), clean)
     """
+    # float16/bfloat16: the energies (sums of L squares) overflow or round to a useless ratio,
+    # so low-precision signals are scored in float32 (and the score is float32)
+    dtype = torch.promote_types(torch.promote_types(est.dtype, ref.dtype), torch.float32)
+    est, ref = est.to(dtype), ref.to(dtype)
     est = est - est.mean(-1, keepdim=True)
     ref = ref - ref.mean(-1, keepdim=True)
     eps = torch.finfo(est.dtype).eps
@@ -47,6 +54,18 @@ def _np1d(x: Tensor | np.ndarray, name: str, fn: str) -> np.ndarray:
     return arr
 
 
+def _pair(est: Tensor | np.ndarray, ref: Tensor | np.ndarray, fn: str) -> tuple[np.ndarray, ...]:
+    """Both signals as 1-D float64 arrays of the same length (a metric of misaligned signals
+    compares different moments of the utterance)."""
+    e, r = _np1d(est, "est", fn), _np1d(ref, "ref", fn)
+    if e.shape != r.shape:
+        raise AudioError(
+            f"{fn}: arguments 'est' and 'ref' have {e.shape[0]} and {r.shape[0]} samples; "
+            "expected the same length (trim or pad the estimate to the reference)"
+        )
+    return e, r
+
+
 def pesq_score(est: Tensor | np.ndarray, ref: Tensor | np.ndarray, sr: int = 16000) -> float:
     """Wide-band PESQ (ITU-T P.862.2) at 16 kHz, narrow-band at 8 kHz, via ``pesq``.
 
@@ -57,7 +76,7 @@ def pesq_score(est: Tensor | np.ndarray, ref: Tensor | np.ndarray, sr: int = 160
 
     if sr not in (8000, 16000):
         raise AudioError(f"pesq_score: argument 'sr' is {sr}; PESQ supports 8000 or 16000 Hz")
-    e, r = _np1d(est, "est", "pesq_score"), _np1d(ref, "ref", "pesq_score")
+    e, r = _pair(est, ref, "pesq_score")
     try:
         return float(pesq(sr, r, e, "wb" if sr == 16000 else "nb"))
     except Exception as err:  # pesq raises its own errors (e.g. no utterance detected)
@@ -72,5 +91,7 @@ def estoi_score(est: Tensor | np.ndarray, ref: Tensor | np.ndarray, sr: int = 16
     """
     from pystoi import stoi
 
-    e, r = _np1d(est, "est", "estoi_score"), _np1d(ref, "ref", "estoi_score")
+    if not is_int(sr) or sr < 1:
+        raise AudioError(f"estoi_score: argument 'sr' is {sr!r}; expected a sample rate in Hz")
+    e, r = _pair(est, ref, "estoi_score")
     return float(stoi(r, e, sr, extended=True))

@@ -8,12 +8,17 @@ compression and the STFT, so ``istft(stft(x), length=len(x))`` returns ``x`` up 
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
 import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
+
+from models._fields import check_types, require_positive
+from models._fields import require as _require
 
 from ._compat import Finite, Range, contract
 from ._errors import AudioError
@@ -32,6 +37,19 @@ class STFTConfig:
     beta: float = 0.15  # amplitude compression factor
     sample_rate: int = 16000  # Hz, the rate the models are trained at
 
+    def __post_init__(self) -> None:
+        check_types(self, AudioError)
+        require = functools.partial(_require, self, AudioError)
+        require("n_fft", self.n_fft >= 2, ">= 2 (at least 2 frequency bins)")
+        require(
+            "hop",
+            self.hop < self.n_fft,
+            f"< n_fft={self.n_fft} (the windows must overlap for istft to invert the STFT)",
+        )
+        require_positive(self, AudioError, "hop", "sample_rate")
+        require("alpha", 0 < self.alpha < math.inf, "> 0 and finite (istft raises to 1 / alpha)")
+        require("beta", 0 < self.beta < math.inf, "> 0 and finite (istft divides by beta)")
+
     @property
     def n_freqs(self) -> int:
         """Number of frequency bins F."""
@@ -40,6 +58,9 @@ class STFTConfig:
     def n_frames(self, length: int) -> int:
         """Number of frames T for a clip of ``length`` samples."""
         return length // self.hop + 1 if self.center else (length - self.n_fft) // self.hop + 1
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _window(cfg: STFTConfig, like: Tensor) -> Tensor:
@@ -54,12 +75,13 @@ def stft(
     """Compressed complex STFT of a batch of waveforms.
 
     Args:
-        wave: waveforms ``[B, L]`` with ``L >= cfg.n_fft`` (one full STFT frame).
+        wave: waveforms ``[B, L]`` with ``L >= cfg.n_fft`` (one full STFT frame); float16 and
+            bfloat16 audio is transformed in float32.
         cfg: STFT and compression settings.
 
     Returns:
         ``[B, F, T]`` complex with ``F = n_fft // 2 + 1`` and amplitude
-        ``beta * |X| ** alpha``, phase of ``X``.
+        ``beta * |X| ** alpha``, phase of ``X`` (complex128 for float64 audio, else complex64).
 
     Example:
         >>> spec = stft(torch.randn(2, 16000))
@@ -73,6 +95,10 @@ def stft(
         )
     if not torch.isfinite(wave).all():
         raise AudioError("stft: argument 'wave' has NaN/Inf samples; clean the audio first")
+    if wave.dtype in _LOW_PRECISION:
+        # the FFT kernels (CPU; CUDA for sizes that are not powers of two) and polar() have no
+        # float16/bfloat16 version: such audio is transformed in float32 (complex64 out)
+        wave = wave.float()
     spec = torch.stft(
         wave,
         n_fft=cfg.n_fft,
@@ -114,11 +140,21 @@ def istft(
         )
     mag = (spec.abs() / cfg.beta).pow(1.0 / cfg.alpha)
     raw = torch.polar(mag, spec.angle())  # (B, F, T)
-    return torch.istft(
-        raw,
-        n_fft=cfg.n_fft,
-        hop_length=cfg.hop,
-        window=_window(cfg, raw),
-        center=cfg.center,
-        length=length,
-    )
+    try:
+        return torch.istft(
+            raw,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop,
+            window=_window(cfg, raw),
+            center=cfg.center,
+            length=length,
+        )
+    except RuntimeError as err:
+        n_out = (spec.shape[-1] - 1) * cfg.hop if length is None else length
+        if n_out >= 1:
+            raise
+        raise AudioError(
+            f"istft: argument 'spec' has {spec.shape[-1]} frame(s), so the default output length "
+            f"(T - 1) * hop = {n_out} samples is empty; pass length= (the original number of "
+            "samples)"
+        ) from err

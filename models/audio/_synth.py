@@ -20,6 +20,8 @@ import torch
 from scipy.signal import butter, lfilter, sosfilt
 from torch import Tensor
 
+from models._fields import is_int
+
 from ._errors import AudioError
 
 __all__ = [
@@ -117,6 +119,13 @@ def synth_speech(rng: np.random.Generator, n: int, speaker: int, sr: int = 16000
     Example:
         >>> x = synth_speech(np.random.default_rng(0), 16000, speaker=3)
     """
+    if n < 1:
+        raise AudioError(f"synth_speech: argument 'n' is {n}; expected n >= 1 samples")
+    if not 0 <= speaker < N_SPEAKERS:
+        raise AudioError(
+            f"synth_speech: argument 'speaker' is {speaker}; expected a speaker in "
+            f"[0, {N_SPEAKERS})"
+        )
     spk = _speaker(speaker)
     t = np.arange(n) / sr
     # --- syllables: (start, vowel end, end) in samples, each maybe led by an unvoiced onset
@@ -295,6 +304,14 @@ def make_mixtures(
         )
     if n < 0:
         raise AudioError(f"make_mixtures: argument 'n' is {n}; expected n >= 0")
+    if not is_int(sample_rate) or sample_rate < 1:
+        raise AudioError(
+            f"make_mixtures: argument 'sample_rate' is {sample_rate!r}; expected an int >= 1 (Hz)"
+        )
+    if len(snr_db) != 2 or not all(np.isfinite(v) for v in snr_db):
+        raise AudioError(
+            f"make_mixtures: argument 'snr_db' is {snr_db}; expected (lo, hi), finite dB"
+        )
     length = round(seconds * sample_rate)
     if length < 512:
         raise AudioError(

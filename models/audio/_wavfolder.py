@@ -29,7 +29,10 @@ def read_wav(path: str | Path, sample_rate: int = 16000) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"read_wav: file {str(path)!r} does not exist")
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (L, channels)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (L, channels)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"read_wav: {str(path)!r} is not a readable audio file ({err})") from err
     if data.shape[1] != 1:
         raise AudioError(
             f"read_wav: {str(path)!r} has {data.shape[1]} channels; expected mono "
@@ -91,7 +94,13 @@ class WavFolderDataset(torch.utils.data.Dataset):
         self.names = sorted(clean)
         self.pairs = [(folders["clean"][n], folders["noisy"][n]) for n in self.names]
         for pair in self.pairs:
-            infos = [sf.info(str(p)) for p in pair]
+            try:
+                infos = [sf.info(str(p)) for p in pair]
+            except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+                raise AudioError(
+                    f"WavFolderDataset: {str(pair[0])!r} or {str(pair[1])!r} is not a readable "
+                    f"audio file ({err})"
+                ) from err
             for p, info in zip(pair, infos, strict=True):
                 if info.channels != 1:
                     raise AudioError(

@@ -8,7 +8,12 @@ from typing import Any
 
 import torch
 
-from models._checkpoint import read_checkpoint, write_checkpoint
+from models._checkpoint import (
+    build_from_checkpoint,
+    check_save_args,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 from ._config import AudioSRConfig, CheckpointError
 from ._model import AudioSR
@@ -102,6 +107,14 @@ def save_checkpoint(
     Example:
         >>> save_checkpoint(model, "runs/audiosr/ge.pt", step=200, metrics={"eval_loss": 0.1})
     """
+    check_save_args(
+        "save_checkpoint",
+        model,
+        path,
+        AudioSR,
+        "save_checkpoint(model, path, step=0, metrics=None)",
+        CheckpointError,
+    )
     return write_checkpoint(
         path, kind="audiosr", config=model.cfg.to_dict(),
         weights={"state_dict": model.state_dict()}, step=step, metrics=metrics, **extra,
@@ -123,7 +136,16 @@ def load_checkpoint(
         path, kind="audiosr", label="AudioSR", error=CheckpointError,
         legacy_keys=("config", "state_dict"), hint="write it with save_checkpoint",
     )  # fmt: skip
+    if config is not None and not isinstance(config, AudioSRConfig):
+        raise CheckpointError(
+            f"load_checkpoint: argument 'config' is a {type(config).__name__}; expected an "
+            "AudioSRConfig or None (None: the checkpoint's own config)"
+        )
     state = {k: v.to(map_location) for k, v in ckpt["state_dict"].items()}
-    cfg = config or AudioSRConfig.from_dict(ckpt["config"])
-    model = AudioSR(cfg)
+    if config is not None:
+        model = AudioSR(config)
+    else:
+        model = build_from_checkpoint(
+            path, ckpt, lambda c: AudioSR(AudioSRConfig.from_dict(c)), CheckpointError
+        )
     return model, load_state_into(model, state)

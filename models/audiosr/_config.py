@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from contracts import TorchdxError
+from models._fields import check_types, require_positive
+from models._fields import require as _require
 
 __all__ = ["AudioSRConfig", "AudioSRError", "CheckpointError"]
 
@@ -72,9 +76,69 @@ class AudioSRConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, saved with checkpoints
 
     def __post_init__(self) -> None:
+        check_types(self, AudioSRError)
         self.channel_mults = tuple(self.channel_mults)
         self.attention_levels = tuple(self.attention_levels)
         self.encoder_channels = tuple(self.encoder_channels)  # type: ignore[assignment]
+        require = functools.partial(_require, self, AudioSRError)
+        require_positive(
+            self,
+            AudioSRError,
+            "sample_rate",
+            "hop",
+            "n_mels",
+            "latent_factor",
+            "num_heads",
+            "context_dim",
+            "groups",
+            "n_timesteps",
+            "global_dim",
+            "encoder_hidden",
+            "encoder_layers",
+            "encoder_heads",
+            "encoder_ff",
+        )
+        require("n_fft", self.n_fft >= 2, ">= 2 (at least 2 frequency bins)")
+        require("log_floor", 0 < self.log_floor < math.inf, "> 0 (log(mel + floor) must be finite)")
+        require("norm_std", 0 < self.norm_std < math.inf, "> 0 and finite")
+        require("norm_mean", math.isfinite(self.norm_mean), "finite")
+        require("num_res_blocks", self.num_res_blocks >= 0, ">= 0")
+        require(
+            "channel_mults",
+            len(self.channel_mults) > 0 and min(self.channel_mults) >= 1,
+            "a non-empty tuple of ints >= 1",
+        )
+        require("encoder_channels", min(self.encoder_channels) >= 1, "three ints >= 1")
+        require(
+            "base_channels",
+            self.base_channels >= 2 and self.base_channels % 2 == 0,
+            "an even number >= 2 (the sinusoidal time embedding has base_channels entries)",
+        )
+        widths = sorted({self.base_channels * m for m in (1, *self.channel_mults)})
+        require(
+            "groups",
+            all(w % self.groups == 0 for w in widths),
+            f"a divisor of every level's width {widths} (GroupNorm)",
+        )
+        attended = sorted(
+            {
+                self.base_channels * self.channel_mults[lv]
+                for lv in (*self.attention_levels, -1)
+                if -len(self.channel_mults) <= lv < len(self.channel_mults)
+            }
+        )
+        require(
+            "num_heads",
+            all(w % self.num_heads == 0 for w in attended),
+            f"a divisor of the attended widths {attended} (heads split the channels)",
+        )
+        require("cond_drop_prob", 0 <= self.cond_drop_prob <= 1, "a probability in [0, 1]")
+        require("guidance_scale", math.isfinite(self.guidance_scale), "finite")
+        require(
+            "ddim_steps",
+            1 <= self.ddim_steps <= self.n_timesteps,
+            f"in [1, n_timesteps={self.n_timesteps}]",
+        )
         if self.n_mels % (self.latent_factor * 2 ** (len(self.channel_mults) - 1)):
             raise AudioSRError(
                 f"AudioSRConfig: n_mels={self.n_mels} must be divisible by latent_factor * "

@@ -68,7 +68,14 @@ def lowpass(
             f"lowpass: cutoff_hz={cutoff_hz} must lie in (0, {sample_rate / 2}) (Nyquist)"
         )
     n = wave.shape[-1]
-    spec = torch.fft.rfft(wave, dim=-1)  # (B, n//2+1)
+    try:
+        spec = torch.fft.rfft(wave, dim=-1)  # (B, n//2+1)
+    except RuntimeError:
+        # float16/bfloat16 audio: the FFT kernels need float32; filtered in float32 and cast
+        # back, after the fact so that float32 audio pays nothing for the check
+        if wave.dtype not in (torch.float16, torch.bfloat16):
+            raise
+        return lowpass(wave.float(), cutoff_hz, sample_rate).to(wave.dtype)
     freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate).to(wave.device)
     spec = spec * (freqs <= cutoff_hz).to(spec.dtype)
     return torch.fft.irfft(spec, n=n, dim=-1)
@@ -99,9 +106,20 @@ class LogMel(nn.Module):
     @contract(dims={"M": "self.cfg.n_mels"}, sizes={"L": (256, 1024)})
     def forward(self, wave: Annotated[Float[Tensor, "B L"], Finite()]) -> Float[Tensor, "B M T"]:
         """Waveforms ``[B, L]`` -> normalized log-mel ``[B, M, T]``, ``T = L // hop + 1``."""
-        spec = torch.stft(
-            wave.float(), self.cfg.n_fft, self.cfg.hop, window=self.window,
-            center=True, return_complex=True,
-        )  # fmt: skip  # (B, F, T)
+        try:
+            spec = torch.stft(
+                wave.float(), self.cfg.n_fft, self.cfg.hop, window=self.window,
+                center=True, return_complex=True,
+            )  # fmt: skip  # (B, F, T)
+        except RuntimeError as err:  # free unless it fails: no check on the hot path
+            half = self.cfg.n_fft // 2
+            if wave.shape[-1] > half:
+                raise
+            raise AudioSRError(
+                f"LogMel.forward(): argument 'wave' has {wave.shape[-1]} samples; the centered "
+                f"STFT (n_fft={self.cfg.n_fft}) reflect-pads {half} samples on each side and "
+                f"needs more than {half} samples ({1000 * (half + 1) / self.cfg.sample_rate:.1f} "
+                f"ms at {self.cfg.sample_rate} Hz); pad the clip or use a longer one"
+            ) from err
         mel = torch.einsum("mf,bft->bmt", self.fb, spec.abs().square())  # (B, M, T) power
         return (torch.log(mel + self.cfg.log_floor) - self.cfg.norm_mean) / self.cfg.norm_std

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 
 import contracts
 from contracts import Finite, Range, contract
+from models._fields import is_int
+from models._guards import InputError, explain_inputs
 
 from ._config import AudioSRConfig, AudioSRError
 from ._encoder import GlobalAudioEncoder
@@ -88,7 +90,11 @@ class AudioSR(nn.Module):
         """The global context of a whole low-resolution mel (None without the encoder)."""
         if self.global_encoder is None:
             return None
-        return self.global_encoder(lo_mel)[0]
+        try:
+            return self.global_encoder(lo_mel)[0]
+        except InputError as err:
+            explain_inputs(err, "AudioSR.global_context", self, lo_mel=lo_mel)
+            raise
 
     def _uncond(self, cond: Tensor) -> Tensor:
         return torch.full_like(cond, self.mel.silence)  # AudioSR: a constant latent (-11.4981)
@@ -136,12 +142,36 @@ class AudioSR(nn.Module):
                 ``lo_mel`` when the model has an encoder and none is given.
             generator: RNG for the initial noise.
         """
-        steps = steps or self.cfg.ddim_steps
+        steps = self.cfg.ddim_steps if steps is None else steps  # steps=0 is an error, not None
         s_cfg = self.cfg.guidance_scale if guidance is None else guidance
+        if not is_int(steps):
+            raise AudioSRError(f"AudioSR.sample: steps={steps!r}; expected an int or None")
         if not 1 <= steps <= self.cfg.n_timesteps:
             raise AudioSRError(
                 f"AudioSR.sample: steps={steps} outside [1, n_timesteps={self.cfg.n_timesteps}]"
             )
+        if not math.isfinite(s_cfg):
+            raise AudioSRError(f"AudioSR.sample: guidance={s_cfg!r}; expected a finite CFG scale")
+        if global_ctx is not None and self.global_encoder is None:
+            raise AudioSRError(
+                "AudioSR.sample: argument 'global_ctx' was given but this model has no global "
+                "encoder (use_global_encoder=False), so nothing would read it; drop it, or build "
+                "the model with AudioSRConfig(use_global_encoder=True)"
+            )
+        try:
+            return self._sample(lo_mel, steps, s_cfg, global_ctx, generator)
+        except (RuntimeError, InputError) as err:
+            explain_inputs(err, "AudioSR.sample", self, lo_mel=lo_mel, global_ctx=global_ctx)
+            raise
+
+    def _sample(
+        self,
+        lo_mel: Tensor,
+        steps: int,
+        s_cfg: float,
+        global_ctx: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
         if global_ctx is None:
             global_ctx = self.global_context(lo_mel)
         t_len = lo_mel.shape[-1]

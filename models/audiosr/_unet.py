@@ -20,8 +20,9 @@ from torch import Tensor, nn
 
 import contracts
 from contracts import Finite, Range, contract
+from models._guards import InputError, explain_inputs
 
-from ._config import AudioSRConfig
+from ._config import AudioSRConfig, AudioSRError
 
 __all__ = [
     "CrossAttention",
@@ -137,7 +138,11 @@ class SpatialTransformer(nn.Module):
     @contract(dims={"C": "self.channels"}, sizes={"H": (1, 4), "W": (1, 4)})
     def forward(self, x: Annotated[Float[Tensor, "B C H W"], Finite()]) -> Float[Tensor, "B C H W"]:
         """Residual transformer over the ``H*W`` positions."""
-        return self._untokens(self.block(self._tokens(x)), x)
+        try:  # free unless it fails
+            return self._untokens(self.block(self._tokens(x)), x)
+        except RuntimeError as err:
+            explain_inputs(err, f"{type(self).__name__}.forward", self, x=x)
+            raise
 
 
 @contracts.example(lambda: _GST_FACTORY())
@@ -181,16 +186,27 @@ class GlobalConditionedSpatialTransformer(SpatialTransformer):
         sequence: Annotated[Float[Tensor, "B S G"], Finite()] | None = None,
     ) -> Float[Tensor, "B C H W"]:
         """Base block, then cross-attention to ``[proj(global)] (+ proj(sequence))``."""
-        tok = self.block(self._tokens(x))  # (B, H*W, C)
-        if global_ctx is not None or sequence is not None:
-            parts = []
-            if global_ctx is not None:
-                parts.append(self.global_proj(global_ctx)[:, None])  # (B, 1, D)
-            if sequence is not None:
-                parts.append(self.global_proj(sequence))  # (B, S, D)
-            ctx = torch.cat(parts, dim=1)  # (B, 1 [+ S], D)
-            tok = tok + self.global_attn(self.global_norm(tok), ctx)
-        return self._untokens(tok, x)
+        try:  # free unless it fails
+            tok = self.block(self._tokens(x))  # (B, H*W, C)
+            if global_ctx is not None or sequence is not None:
+                parts = []
+                if global_ctx is not None:
+                    parts.append(self.global_proj(global_ctx)[:, None])  # (B, 1, D)
+                if sequence is not None:
+                    parts.append(self.global_proj(sequence))  # (B, S, D)
+                ctx = torch.cat(parts, dim=1)  # (B, 1 [+ S], D)
+                tok = tok + self.global_attn(self.global_norm(tok), ctx)
+            return self._untokens(tok, x)
+        except RuntimeError as err:
+            explain_inputs(
+                err,
+                "GlobalConditionedSpatialTransformer.forward",
+                self,
+                x=x,
+                global_ctx=global_ctx,
+                sequence=sequence,
+            )
+            raise
 
 
 @contracts.example(lambda: UNet(AudioSRConfig.tiny()))
@@ -276,13 +292,26 @@ class UNet(nn.Module):
 
         ``H`` and ``W`` must be divisible by ``2 ** (len(channel_mults) - 1)``.
         """
-        emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))  # (B, 4ch)
-        h = self.conv_in(torch.cat([x, cond], dim=1))  # (B, ch, H, W) -- concat conditioning
-        hs = [h]
-        for layer in self.down:
-            h = self._apply(layer, h, emb, global_ctx)
-            hs.append(h)
-        h = self._apply(self.mid, h, emb, global_ctx)
-        for layer in self.up:
-            h = self._apply(layer, torch.cat([h, hs.pop()], dim=1), emb, global_ctx)
-        return self.out(h)
+        try:  # free unless it fails: no check on the hot path
+            emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))  # (B, 4ch)
+            h = self.conv_in(torch.cat([x, cond], dim=1))  # (B, ch, H, W) -- concat conditioning
+            hs = [h]
+            for layer in self.down:
+                h = self._apply(layer, h, emb, global_ctx)
+                hs.append(h)
+            h = self._apply(self.mid, h, emb, global_ctx)
+            for layer in self.up:
+                h = self._apply(layer, torch.cat([h, hs.pop()], dim=1), emb, global_ctx)
+            return self.out(h)
+        except (RuntimeError, InputError) as err:
+            mult = 2 ** (len(self.cfg.channel_mults) - 1)
+            for axis, name in ((2, "H"), (3, "W")):
+                if x.shape[axis] % mult:
+                    raise AudioSRError(
+                        f"UNet.forward(): argument 'x', axis {axis}: {name}={x.shape[axis]} is not "
+                        f"a multiple of 2**(levels-1) = {mult}, so the skip connections do not "
+                        f"line up\n  hint: pad x and cond to a multiple of {mult} (AudioSR "
+                        "pads mel frames with its silence value, see AudioSR._pad_frames)"
+                    ) from err
+            explain_inputs(err, "UNet.forward", self, x=x, cond=cond, global_ctx=global_ctx)
+            raise

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--global-encoder", action="store_true", help="use_global_encoder=True")
     a = p.parse_args(argv)
     make = AudioSRConfig.tiny if a.tiny else AudioSRConfig
-    return run_cli(SPEC, a, make(use_global_encoder=a.global_encoder))
+    return run_cli(SPEC, a, lambda: make(use_global_encoder=a.global_encoder))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from models._checkpoint import read_checkpoint, write_checkpoint
+from models._checkpoint import (
+    build_from_checkpoint,
+    check_save_args,
+    load_weights,
+    read_checkpoint,
+    write_checkpoint,
+)
 
-from ._config import CheckpointError, DiffusionBufferConfig, DiffusionBufferError
+from ._config import CheckpointError, DiffusionBufferConfig
 from ._model import DiffusionBuffer
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
@@ -25,6 +31,14 @@ def save_checkpoint(
     Example:
         >>> save_checkpoint(model, "runs/db.pt", step=200, metrics={"eval_loss": 0.2})
     """
+    check_save_args(
+        "save_checkpoint",
+        model,
+        path,
+        DiffusionBuffer,
+        "save_checkpoint(model, path, step=0, metrics=None)",
+        CheckpointError,
+    )
     return write_checkpoint(
         path, kind="diffusion_buffer", config=model.cfg.to_dict(),
         weights={"state_dict": model.state_dict()}, step=step, metrics=metrics, **extra,
@@ -51,17 +65,9 @@ def load_checkpoint(path: str | Path) -> DiffusionBuffer:
         legacy_keys=("config", "state_dict"),
         hint="write it with models.diffusion_buffer.train --out",
     )  # fmt: skip
-    try:
-        cfg = DiffusionBufferConfig.from_dict(ckpt["config"])
-    except (DiffusionBufferError, TypeError) as err:
-        raise CheckpointError(f"load_checkpoint: {str(path)!r} has a bad config: {err}") from err
-    model = DiffusionBuffer(cfg)
-    try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(
-            f"load_checkpoint: the weights in {str(path)!r} do not fit its config ({first})"
-        ) from err
+    model = build_from_checkpoint(
+        path, ckpt, lambda c: DiffusionBuffer(DiffusionBufferConfig.from_dict(c)), CheckpointError
+    )
+    load_weights(path, model, ckpt["state_dict"], CheckpointError)
     model.checkpoint = {"path": str(path), "step": ckpt["step"], "metrics": ckpt["metrics"]}
     return model.eval()

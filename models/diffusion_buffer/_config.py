@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import contracts
 from contracts import TorchdxError
+from models._fields import check_types, require_positive
+from models._fields import require as _require
 
 __all__ = [
     "AmpOverflowError",
@@ -111,8 +115,30 @@ class DiffusionBufferConfig:
     check_finite: bool = True  # raise AmpOverflowError on a non-finite backbone output
 
     def __post_init__(self) -> None:
+        check_types(self, DiffusionBufferError)
         check_times(self.t_eps, self.t_max)
         self.channel_mults = tuple(self.channel_mults)
+        require = functools.partial(_require, self, DiffusionBufferError)
+        require_positive(self, DiffusionBufferError, "hop", "sample_rate", "base_channels")
+        require("n_fft", self.n_fft >= 2, ">= 2 (at least 2 frequency bins)")
+        require(
+            "hop",
+            self.hop < self.n_fft,
+            f"< n_fft={self.n_fft} (the windows must overlap for istft to invert the STFT)",
+        )
+        require("k", 0 < self.k < math.inf, "> 0 and finite (the diffusion grows as k^t)")
+        require(
+            "theta",
+            0 < self.theta < math.inf,
+            "> 0 and finite (theta = 0 gives sigma(t) = 0: an infinite score target)",
+        )
+        require("channel_mults", all(m >= 1 for m in self.channel_mults), "ints >= 1")
+        require(
+            "emb_dim",
+            self.emb_dim >= 2 and self.emb_dim % 2 == 0,
+            "an even number >= 2 (sin and cos halves of the time embedding)",
+        )
+        require("fourier_scale", 0 < self.fourier_scale < math.inf, "> 0 and finite")
         if self.buffer_size < 1:
             raise DiffusionBufferError(
                 f"DiffusionBufferConfig: buffer_size={self.buffer_size} must be >= 1"

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 import contracts
 from contracts import Finite, contract
+from models._fields import is_int
+from models._guards import InputError, explain_inputs
 from models.audio import STFTConfig, istft, stft
 
 from ._backbone import CausalUNet
@@ -81,13 +83,25 @@ class DiffusionBuffer(nn.Module):
         n = mono.shape[-1]
         frames = self.stft_cfg.n_frames(n) if n >= self.cfg.n_fft else 0
         if frames < self.cfg.buffer_size:
+            b, hop, n_fft = self.cfg.buffer_size, self.cfg.hop, self.cfg.n_fft
+            how = (
+                f"frames = {n} // {hop} + 1"
+                if n >= n_fft
+                else f"{n} < n_fft = {n_fft}: not one full STFT frame"
+            )
+            # a [B, L, C] clip makes L look like the channel axis: say so
+            layout = (
+                f" The clip is {list(wave.shape)}: is it [B, L, C]? pass {name}.transpose(1, 2)."
+                if wave.shape[1] > n
+                else ""
+            )
             raise BufferSizeError(
                 f"DiffusionBuffer: argument {name!r} gives {frames} STFT frames but "
-                f"buffer_size={self.cfg.buffer_size} (frames must be >= buffer_size); the clip "
-                f"has {n} samples at n_fft={self.cfg.n_fft}, hop={self.cfg.hop}, "
-                f"center={self.stft_cfg.center} -> frames = {n} // {self.cfg.hop} + 1. Hint: "
-                f"use clips of >= {(self.cfg.buffer_size - 1) * self.cfg.hop} samples or a "
-                "smaller buffer_size"
+                f"buffer_size={b} (frames must be >= buffer_size); the clip "
+                f"has {n} samples at n_fft={n_fft}, hop={hop}, "
+                f"center={self.stft_cfg.center} -> {how}. Hint: "
+                f"use clips of >= {max((b - 1) * hop, n_fft)} samples or a "
+                f"smaller buffer_size.{layout}"
             )
         return stft(mono, self.stft_cfg)  # (B, F, T) complex
 
@@ -138,7 +152,11 @@ class DiffusionBuffer(nn.Module):
         z = torch.randn_like(x0[..., -b:])  # complex N(0, 1)
         x = x0.clone()
         x[..., -b:] = self.sde.mean(x0[..., -b:], y[..., -b:], tb) + sigma * z
-        x0_hat = self._net(x, y, t.expand(x.shape[0], -1))[..., -b:]  # (B, F, Bf)
+        try:  # free unless it fails: no check on the hot path
+            x0_hat = self._net(x, y, t.expand(x.shape[0], -1))[..., -b:]  # (B, F, Bf)
+        except (RuntimeError, InputError) as err:
+            explain_inputs(err, "DiffusionBuffer.forward", self, mix=mix, target=target)
+            raise
         score = self.score_head(x0_hat, x[..., -b:], y[..., -b:], tb, sigma)
         err = score - (-z / sigma)
         with torch.no_grad():  # observed for monitors; never part of the graph
@@ -151,7 +169,7 @@ class DiffusionBuffer(nn.Module):
 
     # ---- online inference -----------------------------------------------------------------------
     def stream(self, batch: int = 1, generator: torch.Generator | None = None) -> Streamer:
-        """A frame-by-frame enhancer; see :class:`Streamer`."""
+        """A frame-by-frame enhancer for ``batch`` clips at once; see :class:`Streamer`."""
         return Streamer(self, batch, generator)
 
     @torch.no_grad()
@@ -164,7 +182,11 @@ class DiffusionBuffer(nn.Module):
         """Enhance whole clips by streaming their frames (output aligned with the input)."""
         y = self._spectra(mix, "mix")  # (B, F, T)
         st = self.stream(y.shape[0], generator)
-        outs = [o for i in range(y.shape[-1]) if (o := st.push(y[..., i])) is not None]
+        try:
+            outs = [o for i in range(y.shape[-1]) if (o := st.push(y[..., i])) is not None]
+        except (RuntimeError, InputError) as err:
+            explain_inputs(err, "DiffusionBuffer.enhance", self, mix=mix)
+            raise
         outs += st.flush()
         return istft(torch.stack(outs, dim=-1), self.stft_cfg, length=mix.shape[-1])
 
@@ -184,6 +206,11 @@ class Streamer:
     """
 
     def __init__(self, model: DiffusionBuffer, batch: int, generator: torch.Generator | None):
+        if not is_int(batch) or batch < 1:
+            raise DiffusionBufferError(
+                f"DiffusionBuffer.stream: argument 'batch' = {batch!r}; expected an int >= 1 "
+                "(the number of clips streamed together)"
+            )
         self.model, self.gen = model, generator
         cfg = model.cfg
         dev = next(model.parameters()).device
@@ -206,10 +233,11 @@ class Streamer:
     def push(self, y_frame: Complex[Tensor, "B F"]) -> Tensor | None:
         """Enter one compressed-STFT frame ``[B, F]``; returns the frame leaving the buffer."""
         m, b = self.model, self.model.cfg.buffer_size
-        if y_frame.shape != self.x.shape[:2]:
+        if y_frame.shape != self.x.shape[:2] or not y_frame.is_complex():
             raise DiffusionBufferError(
-                f"Streamer.push: frame shape {tuple(y_frame.shape)}, expected "
-                f"{tuple(self.x.shape[:2])} (batch, n_freqs)"
+                f"Streamer.push: argument 'y_frame' is {tuple(y_frame.shape)} {y_frame.dtype}, "
+                f"expected complex {tuple(self.x.shape[:2])} (batch, n_freqs): one frame of the "
+                "compressed STFT (models.audio.stft(mix)[..., i])"
             )
         self.x = torch.roll(self.x, -1, dims=-1)
         self.y = torch.roll(self.y, -1, dims=-1)

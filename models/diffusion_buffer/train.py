@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", action="store_true", help="autocast the backbone")
     a = p.parse_args(argv)
     make = DiffusionBufferConfig.tiny if a.tiny else DiffusionBufferConfig
-    return run_cli(SPEC, a, make(buffer_size=a.buffer_size, use_amp=a.amp))
+    return run_cli(SPEC, a, lambda: make(buffer_size=a.buffer_size, use_amp=a.amp))
 
 
 if __name__ == "__main__":

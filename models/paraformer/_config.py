@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from contracts import TorchdxError
+from models._fields import check_types
 
 __all__ = [
     "BatchError",
@@ -110,6 +112,7 @@ class ParaformerConfig:
                 f"ParaformerConfig.{name}={getattr(self, name)!r} is invalid: {hint}"
             )
 
+        check_types(self, ConfigError)
         if len(set(self.alphabet)) != len(self.alphabet) or not self.alphabet:
             raise bad("alphabet", "needs at least one character and no duplicates")
         for name in (
@@ -136,24 +139,36 @@ class ParaformerConfig:
             raise bad("predictor_kernel", "must be odd and >= 1")
         if self.fsmn_kernel < 0 or (self.fsmn_kernel and self.fsmn_kernel % 2 == 0):
             raise bad("fsmn_kernel", "must be 0 (off) or odd")
-        if self.threshold <= 0:
-            raise bad("threshold", "the integrate-and-fire threshold must be > 0")
+        if not 0 < self.threshold < math.inf:
+            raise bad("threshold", "the integrate-and-fire threshold must be > 0 and finite")
         if not 0 <= self.tail_threshold < self.threshold:
             raise bad("tail_threshold", "must be in [0, threshold)")
         if not 0 <= self.label_smoothing < 1:
             raise bad("label_smoothing", "must be in [0, 1)")
         if not 0 <= self.sampling_ratio <= 1:
             raise bad("sampling_ratio", "must be in [0, 1]")
-        if self.predictor_weight <= 0:
+        if not 0 < self.predictor_weight < math.inf:
             # seed 004 guide: "Predictor outputs are all zeros or ones" -- a zero weight means
             # nothing ever teaches the predictor to count tokens.
             raise bad(
                 "predictor_weight",
-                "must be > 0, otherwise the CIF predictor gets no quantity loss and its alphas "
-                "collapse (all 0 or all 1)",
+                "must be > 0 (and finite), otherwise the CIF predictor gets no quantity loss "
+                "and its alphas collapse (all 0 or all 1)",
             )
-        if self.lr <= 0 or not 0 <= self.dropout < 1:
-            raise bad("lr" if self.lr <= 0 else "dropout", "out of range")
+        if not 0 < self.lr < math.inf:
+            raise bad("lr", "the learning rate must be > 0 and finite")
+        if not 0 <= self.dropout < 1:
+            raise bad("dropout", "must be in [0, 1)")
+        if not 0 <= self.weight_decay < math.inf:
+            raise bad("weight_decay", "must be >= 0 and finite")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", "must be >= 0")
+        if not 0 <= self.grad_clip <= math.inf:
+            # clip_grad_norm_ with a negative max_norm flips the sign of every gradient
+            raise bad(
+                "grad_clip",
+                "must be >= 0 (0 disables clipping); a negative max norm would flip the gradients",
+            )
 
     @classmethod
     def tiny(cls, **overrides: Any) -> ParaformerConfig:

@@ -168,10 +168,28 @@ def collate_fn(
                 f"collate_fn: item {i} has {len(item)} fields; expected "
                 "(features, tokens, feat_len, token_len)"
             )
-        if item[2] < 1 or item[3] < 1 or item[0].shape[0] == 0 or item[1].shape[0] == 0:
+        f, t, fl, tl = item
+        if f.ndim != 2 or t.ndim != 1:
             raise BatchError(
-                f"collate_fn: item {i} has a zero-length sequence (feat_len={item[2]}, "
-                f"token_len={item[3]}); drop empty utterances before batching"
+                f"collate_fn: item {i} has features {tuple(f.shape)} and tokens {tuple(t.shape)}; "
+                "expected features [T_feat, F] and tokens [T_token] (one utterance per item)"
+            )
+        if fl < 1 or tl < 1 or f.shape[0] == 0 or t.shape[0] == 0:
+            raise BatchError(
+                f"collate_fn: item {i} has a zero-length sequence (feat_len={fl}, "
+                f"token_len={tl}); drop empty utterances before batching"
+            )
+        if fl > f.shape[0] or tl > t.shape[0]:
+            raise BatchError(
+                f"collate_fn: item {i} says feat_len={fl}, token_len={tl} but holds "
+                f"{f.shape[0]} frames and {t.shape[0]} tokens; a length cannot exceed its "
+                "sequence (compute the lengths from the tensors)"
+            )
+        if f.shape[1] != batch[0][0].shape[1]:
+            raise BatchError(
+                f"collate_fn: item {i} has F={f.shape[1]} feature bins but item 0 has "
+                f"F={batch[0][0].shape[1]}; every item needs the same front end (is one of them "
+                "[F, T] instead of [T, F]?)"
             )
     feats, toks, flens, tlens = zip(*batch, strict=True)
     n_feats = feats[0].shape[-1]

@@ -40,12 +40,23 @@ class MaskedCrossEntropy(nn.Module):
         mask: Annotated[Bool[Tensor, "B T"], Mask()],
     ) -> Annotated[Float[Tensor, ""], Range(0, None)]:
         B, T, V = logits.shape
-        ce = F.cross_entropy(
-            logits.reshape(B * T, V),
-            targets.reshape(B * T),  # (B*T, V), (B*T,)
-            reduction="none",
-            label_smoothing=self.label_smoothing,
-        ).view(B, T)  # (B, T)
+        ls = self.label_smoothing
+        try:
+            ce = F.cross_entropy(
+                logits.reshape(B * T, V),
+                targets.reshape(B * T),  # (B*T, V), (B*T,)
+                reduction="none",
+                label_smoothing=ls,
+            ).view(B, T)  # (B, T)
+        except RuntimeError:
+            if targets.dtype == torch.long:
+                raise
+            # The contract takes any signed integer ids, cross_entropy only int64: convert here,
+            # after the fact, so that int64 targets (the training step) pay nothing for it.
+            flat = targets.reshape(B * T).long()
+            ce = F.cross_entropy(
+                logits.reshape(B * T, V), flat, reduction="none", label_smoothing=ls
+            ).view(B, T)
         return ce.masked_fill(~mask, 0.0).sum() / mask.sum()
 
 

@@ -14,9 +14,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 from contracts import Range, contract
-from models._checkpoint import read_checkpoint, write_checkpoint
+from models._checkpoint import (
+    build_from_checkpoint,
+    check_save_args,
+    load_weights,
+    read_checkpoint,
+    write_checkpoint,
+)
+from models._fields import is_int
 
-from ._config import BatchError, CheckpointError, ParaformerConfig, VocabError
+from ._config import BatchError, CheckpointError, ConfigError, ParaformerConfig, VocabError
 from ._data import ToySeq2SeqDataset, collate_fn
 from ._decode import greedy_decode
 from ._losses import SequenceAccuracy, TokenAccuracy
@@ -237,6 +244,17 @@ def fit(
     """
     from tqdm.auto import tqdm
 
+    for name, value in (
+        ("steps", steps),
+        ("train_samples", train_samples),
+        ("val_samples", val_samples),
+        ("eval_every", eval_every),
+    ):
+        if not is_int(value) or value < 1:
+            raise ConfigError(
+                f"fit: argument {name!r} = {value!r} is invalid: expected an int >= 1"
+            )
+    cfg.validate()  # a config mutated after it was made
     torch.manual_seed(cfg.seed)
     model = Paraformer(cfg)
     tokenizer = Tokenizer.from_config(cfg)
@@ -342,6 +360,9 @@ def save_checkpoint(
     Example:
         >>> save_checkpoint(model, "runs/paraformer/paraformer.pt", step=600)  # doctest: +SKIP
     """
+    check_save_args(
+        "save_checkpoint", model, path, Paraformer, "save_checkpoint(model, path)", CheckpointError
+    )
     return write_checkpoint(
         path, kind="paraformer", config=model.cfg.to_dict(),
         weights={"state_dict": model.state_dict()}, step=step, metrics=metrics,
@@ -363,7 +384,10 @@ def load_checkpoint(path: str | Path) -> tuple[Paraformer, Tokenizer]:
         path, kind="paraformer", label="Paraformer", error=CheckpointError,
         legacy_keys=("model", "config"), hint="write it with models.paraformer.train",
     )  # fmt: skip
-    cfg = ParaformerConfig.from_dict(ckpt["config"])
-    model = Paraformer(cfg)
-    model.load_state_dict(ckpt["state_dict"] if "state_dict" in ckpt else ckpt["model"])
-    return model.eval(), Tokenizer.from_config(cfg)
+    model = build_from_checkpoint(
+        path, ckpt, lambda c: Paraformer(ParaformerConfig.from_dict(c)), CheckpointError
+    )
+    load_weights(
+        path, model, ckpt["state_dict"] if "state_dict" in ckpt else ckpt["model"], CheckpointError
+    )
+    return model.eval(), Tokenizer.from_config(model.cfg)

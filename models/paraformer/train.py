@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.steps < 1 or args.train_samples < 1 or args.val_samples < 1:
             raise ConfigError("--steps, --train-samples and --val-samples must be >= 1")
+        if args.eval_every < 1 or args.threads < 1:
+            raise ConfigError(
+                f"--eval-every={args.eval_every} and --threads={args.threads} must be >= 1"
+            )
         cfg = ParaformerConfig(
             d_model=args.d_model,
             n_enc_layers=args.layers,

@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from models._checkpoint import checkpoint_format, read_checkpoint, write_checkpoint
+from models._checkpoint import (
+    build_from_checkpoint,
+    check_save_args,
+    checkpoint_format,
+    load_weights,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 from ._config import ScoreModelConfig
-from ._errors import CheckpointError, ScoreModelError
+from ._errors import CheckpointError
 from ._model import EMA, ScoreModel
 
 __all__ = ["CHECKPOINT_DIR", "FORMAT", "load_checkpoint", "load_pretrained", "save_checkpoint"]
@@ -28,6 +35,18 @@ def save_checkpoint(
     Example:
         >>> save_checkpoint("runs/sgmse.pt", model, ema, step=600, command="...")
     """
+    check_save_args(
+        "save_checkpoint",
+        model,
+        path,
+        ScoreModel,
+        "save_checkpoint(path, model, ema, step)",
+        CheckpointError,
+    )
+    if ema is not None and not isinstance(ema, EMA):
+        raise CheckpointError(
+            f"save_checkpoint: argument 'ema' is a {type(ema).__name__}, expected an EMA or None"
+        )
     metrics = extra.pop("metrics", None)
     extra.pop("torch_version", None)  # written by the shared helper
     return write_checkpoint(
@@ -71,21 +90,13 @@ def load_checkpoint(path: str | Path, weights: str = "ema") -> ScoreModel:
         path, kind="sgmse", label="SGMSE", error=CheckpointError,
         hint="write it with models.sgmse.train",
     )  # fmt: skip
-    try:
-        cfg = ScoreModelConfig.from_dict(ckpt["config"])
-    except (ScoreModelError, TypeError, KeyError) as err:
-        raise CheckpointError(f"load_checkpoint: {str(path)!r} has a bad config: {err}") from err
-    model = ScoreModel(cfg)
+    model = build_from_checkpoint(
+        path, ckpt, lambda c: ScoreModel(ScoreModelConfig.from_dict(c)), CheckpointError
+    )
     used = "ema" if weights == "ema" and ckpt.get("ema") is not None else "raw"
-    state = ckpt[used]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise CheckpointError(
-            f"load_checkpoint: the {used} weights in {str(path)!r} do not fit its config "
-            f"({first[0] if first else err}; {' '.join(first[1:3])})"
-        ) from err
+    if not isinstance(ckpt.get(used), dict):
+        raise CheckpointError(f"load_checkpoint: {str(path)!r} holds no {used} weights")
+    load_weights(path, model, ckpt[used], CheckpointError, what=f"{used} weights")
     model.eval()
     model.weights_used = used
     model.checkpoint = {

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from models._fields import check_types, require_positive
+from models._fields import require as _require
 from models.audio import STFTConfig
 
 from ._errors import ScoreModelError
@@ -14,12 +18,17 @@ __all__ = ["COND_MODES", "ScoreModelConfig"]
 COND_MODES = ("add", "film", "xattn")
 
 
+@functools.lru_cache(maxsize=64)
+def _stft_config(n_fft: int, hop: int) -> STFTConfig:
+    return STFTConfig(n_fft=n_fft, hop=hop)
+
+
 @dataclass
 class ScoreModelConfig:
     """NCSN++-lite score model, OUVE SDE and CFG settings (defaults: the shipped small model).
 
-    The paper's model is far bigger (NCSN++ with 128 base channels, 6 levels); these defaults
-    train on two CPU cores in minutes.
+    The public NCSN++ (sp-uhh/sgmse ``backbones/ncsnpp.py``) is far bigger; these defaults train
+    on two CPU cores in minutes.
     """
 
     # --- STFT front end (SGMSE+)
@@ -45,6 +54,7 @@ class ScoreModelConfig:
     ema_decay: float = 0.999  # EMA of the weights (with warm-up (1+n)/(10+n))
 
     def __post_init__(self) -> None:
+        check_types(self, ScoreModelError)
         self.channels = tuple(int(c) for c in self.channels)
         if self.cond_mode not in COND_MODES:
             raise ScoreModelError(
@@ -58,10 +68,35 @@ class ScoreModelConfig:
             raise ScoreModelError(
                 f"ScoreModelConfig: t_eps is {self.t_eps}; expected 0 < t_eps < 1"
             )
-        if any(c % 4 for c in self.channels) or not self.channels:
+        if any(c % 4 or c < 4 for c in self.channels) or not self.channels:
             raise ScoreModelError(
                 f"ScoreModelConfig: channels {self.channels}; expected multiples of 4"
             )
+        require = functools.partial(_require, self, ScoreModelError)
+        require_positive(
+            self, ScoreModelError, "hop", "temb_dim", "emb_dim", "enc_channels", "xattn_tokens"
+        )
+        require("n_fft", self.n_fft >= 2, ">= 2 (at least 2 frequency bins)")
+        require(
+            "hop",
+            self.hop < self.n_fft,
+            f"< n_fft={self.n_fft} (the windows must overlap for istft to invert the STFT)",
+        )
+        require(
+            "fourier_dim",
+            self.fourier_dim >= 2 and self.fourier_dim % 2 == 0,
+            "an even number >= 2 (sin and cos halves)",
+        )
+        require("fourier_scale", 0 < self.fourier_scale < math.inf, "> 0 and finite")
+        require("theta", 0 <= self.theta < math.inf, ">= 0 and finite")
+        require("sigma_max", 0 < self.sigma_max < math.inf, "> 0 and finite")
+        require(
+            "sigma_min",
+            0 < self.sigma_min < self.sigma_max,
+            f"0 < sigma_min < sigma_max={self.sigma_max} (g(t) needs log(sigma_max / "
+            "sigma_min) > 0)",
+        )
+        require("ema_decay", 0 <= self.ema_decay <= 1, "in [0, 1]")
         if self.emb_dim % self.xattn_tokens:
             raise ScoreModelError(
                 f"ScoreModelConfig: emb_dim {self.emb_dim} is not divisible by "
@@ -70,8 +105,9 @@ class ScoreModelConfig:
 
     @property
     def stft(self) -> STFTConfig:
-        """The STFT front end as a :class:`models.audio.STFTConfig`."""
-        return STFTConfig(n_fft=self.n_fft, hop=self.hop)
+        """The STFT front end as a :class:`models.audio.STFTConfig` (one shared frozen instance
+        per ``(n_fft, hop)``: the training step asks for it on every call)."""
+        return _stft_config(self.n_fft, self.hop)
 
     @property
     def n_freqs(self) -> int:

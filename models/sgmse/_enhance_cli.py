@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
+from contracts import TorchdxError
 from contracts.cli import ArgumentParser
-from models.audio import AudioError, read_wav
+from models._training import error_line
+from models.audio import read_wav
 
 from ._checkpoint import PRETRAINED, load_checkpoint, load_pretrained
-from ._errors import CheckpointError, ScoreModelError
 from ._sampling import enhance
 
 __all__ = ["build_parser", "main"]
@@ -42,6 +43,9 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads < 1:
+        print(f"error: --threads={args.threads} must be >= 1", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     try:
         if args.ckpt in PRETRAINED:
@@ -56,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             guidance_scale=args.guidance_scale, seed=args.seed,
         )  # fmt: skip
         elapsed = time.perf_counter() - t0
-    except (AudioError, CheckpointError, ScoreModelError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except TorchdxError as err:  # AudioError, CheckpointError, ScoreModelError, ContractError
+        print(error_line(err), file=sys.stderr)
         return 2
     import soundfile as sf
 

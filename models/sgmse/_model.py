@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Complex, Float
 from torch import Tensor, nn
 
+from models._guards import InputError, explain_inputs
 from models.audio._compat import Finite, Range, contract, example
 
 from ._config import ScoreModelConfig
@@ -93,12 +94,16 @@ class ScoreModel(nn.Module):
                 f"{t.max().item():.4g}]; expected t in [t_eps={self.cfg.t_eps}, 1]"
             )
         B = x_t.shape[0]
-        cemb = self.condition(noise_ref, drop_cond, B)  # (B, E)
-        temb = self.time_mlp(self.fourier(t))  # (B, temb_dim)
-        if self.cond_to_temb is not None:
-            temb = temb + self.cond_to_temb(cemb)
-        x = torch.stack([x_t.real, x_t.imag, y.real, y.imag], dim=1)  # (B, 4, F, T)
-        out = self.unet(x, temb, cemb)  # (B, 2, F, T)
+        try:  # free unless it fails: no check on the hot path
+            cemb = self.condition(noise_ref, drop_cond, B)  # (B, E)
+            temb = self.time_mlp(self.fourier(t))  # (B, temb_dim)
+            if self.cond_to_temb is not None:
+                temb = temb + self.cond_to_temb(cemb)
+            x = torch.stack([x_t.real, x_t.imag, y.real, y.imag], dim=1)  # (B, 4, F, T)
+            out = self.unet(x, temb, cemb)  # (B, 2, F, T)
+        except (RuntimeError, InputError) as err:
+            explain_inputs(err, "ScoreModel.forward", self, x_t=x_t, y=y, t=t, noise_ref=noise_ref)
+            raise
         noise = torch.complex(out[:, 0], out[:, 1])  # (B, F, T)
         return -noise / self.sde.std(t)[:, None, None]
 
@@ -132,7 +137,11 @@ class ScoreModel(nn.Module):
         x_t = mean + std[:, None, None] * z
         drop = torch.rand(B, device=x0.device) < self.cfg.p_uncond
         self.last_drop_fraction = float(drop.float().mean()) if noise_ref is not None else 1.0
-        score = self(x_t, y, t, noise_ref, drop)
+        try:
+            score = self(x_t, y, t, noise_ref, drop)
+        except InputError as err:  # name the argument the caller passed, not x_t
+            explain_inputs(err, "ScoreModel.loss", self, x0=x0, y=y, noise_ref=noise_ref)
+            raise
         err = score * std[:, None, None] + z
         with torch.no_grad():  # observed by training monitors (cond vs uncond loss); no sync
             self.last_example_loss = torch.view_as_real(err.detach()).square().mean((1, 2, 3)) * 2
@@ -160,11 +169,27 @@ class EMA:
         self.num_updates += 1
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         params = dict(model.named_parameters())
-        for k, v in model.state_dict().items():
-            if k in params and v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
+        try:  # free unless it fails
+            for k, v in model.state_dict().items():
+                if k in params and v.dtype.is_floating_point:
+                    self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    self.shadow[k].copy_(v)
+        except (KeyError, RuntimeError) as err:
+            own, other = set(self.shadow), set(model.state_dict())
+            diff = sorted(own ^ other)[:5]
+            shapes = [
+                f"{k}: EMA {tuple(self.shadow[k].shape)} vs model {tuple(v.shape)}"
+                for k, v in model.state_dict().items()
+                if k in self.shadow and self.shadow[k].shape != v.shape
+            ][:3]
+            if not diff and not shapes:
+                raise
+            raise ScoreModelError(
+                "EMA.update: argument 'model' is not the model this EMA was made from "
+                f"(keys only in one of them: {diff}; shape mismatches: {shapes}); make the EMA "
+                "with EMA(model) from the model you train"
+            ) from err
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.clone() for k, v in self.shadow.items()}

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from models.audio import stft
+from models._guards import explain_inputs
+from models.audio import AudioError, stft
 from models.audio._compat import Finite, contract, example
 
 from ._config import ScoreModelConfig
+from ._errors import ScoreModelError
 
 __all__ = ["GaussianFourierProjection", "NoiseEncoder", "ResBlock", "UNet"]
 
@@ -28,7 +30,10 @@ class GaussianFourierProjection(nn.Module):
 
     def __init__(self, dim: int, scale: float) -> None:
         super().__init__()
-        assert dim % 2 == 0, f"GaussianFourierProjection: dim {dim} must be even"
+        if dim < 2 or dim % 2:
+            raise ScoreModelError(
+                f"GaussianFourierProjection: dim={dim}; expected an even number >= 2"
+            )
         self.register_buffer("W", torch.randn(dim // 2) * scale)
 
     @contract
@@ -97,8 +102,18 @@ class NoiseEncoder(nn.Module):
 
     @contract(dims={"E": "self.cfg.emb_dim"}, sizes={"L": (62, 200)})
     def forward(self, noise_ref: Annotated[Float[Tensor, "B L"], Finite()]) -> Float[Tensor, "B E"]:
-        mag = stft(noise_ref, self.cfg.stft).abs()  # (B, F, T) compressed magnitude
-        h = F.silu(self.conv1(mag))  # (B, C, T)
+        try:  # free unless it fails: no check on the hot path
+            mag = stft(noise_ref, self.cfg.stft).abs()  # (B, F, T) compressed magnitude
+            h = F.silu(self.conv1(mag))  # (B, C, T)
+        except AudioError as err:
+            raise ScoreModelError(
+                f"NoiseEncoder.forward(): argument 'noise_ref' has {noise_ref.shape[-1]} "
+                f"samples; a reference needs at least one STFT frame (n_fft={self.cfg.n_fft} "
+                "samples)"
+            ) from err
+        except RuntimeError as err:
+            explain_inputs(err, "NoiseEncoder.forward", self, noise_ref=noise_ref)
+            raise
         h = F.silu(self.conv2(h)) + h  # (B, C, T)
         pooled = torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=-1)  # (B, 2C)
         return self.out(pooled)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from models._fields import is_int
 from models.audio import istft, stft
 from models.audio._compat import Finite, Range, contract
 
@@ -53,9 +55,41 @@ def enhance_batch(
 ) -> Tensor:
     """Batched :func:`enhance`: ``noisy [B, L]``, ``noise_ref [B, L_ref]`` -> ``[B, L]``."""
     cfg = model.cfg
-    if noisy.ndim != 2:
+    for name, value, lo in (("N", N, 1), ("corrector_steps", corrector_steps, 0)):
+        if not is_int(value) or value < lo:
+            raise ScoreModelError(
+                f"enhance_batch: argument {name!r} = {value!r}; expected an int >= {lo}"
+            )
+    if not 0 <= snr < math.inf:
+        raise ScoreModelError(f"enhance_batch: argument 'snr' = {snr!r}; expected >= 0, finite")
+    if not math.isfinite(guidance_scale):
         raise ScoreModelError(
-            f"enhance_batch: argument 'noisy' has shape {tuple(noisy.shape)}; expected [B, L]"
+            f"enhance_batch: argument 'guidance_scale' = {guidance_scale!r}; expected finite"
+        )
+    if not isinstance(noisy, Tensor) or not noisy.is_floating_point() or noisy.ndim != 2:
+        what = (
+            f"shape {tuple(noisy.shape)} {noisy.dtype}"
+            if isinstance(noisy, Tensor)
+            else (type(noisy).__name__)
+        )
+        raise ScoreModelError(
+            f"enhance_batch: argument 'noisy' is {what}; expected float waveforms [B, L]"
+        )
+    if noise_ref is not None and (
+        not isinstance(noise_ref, Tensor)
+        or not noise_ref.is_floating_point()
+        or noise_ref.ndim != 2
+        or noise_ref.shape[0] != noisy.shape[0]
+    ):
+        what = (
+            f"shape {tuple(noise_ref.shape)} {noise_ref.dtype}"
+            if isinstance(noise_ref, Tensor)
+            else type(noise_ref).__name__
+        )
+        raise ScoreModelError(
+            f"enhance_batch: argument 'noise_ref' is {what}; expected float clips "
+            f"[B={noisy.shape[0]}, L_ref], one reference per noisy clip (a shared reference "
+            "must be repeated: noise_ref.expand(B, -1))"
         )
     if noisy.shape[-1] < cfg.n_fft:
         raise ScoreModelError(
@@ -70,11 +104,17 @@ def enhance_batch(
     for name, w in (("noisy_wave", noisy), ("noise_ref", noise_ref)):
         if w is not None and not torch.isfinite(w).all():
             raise ScoreModelError(f"enhance: argument {name!r} has NaN/Inf samples")
-    device = next(model.parameters()).device
+    p = next(model.parameters())
+    device, dtype = p.device, p.dtype
+    in_device, in_dtype = noisy.device, noisy.dtype
+    # audio of any float dtype: the sampler runs in the model's dtype, the result comes back in
+    # the input's dtype and device
+    noisy = noisy.to(device, dtype)
+    noise_ref = noise_ref.to(device, dtype) if noise_ref is not None else None
     L = noisy.shape[-1]
     scale = noisy.abs().amax(-1, keepdim=True).clamp_min(1e-8)  # (B, 1) as in SGMSE+
-    y = stft((noisy / scale).to(device), cfg.stft)  # (B, F, T)
-    ref = (noise_ref / scale).to(device) if noise_ref is not None else None
+    y = stft(noisy / scale, cfg.stft)  # (B, F, T)
+    ref = noise_ref / scale if noise_ref is not None else None
     gen = torch.Generator(device=device).manual_seed(seed)
     sde = model.sde
 
@@ -100,7 +140,7 @@ def enhance_batch(
         x_mean = x - drift * dt + G2 * score
         x = x_mean + G2.sqrt() * randn(x)
     out = istft(x_mean, cfg.stft, length=L)  # (B, L)
-    return out.cpu() * scale
+    return (out * scale).to(in_device, in_dtype)
 
 
 @contract(generate=False)

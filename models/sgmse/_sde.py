@@ -16,7 +16,10 @@ import torch
 from jaxtyping import Complex, Float
 from torch import Tensor
 
+from models._fields import is_int
 from models.audio._compat import Range, contract, example
+
+from ._errors import ScoreModelError
 
 __all__ = ["OUVESDE"]
 
@@ -35,6 +38,15 @@ class OUVESDE:
     def __init__(
         self, theta: float = 1.5, sigma_min: float = 0.05, sigma_max: float = 0.5, N: int = 30
     ) -> None:
+        if not 0 < sigma_min < sigma_max < math.inf:
+            raise ScoreModelError(
+                f"OUVESDE: sigma_min={sigma_min}, sigma_max={sigma_max}; expected "
+                "0 < sigma_min < sigma_max (g(t) needs log(sigma_max / sigma_min) > 0)"
+            )
+        if not 0 <= theta < math.inf:
+            raise ScoreModelError(f"OUVESDE: theta={theta}; expected theta >= 0 and finite")
+        if not is_int(N) or N < 1:
+            raise ScoreModelError(f"OUVESDE: N={N!r}; expected an int >= 1 (reverse steps)")
         self.theta, self.sigma_min, self.sigma_max, self.N = theta, sigma_min, sigma_max, N
         self.logsig = math.log(sigma_max / sigma_min)
 

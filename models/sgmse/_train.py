@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
+from contracts import TorchdxError
 from contracts.cli import ArgumentParser
+from models._training import error_line
 from models.audio import make_mixtures, stft
 
 from ._checkpoint import save_checkpoint
@@ -102,8 +104,29 @@ def _init_from(path: str, model: ScoreModel, ema: EMA) -> int:
     return step
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse bad numbers before any work (one line from :func:`main`, exit status 2)."""
+    for flag, lo in (
+        ("steps", 0),
+        ("batch_size", 1),
+        ("pool", 1),
+        ("threads", 1),
+        ("log_every", 1),
+        ("save_every", 0),
+        ("crop_frames", 1),
+    ):
+        if getattr(args, flag) < lo:
+            raise ScoreModelError(
+                f"train: --{flag.replace('_', '-')}={getattr(args, flag)} must be >= {lo}"
+            )
+    for flag in ("lr", "seconds"):
+        if not 0 < getattr(args, flag) < float("inf"):
+            raise ScoreModelError(f"train: --{flag}={getattr(args, flag)} must be > 0")
+
+
 def train(args: argparse.Namespace) -> Path:
     """Run training as described by parsed ``args``; returns the checkpoint path."""
+    _check_args(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     channels = tuple(int(c) for c in str(args.channels).split(","))
@@ -194,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         train(args)
-    except ScoreModelError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except TorchdxError as err:  # ScoreModelError, AudioError (clip length), ContractError, ...
+        print(error_line(err), file=sys.stderr)
         return 2
     return 0
