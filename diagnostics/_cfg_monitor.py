@@ -4,7 +4,9 @@ A forward pre-hook on the model reads, at every training forward, which examples
 condition dropped, and records ``(dropped, total)`` per step. The observed rate is compared with
 the configured ``p``; the monitor flags:
 
-* ``never``: ``p > 0`` but not one condition was dropped (the dropout is not applied);
+* ``never``: ``p > 0`` but not one condition was dropped (the dropout is not applied), in
+  enough draws that zero drops has less than a 0.1% chance (``(1 - p) ** draws < 1e-3``);
+  fewer draws are reported as too few to tell;
 * ``disabled``: ``p == 0`` is configured (the null input is never trained, so guidance and the
   null ablation are meaningless);
 * ``far``: ``p`` lies outside the 99.9% Wilson interval of the observed rate *and* the observed
@@ -24,6 +26,8 @@ the configured ``p``; the monitor flags:
 
 How a drop is seen (first that applies): ``detect(args, kwargs) -> bool[B]``; the boolean
 ``mask_arg`` of ``forward`` (True = dropped); or ``cond_arg`` being ``None`` (whole batch dropped).
+A wrapper whose forward is ``(*args, **kwargs)`` (``torch.compile``, DDP, DataParallel) is read
+through the module it wraps; any other ``forward(..., **kwargs)`` must get the mask by keyword.
 The hook only reads: outputs, gradients and RNG are untouched; it is removed on ``remove()`` or
 when the ``with`` block exits, even on an exception.
 
@@ -160,6 +164,25 @@ class CFGDropoutRanksReport:
         return f"{head}; {'OK' if self.ok else 'FLAGS ' + ','.join(self.flags)}: {self.message}"
 
 
+def _forward_signature(model: nn.Module) -> tuple[inspect.Signature, nn.Module]:
+    """The signature the caller's arguments follow, and whose forward it is: a wrapper whose
+    forward is only ``(*args, **kwargs)`` (``torch.compile``'s module, DDP, DataParallel)
+    passes them on to the module it wraps, so that module's signature binds them."""
+    owner = model
+    for _ in range(8):
+        sig = inspect.signature(owner.forward)
+        params = list(sig.parameters.values())
+        if params and all(q.kind in (q.VAR_POSITIONAL, q.VAR_KEYWORD) for q in params):
+            inner = getattr(owner, "_orig_mod", None)  # torch.compile
+            if not isinstance(inner, nn.Module):
+                inner = getattr(owner, "module", None)  # DDP, DataParallel
+            if isinstance(inner, nn.Module):
+                owner = inner
+                continue
+        break
+    return sig, owner
+
+
 def _wilson(k: int, n: int, z: float = 3.29) -> tuple[float, float]:
     """Wilson score interval for k successes in n draws (z=3.29: 99.9%)."""
     if n == 0:
@@ -216,11 +239,20 @@ class CFGDropoutMonitor:
         self.mask_arg, self.cond_arg, self.detect = mask_arg, cond_arg, detect
         self.rel_tol = rel_tol
         self.train_only = train_only
-        self._sig = inspect.signature(model.forward)
+        self._sig, owner = _forward_signature(model)
+        # a forward(..., **kwargs) takes the mask by keyword without naming it
+        self._varkw = next(
+            (n for n, q in self._sig.parameters.items() if q.kind is q.VAR_KEYWORD), None
+        )
         for name in (mask_arg, cond_arg):
-            if detect is None and name is not None and name not in self._sig.parameters:
+            if (
+                detect is None
+                and name is not None
+                and name not in self._sig.parameters
+                and self._varkw is None
+            ):
                 raise CFGDropoutError(
-                    f"CFGDropoutMonitor: {type(model).__name__}.forward has no argument {name!r} "
+                    f"CFGDropoutMonitor: {type(owner).__name__}.forward has no argument {name!r} "
                     f"(its arguments: {', '.join(self._sig.parameters)})"
                 )
         self._handle: Any = None
@@ -244,6 +276,20 @@ class CFGDropoutMonitor:
         state = "attached" if self._handle is not None else "detached"
         return f"CFGDropoutMonitor(p={self.p}, {state}, {len(self.history)} steps)"
 
+    # -- arguments by name (a named parameter, or a keyword caught by **kwargs)
+    def _get(self, arguments: dict[str, Any], name: str | None) -> Any:
+        if name is None:
+            return None
+        if name in self._sig.parameters:
+            return arguments.get(name)
+        return arguments.get(self._varkw, {}).get(name) if self._varkw else None
+
+    def _set(self, arguments: dict[str, Any], name: str, value: Any) -> None:
+        if name in self._sig.parameters or self._varkw is None:
+            arguments[name] = value
+        else:
+            arguments[self._varkw] = {**arguments.get(self._varkw, {}), name: value}
+
     # -- hook
     def _observe(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._busy:
@@ -254,13 +300,20 @@ class CFGDropoutMonitor:
         if self.train_only and not module.training:
             return None
         if self.detect is not None:
-            mask = self.detect(args, kwargs)
+            try:
+                mask = self.detect(args, kwargs)
+            except Exception as e:
+                raise CFGDropoutError(
+                    f"CFGDropoutMonitor: detect(args, kwargs) raised {type(e).__name__}: {e} "
+                    f"(on a forward with {len(args)} positional argument(s) and keywords "
+                    f"{sorted(kwargs)})"
+                ) from e
         else:
             try:
                 bound = self._sig.bind(*args, **kwargs).arguments
             except TypeError:
                 return None
-            mask = bound.get(self.mask_arg) if self.mask_arg else None
+            mask = self._get(bound, self.mask_arg)
             if mask is None:
                 b = next(
                     (
@@ -272,7 +325,7 @@ class CFGDropoutMonitor:
                 )
                 if b is None:
                     return None
-                dropped_all = self.cond_arg is not None and bound.get(self.cond_arg) is None
+                dropped_all = self.cond_arg is not None and self._get(bound, self.cond_arg) is None
                 mask = torch.full((b,), dropped_all)
         mask = torch.as_tensor(mask).detach()
         self._masks.append(mask.reshape(-1).bool().cpu())
@@ -291,12 +344,13 @@ class CFGDropoutMonitor:
             bound = self._sig.bind(*args, **kwargs)
         except TypeError:
             return None
-        if bound.arguments.get(self.mask_arg) is not None:
+        if self._get(bound.arguments, self.mask_arg) is not None:
             return None  # an explicit mask: the caller chose what to drop
-        if self.cond_arg is not None and bound.arguments.get(self.cond_arg) is None:
+        if self.cond_arg is not None and self._get(bound.arguments, self.cond_arg) is None:
             return None  # the unconditional pass
         b = output.shape[0]
-        bound.arguments[self.mask_arg] = torch.zeros(b, dtype=torch.bool, device=output.device)
+        keep = torch.zeros(b, dtype=torch.bool, device=output.device)
+        self._set(bound.arguments, self.mask_arg, keep)
         self._eval_left -= 1
         cpu_state, cuda_states = self._rng if self._rng is not None else (None, None)
         self._rng = None
@@ -381,6 +435,14 @@ class CFGDropoutMonitor:
             )
             if dropped:
                 msg += f"; yet {dropped} conditions were dropped"
+        elif dropped == 0 and (1.0 - self.p) ** total >= 1e-3:
+            # zero drops are likely by chance at this p and this few draws: nothing to flag
+            need = math.ceil(math.log(1e-3) / math.log(1.0 - self.p))
+            msg = (
+                f"no condition dropped yet in {total} draws with configured p={self.p}, which "
+                f"happens by chance {(1.0 - self.p) ** total:.0%} of the time: too few draws to "
+                f"tell (zero drops is flagged from {need} draws on)"
+            )
         elif dropped == 0:
             flag = "never"
             msg = (

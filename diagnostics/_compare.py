@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -88,12 +89,23 @@ def build_model(spec: str) -> tuple[Any, str]:
     return build(spec)
 
 
-def _peak_bytes(fn: Any) -> int:
-    if torch.cuda.is_available():  # pragma: no cover - CPU machine
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+def _device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) live; CPU for a model without tensors."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _peak_bytes(fn: Any, device: torch.device | None = None) -> int:
+    """Peak memory of ``fn()`` on ``device``: the CUDA allocator's peak for a model on a GPU,
+    the profiler's CPU allocation events otherwise (a GPU in the machine does not matter)."""
+    if device is not None and device.type == "cuda":  # pragma: no cover - CPU machine
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
         fn()
-        return torch.cuda.max_memory_allocated() - base
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -191,55 +203,113 @@ def compare_models(
         >>> rep = compare_models("tiny", "tiny,use_global_encoder=true", repeats=3)
         >>> print(rep.to_text())  # doctest: +SKIP
     """
-    if repeats < 1 or batch < 1 or seconds <= 0:
-        raise CompareError(
-            f"compare_models: repeats={repeats}, batch={batch} must be >= 1 and "
-            f"seconds={seconds} > 0"
-        )
+    for name, value, ok, need in (
+        ("repeats", repeats, repeats >= 1, "an integer >= 1"),
+        ("batch", batch, batch >= 1, "an integer >= 1"),
+        ("threads", threads, threads >= 1, "an integer >= 1"),
+        ("seconds", seconds, math.isfinite(seconds) and seconds > 0, "a finite number > 0"),
+    ):
+        if not ok:
+            raise CompareError(f"compare_models: {name}={value!r}: expected {need}")
     if factory is None:
         from diagnostics._compare_audiosr import audiosr_variant as factory
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    # the models are built and run under torch.manual_seed(seed) in a fork of the RNG: the
+    # caller's RNG state is the same after the comparison as before it
     try:
-        torch.manual_seed(seed)
-        va, vb = factory(spec_a), factory(spec_b)
-        for v in (va, vb):
-            if not isinstance(v, Variant):
-                raise CompareError(
-                    f"compare_models: the factory returned {type(v).__name__}, not a Variant"
-                )
-            v.model.eval()
-        ia, ib = va.inputs(batch, seconds, seed), vb.inputs(batch, seconds, seed)
-        times: dict[str, list[float]] = {"a": [], "b": []}
-        with torch.no_grad():
-            va.forward(va.model, ia), vb.forward(vb.model, ib)  # warm-up
-            for _ in range(repeats):  # interleaved, so drift hits both
-                for key, v, inp in (("a", va, ia), ("b", vb, ib)):
-                    t0 = time.perf_counter()
-                    v.forward(v.model, inp)
-                    times[key].append(time.perf_counter() - t0)
-            peak_a = _peak_bytes(lambda: va.forward(va.model, ia))
-            peak_b = _peak_bytes(lambda: vb.forward(vb.model, ib))
-            ablation: dict[str, float | None] = {}
-            norms: dict[str, float] = {}
-            for name, v, inp in (("A", va, ia), ("B", vb, ib)):
-                full = v.forward(v.model, inp)
-                norms[name] = full.norm().item()
-                if v.ablate is None:
-                    ablation[name] = None
-                    continue
-                zero = v.ablate(v.model, inp)
-                ablation[name] = ((full - zero).norm() / full.norm().clamp(min=1e-12)).item()
-        method = (
-            "torch.cuda.max_memory_allocated"
-            if torch.cuda.is_available()
-            else "CPU: torch.profiler allocation/free events, peak of the running sum"
-        )
-        groups_a, groups_b = (v.groups or module_groups for v in (va, vb))
-        return ModelComparison(
-            va.description, vb.description, groups_a(va.model), groups_b(vb.model),
-            1e3 * statistics.median(times["a"]), 1e3 * statistics.median(times["b"]),
-            peak_a, peak_b, method, ablation, norms, vb.ablated,
-        )  # fmt: skip
+        with torch.random.fork_rng(devices=_cuda_devices()):
+            return _compare(spec_a, spec_b, factory, batch, seconds, repeats, seed)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _cuda_devices() -> list[int]:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # pragma: no cover - CPU
+        return list(range(torch.cuda.device_count()))
+    return []
+
+
+def _user(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call the factory's code; an exception becomes a one-line CompareError naming it."""
+    try:
+        return fn(*args)
+    except CompareError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise CompareError(f"compare_models: {what} raised {type(e).__name__}: {msg}") from e
+
+
+def _compare(
+    spec_a: str,
+    spec_b: str,
+    factory: Callable[[str], Variant],
+    batch: int,
+    seconds: float,
+    repeats: int,
+    seed: int,
+) -> ModelComparison:
+    torch.manual_seed(seed)
+    va = _user(f"the factory on spec {spec_a!r}", factory, spec_a)
+    vb = _user(f"the factory on spec {spec_b!r}", factory, spec_b)
+    for v in (va, vb):
+        if not isinstance(v, Variant):
+            raise CompareError(
+                f"compare_models: the factory returned {type(v).__name__}, not a Variant"
+            )
+        v.model.eval()
+    ia = _user("inputs() of A", va.inputs, batch, seconds, seed)
+    ib = _user("inputs() of B", vb.inputs, batch, seconds, seed)
+
+    def run(name: str, v: Variant, inp: Any, fn: Any = None) -> torch.Tensor:
+        out = _user(f"{'ablate' if fn else 'forward'}() of {name}", fn or v.forward, v.model, inp)
+        if not isinstance(out, torch.Tensor):
+            raise CompareError(
+                f"compare_models: {'ablate' if fn else 'forward'}() of {name} returned "
+                f"{type(out).__name__}, not a Tensor; return the output to compare"
+            )
+        return out
+
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    dev_a, dev_b = _device(va.model), _device(vb.model)
+
+    def sync(d: torch.device) -> None:  # a GPU forward returns before its kernels finish
+        if d.type == "cuda":  # pragma: no cover - CPU machine
+            torch.cuda.synchronize(d)
+
+    with torch.no_grad():
+        run("A", va, ia), run("B", vb, ib)  # warm-up
+        for _ in range(repeats):  # interleaved, so drift hits both
+            for key, v, inp, d in (("a", va, ia, dev_a), ("b", vb, ib, dev_b)):
+                sync(d)
+                t0 = time.perf_counter()
+                v.forward(v.model, inp)
+                sync(d)
+                times[key].append(time.perf_counter() - t0)
+        peak_a = _peak_bytes(lambda: va.forward(va.model, ia), dev_a)
+        peak_b = _peak_bytes(lambda: vb.forward(vb.model, ib), dev_b)
+        ablation: dict[str, float | None] = {}
+        norms: dict[str, float] = {}
+        for name, v, inp in (("A", va, ia), ("B", vb, ib)):
+            full = run(name, v, inp)
+            norms[name] = full.norm().item()
+            if v.ablate is None:
+                ablation[name] = None
+                continue
+            zero = run(name, v, inp, v.ablate)
+            ablation[name] = ((full - zero).norm() / full.norm().clamp(min=1e-12)).item()
+    methods = {
+        "cuda": "CUDA: torch.cuda.max_memory_allocated",
+        "cpu": "CPU: torch.profiler allocation/free events, peak of the running sum",
+    }
+    kinds = {d.type if d.type == "cuda" else "cpu" for d in (dev_a, dev_b)}
+    method = " / ".join(methods[k] for k in sorted(kinds))
+    if len(kinds) > 1:
+        method += f" (A on {dev_a}, B on {dev_b}: not comparable)"
+    groups_a, groups_b = (v.groups or module_groups for v in (va, vb))
+    return ModelComparison(
+        va.description, vb.description, groups_a(va.model), groups_b(vb.model),
+        1e3 * statistics.median(times["a"]), 1e3 * statistics.median(times["b"]),
+        peak_a, peak_b, method, ablation, norms, vb.ablated,
+    )  # fmt: skip

@@ -126,10 +126,11 @@ def _nonfinite(tag: str, s: Series, cfg: RuleConfig) -> list[Finding]:
                            f"first non-finite value ({bad[1]}) of {tag}; {n} of {len(s)} points "
                            "are non-finite"))  # fmt: skip
     if tag.startswith("nonfinite/"):
-        first = next(((st, v) for st, v in s if v > 0), None)
+        # a count that is itself not finite is reported by the rule above
+        first = next(((st, v) for st, v in s if math.isfinite(v) and v > 0), None)
         if first is not None:
             out.append(Finding("nonfinite", tag, first[0], first[1],
-                               f"{int(first[1])} non-finite values in {tag[len('nonfinite/'):]} "
+                               f"{first[1]:.0f} non-finite values in {tag[len('nonfinite/'):]} "
                                "(from the histogram counts)"))  # fmt: skip
     if tag == "nanwatch/status":
         first = next(((st, v) for st, v in s if v == 2.0), None)

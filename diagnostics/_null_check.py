@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,8 +130,9 @@ def check_null_condition(
 
     Raises:
         NullConditionError: ``null`` is neither a dict nor a callable, a dict null for a batch
-            that is not a dict, an override of an argument the batch lacks, or an output that
-            is not a tensor.
+            that is not a dict, an override of an argument the batch lacks, an output that
+            is not a tensor, or outputs holding NaN/Inf (except an unconditional output that is
+            non-finite in one mode only: that null differs).
 
     Example:
         >>> rep = check_null_condition(model, {"x": x, "cond": c}, null={"cond": None})
@@ -194,11 +196,37 @@ def check_null_condition(
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
-    null_change = _rel(outs[("null", True)], outs[("null", False)])
-    cond_change = _rel(outs[("cond", True)], outs[("cond", False)])
-    differs = null_change > tol and null_change > ratio * cond_change
     where = f" ({', '.join(f'arg:{a}' for a in args)})" if args else ""
-    if differs:
+    finite = {k: bool(torch.isfinite(v).all()) for k, v in outs.items()}
+    bad = [
+        f"{'unconditional' if k == 'null' else 'conditioned'} output in "
+        f"{'training' if t else 'eval'} mode"
+        for (k, t), ok in finite.items()
+        if not ok
+    ]
+    null_one_mode = finite[("null", True)] != finite[("null", False)]
+    if bad and not (null_one_mode and finite[("cond", True)] and finite[("cond", False)]):
+        # a NaN compares as "no change": no verdict can be drawn from these outputs
+        which = (
+            "outputs, conditioned and unconditional in both modes,"
+            if len(bad) == 4
+            else (" and ".join(bad))
+        )
+        raise NullConditionError(
+            f"check_null_condition: {name}'s {which} hold NaN/Inf, so the outputs "
+            "cannot be compared; check the model on this batch first (e.g. with NanWatch)"
+        )
+    cond_change = _rel(outs[("cond", True)], outs[("cond", False)])
+    null_change = math.inf if bad else _rel(outs[("null", True)], outs[("null", False)])
+    differs = null_change > tol and null_change > ratio * cond_change
+    if bad:
+        msg = (
+            f"the null condition differs between training and inference: {name}'s "
+            f"unconditional output{where} holds NaN/Inf in {bad[0].rsplit(' in ', 1)[1]} only, "
+            "while the conditioned output is finite in both modes: the null built in that mode "
+            "is broken (look for a self.training branch where the null is made)"
+        )
+    elif differs:
         msg = (
             f"the null condition differs between training and inference: {name}'s "
             f"unconditional output{where} changes by {100 * null_change:.3g}% between training "

@@ -15,13 +15,18 @@ agreement of the metric code with pesq / pystoi / a float64 SI-SDR.
 ``--out`` (default ``runs/eval_audit/<time>/``) and prints the findings.
 
 Exit status: 0 when the audit completed (whatever it found); 2 for bad arguments or input (an
-unknown metric, a step count <= 0, a target without a sampler, ...) with one line on stderr.
+unknown metric, a step count <= 0, a target without a sampler, an output folder that cannot be
+written, a sampler or metric of the target that raises under the reference protocol, ...) with
+one line on stderr; 130 when interrupted (Ctrl-C after the reference protocol: the protocols
+done so far are written).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shlex
 import sys
 import time
@@ -42,24 +47,41 @@ class _BadInput(Exception):
     """Bad arguments or target (message is the stderr line)."""
 
 
+_DESCRIPTION = (
+    "Audit an evaluation protocol before blaming the model. Runs a reference protocol and "
+    "one-setting-at-a-time variants (sampler steps, corrector steps, corrector snr, guidance "
+    "scale, EMA vs raw weights) on the same examples with the same sampler noise, and reports "
+    "each variant's metrics (mean, bootstrap 95% CI, n), its paired delta to the reference "
+    "with a bootstrap CI, and seconds per example. Also checks the evaluation itself: metrics "
+    "of the unprocessed input (floor), of the clean reference against itself (ceiling), "
+    "agreement of the metric functions with reference implementations (pesq, pystoi, a float64 "
+    "SI-SDR), and how the sampler ran the model (training mode, the global RNG). Flags EMA "
+    "identical to raw, EMA not loaded and a large EMA-raw gap, and states findings in words "
+    "with numbers. With no arguments: the shipped noise-conditioned SGMSE+ on held-out "
+    "synthetic mixtures."
+)
+_EPILOG = """\
+outputs under --out: report.json, report.md, pareto.png, tensorboard/, timing.json
+  (checked to be writable before the audit starts). A variant under which the sampler raises
+  is reported as skipped; Ctrl-C after the reference writes the protocols done so far.
+
+exit status: 0 when the audit completed (whatever it found); 2 for bad arguments or input,
+  or a sampler/metric of the target that raises under the reference protocol (one line on
+  stderr naming where); 130 when interrupted.
+
+examples:
+  %(prog)s
+  %(prog)s --checkpoint uncond --steps 10,30,50,100 --snr 0.33,0.5
+  %(prog)s --target path/to/file.py:make_target --metrics si_sdr --out runs/audit"""
+
+
 def _parser() -> argparse.ArgumentParser:
+    import textwrap
+
     p = ArgumentParser(
-        formatter_class=argparse.HelpFormatter,
         prog=_PROG,
-        description="Audit an evaluation protocol before blaming the model. Runs a reference "
-        "protocol and one-setting-at-a-time variants (sampler steps, corrector steps, corrector "
-        "snr, guidance scale, EMA vs raw weights) on the same examples with the same sampler "
-        "noise, and reports each variant's metrics (mean, bootstrap 95% CI, n), its paired "
-        "delta to the reference with a bootstrap CI, and seconds per example. Also checks the "
-        "evaluation itself: metrics of the unprocessed input (floor), of the clean reference "
-        "against itself (ceiling), and agreement of the metric functions with reference "
-        "implementations (pesq, pystoi, a float64 SI-SDR). Flags EMA identical to raw, EMA not "
-        "loaded and a large EMA-raw gap, and states findings in words with numbers. With no "
-        "arguments: the shipped noise-conditioned SGMSE+ on held-out synthetic mixtures.",
-        epilog="Outputs under --out: report.json, report.md, pareto.png, tensorboard/. Exit "
-        "status: 0 when the audit completed (whatever it found); 2 for bad arguments or input "
-        "with one line on stderr. Examples: %(prog)s | %(prog)s --checkpoint uncond --steps "
-        "10,30,50,100 | %(prog)s --target path/to/file.py:make_target --metrics si_sdr",
+        description=textwrap.fill(_DESCRIPTION, 79),
+        epilog=_EPILOG,
     )
     p.add_argument(
         "--target",
@@ -98,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         "--agreement-n",
         type=int,
         default=4,
-        help="examples on which the metrics are compared with reference implementations",
+        help="examples on which the metrics are compared with reference implementations "
+        "(default 4; 0: not compared)",
     )
     p.add_argument("--out", help="output folder (default runs/eval_audit/<time>/)")
     p.add_argument(
@@ -152,6 +175,45 @@ def load_eval_target(spec: str, seed: int = 0) -> Any:
             "generator, **protocol) -> estimate"
         )
     return target
+
+
+def _check_out(flag: str, path: str | Path, *, file: bool = False) -> None:
+    """Raise _BadInput now (before a long audit) when ``path`` cannot be written: a folder
+    (or, with ``file``, a file) that exists as the other kind, or no writable folder above it."""
+    p = Path(path)
+    if p.exists() and (p.is_dir() if file else not p.is_dir()):
+        kind = "a folder" if file else "a file"
+        raise _BadInput(f"{flag} {str(p)!r}: exists and is {kind}; expected a "
+                        f"{'file' if file else 'folder'}")  # fmt: skip
+    above = p.parent if file else p
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise _BadInput(f"{flag} {str(p)!r}: {str(above)!r} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise _BadInput(f"{flag} {str(p)!r}: no permission to write in {str(above)!r}")
+
+
+def _user_code_line(e: BaseException) -> str | None:
+    """One line for an exception the target's own code raised (sampler, metric), else None."""
+    import traceback
+
+    from diagnostics._eval_audit._runner import USER_CODE_NOTE
+
+    notes = [n for n in getattr(e, "__notes__", []) if n.startswith(USER_CODE_NOTE)]
+    if not notes:
+        return None
+    frames = traceback.extract_tb(e.__traceback__)
+    tool = str(Path(__file__).resolve().parent) + os.sep  # this package's own frames
+    own = [
+        f
+        for f in frames
+        if "site-packages" not in f.filename
+        and not str(Path(f.filename).resolve()).startswith(tool)
+    ]
+    at = f" (at {Path(own[-1].filename).name}:{own[-1].lineno})" if own else ""
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return f"{notes[-1][len(USER_CODE_NOTE) :]}: {type(e).__name__}: {msg}{at}"
 
 
 def _parse_list(flag: str, text: str, kind: type) -> list[Any]:
@@ -220,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 done, 2 bad input)."""
     args = _parser().parse_args(argv)
     t0 = time.perf_counter()
+    out = Path(args.out) if args.out else Path("runs/eval_audit") / time.strftime("%Y%m%d-%H%M%S")
     try:
         import torch
 
-        threads = pick_threads(args.threads)
         from diagnostics._eval_audit import (
             EvalAuditError,
             make_variants,
@@ -232,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             write_doc_block,
             write_report,
         )
+
+        if args.threads is not None and args.threads < 1:
+            raise _BadInput(f"--threads {args.threads}: must be >= 1")
+        threads = pick_threads(args.threads)
 
         if args.agreement_n < 0:
             raise _BadInput(f"--agreement-n {args.agreement_n}: must be >= 0")
@@ -266,19 +332,38 @@ def main(argv: list[str] | None = None) -> int:
                     raise _BadInput(f"--examples {args.examples}: need at least 2 (for a CI)")
                 over.update(n_examples=args.examples, batch_size=min(args.examples, 12))
             if args.seconds is not None:
+                if not math.isfinite(args.seconds):
+                    raise _BadInput(f"--seconds {args.seconds:g}: expected a finite number")
                 if args.seconds < 0.25:
                     raise _BadInput(f"--seconds {args.seconds:g}: need at least 0.25 s (PESQ)")
                 over["seconds"] = args.seconds
             if args.device is not None:
                 try:
-                    torch.empty(0, device=args.device)
-                except (RuntimeError, ValueError) as e:
+                    dev = torch.device(args.device)
+                    if dev.type == "meta":
+                        raise _BadInput(
+                            f"--device {args.device!r}: meta tensors hold no data to sample with"
+                        )
+                    if dev.type == "cuda" and not torch.cuda.is_available():
+                        raise _BadInput(
+                            f"--device {args.device!r}: CUDA is not available on this machine "
+                            "(no GPU, or torch built without CUDA); use --device cpu"
+                        )
+                    torch.empty(0, device=dev)
+                except (RuntimeError, ValueError, AssertionError) as e:
                     raise _BadInput(f"--device {args.device!r}: {str(e).splitlines()[0]}") from None
                 over["device"] = args.device
             torch.manual_seed(args.seed)
             target = sgmse_eval_target(args.checkpoint or "cond", **over)
         target.reference = _reference_overrides(args.reference, dict(target.reference))
         variants = make_variants(target.reference, **_grids(args, target.reference))
+        # where the results go must be writable before the (long) audit, not after it
+        _check_out("--out", out)
+        if args.tensorboard:
+            _check_out("--tensorboard", args.tensorboard)
+        if args.doc:
+            _check_out("--doc", args.doc, file=True)
+            _check_out("--doc", Path(args.doc).parent / "results")
         t_loaded = time.perf_counter()
         report = run_audit(
             target,
@@ -287,19 +372,36 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             agreement_n=args.agreement_n,
             progress=not args.quiet,
+            variant_errors="skip",
+            partial_on_interrupt=True,
         )
     except (_BadInput, EvalAuditError) as e:
         line = str(e).splitlines()[0] if str(e) else type(e).__name__
         sys.stderr.write(f"eval_audit: error: {line}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            "eval_audit: interrupted (Ctrl-C) before the reference protocol and the checks "
+            "were done; nothing written\n"
+        )
+        return 130
+    except Exception as e:  # the target's sampler or metric raised: one line naming where
+        line = _user_code_line(e)
+        if line is None:
+            raise
+        sys.stderr.write(f"eval_audit: error: {line}\n")
+        return 2
     t_run = time.perf_counter()
-    out = Path(args.out) if args.out else Path("runs/eval_audit") / time.strftime("%Y%m%d-%H%M%S")
-    write_report(report, out, tensorboard=args.tensorboard)
     command = " ".join(
         ["python -m diagnostics.eval_audit", *map(shlex.quote, argv or sys.argv[1:])]
     )
-    if args.doc:
-        write_doc_block(report, args.doc, command=command, results_name=args.doc_results)
+    try:
+        write_report(report, out, tensorboard=args.tensorboard)
+        if args.doc:
+            write_doc_block(report, args.doc, command=command, results_name=args.doc_results)
+    except OSError as e:
+        sys.stderr.write(f"eval_audit: error: cannot write the report: {e}\n")
+        return 2
     timing = {
         "load_s": round(t_loaded - t0, 2),
         "audit_s": round(t_run - t_loaded, 2),
@@ -319,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"time: load {timing['load_s']} s, audit {timing['audit_s']} s, write {timing['write_s']} s"
     )
+    if report.interrupted:
+        sys.stderr.write(
+            f"eval_audit: interrupted (Ctrl-C): wrote the protocols done so far to {out}\n"
+        )
+        return 130
     return 0
 
 

@@ -15,9 +15,13 @@ module too; log-log exponents with bootstrap CIs over the upper half of the size
 growth flagged with the module responsible; the largest size within ``--memory-budget``.
 Writes ``report.json``, ``report.md``, ``scaling.png`` and ``tensorboard/`` under ``--out``.
 
+The model is left as found: its device, gradients, buffers (batch-norm statistics a
+training-mode forward updates) and the global RNG state (dropout draws) are restored.
+
 Exit status: 0 when the run completed (whatever it found); 2 for bad arguments or input (sizes
-not increasing, fewer than 3 sizes, an unknown axis, a bad budget, a bad target), with one line
-on stderr.
+not increasing, fewer than 3 sizes, an unknown axis, a bad budget, a bad target, an ``--out``
+that cannot be written), with one line on stderr; 130 when interrupted (Ctrl-C: the runs
+completed so far are written).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         "fastest? For each size: the median wall time over repeats (forward under no_grad, or "
         "forward + backward with --backward) and the peak memory (CPU: torch.profiler "
         "allocation/free events; CUDA: torch.cuda.max_memory_allocated), in total and per "
-        "module. Fits log-log exponents with 95%% bootstrap CIs over the upper half of the "
+        "module. Fits log-log exponents with 95% bootstrap CIs over the upper half of the "
         "sizes, flags super-linear growth naming the module responsible, and extrapolates the "
         "largest size that fits --memory-budget. With no --target: the Paraformer encoder over "
         "T and the AudioSR-style global encoder over duration (s) and batch.",
@@ -54,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         "exponent: {time, memory}}, modules, max_size_within_budget, findings}; several runs: "
         "one folder each plus a combined report.json), report.md, scaling.png, tensorboard/. "
         "Exit status: 0 when the run completed; 2 for bad arguments or input, with one line on "
-        "stderr. Examples: %(prog)s | %(prog)s --axis T --sizes 256,512,1024,2048 | "
+        "stderr; 130 when interrupted (the runs completed so far are written). "
+        "Examples: %(prog)s | %(prog)s --axis T --sizes 256,512,1024,2048 | "
         "%(prog)s --target mypkg.targets:make --axis T --device cuda --memory-budget 24GiB",
     )
     p.add_argument(
@@ -184,7 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     from diagnostics._scaling import ScalingConfig, ScalingError, parse_bytes
 
+    out = Path(args.out) if args.out else Path("runs/scaling") / time.strftime("%Y%m%d-%H%M%S")
     try:
+        for flag, value, least in (
+            ("--repeats", args.repeats, 3),
+            ("--warmup", args.warmup, 0),
+            ("--memory-repeats", args.memory_repeats, 1),
+            ("--threads", args.threads, 1),
+        ):
+            if value is not None and value < least:
+                what = " repeats for a median and a bootstrap CI" if flag == "--repeats" else ""
+                raise ScalingError(f"{flag}={value}: need >= {least}{what}")
         budget, source = (
             (parse_bytes(args.memory_budget), "--memory-budget")
             if args.memory_budget is not None
@@ -203,10 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.update_docs and args.target is not None:
             raise ScalingError("--update-docs: only for the default target (no --target)")
         plan = _plan(args)
+        _check_out(out)  # before the measurements, not after them
     except (ScalingError, TargetLoadError) as e:
         return _fail(str(e))
     threads = pick_threads(args.threads)
-    out = Path(args.out) if args.out else Path("runs/scaling") / time.strftime("%Y%m%d-%H%M%S")
 
     from diagnostics._scaling._analyze import analyze
     from diagnostics._scaling._measure import measure
@@ -214,11 +229,15 @@ def main(argv: list[str] | None = None) -> int:
 
     reports = []
     err: Exception | None = None
+    interrupted = False
     for target, axis, sizes in plan:
         try:
             sweep = measure(target, axis, sizes, cfg)
         except ScalingError as e:
             err = e
+            break
+        except KeyboardInterrupt:
+            interrupted = True
             break
         reports.append(
             analyze(
@@ -233,18 +252,42 @@ def main(argv: list[str] | None = None) -> int:
         for f in reports[-1]["findings"]:
             print(f"[{target.name} / {axis}] {f['message']}")
     if reports:  # what was measured is written even when a later run failed
-        write_reports(reports, out, png=not args.no_png, tensorboard=not args.no_tensorboard)
+        try:
+            write_reports(reports, out, png=not args.no_png, tensorboard=not args.no_tensorboard)
+        except OSError as e:
+            return _fail(f"cannot write the report under --out {str(out)!r}: {e}")
         print(f"\nreport: {out / 'report.md'} (json, PNG, TensorBoard beside it)")
-        if args.update_docs and err is None:
+        if args.update_docs and err is None and not interrupted:
             from diagnostics._scaling._docs import update_docs
 
             root = Path(__file__).resolve().parents[1]
             for path in update_docs(reports, root):
                 print(f"updated the generated block in {path}")
         print(f"time: {time.perf_counter() - t0:.1f} s; torch threads {threads}")
+    if interrupted:
+        done = f"; wrote the {len(reports)} run(s) completed to {out}" if reports else ""
+        sys.stderr.write(
+            f"scaling: interrupted (Ctrl-C) after {len(reports)} of {len(plan)} run(s){done}\n"
+        )
+        return 130
     if err is not None:
         return _fail(str(err))
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """Raise ScalingError when ``out`` cannot become a writable folder (checked up front)."""
+    from diagnostics._scaling import ScalingError
+
+    if out.exists() and not out.is_dir():
+        raise ScalingError(f"--out {str(out)!r}: exists and is a file; expected a folder")
+    above = out
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ScalingError(f"--out {str(out)!r}: {str(above)!r} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ScalingError(f"--out {str(out)!r}: no permission to write in {str(above)!r}")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,20 @@ ceiling_ok / ceiling_failed       ok/       clean-vs-clean metrics reach their m
 metrics_agree / metric_disagrees  ok/       metric functions vs reference implementations
                                   problem
 nonfinite_estimates               problem   a protocol produced NaN/Inf estimates
+metric_unscored                   problem/  the metric could not score some (all: problem)
+                                  info      examples of the reference protocol
+silent_references                 problem   clean references that are constant (silence)
+train_mode                        problem/  the model ran in training mode while sampling
+                                  info      (info: no dropout/normalization layer in it)
+sampler_global_rng                info      the sampler draws from the global RNG
+variant_skipped                   info      a variant not run (no such weights, the sampler
+                                            raised under it, interrupted)
+interrupted                       problem   Ctrl-C after the reference: later protocols not run
 pareto                            info      the protocols on the metric-vs-cost front
 ================================  ========  =================================================
+
+A paired change is judged only on at least :data:`MIN_N` examples: one example has no spread,
+so its bootstrap CI has zero width and any change would look significant.
 """
 
 from __future__ import annotations
@@ -37,7 +49,9 @@ from typing import Any
 
 from ._metrics import MEANINGFUL, UNITS
 
-__all__ = ["LARGE_GAP", "make_findings", "pareto_front"]
+__all__ = ["LARGE_GAP", "MIN_N", "make_findings", "pareto_front"]
+
+MIN_N = 2  # examples a paired CI needs before a change can count
 
 LARGE_GAP: dict[str, float] = {"si_sdr": 1.0, "pesq": 0.1, "estoi": 0.03}
 _PRETTY = {"si_sdr": "SI-SDR", "pesq": "PESQ", "estoi": "ESTOI"}
@@ -65,6 +79,8 @@ def _verdict(m: str, d: dict[str, Any] | None) -> str:
     significant but tiny change), 'unclear' (CI too wide), 'none' (no data)."""
     if not d or d.get("delta") is None:
         return "none"
+    if d.get("n", MIN_N) < MIN_N:
+        return "unclear"  # one example: a zero-width CI says nothing
     lo, hi = d["ci95"]
     thr = MEANINGFUL.get(m, 0.0)
     sig = lo > 0 or hi < 0
@@ -73,6 +89,17 @@ def _verdict(m: str, d: dict[str, Any] | None) -> str:
     if sig or (lo >= -thr and hi <= thr):
         return "same"  # CI inside +-MEANINGFUL, or significant but smaller than it
     return "unclear"
+
+
+def _significant(d: dict[str, Any]) -> bool:
+    """The paired CI excludes 0, on at least :data:`MIN_N` examples."""
+    return d.get("n", MIN_N) >= MIN_N and (d["ci95"][0] > 0 or d["ci95"][1] < 0)
+
+
+def _unclear(d: dict[str, Any]) -> str:
+    """Why a change cannot be called: too few examples, or a CI too wide."""
+    n = d.get("n", MIN_N)
+    return f"unclear ({n} example: no CI)" if n < MIN_N else "unclear (CI too wide)"
 
 
 def _others(v: dict[str, Any], primary: str) -> str:
@@ -165,6 +192,14 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
     points = []
     if ref["metrics"][primary]["mean"] is not None:
         points.append((ref["label"], ref["seconds_per_example"], ref["metrics"][primary]["mean"]))
+    if ref.get("nonfinite"):
+        add(
+            "nonfinite_estimates",
+            "problem",
+            f"{ref['label']} (the reference protocol): {ref['nonfinite']} estimate(s) contain "
+            "NaN/Inf; the metrics skip them, so the reference is scored on fewer examples",
+            protocol=ref["protocol"],
+        )
     for v in report.variants:
         if v.get("skipped"):
             continue
@@ -212,7 +247,7 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
                 elif verdict == "worse":
                     add("more_steps_worse", "problem", f"more steps hurt: {change}{tail}", **nums)
                 else:
-                    add("steps_unclear", "info", f"unclear (CI too wide): {change}{tail}", **nums)
+                    add("steps_unclear", "info", f"{_unclear(d)}: {change}{tail}", **nums)
             else:
                 if verdict == "worse":
                     add("fewer_steps_cost", "info", f"fewer steps cost quality: {change}{tail}",
@@ -221,7 +256,7 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
                     add("fewer_steps_better", "problem", f"fewer steps are better: {change}{tail}",
                         **nums)  # fmt: skip
                 elif verdict == "unclear":
-                    add("steps_unclear", "info", f"unclear (CI too wide): {change}{tail}", **nums)
+                    add("steps_unclear", "info", f"{_unclear(d)}: {change}{tail}", **nums)
                 else:
                     add("fewer_steps_suffice", "info", f"fewer steps suffice: {change}{tail}",
                         **nums)  # fmt: skip
@@ -236,12 +271,11 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
                     **nums,
                 )
             else:
-                what = "unclear (CI too wide)" if verdict == "unclear" else "no meaningful effect"
+                what = _unclear(d) if verdict == "unclear" else "no meaningful effect"
                 add("corrector_neutral", "info", f"corrector: {what}: {change}{tail}", **nums)
         elif key == "weights":
             d_abs = abs(d["delta"])
-            sig = d["ci95"][0] > 0 or d["ci95"][1] < 0
-            if sig and d_abs >= LARGE_GAP.get(primary, 0.0):
+            if _significant(d) and d_abs >= LARGE_GAP.get(primary, 0.0):
                 worse = "EMA" if (a == "ema") == (d["delta"] > 0) else "raw"
                 add(
                     "ema_raw_gap",
@@ -256,7 +290,8 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
                     **nums,
                 )
             else:
-                what = {"same": "close", "unclear": "not clearly different (CI too wide)"}.get(
+                unclear = "not clearly different" + _unclear(d).removeprefix("unclear")
+                what = {"same": "close", "unclear": unclear}.get(
                     verdict, f"different, below the {LARGE_GAP.get(primary, 0):g} gap flagged"
                 )
                 add("ema_raw_close", "info", f"EMA and raw weights are {what}: {change}{tail}",
@@ -269,7 +304,7 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
                 add("setting_worse", "info", f"the reference setting is better: {change}{tail}",
                     **nums)  # fmt: skip
             else:
-                what = "unclear (CI too wide)" if verdict == "unclear" else "no meaningful effect"
+                what = _unclear(d) if verdict == "unclear" else "no meaningful effect"
                 add("setting_neutral", "info", f"{what}: {change}{tail}", **nums)
     for v in report.variants:
         if v.get("skipped"):
@@ -294,30 +329,47 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
     fd = fl["delta_reference"].get(primary)
     fm = fl["metrics"][primary]["mean"]
     rm = ref["metrics"][primary]["mean"]
-    if fd and fd.get("delta") is not None:
+    if fd and fd.get("delta") is not None and fm is not None and rm is not None:
         txt = f"unprocessed input {P} {_num(primary, fm)}, reference protocol {_num(primary, rm)}"
         txt += f" ({_delta_text(primary, fd)})"
-        lo, hi = fd["ci95"]
-        if lo > 0:
+        if _significant(fd) and fd["ci95"][0] > 0:
             add("beats_floor", "ok", f"the model beats the unprocessed-input floor: {txt}",
                 delta=fd["delta"], ci95=fd["ci95"])  # fmt: skip
-        elif hi < 0:
+        elif _significant(fd):
             add("below_floor", "problem", f"the model is WORSE than its unprocessed input: {txt}",
                 delta=fd["delta"], ci95=fd["ci95"])  # fmt: skip
         else:
+            few = fd.get("n", MIN_N) < MIN_N
             add("floor_not_beaten", "problem", f"the model does not clearly beat its unprocessed "
-                f"input: {txt}", delta=fd["delta"], ci95=fd["ci95"])  # fmt: skip
+                f"input: {txt}" + (f"; {fd.get('n')} example cannot tell" if few else ""),
+                delta=fd["delta"], ci95=fd["ci95"])  # fmt: skip
+    silent = report.checks.get("silent_references", 0)
+    if silent:
+        add(
+            "silent_references",
+            "problem",
+            f"{silent} of {report.n_examples} clean references are silent (constant): no metric "
+            "can score an estimate against them (SI-SDR is undefined, PESQ refuses them), so "
+            "their scores, the ceiling and the agreement checks are meaningless there; check "
+            "how the evaluation data is loaded",
+            silent=silent,
+        )
+    cause = (
+        f"{silent} silent clean reference(s) (above), or the metric is computed wrongly"
+        if silent
+        else "the metric is computed wrongly"
+    )
     ceil = report.checks["ceiling"]
     failed = {m: c for m, c in ceil.items() if c.get("ok") is False}
     for m, c in failed.items():
+        low = "n/a" if c.get("min") is None else f"{c['min']:.3f}"
         add(
             "ceiling_failed",
             "problem",
-            f"ceiling check failed: {_name(m)}(clean, clean) reaches only {c['min']:.3f} (expected "
-            f">= {c['expected_min']:g}); the metric is computed wrongly (sample rate, band, "
-            "argument order?)",
+            f"ceiling check failed: {_name(m)}(clean, clean) reaches only {low} (expected "
+            f">= {c['expected_min']:g}); {cause} (sample rate, band, argument order?)",
             metric=m,
-            min=c["min"],
+            min=c.get("min"),
         )
     checked = {m: c for m, c in ceil.items() if c.get("ok")}
     if checked and not failed:
@@ -337,8 +389,9 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
             f"{_name(m)} disagrees with its reference ({a['reference']}): max |Δ| "
             f"{a['max_abs_diff']:.3g} over {a['n']} pairs (tolerance {a['tolerance']:g}"
             + (f", {a['nan_mismatch']} NaN mismatches" if a.get("nan_mismatch") else "")
-            + f"); first pair ours {first[0]:.3f} vs reference {first[1]:.3f}: check the sample "
-            "rate, band and argument order",
+            + f"); first pair ours {first[0]:.3f} vs reference {first[1]:.3f}: "
+            + (f"{silent} silent clean reference(s) (above), or check " if silent else "check ")
+            + "the sample rate, band and argument order",
             metric=m,
             max_abs_diff=a["max_abs_diff"],
         )
@@ -356,5 +409,57 @@ def make_findings(report: Any) -> list[dict[str, Any]]:
     for m, a in agr.items():
         if a.get("agree") is None:
             add("metric_unchecked", "info", f"{_name(m)} not checked: {a['reason']}", metric=m)
+    # examples a metric could not score (NaN): too short or silent clips, non-finite estimates
+    n_ex = report.n_examples
+    for m in report.metrics:
+        scored = ref["metrics"][m].get("n", n_ex)
+        if scored < n_ex:
+            c = ceil.get(m, {})
+            why = (
+                "nor clean vs clean: the clips may be too short or silent for it, or the metric "
+                "fails on them"
+                if c.get("unscored") == n_ex
+                else "a clip too short or silent for it, or a non-finite estimate"
+            )
+            add(
+                "metric_unscored",
+                "problem" if scored == 0 else "info",
+                f"{_name(m)} gave no score (NaN) for {n_ex - scored} of {n_ex} examples under "
+                f"the reference protocol ({why}); its means and deltas use the other {scored}",
+                metric=m,
+                unscored=n_ex - scored,
+            )
+    # how the sampler ran the model
+    sm = report.checks.get("sampling", {})
+    if sm.get("train_mode_calls"):
+        layers = sm.get("mode_dependent_layers") or []
+        what = (
+            f"its {', '.join(layers)} layers act as in training"
+            if layers
+            else "it has no dropout or normalization layer, so this matters only where its code "
+            "branches on self.training (CFG dropout often does)"
+        )
+        add(
+            "train_mode",
+            "problem" if layers else "info",
+            f"the model ran in training mode while sampling ({sm['train_mode_calls']} of "
+            f"{sm['model_calls']} forward calls): {what}; call model.eval() before evaluating",
+            train_mode_calls=sm["train_mode_calls"],
+        )
+    if sm.get("global_rng_calls"):
+        add(
+            "sampler_global_rng",
+            "info",
+            f"the sampler draws from the global torch RNG ({sm['global_rng_calls']} of "
+            f"{sm['sampler_calls']} calls), not only from the generator it is given: the audit "
+            "seeded the global RNG per batch so every protocol saw the same draws, but outside "
+            "the audit this evaluation is not reproducible from the generator's seed",
+        )
+    if getattr(report, "interrupted", False):
+        add(
+            "interrupted",
+            "problem",
+            "the audit was interrupted (Ctrl-C): the protocols after it are not run",
+        )
     order = {"problem": 0, "ok": 1, "info": 2}
     return sorted(out, key=lambda f: order.get(f["severity"], 3))

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,6 +53,22 @@ def as_values(x: Any, n: int, name: str) -> np.ndarray:
     return arr
 
 
+def _scored(fn: Callable[..., float]) -> Callable[..., float]:
+    """``fn`` with pystoi's placeholder for a clip it cannot score (it warns "Not enough STFT
+    frames" and returns 1e-5: fewer than 30 frames of 25.6 ms left after removing silence) as
+    NaN, i.e. not scored, rather than a real score of almost 0."""
+
+    def call(*args: Any) -> float:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = fn(*args)
+        if any("Not enough STFT frames" in str(w.message) for w in caught):
+            return float("nan")
+        return value
+
+    return call
+
+
 def _per_example(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[Tensor, Tensor], Any]:
     def batched(est: Tensor, ref: Tensor) -> np.ndarray:
         out = []
@@ -72,7 +89,7 @@ def builtin_metrics(sample_rate: int, names: Sequence[str]) -> dict[str, Callabl
     fns: dict[str, Callable[..., Any]] = {
         "si_sdr": lambda est, ref: si_sdr(est.float(), ref.float()),
         "pesq": _per_example(lambda e, r: pesq_score(e, r, sample_rate)),
-        "estoi": _per_example(lambda e, r: estoi_score(e, r, sample_rate)),
+        "estoi": _per_example(_scored(lambda e, r: estoi_score(e, r, sample_rate))),
     }
     unknown = [n for n in names if n not in fns]
     if unknown:
@@ -89,9 +106,10 @@ def _np(x: Tensor) -> np.ndarray:
 def _si_sdr_ref(est: np.ndarray, ref: np.ndarray) -> float:
     """SI-SDR by the formula of Le Roux et al. (2019), float64, no epsilon tricks."""
     est, ref = est - est.mean(), ref - ref.mean()
-    target = (est @ ref) / (ref @ ref) * ref
-    noise = est - target
-    return float(10 * np.log10((target @ target) / (noise @ noise)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a silent reference: NaN, unscored
+        target = (est @ ref) / (ref @ ref) * ref
+        noise = est - target
+        return float(10 * np.log10((target @ target) / (noise @ noise)))
 
 
 def reference_metric(name: str, sample_rate: int) -> Callable[[Tensor, Tensor], np.ndarray] | None:
@@ -106,7 +124,7 @@ def reference_metric(name: str, sample_rate: int) -> Callable[[Tensor, Tensor], 
     if name == "estoi":
         from pystoi import stoi
 
-        return _per_example(lambda e, r: stoi(_np(r), _np(e), sample_rate, extended=True))
+        return _per_example(_scored(lambda e, r: stoi(_np(r), _np(e), sample_rate, extended=True)))
     return None
 
 

@@ -38,6 +38,33 @@ from ._target import PROTOCOL_KEYS, EvalAuditError, EvalTarget, check_protocol
 __all__ = ["AuditReport", "make_variants", "protocol_label", "run_audit"]
 
 CEILING_MIN: dict[str, float] = {"si_sdr": 50.0, "pesq": 4.4, "estoi": 0.99}
+# prefix of the note added to an exception raised by the target's own code (sampler, metric):
+# the CLI turns such an exception into one line naming where it was raised
+USER_CODE_NOTE = "eval_audit: "
+# layers whose behaviour depends on the training flag (what a train-mode evaluation changes)
+_MODE_LAYERS = (
+    torch.nn.modules.dropout._DropoutNd,
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+)
+
+
+def _noted(e: BaseException, where: str) -> BaseException:
+    """``e`` with a note saying which of the target's functions raised it, and where."""
+    e.add_note(USER_CODE_NOTE + where)
+    return e
+
+
+def _score(fn: Any, est: Tensor, ref: Tensor, n: int, name: str, where: str) -> np.ndarray:
+    """One metric on a batch as float64 ``[n]``; an exception of the metric is noted."""
+    try:
+        out = fn(est, ref)
+    except Exception as e:
+        _noted(e, f"metric {name!r} raised on {where}")
+        raise
+    return as_values(out, n, name)
+
+
 _NAMES = {"steps": "N", "corrector_steps": "corrector", "snr": "snr", "guidance": "w"}
 
 
@@ -135,6 +162,7 @@ def _count(counter: list[int], module: torch.nn.Module, args: tuple[Any, ...]) -
     counter[0] += 1
     first = next((a for a in args if isinstance(a, Tensor)), None)
     counter[1] += int(first.shape[0]) if first is not None and first.ndim > 0 else 1
+    counter[2] += int(module.training)  # forward calls made in training mode
 
 
 class _Swap:
@@ -174,9 +202,11 @@ class AuditReport:
     weights: dict[str, Any]
     findings: list[dict[str, Any]] = field(default_factory=list)
     per_example: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False  # Ctrl-C after the reference: the protocols left are skipped
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "interrupted": self.interrupted,
             "target": self.target,
             "n_examples": self.n_examples,
             "seed": self.seed,
@@ -217,6 +247,8 @@ def run_audit(
     seed: int = 0,
     agreement_n: int = 4,
     progress: bool = False,
+    variant_errors: str = "raise",
+    partial_on_interrupt: bool = False,
 ) -> AuditReport:
     """Evaluate ``target.reference`` and each variant; return an :class:`AuditReport` with
     metrics, paired deltas, seconds per example, evaluation checks and findings.
@@ -230,6 +262,16 @@ def run_audit(
         agreement_n: examples on which each metric is compared with its reference
             implementation.
         progress: show a tqdm bar.
+        variant_errors: ``"raise"`` (default) lets an exception of the sampler under a variant
+            propagate; ``"skip"`` reports that variant as skipped with the error and goes on
+            (the reference protocol's errors always propagate). An exception of the target's
+            sampler or metric carries a note (``USER_CODE_NOTE``) naming the protocol and batch.
+        partial_on_interrupt: on Ctrl-C after the reference protocol, report the protocols
+            done so far (the rest skipped, ``report.interrupted`` True) instead of raising.
+
+    The sampler runs with the global RNG seeded per batch (the same for every protocol) inside
+    ``torch.random.fork_rng``: a sampler that draws from the global RNG still sees the same noise
+    under every protocol (and is reported), and the caller's RNG state is left as it was.
 
     Raises:
         EvalAuditError: a target without a sampler, an unknown metric, a bad protocol, a sampler
@@ -240,6 +282,8 @@ def run_audit(
     """
     from ._findings import make_findings
 
+    if variant_errors not in ("raise", "skip"):
+        raise EvalAuditError(f"run_audit: variant_errors={variant_errors!r}; use 'raise' or 'skip'")
     target.validate()
     fns = _resolve_metrics(target, metrics)
     ref_p = dict(target.reference)
@@ -276,47 +320,89 @@ def run_audit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(protocols) * len(target.batches), desc="eval_audit", unit="batch")
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    usage = {"train_calls": 0, "calls": 0, "global_rng": 0, "sample_calls": 0}
+    interrupted = False
     with _Swap(target) as swap:
         weights = check_weights(target, swap.original)
         for pi, p in enumerate(protocols):
             wname = p.get("weights")
-            if wname is not None and wname not in available and pi > 0:
-                results.append({"protocol": p, "skipped": f"the target has no {wname!r} weights"})
+            if interrupted or (wname is not None and wname not in available and pi > 0):
+                why = (
+                    "interrupted (Ctrl-C)"
+                    if interrupted
+                    else f"the target has no {wname!r} weights"
+                )
+                results.append({"protocol": p, "skipped": why})
                 if bar is not None:
                     bar.update(len(target.batches))
                 continue
             swap.use(wname)
             values: dict[str, list[np.ndarray]] = {m: [] for m in fns}
-            calls = [0, 0]  # forward calls, network evaluations (calls x batch rows)
+            calls = [0, 0, 0]  # forward calls, network evaluations (calls x rows), in train mode
             seconds = 0.0
             nonfinite = 0
-            for bi, batch in enumerate(target.batches):
-                gen = torch.Generator().manual_seed(seed * 100003 + bi)
-                # counts the model's forward calls and rows: a cost measure that contention on a
-                # shared machine cannot blur (a CFG step with w != 1 runs 2B rows in one call)
-                hook = model.register_forward_pre_hook(partial(_count, calls))
-                try:
-                    t0 = time.perf_counter()
-                    est = target.sample(model, batch, gen, **_sampler_kwargs(target, p))
-                    seconds += time.perf_counter() - t0
-                finally:
-                    hook.remove()
-                clean = batch["clean"]
-                if not isinstance(est, Tensor) or est.shape != clean.shape:
-                    got = tuple(est.shape) if isinstance(est, Tensor) else type(est).__name__
-                    raise EvalAuditError(
-                        f"the sampler of {target.name!r} returned {got} for batch {bi} under "
-                        f"{protocol_label(p)}; expected an estimate {tuple(clean.shape)} like "
-                        "batch['clean']"
-                    )
-                est = to_float(est)
-                nonfinite += int((~torch.isfinite(est)).any(-1).sum())
-                if pi == 0:
-                    ref_estimates.append(est)
-                for m, fn in fns.items():
-                    values[m].append(as_values(fn(est, to_float(clean)), est.shape[0], m))
+            failed: str | None = None
+            bi = 0
+            try:  # Ctrl-C while sampling or scoring this protocol
+                for bi, batch in enumerate(target.batches):
+                    gen = torch.Generator().manual_seed(seed * 100003 + bi)
+                    where = f"batch {bi} under {'the reference protocol ' if pi == 0 else ''}"
+                    where += protocol_label(p)
+                    # counts the model's forward calls and rows: a cost measure that contention
+                    # on a shared machine cannot blur (a CFG step with w != 1 runs 2B rows in
+                    # one call)
+                    hook = model.register_forward_pre_hook(partial(_count, calls))
+                    try:
+                        # the global RNG too gets the same seed under every protocol (a sampler
+                        # that draws from it stays paired); the caller's state comes back after
+                        with torch.random.fork_rng(devices=devices):
+                            torch.random.default_generator.manual_seed(seed * 100003 + bi + 50021)
+                            before = torch.get_rng_state()
+                            t0 = time.perf_counter()
+                            est = target.sample(model, batch, gen, **_sampler_kwargs(target, p))
+                            seconds += time.perf_counter() - t0
+                            usage["global_rng"] += int(
+                                not torch.equal(before, torch.get_rng_state())
+                            )
+                            usage["sample_calls"] += 1
+                    except Exception as e:
+                        if pi == 0 or variant_errors == "raise":
+                            _noted(e, f"the sampler of {target.name!r} raised on {where}")
+                            raise
+                        failed = f"the sampler raised {type(e).__name__}: {_first_line(e)}"
+                        break
+                    finally:
+                        hook.remove()
+                    clean = batch["clean"]
+                    if not isinstance(est, Tensor) or est.shape != clean.shape:
+                        got = tuple(est.shape) if isinstance(est, Tensor) else type(est).__name__
+                        raise EvalAuditError(
+                            f"the sampler of {target.name!r} returned {got} for batch {bi} under "
+                            f"{protocol_label(p)}; expected an estimate {tuple(clean.shape)} like "
+                            "batch['clean']"
+                        )
+                    est = to_float(est)
+                    nonfinite += int((~torch.isfinite(est)).any(-1).sum())
+                    if pi == 0:
+                        ref_estimates.append(est)
+                    for m, fn in fns.items():
+                        values[m].append(_score(fn, est, to_float(clean), est.shape[0], m, where))
+                    if bar is not None:
+                        bar.update(1)
+            except KeyboardInterrupt:
+                if not partial_on_interrupt or pi == 0:
+                    raise
+                interrupted = True
+                failed = "interrupted (Ctrl-C)"
+            if failed is not None:
+                results.append({"protocol": p, "skipped": failed})
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(len(target.batches) - bi)  # the batches not done
+                continue
+            usage["calls"] += calls[0]
+            usage["train_calls"] += calls[2]
             results.append(
                 {
                     "protocol": p,
@@ -332,6 +418,14 @@ def run_audit(
         bar.close()
 
     checks = _checks(target, fns, ref_estimates, agreement_n)
+    layers = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _MODE_LAYERS)})
+    checks["sampling"] = {
+        "model_calls": usage["calls"],
+        "train_mode_calls": usage["train_calls"],
+        "mode_dependent_layers": layers,
+        "sampler_calls": usage["sample_calls"],
+        "global_rng_calls": usage["global_rng"],
+    }
     ref = results[0]
     ref_json = {
         "protocol": ref["protocol"],
@@ -375,9 +469,14 @@ def run_audit(
             for r in results
             if "values" in r
         },
+        interrupted=interrupted,
     )
     report.findings = make_findings(report)
     return report
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
 
 
 def _checks(
@@ -387,8 +486,11 @@ def _checks(
     noisy = torch.cat([to_float(b["noisy"]) for b in target.batches])  # (N, L)
     clean = torch.cat([to_float(b["clean"]) for b in target.batches])  # (N, L)
     seed = 0
-    floor_vals = {m: as_values(fn(noisy, clean), noisy.shape[0], m) for m, fn in fns.items()}
-    ceil_vals = {m: as_values(fn(clean, clean), clean.shape[0], m) for m, fn in fns.items()}
+    n = noisy.shape[0]
+    floor_vals = {
+        m: _score(fn, noisy, clean, n, m, "the unprocessed inputs") for m, fn in fns.items()
+    }
+    ceil_vals = {m: _score(fn, clean, clean, n, m, "clean vs clean") for m, fn in fns.items()}
     ceiling: dict[str, Any] = {}
     for m, v in ceil_vals.items():
         st = _stat(v, seed)
@@ -396,7 +498,10 @@ def _checks(
         finite = v[np.isfinite(v)]
         st["expected_min"] = lo
         st["min"] = float(finite.min()) if finite.size else None
-        st["ok"] = None if lo is None else bool(finite.size == v.size and finite.min() >= lo)
+        st["unscored"] = int(v.size - finite.size)
+        # judged on the pairs the metric could score; none scored: not judged (the clips are
+        # too short or silent for it), which is not evidence that the metric is wrong
+        st["ok"] = None if lo is None or not finite.size else bool(finite.min() >= lo)
         ceiling[m] = st
     k = min(agreement_n, noisy.shape[0])
     est = torch.cat(ref_estimates)[:k]  # (k, L)
@@ -412,9 +517,18 @@ def _checks(
         if ref_fn is None:
             agreement[m] = {"agree": None, "reason": "no reference implementation for this name"}
             continue
-        ours = as_values(fn(pairs_est, pairs_ref), 2 * k, m)
+        if k == 0:
+            agreement[m] = {"agree": None, "reason": "--agreement-n 0"}
+            continue
+        ours = _score(fn, pairs_est, pairs_ref, 2 * k, m, "the agreement pairs")
         theirs = as_values(ref_fn(pairs_est, pairs_ref), 2 * k, m)
         both = np.isfinite(ours) & np.isfinite(theirs)
+        if not (np.isfinite(ours) | np.isfinite(theirs)).any():
+            agreement[m] = {
+                "agree": None,
+                "reason": f"neither implementation could score any of the {2 * k} pairs",
+            }
+            continue
         mismatch_nan = int((np.isfinite(ours) != np.isfinite(theirs)).sum())
         diff = np.abs(ours[both] - theirs[both])
         max_diff = float(diff.max()) if diff.size else 0.0
@@ -428,7 +542,10 @@ def _checks(
             "pairs": [[float(a), float(b)] for a, b in zip(ours, theirs, strict=True)],
             "reference": {"si_sdr": "float64 formula", "pesq": "pesq.pesq", "estoi": "pystoi"}[m],
         }
+    # a constant (silent) clean reference: no metric can score against it
+    silent = (clean - clean.mean(-1, keepdim=True)).abs().amax(-1) == 0  # (N,)
     return {
+        "silent_references": int(silent.sum()),
         "floor": {"metrics": {m: _stat(v, seed) for m, v in floor_vals.items()}},
         "ceiling": ceiling,
         "agreement": agreement,

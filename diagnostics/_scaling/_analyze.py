@@ -5,7 +5,9 @@ module responsible for super-linear growth (``responsible``), the size below whi
 in the size dominates (``linear-below``, from a polynomial decomposition of the total),
 where the responsible module reaches half (``crossover``), super-linear modules that do not
 dominate yet (``hidden-superlinear``), the deepest module holding half the peak (``dominant``),
-the largest size within the budget (``budget``) and a size that raised (``failed``).
+the largest size within the budget (``budget``) and a size that raised (``failed``); a
+``make_batch`` whose input does not grow with the size (``input-constant``) and a model left
+in training mode for a forward-only run (``train-mode``).
 """
 
 from __future__ import annotations
@@ -101,7 +103,13 @@ def analyze(
             }
         )
     budget_info = max_size_within_budget(
-        sizes, total["peak_bytes"], sweep.model_bytes, budget, m_fit, budget_source
+        sizes,
+        total["peak_bytes"],
+        sweep.model_bytes,
+        budget,
+        m_fit,
+        budget_source,
+        terms=total["terms"].get("memory"),
     )
     report: dict[str, Any] = {
         "target": sweep.target,
@@ -117,6 +125,7 @@ def analyze(
         "budget": budget_info,
         "failed": sweep.failed,
         "seconds_measuring": round(sweep.seconds_total, 2),
+        "training": sweep.training,
     }
     report["findings"] = findings(report, min_share=min_share)
     return report
@@ -329,6 +338,30 @@ def findings(report: dict[str, Any], *, min_share: float = 0.10) -> list[dict[st
         size_text = "n/a" if b["size"] is None else f"{b['size']:,}"
         msg = f"largest {axis} within {_fmt_bytes(b['budget_bytes'])}: {size_text} ({b['method']})"
         out.append({"kind": "budget", "metric": "memory", "module": "", "message": msg})
+    inputs = report["total"].get("input_bytes") or []
+    if len(inputs) > 1 and len(set(inputs)) == 1:
+        out.insert(
+            0,
+            {
+                "kind": "input-constant",
+                "metric": "",
+                "module": "",
+                "message": f"the input holds {_fmt_bytes(inputs[0])} at every {axis} "
+                f"({sizes[0]}..{last}): make_batch ignores its size argument, so these figures "
+                f"do not measure growth along {axis}",
+            },
+        )
+    if report.get("training") and not report.get("backward"):
+        out.append(
+            {
+                "kind": "train-mode",
+                "metric": "",
+                "module": "",
+                "message": "the model was measured in training mode: its "
+                f"{', '.join(report['training'])} layers act as in training; call model.eval() "
+                "in the factory to measure inference",
+            }
+        )
     if report.get("failed"):
         f = report["failed"]
         out.append(

@@ -211,8 +211,14 @@ def max_size_within_budget(
     budget: int | None,
     fit: dict[str, Any],
     budget_source: str = "",
+    terms: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Largest size whose model + peak bytes fit ``budget``, extrapolated with the memory fit.
+
+    ``terms`` (a :func:`decompose` of the peaks that fits within ``DECOMPOSE_MAX_RMSE``) is
+    used too, and the smaller size wins: a ``size**k`` term that has not taken over yet at the
+    sizes measured makes the upper-half exponent too small, and a power law extrapolated with
+    it far past the sizes measured would promise sizes that do not fit.
 
     Example:
         >>> fit = {"status": "ok", "exponent": 2.0}
@@ -254,4 +260,42 @@ def max_size_within_budget(
             f"(fit over sizes {fit.get('sizes_fitted')})"
         ),
     )
+    if terms and terms.get("rel_rmse", 1.0) <= DECOMPOSE_MAX_RMSE:
+        poly = _solve_terms(terms["terms"], budget - model_bytes, hi=s)
+        if poly is not None and poly < s:
+            text = " + ".join(
+                f"{v:.4g}" + ("" if n == "0" else " * size" + ("" if n == "1" else f"^{n}"))
+                for n, v in terms["terms"].items()
+            )
+            out.update(
+                size=int(poly),
+                method=(
+                    f"extrapolated: model {model_bytes:,} B + {text} B (polynomial fit over all "
+                    f"sizes, relative RMSE {100 * terms['rel_rmse']:.0f} %; the size^{k:.3f} "
+                    f"power law of the upper sizes would say {int(s):,}, but its growing term "
+                    "has not taken over yet)"
+                ),
+            )
     return out
+
+
+def _solve_terms(terms: dict[str, float], room: float, hi: float) -> float | None:
+    """Largest size ``s <= hi`` with ``sum(c * s**k) <= room`` (non-negative terms: monotone)."""
+
+    def cost(x: float) -> float:
+        return sum(c * x ** int(n) for n, c in terms.items())
+
+    if cost(1.0) > room:
+        return None
+    lo = 1.0
+    if cost(hi) <= room:
+        return hi
+    for _ in range(200):  # bisection in log space
+        mid = math.sqrt(lo * hi)
+        if cost(mid) <= room:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1 + 1e-9:
+            break
+    return lo

@@ -42,6 +42,11 @@ from ._types import ScalingConfig, ScalingError, ScalingTarget
 __all__ = ["SizeResult", "Sweep", "measure", "module_keys"]
 
 _RANGE = "scaling::"
+_MODE_LAYERS = (
+    nn.modules.dropout._DropoutNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 def module_keys(model: nn.Module) -> dict[str, str]:
@@ -96,6 +101,7 @@ class Sweep:
     failed: dict[str, Any] | None = None  # {"size", "error"} when a size raised
     instances: dict[str, int] = field(default_factory=dict)  # pattern -> module count
     seconds_total: float = 0.0
+    training: list[str] = field(default_factory=list)  # mode-dependent layers in train mode
 
     @property
     def sizes(self) -> list[int]:
@@ -262,8 +268,18 @@ def measure(
     except RuntimeError as e:
         raise ScalingError(f"--device {cfg.device!r}: {e}") from None
     cuda = device.type == "cuda"
+    if device.type not in ("cpu", "cuda"):
+        raise ScalingError(
+            f"--device {cfg.device!r}: only cpu and cuda[:N] are measured (time and peak "
+            f"memory are read from their allocators), not {device.type!r}"
+        )
     if cuda and not torch.cuda.is_available():
         raise ScalingError(f"--device {cfg.device!r}: CUDA is not available on this machine")
+    if cuda and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ScalingError(
+            f"--device {cfg.device!r}: this machine has {torch.cuda.device_count()} CUDA "
+            f"device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
     model = target.model
     params = list(model.parameters())
     tensors = params + list(model.buffers())
@@ -273,6 +289,18 @@ def measure(
         model.to(device)
     model_bytes = _nbytes(params) + _nbytes(list(model.buffers()))
     saved_grads = {p: p.grad for p in params}  # restored at the end
+    # the calls write buffers in training mode (batch-norm running statistics, counters) and
+    # draw from the global RNG (dropout): both are put back as they were at the end
+    saved_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    rng_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
+    )
+    rng = torch.random.fork_rng(devices=rng_devices)
+    # mode-dependent layers left in training mode (what a forward-only measurement should not
+    # include); a fresh nn.Module is in training mode, which matters only through such layers
+    training = sorted(
+        {type(m).__name__ for m in model.modules() if m.training and isinstance(m, _MODE_LAYERS)}
+    )
     if cfg.backward:
         for p in params:
             p.grad = None
@@ -315,6 +343,7 @@ def measure(
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         return {"size": size, "error": f"{type(e).__name__}: {msg}"}
 
+    rng.__enter__()
     try:
         # phase 1, per size in order: batch, warm-up, memory (a size that raises ends the sweep)
         for size in sizes:
@@ -353,6 +382,11 @@ def measure(
             model.to(home)
         for p, g in saved_grads.items():
             p.grad = g
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in saved_buffers:
+                    b.copy_(saved_buffers[n])
+        rng.__exit__(None, None, None)
     if len(results) < 3:
         why = f"; size {failed['size']} raised {failed['error']}" if failed else ""
         raise ScalingError(
@@ -376,6 +410,7 @@ def measure(
         failed=failed,
         instances=instances,
         seconds_total=time.perf_counter() - t_start,
+        training=training,
     )
 
 

@@ -172,7 +172,9 @@ def parse_bytes(text: str) -> int:
             "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 24GiB or 512MiB"
         )
     value = float(m.group(1)) * _UNITS[unit]
-    if not math.isfinite(value) or value < 1:
+    if not math.isfinite(value):
+        raise ScalingError(f"--memory-budget {text!r}: too large (not a finite number of bytes)")
+    if value < 1:
         raise ScalingError(f"--memory-budget {text!r}: must be at least 1 byte")
     return int(value)
 
