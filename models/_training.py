@@ -191,6 +191,7 @@ def error_line(err: BaseException) -> str:
         [lines[0] if lines else type(err).__name__, *([hint] if hint else [])]
     )
 
+
 def open_monitor(logdir: str, **kwargs: Any) -> Callable[[nn.Module, Any], Monitor]:
     """A factory of ``diagnostics.TrainingMonitor`` writing to ``logdir`` (for ``--tensorboard``).
 

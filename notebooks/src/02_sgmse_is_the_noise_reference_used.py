@@ -260,7 +260,7 @@ assert drop.flag is None  # the observed drop rate is consistent with p
 torch.manual_seed(0)
 broken = copy.deepcopy(model)
 broken.cfg.p_uncond = 0.0
-_, drop_broken = train_steps(broken, p_monitor=0.2, steps=2)
+_, drop_broken = train_steps(broken, p_monitor=0.2, steps=4)  # 32 draws: enough to tell
 print(drop_broken)
 assert drop_broken.flag == "never"
 

@@ -261,15 +261,15 @@ def false_alarm_rate(batch: int, runs: int = 1000, p: float = 0.2) -> float:
 alarm = {b: false_alarm_rate(b) for b in (8, 32)}
 for b, r in alarm.items():
     print(f"batch {b:2d}: cfg_drop_rate reported on {r:.1%} of healthy simulated runs")
-assert alarm[8] > alarm[32]  # the rule's false alarms depend on the number of draws per step
+assert max(alarm.values()) < 0.01  # healthy runs are (almost) never flagged, at either batch
 
 # %% [markdown]
-# Without the number of draws, the rule can only compare each logged rate with a band, so its
-# false-alarm rate depends on the batch size (printed above): at 8 conditions per step a healthy
-# run is flagged now and then. When the training loop also logs the number of draws
-# (`cfg/drop_n`), the rule judges the rate against the sampling noise of that many draws
-# instead; for small batches without it, trust the counting monitor's verdict. The planted stop is
-# unaffected: a rate of exactly zero for 15 steps, with the dead null embedding beside it.
+# The rule does not need the number of draws logged: a rate of k dropped out of n draws sits on a
+# lattice of 1/n, so it reads n off the logged rates (or takes `cfg/drop_n` when the training
+# loop logs it) and judges a rate against the sampling noise of that many draws, not against a
+# fixed band. So its false-alarm rate stays low at 8 conditions per step as at 32 (printed
+# above). The planted stop is unaffected: a rate of exactly zero for 15 steps, with the dead null
+# embedding beside it.
 
 # %% [markdown]
 # ## The run in TensorBoard
