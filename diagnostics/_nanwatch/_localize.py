@@ -670,14 +670,7 @@ class Localizer:
                 f"the op pass over the whole step raised {type(exc).__name__}: {str(exc)[:120]}"
             )
             return None, finder, track
-        res = finder.result()
-        if res is None:
-            left = finder.leftover()
-            if left is not None:
-                res = {"leftover": left}
-            elif finder.fwd_found is not None:
-                res = {"masked": finder.fwd_found}
-        return res, finder, track
+        return _found(finder), finder, track
 
     def _apply_whole_step(
         self,
@@ -1073,23 +1066,31 @@ def _op_pass(call: Call, phase: str, params: dict[int, str] | None = None) -> di
         with torch.no_grad():
             for b, v in bufs_now:
                 b.copy_(v)
-    res = finder.result()
+    res = _found(finder)
     if res is None:
-        left = finder.leftover()
-        if left is not None:
-            res = {"leftover": left}
-        elif finder.fwd_found is not None:
-            res = {"masked": finder.fwd_found}
-        elif finder.constant_ops:
+        if finder.constant_ops:
             return {"constants": finder.constant_ops}
-        else:
-            res = {
-                "unknown": "the op pass over the module alone did not reproduce the value "
-                "(the value depends on other calls, or on state the module keeps)"
-            }
+        res = {
+            "unknown": "the op pass over the module alone did not reproduce the value "
+            "(the value depends on other calls, or on state the module keeps)"
+        }
     if mismatch is not None:
         res = {**res, "mismatch": mismatch}
     return res
+
+
+def _found(finder: Any) -> dict | None:
+    """What an op pass found: the producing op, else uninitialised memory left unwritten
+    (``leftover``), else a NaN masked in forward that reached the gradient (``masked``)."""
+    res = finder.result()
+    if res is not None:
+        return res
+    left = finder.leftover()
+    if left is not None:
+        return {"leftover": left}
+    if finder.fwd_found is not None:
+        return {"masked": finder.fwd_found}
+    return None
 
 
 def _describe(

@@ -3,6 +3,7 @@ parent's own code, values masked in forward, no_grad branches, model output obje
 rebound or written without a version bump, compiled submodules, user RNGs, in-place ops, and a
 step that cannot be run a fourth time. Each test failed before its fix."""
 
+import functools
 import math
 import random
 from collections import OrderedDict
@@ -10,47 +11,15 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.nn.modules.module as torch_module
 from torch import nn
 
-from diagnostics import NanWatch, NanWatchError, NonFiniteError
+from diagnostics import NanWatch, NanWatchError
+from tests.diagnostics.nanwatch_helpers import assert_no_hooks, line_of, loss_step, report_of
 
-
-def _line_of(marker: str) -> int:
-    """Line number (1-based) of the line of this file that ends with ``# <marker>``."""
-    with open(__file__) as f:
-        hits = [i + 1 for i, line in enumerate(f) if line.rstrip().endswith(f"# <{marker}>")]
-    assert len(hits) == 1, f"marker {marker!r} found {len(hits)} times"
-    return hits[0]
-
-
-def _report(watch, step, *args, **kwargs):
-    try:
-        watch.run(step, *args, **kwargs)
-    except NonFiniteError as e:
-        return e.report
-    raise AssertionError("expected a NonFiniteError")
-
-
-def _step(model):
-    def step(x):
-        loss = model(x).pow(2).mean()
-        loss.backward()
-        return loss
-
-    return step
-
-
-def _no_hooks_left(model):
-    for m in model.modules():
-        assert not m._forward_hooks and not m._forward_pre_hooks
-        assert not m._forward_hooks_always_called
-        assert not m._backward_hooks and not m._backward_pre_hooks
-    assert all(not p._backward_hooks for p in model.parameters())
-    assert not torch_module._global_forward_hooks
-    assert not torch_module._global_forward_pre_hooks
-    assert not torch_module._global_backward_hooks
-    assert not torch.is_anomaly_enabled()
+_line_of = functools.partial(line_of, __file__)
+_report = report_of
+_step = loss_step
+_no_hooks_left = assert_no_hooks
 
 
 def _bn_model():

@@ -2,6 +2,7 @@
 memory, sparse gradients, user hooks, in-place writes, parameter-only gradients, stale
 gradients, shared modules, and a wrong ``run`` argument."""
 
+import functools
 import math
 
 import pytest
@@ -13,38 +14,12 @@ from torch import nn
 import diagnostics._nanwatch._watch as watch_impl
 from contracts import TorchdxError
 from diagnostics import NanWatch, NanWatchError, NonFiniteError, summarize
+from tests.diagnostics.nanwatch_helpers import assert_no_hooks, line_of, loss_step, report_of
 
-
-def _line_of(marker: str) -> int:
-    """Line number (1-based) of the line of this file that ends with ``# <marker>``."""
-    with open(__file__) as f:
-        hits = [i + 1 for i, line in enumerate(f) if line.rstrip().endswith(f"# <{marker}>")]
-    assert len(hits) == 1, f"marker {marker!r} found {len(hits)} times"
-    return hits[0]
-
-
-def _report(watch, step, *args):
-    try:
-        watch.run(step, *args)
-    except NonFiniteError as e:
-        return e.report
-    raise AssertionError("expected a NonFiniteError")
-
-
-def _step(model, scale=1.0):
-    def step(x):
-        loss = model(x).pow(2).mean() * scale
-        loss.backward()
-        return loss
-
-    return step
-
-
-def _no_hooks_left(model):
-    for m in model.modules():
-        assert not m._forward_hooks and not m._forward_pre_hooks
-        assert not m._backward_hooks and not m._backward_pre_hooks
-    assert all(not p._backward_hooks for p in model.parameters())
+_line_of = functools.partial(line_of, __file__)
+_report = report_of
+_step = loss_step
+_no_hooks_left = assert_no_hooks
 
 
 # -- 1. source line of a torch built-in module ----------------------------------------------
