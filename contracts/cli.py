@@ -179,6 +179,30 @@ def _import_file(spec: str, path: Path, flag: str) -> Any:
     return module
 
 
+def unwritable(flag: str, path: str | Path, *, file: bool = False) -> str | None:
+    """Why a CLI cannot write ``path`` (a folder, or with ``file`` a file), in one line naming
+    ``flag``; None when it can. Checked before a long run, not after it: an existing path of
+    the other kind, a file where a folder above it should be, or no permission to write in the
+    nearest existing folder above it.
+
+    Example:
+        >>> unwritable("--out", "/etc/passwd")
+        "--out '/etc/passwd': exists and is a file; expected a folder"
+    """
+    p = Path(path)
+    if p.exists() and (p.is_dir() if file else not p.is_dir()):
+        kind, want = ("a folder", "file") if file else ("a file", "folder")
+        return f"{flag} {str(p)!r}: exists and is {kind}; expected a {want}"
+    above = p.parent if file else p
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        return f"{flag} {str(p)!r}: {str(above)!r} is a file, not a folder"
+    if not os.access(above, os.W_OK | os.X_OK):
+        return f"{flag} {str(p)!r}: no permission to write in {str(above)!r}"
+    return None
+
+
 def pick_threads(n: int | None) -> str:
     """Set torch's intra-op threads for a CLI run and say why, in words for the report.
 

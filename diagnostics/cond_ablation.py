@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contracts.cli import ArgumentParser, TargetSpecError, fail, pick_threads
+from contracts.cli import ArgumentParser, TargetSpecError, fail, pick_threads, unwritable
 from contracts.cli import load_target as load_spec
 from diagnostics._ablation._types import TargetLoadError
 
@@ -193,14 +193,9 @@ def _check_args(args: argparse.Namespace) -> str | None:
         if dev.type == "cuda" and not torch.cuda.is_available():
             return f"--device {args.device!r}: this torch has no CUDA device"
     for flag, value in (("--out", args.out), ("--tensorboard", args.tensorboard)):
-        if value is None:
-            continue
-        path = Path(value)
-        if path.exists() and not path.is_dir():
-            return f"{flag} {value}: is a file, not a directory"
-        parent = next((p for p in path.parents if p.exists()), None)
-        if parent is not None and not parent.is_dir():
-            return f"{flag} {value}: {parent} is a file, not a directory"
+        problem = None if value is None else unwritable(flag, value)
+        if problem is not None:
+            return problem
     return None
 
 

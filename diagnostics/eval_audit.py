@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from contracts.cli import ArgumentParser, TargetSpecError, pick_threads
+from contracts.cli import ArgumentParser, TargetSpecError, pick_threads, unwritable
 from contracts.cli import load_target as load_spec
 
 __all__ = ["load_eval_target", "main"]
@@ -178,20 +178,10 @@ def load_eval_target(spec: str, seed: int = 0) -> Any:
 
 
 def _check_out(flag: str, path: str | Path, *, file: bool = False) -> None:
-    """Raise _BadInput now (before a long audit) when ``path`` cannot be written: a folder
-    (or, with ``file``, a file) that exists as the other kind, or no writable folder above it."""
-    p = Path(path)
-    if p.exists() and (p.is_dir() if file else not p.is_dir()):
-        kind = "a folder" if file else "a file"
-        raise _BadInput(f"{flag} {str(p)!r}: exists and is {kind}; expected a "
-                        f"{'file' if file else 'folder'}")  # fmt: skip
-    above = p.parent if file else p
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir():
-        raise _BadInput(f"{flag} {str(p)!r}: {str(above)!r} is a file, not a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise _BadInput(f"{flag} {str(p)!r}: no permission to write in {str(above)!r}")
+    """Raise _BadInput now (before a long audit) when ``path`` cannot be written."""
+    problem = unwritable(flag, path, file=file)
+    if problem is not None:
+        raise _BadInput(problem)
 
 
 def _user_code_line(e: BaseException) -> str | None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import TorchdxError
-from contracts.cli import ArgumentParser, TargetSpecError, pick_threads
+from contracts.cli import ArgumentParser, TargetSpecError, pick_threads, unwritable
 from contracts.cli import load_target as load_spec
 
 __all__ = ["load_target", "main"]
@@ -279,15 +279,9 @@ def _check_out(out: Path) -> None:
     """Raise ScalingError when ``out`` cannot become a writable folder (checked up front)."""
     from diagnostics._scaling import ScalingError
 
-    if out.exists() and not out.is_dir():
-        raise ScalingError(f"--out {str(out)!r}: exists and is a file; expected a folder")
-    above = out
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir():
-        raise ScalingError(f"--out {str(out)!r}: {str(above)!r} is a file, not a folder")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise ScalingError(f"--out {str(out)!r}: no permission to write in {str(above)!r}")
+    problem = unwritable("--out", out)
+    if problem is not None:
+        raise ScalingError(problem)
 
 
 if __name__ == "__main__":

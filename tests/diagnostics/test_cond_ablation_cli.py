@@ -189,7 +189,8 @@ def test_out_pointing_at_a_file_is_refused_before_the_run(tmp_path, capsys):
         extra = [] if flag == "--out" else ["--out", str(tmp_path / "ok")]
         rc = main(["--target", f"{EXAMPLE}:small_target", flag, str(value), *extra, *QUICK])
         assert rc == 2
-        assert "is a file, not a directory" in _err(capsys)
+        err = _err(capsys)
+        assert f"{flag} '{value}'" in err and "is a file" in err, err
 
 
 def test_threads_below_one_is_refused(tmp_path, capsys):
