@@ -40,6 +40,9 @@ from ._errors import ContractError as ContractError
 from ._errors import TorchdxError as TorchdxError
 from ._infer_record import InferTarget as InferTarget
 from ._inline import check as check
+from ._inputs import DeviceError as DeviceError
+from ._inputs import DtypeError as DtypeError
+from ._inputs import InputError as InputError
 from ._plan import ContractWarning as ContractWarning
 from ._registry import example as example
 from ._summary import SummaryError as SummaryError
@@ -52,8 +55,11 @@ __all__ = [
     "Constraint",
     "ContractError",
     "ContractWarning",
+    "DeviceError",
+    "DtypeError",
     "Finite",
     "InferTarget",
+    "InputError",
     "Mask",
     "ModeError",
     "Probability",

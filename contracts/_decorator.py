@@ -21,6 +21,7 @@ from ._explain import compiled_words, explain
 from ._fast import compile_checker, compile_wrapper
 from ._inline import TRACED as traced
 from ._inline import add_wrapper_code
+from ._inputs import FAILED, explain_failure
 from ._plan import ContractOptions, Plan, build_plan
 from ._registry import register
 
@@ -54,7 +55,11 @@ def wrap(plan: Plan) -> Callable:
             b, self_obj, entry = check_in(args, kwargs, level)
         except Fail as f:
             raise explain(plan, f, args, kwargs) from None
-        out = fn(*args, **kwargs)  # contracts.check inside fn reads b, self_obj from here
+        try:
+            out = fn(*args, **kwargs)  # contracts.check inside fn reads b, self_obj from here
+        except FAILED as err:  # an input torch refused: a device or dtype the module lacks?
+            explain_failure(plan, err, args, kwargs)
+            raise
         if has_returns:
             nc = len(b)  # the dims bound so far (arguments, then contracts.check in fn)
             try:

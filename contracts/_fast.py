@@ -28,6 +28,7 @@ from ._check import (
 )
 from ._config import FULL, OFF, SHAPES, state
 from ._inline import add_wrapper_code
+from ._inputs import FAILED, explain_failure
 from ._plan import Plan, TensorSpec
 from ._spec import Expr
 from ._values import (
@@ -332,6 +333,8 @@ def compile_wrapper(
         "FULL": FULL,
         "is_compiling": torch.compiler.is_compiling,
         "Tensor": torch.Tensor,
+        "FAILED": FAILED,
+        "explain_failure": explain_failure,
     }
     L = ["def wrapper(*args, **kwargs):"]
     a = L.append
@@ -437,7 +440,11 @@ def _arity_branch(plan: Plan, arity: int, self_key: list[str], env: dict) -> lis
             a("        if not good:")
             a("            return generic(*args, **kwargs)  # the reference judges and words it")
     a("plan = PLAN")
-    a("out = fn(*args)  # contracts.check inside fn reads plan, b, self_obj, args from here")
+    a("try:")
+    a("    out = fn(*args)  # contracts.check inside fn reads plan, b, self_obj, args from here")
+    a("except FAILED as err:  # an input torch refused: a device or dtype the module lacks?")
+    a("    explain_failure(PLAN, err, args, kwargs)")
+    a("    raise")
     if plan.return_kind != "none":
         a("nc = len(b)  # the dims bound so far (arguments, then contracts.check in fn)")
         L += _return_lines(plan, env)

@@ -62,6 +62,12 @@ GUIDE = """
   looking them up for a while, so fresh activations pay no lookup, but what it reduces is still
   remembered (a layer's return is the next layer's input: one reduction per activation). Writes
   that bypass the version counter (`.data`, NumPy or DLPack views) are not seen.
+- **Inputs the module's parameters do not match.** When the function of a contracted
+  `nn.Module` method raises a torch error that speaks of a dtype or a device, the wrapper names
+  the first tensor argument whose device or precision differs from the module's parameters
+  (`contracts.DtypeError` / `contracts.DeviceError`, both `InputError`s, torch's error kept as
+  the cause) with the cast that fixes it; an outer contracted call names its own argument. It
+  runs in the wrapper's `except` branch: a call that succeeds pays nothing.
 - **Empty tensors.** By default every axis must be non-empty. `@contract(allow_empty=True)`
   accepts zero-size axes (an empty batch), but a `Mask()` with rows and an empty checked axis
   (`[B, 0]`) is refused in every mode that checks shapes: each of its rows has no valid

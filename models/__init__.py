@@ -15,8 +15,9 @@ The AudioSR and diffusion-buffer loops are one loop (:mod:`models._training`). M
 import ``diagnostics`` in library code; a training function takes a monitor from its caller.
 
 Inputs that do not match a model's parameters raise :class:`models.DtypeError` /
-:class:`models.DeviceError` (both :class:`models.InputError`, a ``contracts.ContractError``),
-loaded from :mod:`models._guards` on first use.
+:class:`models.DeviceError` (both :class:`models.InputError`, a ``contracts.ContractError``):
+the contract wrapper of a module method words a failure torch raises for such an input (see
+``contracts._inputs``); the classes are loaded from :mod:`models._guards` on first use.
 """
 
 from __future__ import annotations

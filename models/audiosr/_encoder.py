@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 import contracts
 from contracts import Finite, contract
-from models._guards import explain_inputs
 
 from ._config import AudioSRConfig
 
@@ -66,11 +65,7 @@ class GlobalAudioEncoder(nn.Module):
     ) -> tuple[Float[Tensor, "B G"], Float[Tensor, "B T G"]]:
         """Normalized log-mel ``[B, M, T]`` -> (global ``[B, G]``, sequence ``[B, T, G]``)."""
         b, _, t = mel.shape
-        try:  # free unless it fails
-            h = self.cnn(mel[:, None])  # (B, C3, M/8, T)
-        except RuntimeError as err:
-            explain_inputs(err, "GlobalAudioEncoder.forward", self, mel=mel)
-            raise
+        h = self.cnn(mel[:, None])  # (B, C3, M/8, T)
         h = h.permute(0, 3, 1, 2).reshape(b, t, -1)  # (B, T, C3 * M/8)
         h = self.transformer(self.in_proj(h))  # (B, T, hidden)
         return self.global_proj(h.mean(dim=1)), self.seq_proj(h)

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 import contracts
 from contracts import Finite, Range, contract
 from models._fields import is_int
-from models._guards import InputError, explain_inputs
 
 from ._config import AudioSRConfig, AudioSRError
 from ._encoder import GlobalAudioEncoder
@@ -90,11 +89,7 @@ class AudioSR(nn.Module):
         """The global context of a whole low-resolution mel (None without the encoder)."""
         if self.global_encoder is None:
             return None
-        try:
-            return self.global_encoder(lo_mel)[0]
-        except InputError as err:
-            explain_inputs(err, "AudioSR.global_context", self, lo_mel=lo_mel)
-            raise
+        return self.global_encoder(lo_mel)[0]
 
     def _uncond(self, cond: Tensor) -> Tensor:
         return torch.full_like(cond, self.mel.silence)  # AudioSR: a constant latent (-11.4981)
@@ -158,11 +153,7 @@ class AudioSR(nn.Module):
                 "encoder (use_global_encoder=False), so nothing would read it; drop it, or build "
                 "the model with AudioSRConfig(use_global_encoder=True)"
             )
-        try:
-            return self._sample(lo_mel, steps, s_cfg, global_ctx, generator)
-        except (RuntimeError, InputError) as err:
-            explain_inputs(err, "AudioSR.sample", self, lo_mel=lo_mel, global_ctx=global_ctx)
-            raise
+        return self._sample(lo_mel, steps, s_cfg, global_ctx, generator)
 
     def _sample(
         self,

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 import contracts
 from contracts import Finite, Range, contract
-from models._guards import InputError, explain_inputs
 
 from ._config import AudioSRConfig, AudioSRError
 
@@ -138,11 +137,7 @@ class SpatialTransformer(nn.Module):
     @contract(dims={"C": "self.channels"}, sizes={"H": (1, 4), "W": (1, 4)})
     def forward(self, x: Annotated[Float[Tensor, "B C H W"], Finite()]) -> Float[Tensor, "B C H W"]:
         """Residual transformer over the ``H*W`` positions."""
-        try:  # free unless it fails
-            return self._untokens(self.block(self._tokens(x)), x)
-        except RuntimeError as err:
-            explain_inputs(err, f"{type(self).__name__}.forward", self, x=x)
-            raise
+        return self._untokens(self.block(self._tokens(x)), x)
 
 
 @contracts.example(lambda: _GST_FACTORY())
@@ -186,27 +181,16 @@ class GlobalConditionedSpatialTransformer(SpatialTransformer):
         sequence: Annotated[Float[Tensor, "B S G"], Finite()] | None = None,
     ) -> Float[Tensor, "B C H W"]:
         """Base block, then cross-attention to ``[proj(global)] (+ proj(sequence))``."""
-        try:  # free unless it fails
-            tok = self.block(self._tokens(x))  # (B, H*W, C)
-            if global_ctx is not None or sequence is not None:
-                parts = []
-                if global_ctx is not None:
-                    parts.append(self.global_proj(global_ctx)[:, None])  # (B, 1, D)
-                if sequence is not None:
-                    parts.append(self.global_proj(sequence))  # (B, S, D)
-                ctx = torch.cat(parts, dim=1)  # (B, 1 [+ S], D)
-                tok = tok + self.global_attn(self.global_norm(tok), ctx)
-            return self._untokens(tok, x)
-        except RuntimeError as err:
-            explain_inputs(
-                err,
-                "GlobalConditionedSpatialTransformer.forward",
-                self,
-                x=x,
-                global_ctx=global_ctx,
-                sequence=sequence,
-            )
-            raise
+        tok = self.block(self._tokens(x))  # (B, H*W, C)
+        if global_ctx is not None or sequence is not None:
+            parts = []
+            if global_ctx is not None:
+                parts.append(self.global_proj(global_ctx)[:, None])  # (B, 1, D)
+            if sequence is not None:
+                parts.append(self.global_proj(sequence))  # (B, S, D)
+            ctx = torch.cat(parts, dim=1)  # (B, 1 [+ S], D)
+            tok = tok + self.global_attn(self.global_norm(tok), ctx)
+        return self._untokens(tok, x)
 
 
 @contracts.example(lambda: UNet(AudioSRConfig.tiny()))
@@ -292,7 +276,7 @@ class UNet(nn.Module):
 
         ``H`` and ``W`` must be divisible by ``2 ** (len(channel_mults) - 1)``.
         """
-        try:  # free unless it fails: no check on the hot path
+        try:  # free unless it fails: sizes are explained only after torch refused them
             emb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))  # (B, 4ch)
             h = self.conv_in(torch.cat([x, cond], dim=1))  # (B, ch, H, W) -- concat conditioning
             hs = [h]
@@ -303,7 +287,7 @@ class UNet(nn.Module):
             for layer in self.up:
                 h = self._apply(layer, torch.cat([h, hs.pop()], dim=1), emb, global_ctx)
             return self.out(h)
-        except (RuntimeError, InputError) as err:
+        except RuntimeError as err:
             mult = 2 ** (len(self.cfg.channel_mults) - 1)
             for axis, name in ((2, "H"), (3, "W")):
                 if x.shape[axis] % mult:
@@ -313,5 +297,4 @@ class UNet(nn.Module):
                         f"line up\n  hint: pad x and cond to a multiple of {mult} (AudioSR "
                         "pads mel frames with its silence value, see AudioSR._pad_frames)"
                     ) from err
-            explain_inputs(err, "UNet.forward", self, x=x, cond=cond, global_ctx=global_ctx)
             raise

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 import contracts
 from contracts import Finite, Range, contract
-from models._guards import explain_inputs
 
 from ._config import DiffusionBufferConfig
 
@@ -117,12 +116,8 @@ class CausalUNet(nn.Module):
         """Complex output ``[B, F, T]`` for every frame (the caller keeps the buffer frames)."""
         h = torch.stack([x.real, x.imag, y.real, y.imag], dim=1)  # (B, 4, F, T)
         proj = 2 * math.pi * t[..., None] * self.fourier_w  # (B, T, e/2)
-        try:  # free unless it fails: no check on the hot path
-            emb = self.time_mlp(torch.cat([proj.sin(), proj.cos()], dim=-1))  # (B, T, e)
-            h = self.conv_in(h)
-        except RuntimeError as err:
-            explain_inputs(err, "CausalUNet.forward", self, x=x, y=y, t=t)
-            raise
+        emb = self.time_mlp(torch.cat([proj.sin(), proj.cos()], dim=-1))  # (B, T, e)
+        h = self.conv_in(h)
         hs = []
         for block, pool in zip(self.down, self.pool, strict=True):
             h = block(h, emb)

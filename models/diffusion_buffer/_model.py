@@ -12,7 +12,6 @@ from torch import Tensor, nn
 import contracts
 from contracts import Finite, contract
 from models._fields import is_int
-from models._guards import InputError, explain_inputs
 from models.audio import STFTConfig, istft, stft
 
 from ._backbone import CausalUNet
@@ -152,11 +151,7 @@ class DiffusionBuffer(nn.Module):
         z = torch.randn_like(x0[..., -b:])  # complex N(0, 1)
         x = x0.clone()
         x[..., -b:] = self.sde.mean(x0[..., -b:], y[..., -b:], tb) + sigma * z
-        try:  # free unless it fails: no check on the hot path
-            x0_hat = self._net(x, y, t.expand(x.shape[0], -1))[..., -b:]  # (B, F, Bf)
-        except (RuntimeError, InputError) as err:
-            explain_inputs(err, "DiffusionBuffer.forward", self, mix=mix, target=target)
-            raise
+        x0_hat = self._net(x, y, t.expand(x.shape[0], -1))[..., -b:]  # (B, F, Bf)
         score = self.score_head(x0_hat, x[..., -b:], y[..., -b:], tb, sigma)
         err = score - (-z / sigma)
         with torch.no_grad():  # observed for monitors; never part of the graph
@@ -182,11 +177,7 @@ class DiffusionBuffer(nn.Module):
         """Enhance whole clips by streaming their frames (output aligned with the input)."""
         y = self._spectra(mix, "mix")  # (B, F, T)
         st = self.stream(y.shape[0], generator)
-        try:
-            outs = [o for i in range(y.shape[-1]) if (o := st.push(y[..., i])) is not None]
-        except (RuntimeError, InputError) as err:
-            explain_inputs(err, "DiffusionBuffer.enhance", self, mix=mix)
-            raise
+        outs = [o for i in range(y.shape[-1]) if (o := st.push(y[..., i])) is not None]
         outs += st.flush()
         return istft(torch.stack(outs, dim=-1), self.stft_cfg, length=mix.shape[-1])
 

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 import contracts
 from contracts import Mask, contract
-from models._guards import InputError, explain_inputs
 
 from ._config import ConfigError
 
@@ -53,15 +52,9 @@ class MultiHeadAttention(nn.Module):
         B, T, D = query.shape
         S = key.shape[1]
         H, hs = self.n_heads, D // self.n_heads
-        try:
-            q = self.q_proj(query).view(B, T, H, hs).transpose(1, 2)  # (B, H, T, hs)
-            k = self.k_proj(key).view(B, S, H, hs).transpose(1, 2)  # (B, H, S, hs)
-            v = self.v_proj(value).view(B, S, H, hs).transpose(1, 2)  # (B, H, S, hs)
-        except RuntimeError as err:  # free unless it fails: no check on the hot path
-            explain_inputs(
-                err, "MultiHeadAttention.forward", self, query=query, key=key, value=value
-            )
-            raise
+        q = self.q_proj(query).view(B, T, H, hs).transpose(1, 2)  # (B, H, T, hs)
+        k = self.k_proj(key).view(B, S, H, hs).transpose(1, 2)  # (B, H, S, hs)
+        v = self.v_proj(value).view(B, S, H, hs).transpose(1, 2)  # (B, H, S, hs)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, H, T, S)
         if mask is not None:
             att = att.masked_fill(~mask[:, None, :, :], float("-inf"))  # (B, 1, T, S) bcast
@@ -83,11 +76,7 @@ class FeedForward(nn.Module):
 
     @contract(dims={"D": "self.d_model"})
     def forward(self, x: Float[Tensor, "B T D"]) -> Float[Tensor, "B T D"]:
-        try:
-            return self.fc2(self.dropout(F.relu(self.fc1(x))))
-        except RuntimeError as err:
-            explain_inputs(err, "FeedForward.forward", self, x=x)
-            raise
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
 
 
 @contracts.example(lambda: TransformerBlock(8, 2, 16, fsmn_kernel=3))
@@ -136,23 +125,19 @@ class TransformerBlock(nn.Module):
     ) -> Float[Tensor, "B T D"]:
         """``mask``: self-attention mask; ``pad_mask``: valid frames (FSMN input);
         ``memory``/``memory_mask``: encoder output and cross-attention mask."""
-        try:  # free unless it fails: no check on the hot path
-            h = self.ln1(x)
-            a = self.attn(h, h, h, mask)
-            if self.fsmn is not None:
-                hm = h if pad_mask is None else h.masked_fill(~pad_mask[..., None], 0.0)
-                a = a + self.fsmn(hm.transpose(1, 2)).transpose(1, 2)  # (B, D, T) -> (B, T, D)
-            out = x + self.dropout(a)
-            if self.cross_attn is not None:
-                if memory is None:
-                    raise ConfigError("TransformerBlock(cross=True).forward: memory is required")
-                out = out + self.dropout(
-                    self.cross_attn(self.ln_cross(out), memory, memory, memory_mask)
-                )
-            return out + self.dropout(self.ffn(self.ln2(out)))
-        except (RuntimeError, InputError) as err:
-            explain_inputs(err, "TransformerBlock.forward", self, x=x, memory=memory)
-            raise
+        h = self.ln1(x)
+        a = self.attn(h, h, h, mask)
+        if self.fsmn is not None:
+            hm = h if pad_mask is None else h.masked_fill(~pad_mask[..., None], 0.0)
+            a = a + self.fsmn(hm.transpose(1, 2)).transpose(1, 2)  # (B, D, T) -> (B, T, D)
+        out = x + self.dropout(a)
+        if self.cross_attn is not None:
+            if memory is None:
+                raise ConfigError("TransformerBlock(cross=True).forward: memory is required")
+            out = out + self.dropout(
+                self.cross_attn(self.ln_cross(out), memory, memory, memory_mask)
+            )
+        return out + self.dropout(self.ffn(self.ln2(out)))
 
 
 @contracts.example(lambda: PositionalEncoding(8, max_len=64))

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 
 import contracts
 from contracts import Mask, Probability, Range, contract
-from models._guards import InputError, explain_inputs
 
 from ._config import DecodingError, ParaformerConfig, ParaformerError
 from ._layers import PositionalEncoding, TransformerBlock
@@ -56,11 +55,7 @@ class Encoder(nn.Module):
     ) -> Float[Tensor, "B T D"]:
         """``mask`` is True at valid frames; outputs at valid frames ignore the padding."""
         B, T, _ = features.shape
-        try:
-            x = self.pos(self.in_proj(features))  # (B, T, D)
-        except RuntimeError as err:  # free unless it fails: no check on the hot path
-            explain_inputs(err, "Encoder.forward", self, features=features)
-            raise
+        x = self.pos(self.in_proj(features))  # (B, T, D)
         attn_mask = mask[:, None, :].expand(B, T, T)  # (B, T, T): keys must be valid
         for i in range(len(self.blocks)):
             x = self.encode_layer(x, attn_mask, i)
@@ -130,19 +125,9 @@ class Decoder(nn.Module):
             self_mask = self_mask & create_causal_mask(N).to(dec_mask.device)[None]
         cross_mask = enc_mask[:, None, :].expand(B, N, enc_mask.shape[1])  # (B, N, T_enc)
         x = acoustic_embeds
-        try:
-            for block in self.blocks:
-                x = block(x, self_mask, dec_mask, encoder_out, cross_mask)
-            return self.out(self.ln_f(x))
-        except (RuntimeError, InputError) as err:
-            explain_inputs(
-                err,
-                "Decoder.forward",
-                self,
-                acoustic_embeds=acoustic_embeds,
-                encoder_out=encoder_out,
-            )
-            raise
+        for block in self.blocks:
+            x = block(x, self_mask, dec_mask, encoder_out, cross_mask)
+        return self.out(self.ln_f(x))
 
     @contract(
         dims={"D": "self.cfg.d_model", "V": "self.vocab_size"},
@@ -218,11 +203,7 @@ class Paraformer(nn.Module):
         token_mask: Annotated[Bool[Tensor, "B T_token"], Mask()],
     ) -> dict[str, Tensor]:
         """Training forward: logits for the target positions and the loss terms."""
-        try:
-            enc = self.encoder(features, feat_mask)  # (B, T, D)
-        except InputError as err:
-            explain_inputs(err, "Paraformer.forward", self, features=features)
-            raise
+        enc = self.encoder(features, feat_mask)  # (B, T, D)
         alphas = self.predictor(enc, feat_mask)  # (B, T)
         target_lengths = token_mask.sum(dim=1)  # (B,)
         acoustic, _, token_num = self.predictor.integrate(enc, alphas, feat_mask, target_lengths)
@@ -267,11 +248,7 @@ class Paraformer(nn.Module):
         mask: Annotated[Bool[Tensor, "B T_feat"], Mask()],
     ) -> tuple[Float[Tensor, "B T_feat D"], Annotated[Float[Tensor, "B T_feat"], Probability()]]:
         """Encoder output and the predictor's alphas (seed: ``predictor [B, T, 1]``)."""
-        try:
-            enc = self.encoder(features, mask)
-        except InputError as err:
-            explain_inputs(err, "Paraformer.encode", self, features=features)
-            raise
+        enc = self.encoder(features, mask)
         return enc, self.predictor(enc, mask)
 
     @contract(
@@ -289,17 +266,11 @@ class Paraformer(nn.Module):
         """Inference pass: CIF with the 0.45 tail, then the decoder. Returns the logits of the
         first ``min(count, max_len)`` positions and the predictor's token ``counts``
         (before truncation to ``max_len``)."""
-        try:
-            acoustic, counts, _ = self.predictor.integrate(encoder_out, alphas, enc_mask)
-            acoustic = acoustic[:, :max_len]  # (B, N, D)
-            n = acoustic.shape[1]
-            dec_mask = torch.arange(n, device=counts.device)[None, :] < counts.clamp(min=1)[:, None]
-            return self.decoder(encoder_out, acoustic, enc_mask, dec_mask), counts
-        except (RuntimeError, InputError) as err:  # free unless it fails
-            explain_inputs(
-                err, "Paraformer.decode_logits", self, encoder_out=encoder_out, alphas=alphas
-            )
-            raise
+        acoustic, counts, _ = self.predictor.integrate(encoder_out, alphas, enc_mask)
+        acoustic = acoustic[:, :max_len]  # (B, N, D)
+        n = acoustic.shape[1]
+        dec_mask = torch.arange(n, device=counts.device)[None, :] < counts.clamp(min=1)[:, None]
+        return self.decoder(encoder_out, acoustic, enc_mask, dec_mask), counts
 
     @contract(
         dims={"D": "self.cfg.d_model", "V": "self.vocab_size"},

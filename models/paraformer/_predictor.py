@@ -27,7 +27,6 @@ from torch import Tensor, nn
 
 import contracts
 from contracts import Mask, Probability, Range, contract
-from models._guards import explain_inputs
 
 from ._config import ParaformerConfig, PredictorCollapseError
 
@@ -139,11 +138,7 @@ class Predictor(nn.Module):
         """
         # zero the padded frames first so the conv at the edge does not read padding content
         x = encoder_out.masked_fill(~padding_mask[..., None], 0.0).transpose(1, 2)  # (B, D, T)
-        try:
-            h = F.relu(self.conv(x)).transpose(1, 2)  # (B, T, D)
-        except RuntimeError as err:  # free unless it fails: no check on the hot path
-            explain_inputs(err, "Predictor.forward", self, encoder_out=encoder_out)
-            raise
+        h = F.relu(self.conv(x)).transpose(1, 2)  # (B, T, D)
         alphas = torch.sigmoid(self.out(h)).squeeze(-1)  # (B, T)
         return alphas * padding_mask
 

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Complex, Float
 from torch import Tensor, nn
 
-from models._guards import InputError, explain_inputs
 from models.audio._compat import Finite, Range, contract, example
 
 from ._config import ScoreModelConfig
@@ -94,16 +93,12 @@ class ScoreModel(nn.Module):
                 f"{t.max().item():.4g}]; expected t in [t_eps={self.cfg.t_eps}, 1]"
             )
         B = x_t.shape[0]
-        try:  # free unless it fails: no check on the hot path
-            cemb = self.condition(noise_ref, drop_cond, B)  # (B, E)
-            temb = self.time_mlp(self.fourier(t))  # (B, temb_dim)
-            if self.cond_to_temb is not None:
-                temb = temb + self.cond_to_temb(cemb)
-            x = torch.stack([x_t.real, x_t.imag, y.real, y.imag], dim=1)  # (B, 4, F, T)
-            out = self.unet(x, temb, cemb)  # (B, 2, F, T)
-        except (RuntimeError, InputError) as err:
-            explain_inputs(err, "ScoreModel.forward", self, x_t=x_t, y=y, t=t, noise_ref=noise_ref)
-            raise
+        cemb = self.condition(noise_ref, drop_cond, B)  # (B, E)
+        temb = self.time_mlp(self.fourier(t))  # (B, temb_dim)
+        if self.cond_to_temb is not None:
+            temb = temb + self.cond_to_temb(cemb)
+        x = torch.stack([x_t.real, x_t.imag, y.real, y.imag], dim=1)  # (B, 4, F, T)
+        out = self.unet(x, temb, cemb)  # (B, 2, F, T)
         noise = torch.complex(out[:, 0], out[:, 1])  # (B, F, T)
         return -noise / self.sde.std(t)[:, None, None]
 
@@ -137,11 +132,7 @@ class ScoreModel(nn.Module):
         x_t = mean + std[:, None, None] * z
         drop = torch.rand(B, device=x0.device) < self.cfg.p_uncond
         self.last_drop_fraction = float(drop.float().mean()) if noise_ref is not None else 1.0
-        try:
-            score = self(x_t, y, t, noise_ref, drop)
-        except InputError as err:  # name the argument the caller passed, not x_t
-            explain_inputs(err, "ScoreModel.loss", self, x0=x0, y=y, noise_ref=noise_ref)
-            raise
+        score = self(x_t, y, t, noise_ref, drop)
         err = score * std[:, None, None] + z
         with torch.no_grad():  # observed by training monitors (cond vs uncond loss); no sync
             self.last_example_loss = torch.view_as_real(err.detach()).square().mean((1, 2, 3)) * 2

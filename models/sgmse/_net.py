@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from models._guards import explain_inputs
 from models.audio import AudioError, stft
 from models.audio._compat import Finite, contract, example
 
@@ -111,9 +110,6 @@ class NoiseEncoder(nn.Module):
                 f"samples; a reference needs at least one STFT frame (n_fft={self.cfg.n_fft} "
                 "samples)"
             ) from err
-        except RuntimeError as err:
-            explain_inputs(err, "NoiseEncoder.forward", self, noise_ref=noise_ref)
-            raise
         h = F.silu(self.conv2(h)) + h  # (B, C, T)
         pooled = torch.cat([h.mean(-1), h.std(-1, unbiased=False)], dim=-1)  # (B, 2C)
         return self.out(pooled)
